@@ -1,0 +1,128 @@
+//! The small enums of the decision: mode, outcome, hook, family, rule kind.
+//!
+//! They cross the boundary as `u32` (see the crate docs); `from_raw` is the
+//! only way back to the enum, so a corrupt or stale map value decodes to
+//! `None` instead of undefined behaviour.
+
+macro_rules! raw_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr => $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u32)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// Every value, in numeric order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// How many values there are (they are numbered `0..COUNT`).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Decodes a raw value read from a map.
+            #[inline(always)]
+            pub const fn from_raw(raw: u32) -> Option<Self> {
+                match raw {
+                    $(x if x == $value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// The label used in metrics, events and CLI output.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
+
+raw_enum! {
+    /// What the datapath does with a destination that is not approved.
+    Mode {
+        /// Let it through, count it and record it as "would deny".
+        Observe = 0 => "observe",
+        /// Refuse it: connect()/sendmsg() fail with EPERM, packets are dropped.
+        Enforce = 1 => "enforce",
+    }
+}
+
+raw_enum! {
+    /// The outcome of one decision, as counted.
+    Outcome {
+        /// The destination's jurisdiction is approved.
+        Allowed = 0 => "allowed",
+        /// Not approved, enforce mode: refused.
+        Denied = 1 => "denied",
+        /// Not approved, observe mode: let through and recorded.
+        WouldDeny = 2 => "would_deny",
+        /// Never geolocated: a built-in range (loopback, private, ...) or a
+        /// configured `allow` exception.
+        Exempt = 3 => "exempt",
+    }
+}
+
+raw_enum! {
+    /// The kernel hook that made a decision.
+    Hook {
+        Connect4 = 0 => "connect4",
+        Connect6 = 1 => "connect6",
+        Sendmsg4 = 2 => "sendmsg4",
+        Sendmsg6 = 3 => "sendmsg6",
+        SkbEgress = 4 => "skb_egress",
+        TcxEgress = 5 => "tcx_egress",
+    }
+}
+
+raw_enum! {
+    /// The address family a destination was decided as. An IPv4-mapped IPv6
+    /// address (`::ffff:a.b.c.d`) is decided, and counted, as IPv4.
+    Family {
+        Ipv4 = 0 => "ipv4",
+        Ipv6 = 1 => "ipv6",
+    }
+}
+
+raw_enum! {
+    /// Why an exception-table prefix matched. The agent folds every class into
+    /// one LPM trie per family, resolving overlaps by this precedence (lowest
+    /// number wins), so one lookup gives the first class in the order.
+    RuleKind {
+        /// Configured `deny` CIDR: never approved.
+        Deny = 1 => "deny",
+        /// Configured `allow` CIDR: always let through.
+        Allow = 2 => "allow",
+        /// Configured site network: this CIDR is in the given country.
+        Site = 3 => "site",
+        /// Built-in never-geolocated range (loopback, link-local, multicast,
+        /// unspecified, private).
+        Builtin = 4 => "builtin",
+    }
+}
+
+/// Value of a `POLICY` entry: the country is approved.
+pub const APPROVED: u32 = 1;
+/// Value of a `POLICY` entry: the country is not approved.
+pub const NOT_APPROVED: u32 = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_round_trip_and_reject_garbage() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::from_raw(*m as u32), Some(*m));
+        }
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(*h as usize, i, "hooks are numbered densely");
+        }
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "outcomes are numbered densely");
+        }
+        assert_eq!(Mode::from_raw(7), None);
+        assert_eq!(RuleKind::from_raw(0), None);
+        assert_eq!(Outcome::WouldDeny.label(), "would_deny");
+    }
+}

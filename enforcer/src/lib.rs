@@ -1,0 +1,1 @@
+//! The egress-enforcer agent (placeholder; being written).

@@ -1,0 +1,1 @@
+//! GeoIP databases to prefix tables (placeholder; being written).

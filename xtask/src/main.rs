@@ -1,0 +1,2 @@
+//! `cargo xtask`: developer automation (placeholder; being written).
+fn main() {}
