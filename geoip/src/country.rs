@@ -1,0 +1,136 @@
+//! [`CountryCode`]: an ISO 3166-1 alpha-2 code, validated once at the edge so
+//! the rest of the agent can index arrays with it without re-checking.
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// Two ASCII uppercase letters, e.g. `DE`.
+///
+/// Any two letters are accepted, not only assigned ISO codes: databases use
+/// user-assigned and exceptionally reserved codes (`XK` for Kosovo, `EU`,
+/// `AP`, `ZZ`), and the datapath's country index covers all 676 pairs.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// Accepts two ASCII letters in either case; `None` for anything else.
+    pub fn new(b: [u8; 2]) -> Option<Self> {
+        if b.iter().all(u8::is_ascii_alphabetic) {
+            Some(CountryCode(b.map(|c| c.to_ascii_uppercase())))
+        } else {
+            None
+        }
+    }
+
+    /// Parses `text` exactly (no trimming), case-insensitively.
+    pub(crate) fn from_text(text: &str) -> Option<Self> {
+        match text.as_bytes() {
+            &[a, b] => Self::new([a, b]),
+            _ => None,
+        }
+    }
+
+    /// The two uppercase ASCII letters.
+    pub fn as_bytes(self) -> [u8; 2] {
+        self.0
+    }
+
+    /// The code as text, e.g. `"DE"`.
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII letters by construction, so this never fails;
+        // the fallback only keeps the function free of a panic path.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CountryCode({})", self.as_str())
+    }
+}
+
+/// The text that is not a country code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid country code {text:?}: expected two ASCII letters (ISO 3166-1 alpha-2, e.g. DE)")]
+pub struct ParseCountryError {
+    /// The text as given.
+    pub text: String,
+}
+
+impl FromStr for CountryCode {
+    type Err = ParseCountryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::from_text(s).ok_or_else(|| ParseCountryError { text: s.to_owned() })
+    }
+}
+
+impl Serialize for CountryCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CountryCode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = CountryCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a two-letter country code such as \"DE\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CountryCode, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_case_insensitively_and_displays_uppercase() {
+        let c: CountryCode = "de".parse().unwrap();
+        assert_eq!(c.to_string(), "DE");
+        assert_eq!(c.as_str(), "DE");
+        assert_eq!(c.as_bytes(), *b"DE");
+        assert_eq!(format!("{c:?}"), "CountryCode(DE)");
+        assert_eq!(CountryCode::new(*b"fr"), Some("FR".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_anything_but_two_letters() {
+        for bad in ["", "D", "DEU", "D1", "1D", "Ä", "de ", " de", "--"] {
+            let err = bad.parse::<CountryCode>().unwrap_err();
+            assert_eq!(err.text, bad);
+            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+        }
+        assert_eq!(CountryCode::new([b'D', 0]), None);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        #[derive(Deserialize, Serialize)]
+        struct T {
+            c: CountryCode,
+        }
+        let t: T = toml::from_str("c = \"ch\"").unwrap();
+        assert_eq!(t.c.as_str(), "CH");
+        assert_eq!(toml::to_string(&t).unwrap().trim(), "c = \"CH\"");
+        let err = toml::from_str::<T>("c = \"CHE\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("\"CHE\""), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! [`Source`]: one database file, its format detected from its content, and
+//! what loading it yields ([`Loaded`]: tables, [`Stats`], [`SourceInfo`]).
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::{GeoTable, GeoipError, csv, mmdb};
+
+/// The marker before a MaxMind DB's metadata section.
+const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
+/// The metadata section is at most 128 KiB (MaxMind DB spec), so the marker
+/// is within that distance of the end of a complete file.
+const METADATA_MAX: usize = 128 * 1024;
+
+/// Which record fields give the country.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Schema {
+    /// GeoIP2/GeoLite2 Country and City: `country.iso_code`, else
+    /// `registered_country.iso_code`.
+    MaxMind,
+    /// DB-IP lite, ip-location-db, IPinfo: top-level `country_code`.
+    Flat,
+}
+
+/// The format of a source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// A MaxMind DB (.mmdb), detected by its metadata marker.
+    Mmdb {
+        /// The record schema, detected from `database_type` or the records.
+        schema: Schema,
+        /// The database's `ip_version`: 4 (IPv4 only) or 6.
+        ip_version: u16,
+    },
+    /// A CSV text file.
+    Csv,
+}
+
+/// Counts from one load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// IPv4 networks (or CSV rows) that carried a country, before aggregation.
+    pub raw_v4: usize,
+    /// IPv6 networks (or CSV rows) that carried a country, before aggregation.
+    pub raw_v6: usize,
+    /// Networks with data but no usable country (not in the table).
+    pub unlocated: usize,
+    /// Of `unlocated`: networks whose country field is present but is not
+    /// two ASCII letters.
+    pub invalid_codes: usize,
+    /// IPv4 prefixes after aggregation.
+    pub aggregated_v4: usize,
+    /// IPv6 prefixes after aggregation.
+    pub aggregated_v6: usize,
+}
+
+/// Where a table came from, for logs, metrics and the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// The file as opened.
+    pub path: PathBuf,
+    /// Its format (and for .mmdb its schema and IP version).
+    pub format: Format,
+    /// The MaxMind DB `database_type` (e.g. `GeoLite2-Country`); None for CSV.
+    pub database_type: Option<String>,
+    /// The MaxMind DB `build_epoch` (Unix seconds); None for CSV.
+    pub build_epoch: Option<u64>,
+    /// SHA-256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// What [`Source::load`] returns.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The aggregated tables.
+    pub table: GeoTable,
+    /// Counts before and after aggregation.
+    pub stats: Stats,
+    /// What was loaded.
+    pub info: SourceInfo,
+}
+
+enum Content {
+    Mmdb(Box<maxminddb::Reader<Vec<u8>>>),
+    Csv(String),
+}
+
+/// One database file, read into memory and checked for its format.
+pub struct Source {
+    path: PathBuf,
+    sha256: String,
+    content: Content,
+}
+
+impl fmt::Debug for Source {
+    // The reader holds the whole file: print what identifies it instead.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .field("mmdb", &self.is_mmdb())
+            .finish()
+    }
+}
+
+impl Source {
+    /// Reads `path` and detects its format: a MaxMind DB when the metadata
+    /// marker is near its end (whatever the file is called), otherwise a CSV
+    /// text file. The MaxMind DB metadata and layout are validated here;
+    /// records are read by [`load`](Self::load).
+    pub fn open(path: &Path) -> Result<Source, GeoipError> {
+        let bytes = std::fs::read(path).map_err(|source| GeoipError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Like [`open`](Self::open) for bytes already in memory; `path` only
+    /// labels errors and [`SourceInfo`].
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Source, GeoipError> {
+        let path = path.into();
+        let format_err = |reason: &str| GeoipError::Format {
+            path: path.clone(),
+            reason: reason.to_owned(),
+        };
+        if bytes.is_empty() {
+            return Err(format_err("the file is empty (an interrupted download?)"));
+        }
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let tail = &bytes[bytes
+            .len()
+            .saturating_sub(METADATA_MAX + METADATA_MARKER.len())..];
+        let has_marker = tail
+            .windows(METADATA_MARKER.len())
+            .any(|w| w == METADATA_MARKER);
+        let content = if has_marker {
+            let reader =
+                maxminddb::Reader::from_source(bytes).map_err(|source| GeoipError::Mmdb {
+                    path: path.clone(),
+                    source,
+                })?;
+            Content::Mmdb(Box::new(reader))
+        } else {
+            match String::from_utf8(bytes) {
+                Ok(text) if !text.contains('\0') => Content::Csv(text),
+                _ => {
+                    return Err(format_err(
+                        "binary content without a MaxMind DB metadata marker \
+                         (\\xab\\xcd\\xefMaxMind.com) near its end: a truncated or corrupt .mmdb, \
+                         or not a GeoIP database (CSV sources must be UTF-8 text)",
+                    ));
+                }
+            }
+        };
+        Ok(Source {
+            path,
+            sha256,
+            content,
+        })
+    }
+
+    /// The path the source was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// SHA-256 of the file, lowercase hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// True for a MaxMind DB, false for CSV.
+    pub fn is_mmdb(&self) -> bool {
+        matches!(self.content, Content::Mmdb(_))
+    }
+
+    /// Reads every network or row into aggregated tables.
+    ///
+    /// A MaxMind DB without any located network is an error (the wrong kind
+    /// of database, e.g. an ASN one); a CSV may be empty (an overlay with no
+    /// rows yet).
+    pub fn load(&self) -> Result<Loaded, GeoipError> {
+        match &self.content {
+            Content::Mmdb(reader) => {
+                let md = reader.metadata();
+                let loaded = mmdb::load(reader, &self.path)?;
+                Ok(Loaded {
+                    table: loaded.table,
+                    stats: loaded.stats,
+                    info: SourceInfo {
+                        path: self.path.clone(),
+                        format: Format::Mmdb {
+                            schema: loaded.schema,
+                            ip_version: md.ip_version,
+                        },
+                        database_type: Some(md.database_type.clone()),
+                        build_epoch: Some(md.build_epoch),
+                        sha256: self.sha256.clone(),
+                    },
+                })
+            }
+            Content::Csv(text) => {
+                let (table, stats) = csv::parse(text, &self.path)?;
+                Ok(Loaded {
+                    table,
+                    stats,
+                    info: SourceInfo {
+                        path: self.path.clone(),
+                        format: Format::Csv,
+                        database_type: None,
+                        build_epoch: None,
+                        sha256: self.sha256.clone(),
+                    },
+                })
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_of_sha256() {
+        assert_eq!(
+            hex(&Sha256::digest(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn empty_and_binary_files_are_format_errors_naming_the_file() {
+        let e = Source::from_bytes("/x/empty.mmdb", Vec::new()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/x/empty.mmdb: unrecognised format: the file is empty (an interrupted download?)"
+        );
+        let e = Source::from_bytes("/x/bin.mmdb", vec![0, 1, 2, 0xff]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/x/bin.mmdb: unrecognised format: binary content"),
+            "{e}"
+        );
+        let mut random = Vec::new();
+        let mut x = 0x1234_5678_u32;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            random.push(x as u8);
+        }
+        let e = Source::from_bytes("/x/random.bin", random).unwrap_err();
+        assert!(matches!(e, GeoipError::Format { .. }), "{e}");
+        assert_eq!(e.path(), Path::new("/x/random.bin"));
+    }
+
+    #[test]
+    fn a_marker_with_garbage_metadata_is_an_mmdb_error() {
+        let mut bytes = b"garbage".to_vec();
+        bytes.extend_from_slice(METADATA_MARKER);
+        bytes.extend_from_slice(b"\x00\x01\x02");
+        let e = Source::from_bytes("/x/bad.mmdb", bytes).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/x/bad.mmdb: invalid MaxMind DB: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn text_is_csv_whatever_its_name() {
+        let s = Source::from_bytes("/x/overlay.mmdb", b"198.51.100.0/24,DE\n".to_vec()).unwrap();
+        assert!(!s.is_mmdb());
+        let l = s.load().unwrap();
+        assert_eq!(l.info.format, Format::Csv);
+        assert_eq!(l.stats.raw_v4, 1);
+        assert_eq!(l.info.sha256.len(), 64);
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_it() {
+        let e = Source::open(Path::new("/nonexistent/geo.mmdb")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/geo.mmdb: cannot read: "),
+            "{e}"
+        );
+    }
+}
