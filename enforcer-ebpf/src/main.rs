@@ -1,2 +1,33 @@
+//! The egress-enforcer datapath.
+//!
+//! Every hook asks one question, through [`decide`]: is this destination in an
+//! approved jurisdiction, and what does the current mode do about it? The
+//! hooks only translate their context into an address, apply the answer and
+//! count it.
+//!
+//! - [`connect`]: cgroup `connect4`/`connect6`, so TCP connect() and UDP
+//!   connect() to a refused destination fail with EPERM.
 #![no_std]
 #![no_main]
+// Atomic adds on per-CPU counters (see counters.rs); the datapath is built
+// with the nightly toolchain anyway (-Z build-std=core).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod connect;
+mod counters;
+mod decide;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that
+    // could get here, because it never returns.
+    loop {}
+}
+
+/// Some helpers are GPL-only; the datapath is dual licensed to use them.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,15 @@
+//! Rebuild the datapath when the bpf-linker binary changes.
+//!
+//! Building this crate depends on `bpf-linker`, which cargo cannot track as a
+//! dependency (no artifact dependencies on stable): keying the build on the
+//! linker's path makes cargo rebuild when a different one is installed.
+use which::which;
+
+fn main() {
+    match which("bpf-linker") {
+        Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
+        // Leave the error to the link step, which names the missing linker;
+        // `cargo xtask setup` installs it.
+        Err(_) => println!("cargo:warning=bpf-linker not found on PATH; run `cargo xtask setup`"),
+    }
+}
