@@ -1,1 +1,22 @@
-//! The egress-enforcer agent (placeholder; being written).
+//! The egress-enforcer agent as a library; `main.rs` is a thin wrapper.
+//!
+//! Modules by concern:
+//! - [`config`]: the TOML config, validated before anything touches the kernel;
+//! - [`policy`]: config + GeoIP sources -> what one policy slot holds;
+//! - [`datapath`]: load/adopt, slot writer and flip, attach/pin, counters,
+//!   uninstall;
+//! - [`scope`]: configured cgroups -> attach targets;
+//! - [`metrics`]: the Prometheus collector and `GET /metrics`;
+//! - [`paths`]: runtime paths and their discovery;
+//! - [`cli`]: one module per CLI verb.
+//!
+//! Library modules return `thiserror` errors; the CLI verbs are the
+//! application layer and use `anyhow` to add context.
+
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod metrics;
+pub mod paths;
+pub mod policy;
+pub mod scope;

@@ -1,0 +1,59 @@
+//! `enforcer config check`: validate a config and load its GeoIP sources,
+//! without touching the kernel.
+
+use super::ConfigArg;
+use crate::{config::Scope, policy::CompiledPolicy, scope};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    let policy = CompiledPolicy::compile(&config)?;
+    let targets = scope::resolve(&config.scope)?;
+
+    println!("config:   {}", config.origin);
+    println!("mode:     {}", config.mode.label());
+    println!(
+        "approved: {} ({} countries: {})",
+        config.approved_items.join(", "),
+        config.approved.len(),
+        config
+            .approved
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("unknown:  {}", config.unknown.label());
+    for (i, s) in policy.sources.iter().enumerate() {
+        println!(
+            "geoip[{i}]: {} ({}; {} + {} networks with a country, {} without; {} + {} prefixes after aggregation; {:.2}s)",
+            s.info.path.display(),
+            s.info.database_type.as_deref().unwrap_or("csv"),
+            s.stats.raw_v4,
+            s.stats.raw_v6,
+            s.stats.unlocated,
+            s.stats.aggregated_v4,
+            s.stats.aggregated_v6,
+            s.load_seconds
+        );
+    }
+    let (v4, v6) = policy.geo_len();
+    println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");
+    match &config.scope {
+        Scope::HostWide => println!("scope:    host-wide ({})", targets[0].path.display()),
+        Scope::Cgroups(_) => {
+            for t in &targets {
+                println!("scope:    {} (cgroup id {})", t.path.display(), t.id);
+            }
+        }
+    }
+    println!("metrics:  http://{}/metrics", config.metrics_listen);
+    println!("pin dir:  {}", config.pin_dir.display());
+    println!("ok");
+    Ok(())
+}

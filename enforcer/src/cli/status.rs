@@ -1,0 +1,105 @@
+//! `enforcer status`: what the kernel holds now, read from the pinned maps.
+
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use anyhow::Context as _;
+use aya::maps::{Array, MapData};
+use enforcer_common::{CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_SLOT, CONFIG, Mode, Outcome};
+
+use super::ConfigArg;
+use crate::{
+    datapath::{self, counters::CounterReader},
+    metrics::country_label,
+    paths::PinLayout,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Pin directory to read (default: the config's agent.pin_dir).
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let pin_dir = match args.pin_dir {
+        Some(p) => p,
+        None => args.config.load()?.pin_dir,
+    };
+    let config: Array<MapData, u32> =
+        Array::try_from(datapath::open_pinned(&pin_dir, CONFIG)?).context("CONFIG map")?;
+    let word = |i: u32| {
+        config
+            .get(&i, 0)
+            .with_context(|| format!("reading CONFIG[{i}]"))
+    };
+    let layout = word(CFG_LAYOUT)?;
+    let slot = word(CFG_SLOT)?;
+    let mode = Mode::from_raw(word(CFG_MODE)?)
+        .map(Mode::label)
+        .unwrap_or("invalid");
+    let generation = word(CFG_GENERATION)?;
+
+    let links_dir = PinLayout::new(&pin_dir).links;
+    let mut links: Vec<String> = fs::read_dir(&links_dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+
+    let counts = CounterReader::open(&pin_dir)?.connections()?;
+    let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &counts {
+        *by_verdict.entry(c.outcome.label()).or_default() += c.value;
+        if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
+            *refused_by_country
+                .entry(country_label(c.country))
+                .or_default() += c.value;
+        }
+    }
+
+    if args.json {
+        let v = serde_json::json!({
+            "pin_dir": pin_dir,
+            "layout": layout,
+            "mode": mode,
+            "active_slot": slot,
+            "generation": generation,
+            "links": links,
+            "connections": by_verdict,
+            "denied_or_would_deny_by_country": refused_by_country,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("pin dir:    {} (layout v{layout})", pin_dir.display());
+    println!("mode:       {mode}");
+    println!("slot:       {slot} (generation {generation})");
+    println!(
+        "links:      {}",
+        if links.is_empty() {
+            "none: nothing is enforced".to_owned()
+        } else {
+            links.join(" ")
+        }
+    );
+    for (verdict, n) in &by_verdict {
+        println!("{:<11} {n}", format!("{verdict}:"));
+    }
+    if !refused_by_country.is_empty() {
+        let list: Vec<String> = refused_by_country
+            .iter()
+            .map(|(c, n)| format!("{c}={n}"))
+            .collect();
+        println!("refused or would refuse, by country: {}", list.join(" "));
+    }
+    Ok(())
+}

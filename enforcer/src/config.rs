@@ -1,0 +1,379 @@
+//! The agent's TOML configuration: parsing, defaults and validation.
+//!
+//! Validation happens here, before anything touches the kernel, so a bad
+//! config never changes what is in force. Every error names the file and
+//! what is wrong (with the line and column for syntax errors).
+
+use std::{
+    collections::BTreeSet,
+    fmt, fs,
+    net::SocketAddr,
+    path::{Component, Path, PathBuf},
+};
+
+use enforcer_common::Mode;
+use geoip::CountryCode;
+use serde::Deserialize;
+
+use crate::paths;
+
+/// The configuration used by `enforcer run` when no `--config` is given:
+/// observe every process on the host, approve the EEA, let unknown through.
+pub const EMBEDDED_DEFAULT: &str = r#"# egress-enforcer built-in default configuration.
+mode = "observe"
+approved = ["EEA"]
+unknown = "allow"
+
+[geoip]
+sources = ["/usr/share/GeoIP/GeoLite2-Country.mmdb"]
+
+[scope]
+host_wide = true
+
+[metrics]
+listen = "127.0.0.1:9477"
+"#;
+
+/// Where a config came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Embedded,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Embedded => f.write_str("<embedded default config>"),
+        }
+    }
+}
+
+/// A config that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+/// What to do with destinations that no GeoIP source locates.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl Unknown {
+    pub fn label(self) -> &'static str {
+        match self {
+            Unknown::Allow => "allow",
+            Unknown::Deny => "deny",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ModeSetting {
+    #[default]
+    Observe,
+    Enforce,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: ModeSetting,
+    approved: Vec<String>,
+    #[serde(default)]
+    unknown: Unknown,
+    geoip: RawGeoip,
+    scope: RawScope,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    agent: RawAgent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoip {
+    sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    host_wide: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_listen")]
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    paths::DEFAULT_METRICS_LISTEN.to_owned()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    pin_dir: Option<PathBuf>,
+}
+
+/// Which cgroups the datapath is attached to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The cgroup2 root: every process on the host.
+    HostWide,
+    /// These cgroups (paths relative to the cgroup2 mount) and their children.
+    Cgroups(Vec<PathBuf>),
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub origin: Origin,
+    pub mode: Mode,
+    /// The approved-list items as written (codes, set names, `!CODE`).
+    pub approved_items: Vec<String>,
+    /// The resolved set of approved countries.
+    pub approved: BTreeSet<CountryCode>,
+    pub unknown: Unknown,
+    /// GeoIP sources in priority order: the first that locates an address wins.
+    pub sources: Vec<PathBuf>,
+    pub scope: Scope,
+    pub metrics_listen: SocketAddr,
+    pub pin_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = Origin::File(path.to_owned());
+        let text = fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, origin)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::parse(EMBEDDED_DEFAULT, Origin::Embedded)
+    }
+
+    /// `load(path)` when a path is given, else the embedded default.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => Self::embedded_default(),
+        }
+    }
+
+    /// Parses and validates config text. Relative GeoIP source paths are
+    /// relative to the config file's directory.
+    pub fn parse(text: &str, origin: Origin) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            origin: origin.clone(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(format_toml_error(&e)))?;
+
+        let approved =
+            geoip::sets::resolve(&raw.approved).map_err(|e| err(format!("approved: {e}")))?;
+        if approved.is_empty() {
+            return Err(err(
+                "approved: the list resolves to no country; every destination would be refused"
+                    .into(),
+            ));
+        }
+
+        if raw.geoip.sources.is_empty() {
+            return Err(err("geoip.sources: at least one database is needed".into()));
+        }
+        let base = match &origin {
+            Origin::File(p) => p.parent().map(Path::to_owned).unwrap_or_default(),
+            Origin::Embedded => PathBuf::from("/"),
+        };
+        let sources = raw
+            .geoip
+            .sources
+            .iter()
+            .map(|s| {
+                if s.is_absolute() {
+                    s.clone()
+                } else {
+                    base.join(s)
+                }
+            })
+            .collect();
+
+        let scope = match (raw.scope.host_wide, raw.scope.cgroups.is_empty()) {
+            (true, true) => Scope::HostWide,
+            (true, false) => {
+                return Err(err(
+                    "scope: set either host_wide = true or cgroups = [...], not both".into(),
+                ));
+            }
+            (false, true) => {
+                return Err(err(
+                    "scope: no cgroups listed; set cgroups = [\"system.slice/my.service\"] or host_wide = true".into(),
+                ));
+            }
+            (false, false) => {
+                let mut cgroups = Vec::new();
+                for (i, c) in raw.scope.cgroups.iter().enumerate() {
+                    cgroups.push(
+                        normalize_cgroup(c)
+                            .map_err(|m| err(format!("scope.cgroups[{i}] {:?}: {m}", c)))?,
+                    );
+                }
+                Scope::Cgroups(cgroups)
+            }
+        };
+
+        let metrics_listen = raw.metrics.listen.parse().map_err(|e| {
+            err(format!(
+                "metrics.listen {:?}: not an address:port ({e})",
+                raw.metrics.listen
+            ))
+        })?;
+
+        let pin_dir = raw
+            .agent
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_PIN_DIR));
+        if !pin_dir.is_absolute() {
+            return Err(err(format!(
+                "agent.pin_dir {:?}: must be an absolute path on bpffs",
+                pin_dir
+            )));
+        }
+
+        Ok(Config {
+            origin,
+            mode: match raw.mode {
+                ModeSetting::Observe => Mode::Observe,
+                ModeSetting::Enforce => Mode::Enforce,
+            },
+            approved_items: raw.approved,
+            approved,
+            unknown: raw.unknown,
+            sources,
+            scope,
+            metrics_listen,
+            pin_dir,
+        })
+    }
+}
+
+/// A scope cgroup as a path relative to the cgroup2 mount. Absolute paths
+/// are accepted when they are under the mount (checked at attach time, when
+/// the mount is known); `..` is refused so a scope can never climb out.
+fn normalize_cgroup(p: &Path) -> Result<PathBuf, String> {
+    if p.as_os_str().is_empty() {
+        return Err("empty path".into());
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("must not contain \"..\"".into());
+    }
+    Ok(p.to_owned())
+}
+
+/// toml's errors carry the line, column and a snippet; keep them on one
+/// readable block under the file name.
+fn format_toml_error(e: &toml::de::Error) -> String {
+    let msg = e.to_string();
+    msg.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Origin::File(PathBuf::from("/etc/ee/test.toml")))
+    }
+
+    const MINIMAL: &str = r#"
+approved = ["DE"]
+[geoip]
+sources = ["geo.mmdb"]
+[scope]
+cgroups = ["system.slice/storage.service"]
+"#;
+
+    #[test]
+    fn embedded_default_is_valid_and_safe() {
+        let c = Config::embedded_default().expect("the embedded default parses");
+        assert_eq!(c.mode, Mode::Observe);
+        assert_eq!(c.unknown, Unknown::Allow);
+        assert_eq!(c.scope, Scope::HostWide);
+        assert!(c.approved.contains(&"DE".parse().expect("code")));
+        assert!(
+            c.approved.contains(&"NO".parse().expect("code")),
+            "EEA includes Norway"
+        );
+        assert!(!c.approved.contains(&"US".parse().expect("code")));
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults_and_relative_sources() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(c.mode, Mode::Observe);
+        assert_eq!(c.sources, vec![PathBuf::from("/etc/ee/geo.mmdb")]);
+        assert_eq!(c.metrics_listen, "127.0.0.1:9477".parse().expect("addr"));
+        assert_eq!(c.pin_dir, PathBuf::from(paths::DEFAULT_PIN_DIR));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("mode = \"enforc\"\n", "enforc"),
+            (&MINIMAL.replace("[\"DE\"]", "[\"XX1\"]"), "XX1"),
+            (
+                &MINIMAL.replace("[\"DE\"]", "[\"DE\", \"!DE\"]"),
+                "resolves to no country",
+            ),
+            (
+                &format!("{MINIMAL}\n[metrics]\nlisten = \"nonsense\"\n"),
+                "metrics.listen",
+            ),
+            (&MINIMAL.replace("approved", "aproved"), "aproved"),
+            (
+                &MINIMAL.replace("system.slice/storage.service", "../escape"),
+                "..",
+            ),
+            (
+                &MINIMAL.replace("cgroups = [\"system.slice/storage.service\"]", ""),
+                "no cgroups",
+            ),
+            ("approved = [\n", "line"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.starts_with("/etc/ee/test.toml: "), "{e}");
+            assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+        }
+    }
+}

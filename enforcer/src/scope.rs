@@ -1,0 +1,89 @@
+//! Resolving the configured scope to cgroup2 directories to attach to.
+//!
+//! Every target is opened (and checked to be a cgroup2 directory) before
+//! anything is attached, so a missing cgroup fails the whole attach instead
+//! of leaving half the scope enforced.
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+
+use crate::{config::Scope, paths};
+
+/// An attach target.
+#[derive(Debug)]
+pub struct CgroupTarget {
+    /// Absolute path of the cgroup directory.
+    pub path: PathBuf,
+    /// The open directory (what the kernel attaches to).
+    pub dir: File,
+    /// The cgroup id (its cgroup2 inode number), as `bpf_get_current_cgroup_id()` and
+    /// bpf_link_info report it.
+    pub id: u64,
+}
+
+/// An error resolving the scope.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("cannot find the cgroup2 mount: {0}")]
+    Mount(io::Error),
+    #[error("scope cgroup {path}: {message}")]
+    Cgroup { path: PathBuf, message: String },
+}
+
+/// Opens every cgroup of the scope.
+pub fn resolve(scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
+    let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
+    resolve_under(&mount, scope)
+}
+
+/// Like [`resolve`] with a known cgroup2 mount point.
+pub fn resolve_under(mount: &Path, scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
+    let paths: Vec<PathBuf> = match scope {
+        Scope::HostWide => vec![mount.to_owned()],
+        Scope::Cgroups(list) => list
+            .iter()
+            .map(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    mount.join(p)
+                }
+            })
+            .collect(),
+    };
+    paths.into_iter().map(|p| open(mount, p)).collect()
+}
+
+fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
+    let err = |message: String| ScopeError::Cgroup {
+        path: path.clone(),
+        message,
+    };
+    if !path.starts_with(mount) {
+        return Err(err(format!(
+            "not under the cgroup2 mount {}",
+            mount.display()
+        )));
+    }
+    let dir = File::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let meta = dir.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(err("not a directory".into()));
+    }
+    match statfs(&path) {
+        Ok(s) if s.filesystem_type() == CGROUP2_SUPER_MAGIC => {}
+        Ok(_) => return Err(err("not on a cgroup2 file system".into())),
+        Err(e) => return Err(err(format!("statfs: {e}"))),
+    }
+    Ok(CgroupTarget {
+        id: meta.ino(),
+        path,
+        dir,
+    })
+}
