@@ -1,1 +1,48 @@
-//! Integration-test support (placeholder; being written).
+//! Support for the privileged integration tests (`tests/tests/*.rs`, one
+//! file per concern) and for `cargo xtask demo`.
+//!
+//! - [`sandbox`]: two network namespaces joined by a veth pair and a child
+//!   cgroup, removed on drop (also when a test panics), with stale ones of
+//!   dead test processes swept on creation;
+//! - [`agent`]: the real `enforcer` binary started with a config, waited
+//!   for through sd_notify READY=1, stopped with SIGTERM and uninstalled;
+//! - [`probe`]: real TCP/UDP clients run inside the sandbox (`ee-probe`);
+//! - [`metrics`]: scraping and reading `/metrics`;
+//! - [`kernel`]: asking the kernel what is attached to a cgroup;
+//! - [`scenario`]: the common set-up of one test.
+//!
+//! Everything here panics on failure, with a message saying what failed:
+//! these are tests (aya's test/ does the same).
+
+pub mod agent;
+pub mod kernel;
+pub mod metrics;
+pub mod probe;
+pub mod sandbox;
+pub mod scenario;
+
+/// Whether the tests run in CI, where a skipped kernel test is a failure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Skips a test that cannot run here: prints `skipping: <why>`, and fails
+/// instead when running in CI.
+#[macro_export]
+macro_rules! skip_unless {
+    ($cond:expr, $($why:tt)+) => {
+        if !$cond {
+            let why = format!($($why)+);
+            if $crate::in_ci() {
+                panic!("cannot run in CI: {why}");
+            }
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+}
+
+/// Whether this process can do what the kernel tests need (root).
+pub fn privileged() -> bool {
+    nix::unistd::geteuid().is_root()
+}

@@ -1,0 +1,197 @@
+//! The real `enforcer` binary, run the way systemd runs it: with a config
+//! file and a NOTIFY_SOCKET, ready when it says READY=1.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{metrics::Metrics, sandbox::sibling_binary};
+
+/// How long an agent may take to load its databases and attach.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `enforcer` binary under test.
+pub fn enforcer_binary() -> PathBuf {
+    sibling_binary("enforcer", "ENFORCER_BIN")
+}
+
+/// A free TCP port on loopback for a metrics listener.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Runs `enforcer <args>` to completion.
+pub fn enforcer(args: &[&str]) -> Output {
+    Command::new(enforcer_binary())
+        .args(args)
+        .output()
+        .expect("run enforcer")
+}
+
+/// A running agent. Dropping it stops it and uninstalls its pin directory,
+/// so no test leaves anything attached.
+pub struct Agent {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub metrics: SocketAddr,
+    stderr_path: PathBuf,
+}
+
+/// An agent that exited instead of becoming ready.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Agent {
+    /// Writes `config` to `dir/enforcer.toml` and starts the agent with it.
+    /// `pin_dir` and `metrics` must be the ones the config names.
+    pub fn start(
+        dir: &Path,
+        config: &str,
+        pin_dir: &Path,
+        metrics: SocketAddr,
+    ) -> Result<Agent, StartFailure> {
+        let path = dir.join("enforcer.toml");
+        fs::write(&path, config).expect("write config");
+        Self::start_with(&path, pin_dir, metrics)
+    }
+
+    /// Starts the agent with an existing config file.
+    pub fn start_with(
+        config: &Path,
+        pin_dir: &Path,
+        metrics: SocketAddr,
+    ) -> Result<Agent, StartFailure> {
+        let dir = config.parent().expect("config dir");
+        let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
+        let _ = fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("notify timeout");
+        let stderr_path = dir.join("agent.log");
+        let stderr = fs::File::create(&stderr_path).expect("agent log");
+        let child = Command::new(enforcer_binary())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("ENFORCER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn enforcer run");
+        let mut agent = Agent {
+            child: Some(child),
+            config: config.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+            metrics,
+            stderr_path,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                let _ = fs::remove_file(&notify_path);
+                return Ok(agent);
+            }
+            if let Some(status) = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                agent.child = None;
+                let _ = fs::remove_file(&notify_path);
+                return Err(StartFailure {
+                    status,
+                    stderr: agent.log(),
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after {START_TIMEOUT:?}:\n{}",
+                agent.log()
+            );
+        }
+    }
+
+    /// What the agent wrote to stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Scrapes `GET /metrics`.
+    pub fn scrape(&self) -> Metrics {
+        Metrics::scrape(self.metrics)
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("agent is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .expect("signal agent");
+    }
+
+    /// SIGTERM and wait: the agent exits, enforcement stays pinned.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent is running");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent (if running) and removes its pins.
+    pub fn uninstall(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let out = enforcer(&["uninstall", "--pin-dir", &self.pin_dir.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "enforcer uninstall failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(enforcer_binary())
+            .args(["uninstall", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .stdout(Stdio::null())
+            .status();
+        // Belt and braces: the pin directory must not survive a test.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+    }
+}

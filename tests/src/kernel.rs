@@ -1,0 +1,60 @@
+//! Asking the kernel directly what is attached to a cgroup
+//! (BPF_PROG_QUERY), independent of the agent's own bookkeeping.
+
+use std::{fs::File, os::fd::AsRawFd as _, path::Path};
+
+/// `enum bpf_attach_type` values (include/uapi/linux/bpf.h).
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// The `query` member of `union bpf_attr`, padded to the union's size.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: [u32; 25],
+}
+
+/// How many programs are attached directly to `cgroup` for `attach_type`.
+pub fn attached_programs(cgroup: &Path, attach_type: u32) -> u32 {
+    let dir = File::open(cgroup).unwrap_or_else(|e| panic!("open {}: {e}", cgroup.display()));
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: dir.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    // SAFETY: attr is a valid, fully initialised bpf_attr prefix of the
+    // size passed; prog_ids points at `ids`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &mut attr as *mut QueryAttr,
+            std::mem::size_of::<QueryAttr>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_QUERY on {}: {}",
+        cgroup.display(),
+        std::io::Error::last_os_error()
+    );
+    attr.prog_cnt
+}
+
+/// Programs attached to the connect hooks of `cgroup`, both families.
+pub fn connect_programs(cgroup: &Path) -> u32 {
+    attached_programs(cgroup, BPF_CGROUP_INET4_CONNECT)
+        + attached_programs(cgroup, BPF_CGROUP_INET6_CONNECT)
+}

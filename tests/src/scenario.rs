@@ -1,0 +1,112 @@
+//! The common set-up of an integration test: a sandbox, a scratch
+//! directory, a small GeoIP database written by the test, a private pin
+//! directory and metrics port, and a config that scopes the agent to the
+//! sandbox's cgroup only.
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use crate::{
+    agent::{Agent, free_port},
+    sandbox::{Sandbox, addr},
+};
+
+/// The tests' database: the sandbox's "approved" addresses are in Germany
+/// (in the EEA), the "denied" ones in the United States, the "unknown"
+/// ones in no database.
+pub const TEST_DB_CSV: &str = "# egress-enforcer integration tests\n\
+cidr,country\n\
+198.51.100.10/32,DE\n\
+198.51.100.20/32,US\n\
+2001:db8:1::10/128,DE\n\
+2001:db8:1::20/128,US\n";
+
+pub const APPROVED_COUNTRY: &str = "DE";
+pub const DENIED_COUNTRY: &str = "US";
+
+pub struct Scenario {
+    pub sb: Sandbox,
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub pin_dir: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+impl Scenario {
+    pub fn new() -> Scenario {
+        let sb = Sandbox::new();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{}-", sb.id))
+            .tempdir()
+            .expect("scratch directory");
+        let db = dir.path().join("test-geo.csv");
+        fs::write(&db, TEST_DB_CSV).expect("write test database");
+        let pin_dir = PathBuf::from(enforcer::paths::BPFFS).join(&sb.id);
+        let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
+        Scenario {
+            sb,
+            dir,
+            db,
+            pin_dir,
+            metrics,
+        }
+    }
+
+    /// A config for this scenario: `mode`, `unknown`, the EEA approved, the
+    /// test database (then `extra_sources`), scoped to the sandbox cgroup.
+    pub fn config(&self, mode: &str, unknown: &str, extra_sources: &[PathBuf]) -> String {
+        let mut sources = vec![format!("{:?}", self.db.display().to_string())];
+        sources.extend(
+            extra_sources
+                .iter()
+                .map(|p| format!("{:?}", p.display().to_string())),
+        );
+        format!(
+            "mode = \"{mode}\"\n\
+             approved = [\"EEA\"]\n\
+             unknown = \"{unknown}\"\n\
+             [geoip]\n\
+             sources = [{}]\n\
+             [scope]\n\
+             cgroups = [{:?}]\n\
+             [metrics]\n\
+             listen = \"{}\"\n\
+             [agent]\n\
+             pin_dir = {:?}\n",
+            sources.join(", "),
+            self.sb.cgroup.display().to_string(),
+            self.metrics,
+            self.pin_dir.display().to_string(),
+        )
+    }
+
+    /// Starts an agent with `config`; panics with its log if it fails.
+    pub fn start(&self, config: &str) -> Agent {
+        Agent::start(self.dir.path(), config, &self.pin_dir, self.metrics)
+            .unwrap_or_else(|f| panic!("agent failed to start ({}):\n{}", f.status, f.stderr))
+    }
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `::ffff:a.b.c.d`.
+pub fn mapped(v4: Ipv4Addr) -> IpAddr {
+    IpAddr::V6(v4.to_ipv6_mapped())
+}
+
+/// The sandbox addresses, for convenience in tests.
+pub use addr::*;
+
+/// Where `cargo xtask geoip fetch` put the real databases, if anywhere.
+pub fn real_geoip(file: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("EE_GEOIP_DIR")?;
+    let path = PathBuf::from(dir).join(file);
+    path.exists().then_some(path)
+}

@@ -1,0 +1,139 @@
+//! Bad input makes `enforcer run` fail with an error that names the file,
+//! and leaves nothing attached or pinned.
+
+use std::{fs, net::IpAddr, path::Path};
+
+use enforcer_tests::{
+    agent::Agent,
+    kernel::connect_programs,
+    privileged,
+    probe::{Proto, attempt},
+    scenario::*,
+    skip_unless,
+};
+
+/// Runs the agent with `config`, expects it to fail naming `needle`, and
+/// checks that nothing was left behind.
+fn assert_fails_cleanly(s: &Scenario, config_path: &Path, needle: &str) {
+    let failure = match Agent::start_with(config_path, &s.pin_dir, s.metrics) {
+        Ok(mut agent) => {
+            agent.uninstall();
+            panic!("the agent started with bad input ({needle})");
+        }
+        Err(f) => f,
+    };
+    assert!(!failure.status.success());
+    assert!(
+        failure.stderr.contains(needle),
+        "the error must name {needle:?}:\n{}",
+        failure.stderr
+    );
+    assert!(
+        !s.pin_dir.exists(),
+        "nothing may be pinned, found {}",
+        s.pin_dir.display()
+    );
+    assert_eq!(
+        connect_programs(&s.sb.cgroup),
+        0,
+        "nothing may be attached to the scope cgroup"
+    );
+    // And, functionally, nothing refuses: the config asked for enforce mode.
+    let a = attempt(&s.sb, Proto::Tcp, IpAddr::V4(DENIED_V4));
+    assert!(a.ok, "nothing may enforce after a failed start: {a:?}");
+}
+
+#[test]
+fn malformed_config_is_refused_with_its_file_name() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let good = s.config("enforce", "deny", &[]);
+    let cases = [
+        (
+            "syntax.toml",
+            good.replace("mode = \"enforce\"", "mode = \"enforce"),
+            "line",
+        ),
+        (
+            "bad-mode.toml",
+            good.replace("\"enforce\"", "\"enforcing\""),
+            "enforcing",
+        ),
+        (
+            "bad-country.toml",
+            good.replace("[\"EEA\"]", "[\"EEA\", \"XQZ\"]"),
+            "XQZ",
+        ),
+        (
+            "typo.toml",
+            good.replace("unknown =", "unknwon ="),
+            "unknwon",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = s.dir.path().join(name);
+        fs::write(&path, text).expect("write config");
+        assert_fails_cleanly(&s, &path, name);
+        assert_fails_cleanly(&s, &path, needle);
+    }
+}
+
+#[test]
+fn missing_scope_cgroup_is_refused_before_anything_is_attached() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let missing = s.sb.cgroup.with_file_name(format!("{}-missing", s.sb.id));
+    let text = s.config("enforce", "deny", &[]).replace(
+        &format!("cgroups = [{:?}]", s.sb.cgroup.display().to_string()),
+        &format!(
+            "cgroups = [{:?}, {:?}]",
+            s.sb.cgroup.display().to_string(),
+            missing.display().to_string()
+        ),
+    );
+    let path = s.dir.path().join("missing-cgroup.toml");
+    fs::write(&path, text).expect("write config");
+    assert_fails_cleanly(&s, &path, &missing.display().to_string());
+}
+
+#[test]
+fn truncated_mmdb_is_refused_with_its_file_name() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let real = real_geoip("GeoLite2-Country.mmdb");
+    skip_unless!(
+        real.is_some(),
+        "EE_GEOIP_DIR has no GeoLite2-Country.mmdb (run `cargo xtask geoip fetch`)"
+    );
+    let real = real.expect("checked");
+    let s = Scenario::new();
+    let bytes = fs::read(&real).expect("read real database");
+    for (name, len) in [
+        ("half.mmdb", bytes.len() / 2),
+        ("head.mmdb", 4096),
+        ("empty.mmdb", 0),
+    ] {
+        let cut = s.dir.path().join(name);
+        fs::write(&cut, &bytes[..len]).expect("write truncated database");
+        let path = s.dir.path().join(format!("{name}.toml"));
+        fs::write(
+            &path,
+            s.config("enforce", "deny", std::slice::from_ref(&cut)),
+        )
+        .expect("write config");
+        assert_fails_cleanly(&s, &path, &cut.display().to_string());
+    }
+}
+
+#[test]
+fn missing_database_is_refused_with_its_file_name() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let missing = s.dir.path().join("no-such.mmdb");
+    let path = s.dir.path().join("missing-db.toml");
+    fs::write(
+        &path,
+        s.config("enforce", "deny", std::slice::from_ref(&missing)),
+    )
+    .expect("write config");
+    assert_fails_cleanly(&s, &path, &missing.display().to_string());
+}
