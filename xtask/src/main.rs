@@ -1,2 +1,91 @@
-//! `cargo xtask`: developer automation (placeholder; being written).
-fn main() {}
+//! `cargo xtask`: developer automation for egress-enforcer.
+//!
+//! Run from anywhere in the workspace (the alias lives in `.cargo/config.toml`):
+//!
+//! ```text
+//! cargo xtask setup          # check/install toolchains, bpf-linker, system tools
+//! cargo xtask geoip fetch    # download the real GeoIP databases into a cache dir
+//! cargo xtask test           # everything CI runs (fmt, clippy, unit + kernel tests)
+//! cargo xtask demo           # the main job, shown in a sandbox
+//! ```
+//!
+//! Every subcommand that needs the toolchain or system tools calls
+//! [`setup::ensure`] first, so a fresh machine needs no manual steps beyond
+//! the ones that command prints. Adding a subcommand: one variant in
+//! [`Command`] (its doc comment is the help text) and one arm in [`run`].
+
+mod bpffs;
+mod demo;
+mod geoip;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer automation for egress-enforcer.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check, and install when missing, what builds, tests, demo and bench need.
+    ///
+    /// In order: Linux and root; the `nightly` toolchain with LLVM 22 (cannot
+    /// be installed here); rust-src for nightly; bpf-linker 0.10.4 (built
+    /// against the nightly's LLVM 22); the system tools ip, nft, curl, ping,
+    /// tar and npm (Debian packages). Idempotent, and offline when everything
+    /// is present. `test`, `demo` and `bench` run the same checks first.
+    Setup,
+
+    /// Real GeoIP databases for tests, benchmarks and the demo.
+    #[command(subcommand)]
+    Geoip(geoip::GeoipCommand),
+
+    /// Run every check CI runs: formatting, clippy (workspace and datapath),
+    /// unit tests and the privileged integration tests in a real kernel.
+    /// Installs what it needs first (see `setup`). Needs root.
+    Test(test::Args),
+
+    /// Show the main job in a sandbox: a real agent, observe then enforce,
+    /// curl from a client cgroup, and the metrics that prove it. Removes
+    /// everything it made, also on failure and Ctrl-C. Needs root.
+    Demo,
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Messages are written for people; a backtrace would bury them.
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Setup => setup::ensure(&setup::Opts {
+            require_root: false,
+        }),
+        Command::Geoip(cmd) => geoip::run(cmd),
+        Command::Test(args) => test::run(args),
+        Command::Demo => demo::run(),
+    }
+}

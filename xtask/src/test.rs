@@ -1,0 +1,106 @@
+//! `cargo xtask test`: everything CI runs, in the order a failure is
+//! cheapest to find: formatting, lints (workspace and datapath), build,
+//! unit tests, then the privileged integration tests (real kernel, their
+//! own namespaces and cgroups).
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{geoip, setup, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// Runs `cargo <args>` in the workspace root; fails with the command line.
+pub fn cargo(args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
+    let started = Instant::now();
+    println!("\n==> cargo {}", args.join(" "));
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    println!("==> ok ({:.0}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Lints the datapath with the nightly toolchain for the BPF target (the
+/// workspace clippy run does not build it).
+fn clippy_datapath() -> Result<()> {
+    let started = Instant::now();
+    let args = [
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "enforcer-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ];
+    println!("\n==> rustup {} … -- -D warnings", args.join(" "));
+    let target_dir = workspace_root().join("target").join("ebpf-clippy");
+    let status = Command::new("rustup")
+        .args(args)
+        .arg(&target_dir)
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root())
+        // The stable cargo's RUSTC must not leak into the nightly build.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .status()
+        .context("running clippy on enforcer-ebpf")?;
+    if !status.success() {
+        bail!("clippy on enforcer-ebpf failed ({status})");
+    }
+    println!("==> ok ({:.0}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    setup::ensure(&setup::Opts { require_root: true })?;
+    let files = geoip::ensure()?;
+    let geo_dir = files.dir.as_path();
+
+    // Plain `cargo build/clippy/test` cover the default members: every
+    // crate but enforcer-ebpf, which only builds for the BPF target (through
+    // enforcer/build.rs, and linted by `clippy_datapath`).
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
+    clippy_datapath()?;
+    cargo(&["build", "--bins"], &[])?;
+
+    let target = workspace_root().join("target").join("debug");
+    let enforcer = target.join("enforcer");
+    let probe = target.join("ee-probe");
+    let envs: [(&str, &Path); 3] = [
+        ("EE_GEOIP_DIR", geo_dir),
+        ("ENFORCER_BIN", &enforcer),
+        ("EE_PROBE_BIN", &probe),
+    ];
+    let _bpffs = crate::bpffs::Restore::new();
+    let mut test_args = vec!["test", "--no-fail-fast"];
+    test_args.extend(args.cargo_test_args.iter().map(String::as_str));
+    cargo(&test_args, &envs)?;
+    println!(
+        "\nall checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
