@@ -51,11 +51,7 @@ pub fn attempts_to(
     count: u32,
     in_cgroup: bool,
 ) -> Vec<Attempt> {
-    let mut cmd = if in_cgroup {
-        sb.client_command(probe_binary())
-    } else {
-        sb.client_command_outside_cgroup(probe_binary())
-    };
+    let mut cmd = sb.client_command_in(probe_binary(), in_cgroup);
     let out = cmd
         .args([
             "connect",

@@ -215,15 +215,22 @@ impl Sandbox {
 
     /// A command that runs in the client namespace and cgroup.
     pub fn client_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(program);
-        enter(&mut cmd, &self.client_ns, Some(&self.cgroup));
-        cmd
+        self.client_command_in(program, true)
     }
 
-    /// A command that runs in the client namespace, outside the cgroup.
-    pub fn client_command_outside_cgroup(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    /// A command that runs in the client namespace, inside the client
+    /// cgroup or (to show what is out of scope) outside it.
+    pub fn client_command_in(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        in_cgroup: bool,
+    ) -> Command {
         let mut cmd = Command::new(program);
-        enter(&mut cmd, &self.client_ns, None);
+        enter(
+            &mut cmd,
+            &self.client_ns,
+            in_cgroup.then_some(self.cgroup.as_path()),
+        );
         cmd
     }
 

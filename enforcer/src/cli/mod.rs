@@ -73,6 +73,26 @@ impl ConfigArg {
 
 use crate::config as enforcer_config;
 
+/// Where an installed datapath is pinned: `--pin-dir`, else the config's
+/// `agent.pin_dir` (shared by the verbs that read or remove pins).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PinDirArg {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Pin directory (default: the config's agent.pin_dir).
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl PinDirArg {
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.pin_dir {
+            Some(p) => Ok(p.clone()),
+            None => Ok(self.config.load()?.pin_dir),
+        }
+    }
+}
+
 fn init_logging(format: LogFormat, filter: &str) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {

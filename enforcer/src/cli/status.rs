@@ -1,12 +1,12 @@
 //! `enforcer status`: what the kernel holds now, read from the pinned maps.
 
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{collections::BTreeMap, fs};
 
 use anyhow::Context as _;
 use aya::maps::{Array, MapData};
 use enforcer_common::{CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_SLOT, CONFIG, Mode, Outcome};
 
-use super::ConfigArg;
+use super::PinDirArg;
 use crate::{
     datapath::{self, counters::CounterReader},
     metrics::country_label,
@@ -16,20 +16,14 @@ use crate::{
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub config: ConfigArg,
-    /// Pin directory to read (default: the config's agent.pin_dir).
-    #[arg(long)]
-    pub pin_dir: Option<PathBuf>,
+    pub pins: PinDirArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pin_dir = match args.pin_dir {
-        Some(p) => p,
-        None => args.config.load()?.pin_dir,
-    };
+    let pin_dir = args.pins.resolve()?;
     let config: Array<MapData, u32> =
         Array::try_from(datapath::open_pinned(&pin_dir, CONFIG)?).context("CONFIG map")?;
     let word = |i: u32| {

@@ -2,25 +2,17 @@
 //! The only thing that stops enforcement (DESIGN.md, "Enforcement outlives
 //! the agent").
 
-use std::path::PathBuf;
-
-use super::ConfigArg;
+use super::PinDirArg;
 use crate::datapath;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub config: ConfigArg,
-    /// Pin directory to clean (default: the config's agent.pin_dir).
-    #[arg(long)]
-    pub pin_dir: Option<PathBuf>,
+    pub pins: PinDirArg,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pin_dir = match args.pin_dir {
-        Some(p) => p,
-        None => args.config.load()?.pin_dir,
-    };
+    let pin_dir = args.pins.resolve()?;
     let report = datapath::uninstall(&pin_dir)?;
     if report.found {
         println!(
