@@ -13,6 +13,7 @@ use std::{
 
 use enforcer_common::Mode;
 use geoip::CountryCode;
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::paths;
@@ -92,12 +93,27 @@ struct RawConfig {
     approved: Vec<String>,
     #[serde(default)]
     unknown: Unknown,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    site: Vec<RawSite>,
     geoip: RawGeoip,
     scope: RawScope,
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
     agent: RawAgent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    cidr: String,
+    country: String,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +165,15 @@ pub enum Scope {
     Cgroups(Vec<PathBuf>),
 }
 
+/// A site network: an internal range whose jurisdiction GeoIP cannot know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub net: IpNetwork,
+    pub country: CountryCode,
+    /// A label for explanations ("paris-dc"); the CIDR when not given.
+    pub name: String,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -159,6 +184,12 @@ pub struct Config {
     /// The resolved set of approved countries.
     pub approved: BTreeSet<CountryCode>,
     pub unknown: Unknown,
+    /// `allow` exceptions: always let through, whatever GeoIP says.
+    pub allow: Vec<IpNetwork>,
+    /// `deny` exceptions: never approved, whatever GeoIP says.
+    pub deny: Vec<IpNetwork>,
+    /// Site networks, in config order.
+    pub sites: Vec<Site>,
     /// GeoIP sources in priority order: the first that locates an address wins.
     pub sources: Vec<PathBuf>,
     pub scope: Scope,
@@ -206,6 +237,29 @@ impl Config {
                 "approved: the list resolves to no country; every destination would be refused"
                     .into(),
             ));
+        }
+
+        let allow = parse_cidrs("allow", &raw.allow).map_err(&err)?;
+        let deny = parse_cidrs("deny", &raw.deny).map_err(&err)?;
+        let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
+        for (i, s) in raw.site.iter().enumerate() {
+            let net = parse_cidr(&s.cidr)
+                .map_err(|m| err(format!("site[{i}].cidr {:?}: {m}", s.cidr)))?;
+            let country: CountryCode = s
+                .country
+                .parse()
+                .map_err(|e| err(format!("site[{i}].country {:?}: {e}", s.country)))?;
+            if let Some(other) = sites.iter().find(|o| o.net == net && o.country != country) {
+                return Err(err(format!(
+                    "site[{i}] {net} is {country}, but site {:?} says the same range is {}",
+                    other.name, other.country
+                )));
+            }
+            sites.push(Site {
+                net,
+                country,
+                name: s.name.clone().unwrap_or_else(|| net.to_string()),
+            });
         }
 
         if raw.geoip.sources.is_empty() {
@@ -279,12 +333,41 @@ impl Config {
             approved_items: raw.approved,
             approved,
             unknown: raw.unknown,
+            allow,
+            deny,
+            sites,
             sources,
             scope,
             metrics_listen,
             pin_dir,
         })
     }
+}
+
+/// Parses a CIDR (or a single address, as /32 or /128). Host bits must be
+/// zero: `10.0.0.1/8` is almost always a typo, and silently widening or
+/// narrowing an exception is worse than an error.
+fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    let net: IpNetwork = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a CIDR ({e})"))?;
+    if net.network() != net.ip() {
+        return Err(format!(
+            "host bits are set; the network is {}/{}",
+            net.network(),
+            net.prefix()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_cidrs(field: &str, items: &[String]) -> Result<Vec<IpNetwork>, String> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse_cidr(t).map_err(|m| format!("{field}[{i}] {t:?}: {m}")))
+        .collect()
 }
 
 /// A scope cgroup as a path relative to the cgroup2 mount. Absolute paths
@@ -347,6 +430,28 @@ cgroups = ["system.slice/storage.service"]
     }
 
     #[test]
+    fn exceptions_and_sites_parse() {
+        let c = parse(&format!(
+            "allow = [\"198.51.100.0/28\", \"2001:db8::1\"]\ndeny = [\"198.18.0.0/15\"]\n{MINIMAL}\
+             [[site]]\ncidr = \"10.20.0.0/16\"\ncountry = \"fr\"\nname = \"paris-dc\"\n\
+             [[site]]\ncidr = \"fd00:1::/32\"\ncountry = \"DE\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.allow.len(), 2);
+        assert_eq!(c.allow[1].prefix(), 128, "a single address is a /128");
+        assert_eq!(
+            c.deny,
+            vec!["198.18.0.0/15".parse::<IpNetwork>().expect("cidr")]
+        );
+        assert_eq!(c.sites[0].name, "paris-dc");
+        assert_eq!(c.sites[0].country.as_str(), "FR");
+        assert_eq!(
+            c.sites[1].name, "fd00:1::/32",
+            "the CIDR names an unnamed site"
+        );
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_problem() {
         let cases: &[(&str, &str)] = &[
             ("mode = \"enforc\"\n", "enforc"),
@@ -369,6 +474,24 @@ cgroups = ["system.slice/storage.service"]
                 "no cgroups",
             ),
             ("approved = [\n", "line"),
+            (
+                &format!("allow = [\"10.0.0.1/8\"]\n{MINIMAL}"),
+                "allow[0] \"10.0.0.1/8\": host bits are set; the network is 10.0.0.0/8",
+            ),
+            (
+                &format!("deny = [\"198.51.100.0/24\", \"nope\"]\n{MINIMAL}"),
+                "deny[1] \"nope\"",
+            ),
+            (
+                &format!("{MINIMAL}[[site]]\ncidr = \"10.1.0.0/16\"\ncountry = \"FRA\"\n"),
+                "site[0].country",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[[site]]\ncidr = \"10.1.0.0/16\"\ncountry = \"FR\"\n[[site]]\ncidr = \"10.1.0.0/16\"\ncountry = \"DE\"\n"
+                ),
+                "site[1] 10.1.0.0/16 is DE",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

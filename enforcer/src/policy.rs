@@ -96,6 +96,31 @@ impl CompiledPolicy {
         sources: Vec<SourceReport>,
     ) -> Result<CompiledPolicy, PolicyError> {
         let mut entries = Vec::new();
+        let ids = |i: usize| i.min(u16::MAX as usize) as u16;
+        for (i, net) in config.deny.iter().enumerate() {
+            entries.push(RuleEntry {
+                net: *net,
+                kind: RuleKind::Deny,
+                country: UNKNOWN_COUNTRY,
+                id: ids(i),
+            });
+        }
+        for (i, net) in config.allow.iter().enumerate() {
+            entries.push(RuleEntry {
+                net: *net,
+                kind: RuleKind::Allow,
+                country: UNKNOWN_COUNTRY,
+                id: ids(i),
+            });
+        }
+        for (i, site) in config.sites.iter().enumerate() {
+            entries.push(RuleEntry {
+                net: site.net,
+                kind: RuleKind::Site,
+                country: country_index(site.country),
+                id: ids(i),
+            });
+        }
         for (id, (cidr, _label)) in BUILTIN_RANGES.iter().enumerate() {
             let net: IpNetwork = cidr.parse().map_err(|_| PolicyError::Builtin(cidr))?;
             entries.push(RuleEntry {

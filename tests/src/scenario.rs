@@ -58,6 +58,19 @@ impl Scenario {
     /// A config for this scenario: `mode`, `unknown`, the EEA approved, the
     /// test database (then `extra_sources`), scoped to the sandbox cgroup.
     pub fn config(&self, mode: &str, unknown: &str, extra_sources: &[PathBuf]) -> String {
+        self.config_with(mode, unknown, extra_sources, "", "")
+    }
+
+    /// [`Scenario::config`] with extra top-level keys (`top`, e.g. `allow =
+    /// [...]`) and extra tables at the end (`tail`, e.g. `[[site]]` blocks).
+    pub fn config_with(
+        &self,
+        mode: &str,
+        unknown: &str,
+        extra_sources: &[PathBuf],
+        top: &str,
+        tail: &str,
+    ) -> String {
         let mut sources = vec![format!("{:?}", self.db.display().to_string())];
         sources.extend(
             extra_sources
@@ -68,6 +81,7 @@ impl Scenario {
             "mode = \"{mode}\"\n\
              approved = [\"EEA\"]\n\
              unknown = \"{unknown}\"\n\
+             {top}\n\
              [geoip]\n\
              sources = [{}]\n\
              [scope]\n\
@@ -75,7 +89,8 @@ impl Scenario {
              [metrics]\n\
              listen = \"{}\"\n\
              [agent]\n\
-             pin_dir = {:?}\n",
+             pin_dir = {:?}\n\
+             {tail}\n",
             sources.join(", "),
             self.sb.cgroup.display().to_string(),
             self.metrics,
