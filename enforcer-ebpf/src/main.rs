@@ -6,7 +6,10 @@
 //! count it.
 //!
 //! - [`connect`]: cgroup `connect4`/`connect6`, so TCP connect() and UDP
-//!   connect() to a refused destination fail with EPERM.
+//!   connect() to a refused destination fail with EPERM;
+//! - [`sendmsg`]: cgroup `sendmsg4`/`sendmsg6`, so sendto() on unconnected
+//!   UDP sockets fails with EPERM;
+//! - [`sock_addr`]: what those four share.
 #![no_std]
 #![no_main]
 // Atomic adds on per-CPU counters (see counters.rs); the datapath is built
@@ -18,6 +21,8 @@ mod connect;
 mod counters;
 mod decide;
 mod maps;
+mod sendmsg;
+mod sock_addr;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -6,6 +6,8 @@ use std::{fs::File, os::fd::AsRawFd as _, path::Path};
 /// `enum bpf_attach_type` values (include/uapi/linux/bpf.h).
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
+pub const BPF_CGROUP_UDP6_SENDMSG: u32 = 15;
 
 const BPF_PROG_QUERY: libc::c_long = 16;
 
@@ -53,8 +55,16 @@ pub fn attached_programs(cgroup: &Path, attach_type: u32) -> u32 {
     attr.prog_cnt
 }
 
-/// Programs attached to the connect hooks of `cgroup`, both families.
-pub fn connect_programs(cgroup: &Path) -> u32 {
-    attached_programs(cgroup, BPF_CGROUP_INET4_CONNECT)
-        + attached_programs(cgroup, BPF_CGROUP_INET6_CONNECT)
+/// Programs attached to the socket hooks of `cgroup` (connect and sendmsg,
+/// both families): 4 when one agent is attached.
+pub fn socket_programs(cgroup: &Path) -> u32 {
+    [
+        BPF_CGROUP_INET4_CONNECT,
+        BPF_CGROUP_INET6_CONNECT,
+        BPF_CGROUP_UDP4_SENDMSG,
+        BPF_CGROUP_UDP6_SENDMSG,
+    ]
+    .into_iter()
+    .map(|t| attached_programs(cgroup, t))
+    .sum()
 }

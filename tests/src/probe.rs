@@ -26,7 +26,10 @@ impl Attempt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Tcp,
+    /// connect() then send().
     Udp,
+    /// sendto() on an unconnected socket.
+    UdpSendto,
 }
 
 impl Proto {
@@ -34,6 +37,7 @@ impl Proto {
         match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::UdpSendto => "udp-sendto",
         }
     }
 }

@@ -81,9 +81,18 @@ fn enforce_refuses_non_approved_and_counts_every_attempt() {
             m.text
         );
     }
+    // A connected IPv6 socket sends to ::ffff:a.b.c.d through udp_sendmsg
+    // with a sockaddr_in, so each of the N datagrams to the approved mapped
+    // address passes the sendmsg4 hook too (see the sendto test below).
+    assert_eq!(
+        count(&m, "sendmsg4", "ipv4", APPROVED_COUNTRY, "allowed"),
+        N as f64,
+        "{}",
+        m.text
+    );
     // Nothing else was counted: no would-deny in enforce mode, no stray verdicts.
     let total = m.sum("enforcer_connections_total", &[]);
-    assert_eq!(total, 6.0 * per_dest, "{}", m.text);
+    assert_eq!(total, 6.0 * per_dest + N as f64, "{}", m.text);
     assert_eq!(m.sum("enforcer_mode", &[("mode", "enforce")]), 1.0);
 }
 
@@ -154,4 +163,73 @@ fn processes_outside_the_scope_cgroup_are_not_touched() {
         "only the scoped attempt is counted\n{}",
         m.text
     );
+}
+
+#[test]
+fn unconnected_udp_sendto_is_decided_per_datagram() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    for (mode, verdict) in [("enforce", "denied"), ("observe", "would_deny")] {
+        let s = Scenario::new();
+        let agent = s.start(&s.config(mode, "allow", &[]));
+        // udpv6_sendmsg hands a datagram for ::ffff:a.b.c.d to udp_sendmsg
+        // with a sockaddr_in before the IPv6 sendmsg hook would run, so the
+        // kernel runs sendmsg4 for it
+        // (https://github.com/torvalds/linux/blob/v6.18/net/ipv6/udp.c).
+        let hook_of = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => ("sendmsg6", "ipv6"),
+            _ => ("sendmsg4", "ipv4"),
+        };
+        for (ip, ..) in destinations(DENIED_V4, DENIED_V6) {
+            for a in attempts(&s.sb, Proto::UdpSendto, ip, N) {
+                if mode == "enforce" {
+                    assert!(
+                        a.refused(),
+                        "sendto {ip} in enforce mode must fail with EPERM: {a:?}"
+                    );
+                } else {
+                    assert!(a.ok, "sendto {ip} in observe mode must be sent: {a:?}");
+                }
+            }
+        }
+        for (ip, ..) in destinations(APPROVED_V4, APPROVED_V6) {
+            for a in attempts(&s.sb, Proto::UdpSendto, ip, N) {
+                assert!(a.ok, "sendto approved {ip}: {a:?}");
+            }
+        }
+        let m = agent.scrape();
+        for (dests, country, verdict) in [
+            (destinations(DENIED_V4, DENIED_V6), DENIED_COUNTRY, verdict),
+            (
+                destinations(APPROVED_V4, APPROVED_V6),
+                APPROVED_COUNTRY,
+                "allowed",
+            ),
+        ] {
+            let mut expected: std::collections::BTreeMap<(&str, &str), f64> = Default::default();
+            for (ip, ..) in dests {
+                *expected.entry(hook_of(ip)).or_default() += N as f64;
+            }
+            for ((hook, family), n) in expected {
+                assert_eq!(
+                    count(&m, hook, family, country, verdict),
+                    n,
+                    "{mode} {hook} {family} {country}\n{}",
+                    m.text
+                );
+            }
+        }
+        // The connect hooks saw none of it: nothing was connected.
+        assert_eq!(
+            m.sum("enforcer_connections_total", &[("hook", "connect4")]),
+            0.0,
+            "{}",
+            m.text
+        );
+        assert_eq!(
+            m.sum("enforcer_connections_total", &[("hook", "connect6")]),
+            0.0,
+            "{}",
+            m.text
+        );
+    }
 }

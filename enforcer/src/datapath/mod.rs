@@ -44,7 +44,7 @@ use crate::{paths::PinLayout, policy::CompiledPolicy, scope::CgroupTarget};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
 /// The cgroup programs and the link-name prefix of each.
-pub const PROGRAMS: &[&str] = &["connect4", "connect6"];
+pub const PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
 /// An error in the datapath. Each says what failed and where.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 //!
 //! - `ee-probe connect tcp|udp <ip> <port> [count]`: `count` attempts, one
 //!   JSON line each: `{"ok":true}` or `{"ok":false,"errno":1,"error":"..."}`.
-//!   TCP: connect() then read the greeting; UDP: connect() then send().
+//!   TCP: connect() then read the greeting; UDP: connect() then send();
+//!   udp-sendto: sendto() on an unconnected socket.
 //! - `ee-probe serve <port>`: a dual-stack TCP greeter (a minimal HTTP
 //!   response, so `curl` works against it) and a UDP echo on `[::]:<port>`;
 //!   prints `ready` once bound, runs until killed.
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
                 let result = match *proto {
                     "tcp" => tcp(dst),
                     "udp" => udp(dst),
+                    "udp-sendto" => udp_sendto(dst),
                     other => {
                         eprintln!("ee-probe: unknown protocol {other}");
                         return ExitCode::from(2);
@@ -48,7 +50,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: ee-probe connect tcp|udp <ip> <port> [count] | ee-probe serve <port>"
+                "usage: ee-probe connect tcp|udp|udp-sendto <ip> <port> [count] | ee-probe serve <port>"
             );
             ExitCode::from(2)
         }
@@ -85,6 +87,18 @@ fn udp(dst: SocketAddr) -> std::io::Result<()> {
     let s = UdpSocket::bind(local)?;
     s.connect(dst)?;
     s.send(b"ping")?;
+    Ok(())
+}
+
+/// An unconnected socket: the destination goes with each datagram.
+fn udp_sendto(dst: SocketAddr) -> std::io::Result<()> {
+    let local: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let s = UdpSocket::bind(local)?;
+    s.send_to(b"ping", dst)?;
     Ok(())
 }
 
