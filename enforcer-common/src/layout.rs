@@ -34,6 +34,14 @@ pub const CFG_MODE: u32 = 2;
 /// `CONFIG[CFG_GENERATION]`: bumped on every slot flip and mode change, so
 /// cached per-socket verdicts made under an older policy are re-decided.
 pub const CFG_GENERATION: u32 = 3;
+/// `CONFIG[CFG_EVENT_RATE]`: events each CPU may emit per second (token
+/// bucket refill rate); 0 turns events off.
+pub const CFG_EVENT_RATE: u32 = 4;
+/// `CONFIG[CFG_EVENT_BURST]`: the bucket's size, in events.
+pub const CFG_EVENT_BURST: u32 = 5;
+/// `CONFIG[CFG_OVERRIDES]`: number of entries in `MODE_BY_CG`; 0 spares the
+/// datapath the walk up the cgroup tree.
+pub const CFG_OVERRIDES: u32 = 6;
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -63,6 +71,38 @@ pub const GEO_CAPACITY: u32 = 1 << 20;
 /// `CONN_COUNTS`: `PerCpuArray<CounterBlock>`, one block per hook and family,
 /// index [`counter_index`]. Counts connection-level decisions.
 pub const CONN_COUNTS: &str = "CONN_COUNTS";
+/// `PKT_COUNTS`, `BYTE_COUNTS`: the same layout, for the packet hooks
+/// (packets, and bytes from the IP header on).
+pub const PKT_COUNTS: &str = "PKT_COUNTS";
+pub const BYTE_COUNTS: &str = "BYTE_COUNTS";
+
+/// `MODE_BY_CG`: `HashMap<u64, u32>`, cgroup id -> [`crate::Mode`]: a
+/// per-cgroup mode override. The deepest ancestor of a process's (or a
+/// socket's) cgroup that has an entry wins; none -> the global mode.
+pub const MODE_BY_CG: &str = "MODE_BY_CG";
+pub const MODE_OVERRIDES_CAPACITY: u32 = 1024;
+/// How many cgroup levels the override walk looks at (level 0 is the root).
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// `SK_VERDICT`: socket storage holding the last decision made for the
+/// socket ([`SockVerdict`]), so the packet hook costs a lookup. A BTF map:
+/// the kernel needs BTF type ids for socket storage.
+pub const SK_VERDICT: &str = "SK_VERDICT";
+
+/// `EVENTS`: the ring buffer of [`Event`] records, pinned so events written
+/// while no agent runs are read by the next one.
+pub const EVENTS: &str = "EVENTS";
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// `EVENT_STATE`: `PerCpuArray<RateState>`, one entry: the token bucket.
+pub const EVENT_STATE: &str = "EVENT_STATE";
+/// `EVENT_STATS`: `PerCpuArray<u64>`, indices [`EVENT_SUPPRESSED_RATE`] and
+/// [`EVENT_SUPPRESSED_FULL`]: events not emitted, never silently lost.
+pub const EVENT_STATS: &str = "EVENT_STATS";
+/// Suppressed by the per-CPU rate limit.
+pub const EVENT_SUPPRESSED_RATE: u32 = 0;
+/// Dropped because the ring buffer was full (the agent is not reading).
+pub const EVENT_SUPPRESSED_FULL: u32 = 1;
+pub const EVENT_STATS_LEN: u32 = 2;
 pub const COUNTER_BLOCKS: u32 = (Hook::COUNT * Family::COUNT) as u32;
 
 /// Index of the counter block of a hook and family.
@@ -98,6 +138,73 @@ pub struct GeoEntry {
     pub prefix_len: u16,
 }
 
+/// The decision cached in a socket's storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockVerdict {
+    /// `CONFIG[CFG_GENERATION]` when it was made: a stale one is re-decided.
+    pub generation: u32,
+    /// [`crate::Outcome`] as `u8`.
+    pub outcome: u8,
+    /// [`crate::Family`] as `u8`.
+    pub family: u8,
+    pub country: u16,
+    /// The destination it was made for (IPv4 in the first four bytes): an
+    /// unconnected UDP socket changes destination from datagram to datagram.
+    pub daddr: [u8; 16],
+    /// The process that connected or sent (0 when decided from a packet).
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    pub comm: [u8; 16],
+    /// [`crate::Source`] as `u8`, then the mode it was decided under.
+    pub source: u8,
+    pub mode: u8,
+    pub _pad: [u8; 6],
+}
+
+/// One refused or would-refuse decision, as the ring buffer carries it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()`: CLOCK_BOOTTIME, which keeps counting in
+    /// suspend; the agent converts it to wall-clock time.
+    pub time_ns: u64,
+    pub cgroup_id: u64,
+    /// `tgid << 32 | pid`; 0 when not known (a packet of a socket that no
+    /// hook saw connect).
+    pub pid_tgid: u64,
+    /// `gid << 32 | uid`; for packets, the socket owner's uid.
+    pub uid_gid: u64,
+    /// Destination address, IPv4 in the first four bytes.
+    pub daddr: [u8; 16],
+    /// The task's comm, NUL-padded (empty when not known).
+    pub comm: [u8; 16],
+    /// Packet length for packet hooks; 0 for connection hooks.
+    pub bytes: u32,
+    /// Destination port, host byte order (0 when there is none).
+    pub dport: u16,
+    pub country: u16,
+    /// [`crate::Hook`], [`crate::Family`], IP protocol number,
+    /// [`crate::Outcome`], [`crate::Mode`], [`crate::Source`], each as `u8`.
+    pub hook: u8,
+    pub family: u8,
+    pub protocol: u8,
+    pub outcome: u8,
+    pub mode: u8,
+    pub source: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The per-CPU token bucket limiting events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Tokens times 1e9 (one event costs 1e9): integer refill arithmetic.
+    pub nano_tokens: u64,
+    /// Time of the last refill (`bpf_ktime_get_boot_ns`).
+    pub last_ns: u64,
+}
+
 /// Per-country, per-outcome counters for one hook and family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +216,9 @@ pub struct CounterBlock {
 // stack bytes, and both sides must agree on every byte.
 const _: () = assert!(core::mem::size_of::<Rule>() == 8);
 const _: () = assert!(core::mem::size_of::<GeoEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
 // A per-CPU value may not exceed PCPU_MIN_UNIT_SIZE (32 KiB):
 // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L68
@@ -116,9 +226,13 @@ const _: () = assert!(core::mem::size_of::<CounterBlock>() <= 32 * 1024);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are #[repr(C)], made only of integers, with no
-    // padding (asserted above), so every bit pattern is a valid value.
+    // SAFETY: all are #[repr(C)], made only of integers and integer arrays,
+    // with no implicit padding (sizes asserted above), so every bit pattern
+    // is a valid value.
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::GeoEntry {}
     unsafe impl aya::Pod for super::CounterBlock {}
+    unsafe impl aya::Pod for super::SockVerdict {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::RateState {}
 }

@@ -101,6 +101,18 @@ raw_enum! {
     }
 }
 
+raw_enum! {
+    /// What decided: an exception rule, GeoIP, or nothing (unknown).
+    Source {
+        Geoip = 0 => "geoip",
+        Unknown = 1 => "unknown",
+        DenyException = 2 => "deny_exception",
+        AllowException = 3 => "allow_exception",
+        Site = 4 => "site",
+        Builtin = 5 => "builtin",
+    }
+}
+
 /// Value of a `POLICY` entry: the country is approved.
 pub const APPROVED: u32 = 1;
 /// Value of a `POLICY` entry: the country is not approved.

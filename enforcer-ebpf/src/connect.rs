@@ -8,10 +8,10 @@ use crate::sock_addr::{apply, dest4, dest6};
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    apply(Hook::Connect4, dest4(&ctx))
+    apply(&ctx, Hook::Connect4, dest4(&ctx))
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    apply(Hook::Connect6, dest6(&ctx))
+    apply(&ctx, Hook::Connect6, dest6(&ctx))
 }

@@ -1,18 +1,22 @@
-//! Per-CPU counters by hook, family, country and outcome.
+//! Per-CPU counters by hook, family, country and outcome: connections
+//! (`CONN_COUNTS`), and packets and bytes (`PKT_COUNTS`, `BYTE_COUNTS`).
 
 use core::{
     hint::black_box,
     intrinsics::{AtomicOrdering, atomic_xadd},
 };
 
-use enforcer_common::{COUNTRY_SLOTS, Hook, Outcome, counter_index};
+use aya_ebpf::maps::PerCpuArray;
+use enforcer_common::{COUNTRY_SLOTS, CounterBlock, Hook, Outcome, counter_index};
 
-use crate::{decide::Decision, maps::CONN_COUNTS};
+use crate::{
+    decide::Decision,
+    maps::{BYTE_COUNTS, CONN_COUNTS, PKT_COUNTS},
+};
 
-/// Counts one connection-level decision.
 #[inline(always)]
-pub fn count_connection(hook: Hook, d: &Decision) {
-    let Some(block) = CONN_COUNTS.get_ptr_mut(counter_index(hook, d.family)) else {
+fn add(map: &PerCpuArray<CounterBlock>, hook: Hook, d: &Decision, n: u64) {
+    let Some(block) = map.get_ptr_mut(counter_index(hook, d.family)) else {
         return;
     };
     // One flat index, made opaque before it is bounds-checked: otherwise
@@ -30,6 +34,19 @@ pub fn count_connection(hook: Hook, d: &Decision) {
     // for the program's run; `index` is within the block (checked above), so
     // the cell is a valid, aligned u64 in map memory.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(block.cast::<u64>().add(index), 1)
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(block.cast::<u64>().add(index), n)
     };
+}
+
+/// Counts one connection-level decision.
+#[inline(always)]
+pub fn count_connection(hook: Hook, d: &Decision) {
+    add(&CONN_COUNTS, hook, d, 1);
+}
+
+/// Counts one packet of `bytes` bytes.
+#[inline(always)]
+pub fn count_packet(hook: Hook, d: &Decision, bytes: u32) {
+    add(&PKT_COUNTS, hook, d, 1);
+    add(&BYTE_COUNTS, hook, d, bytes as u64);
 }

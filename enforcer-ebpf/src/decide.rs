@@ -9,11 +9,13 @@
 //! 3. the GeoIP prefix table of the active slot -> country index (0 unknown);
 //! 4. the policy table of the active slot [country] -> approved or not (entry
 //!    0 holds the configured `unknown` policy);
-//! 5. the mode: enforce refuses, observe lets through as "would deny".
+//! 5. the mode (the global one, or a per-cgroup override, which the hook
+//!    knows how to find): enforce refuses, observe lets through as "would
+//!    deny".
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_MODE, CFG_SLOT, COUNTRY_SLOTS, Family, GeoEntry, Mode, Outcome, Rule, RuleKind,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, Family, GeoEntry, Mode, Outcome, Rule, RuleKind, Source,
     UNKNOWN_COUNTRY,
 };
 
@@ -29,6 +31,11 @@ pub struct Decision {
     pub country: u16,
     /// The family the destination was decided as.
     pub family: Family,
+    /// What decided it.
+    pub source: Source,
+    /// The mode it was decided under (only consulted when not approved;
+    /// the global mode otherwise).
+    pub mode: Mode,
 }
 
 impl Decision {
@@ -36,6 +43,12 @@ impl Decision {
     #[inline(always)]
     pub fn refuses(&self) -> bool {
         self.outcome == Outcome::Denied
+    }
+
+    /// Whether the decision is worth an event: refused or would be.
+    #[inline(always)]
+    pub fn reportable(&self) -> bool {
+        matches!(self.outcome, Outcome::Denied | Outcome::WouldDeny)
     }
 }
 
@@ -49,7 +62,7 @@ pub enum Dest {
 impl Dest {
     /// An IPv6 destination, or the IPv4 address it maps when it is
     /// `::ffff:a.b.c.d`: a dual-stack socket connects to those over IPv4,
-    /// and only the connect6/sendmsg6 hooks see them.
+    /// and only the connect6 hook sees them.
     #[inline(always)]
     pub fn from_v6(b: [u8; 16]) -> Dest {
         let mapped = b[0] | b[1] | b[2] | b[3] | b[4] | b[5] | b[6] | b[7] | b[8] | b[9] == 0
@@ -61,91 +74,112 @@ impl Dest {
             Dest::V6(b)
         }
     }
+
+    /// The address as 16 bytes, IPv4 in the first four (events, caches).
+    #[inline(always)]
+    pub fn bytes(&self) -> [u8; 16] {
+        match *self {
+            Dest::V4(a) => [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Dest::V6(a) => a,
+        }
+    }
 }
 
-/// Decides a destination against the active slot and the global mode.
+/// Decides a destination against the active slot. `mode` gives the mode
+/// that applies to this caller; it is only asked for when the destination
+/// is not approved (the per-cgroup override walk costs lookups).
 #[inline(always)]
-pub fn decide(dest: Dest) -> Decision {
+pub fn decide(dest: Dest, mode: impl FnOnce() -> Mode) -> Decision {
     let slot = config(CFG_SLOT) & 1;
-    let (family, rule, geo) = match dest {
+    // One generic body per family: an enum holding either family's key
+    // would leave the smaller variant's spare bytes undefined, and LLVM may
+    // copy them, which the verifier rejects as reading an uninitialised
+    // register.
+    match dest {
         Dest::V4(a) => {
-            let key = Key::new(32, a);
             let (rules, geo) = if slot == 0 {
                 (&RULES4_0, &GEO4_0)
             } else {
                 (&RULES4_1, &GEO4_1)
             };
-            (Family::Ipv4, rules.get(&key).copied(), Lookup::V4(geo, key))
+            decide_in(slot, Family::Ipv4, rules, geo, Key::new(32, a), mode)
         }
         Dest::V6(a) => {
-            let key = Key::new(128, a);
             let (rules, geo) = if slot == 0 {
                 (&RULES6_0, &GEO6_0)
             } else {
                 (&RULES6_1, &GEO6_1)
             };
-            (Family::Ipv6, rules.get(&key).copied(), Lookup::V6(geo, key))
+            decide_in(slot, Family::Ipv6, rules, geo, Key::new(128, a), mode)
+        }
+    }
+}
+
+#[inline(always)]
+fn decide_in<K>(
+    slot: u32,
+    family: Family,
+    rules: &LpmTrie<K, Rule>,
+    geo: &LpmTrie<K, GeoEntry>,
+    key: Key<K>,
+    mode: impl FnOnce() -> Mode,
+) -> Decision {
+    let geo_country = |key: &Key<K>| match geo.get(key) {
+        Some(e) if (e.country as usize) < COUNTRY_SLOTS => e.country,
+        _ => UNKNOWN_COUNTRY,
+    };
+    let rule = rules.get(&key).copied();
+    let kind = rule.and_then(|r| RuleKind::from_raw(r.kind as u32).map(|k| (k, r)));
+    let (country, approved, source) = match kind {
+        // A deny exception is never approved; its country is still looked up
+        // so counters and events say where the destination is.
+        Some((RuleKind::Deny, _)) => (geo_country(&key), false, Source::DenyException),
+        Some((RuleKind::Allow, _)) => return exempt(family, Source::AllowException),
+        Some((RuleKind::Builtin, _)) => return exempt(family, Source::Builtin),
+        Some((RuleKind::Site, Rule { country, .. })) => {
+            (country, approved(slot, country), Source::Site)
+        }
+        None => {
+            let country = geo_country(&key);
+            let source = if country == UNKNOWN_COUNTRY {
+                Source::Unknown
+            } else {
+                Source::Geoip
+            };
+            (country, approved(slot, country), source)
         }
     };
-    let (country, approved) =
-        match rule.and_then(|r| RuleKind::from_raw(r.kind as u32).map(|k| (k, r))) {
-            // A deny exception is never approved; its country is still looked up
-            // so counters and events say where the destination is.
-            Some((RuleKind::Deny, _)) => (geo.country(), false),
-            Some((RuleKind::Allow | RuleKind::Builtin, _)) => {
-                return Decision {
-                    outcome: Outcome::Exempt,
-                    country: UNKNOWN_COUNTRY,
-                    family,
-                };
-            }
-            Some((RuleKind::Site, Rule { country, .. })) => (country, approved(slot, country)),
-            None => {
-                let country = geo.country();
-                (country, approved(slot, country))
-            }
+    if approved {
+        return Decision {
+            outcome: Outcome::Allowed,
+            country,
+            family,
+            source,
+            mode: Mode::Observe,
         };
-    let outcome = if approved {
-        Outcome::Allowed
-    } else {
-        match Mode::from_raw(config(CFG_MODE)) {
-            Some(Mode::Enforce) => Outcome::Denied,
-            // An unreadable mode word fails open to observe: refusing on a
-            // corrupt map would cut the host off with no way to explain why.
-            Some(Mode::Observe) | None => Outcome::WouldDeny,
-        }
+    }
+    let mode = mode();
+    let outcome = match mode {
+        Mode::Enforce => Outcome::Denied,
+        Mode::Observe => Outcome::WouldDeny,
     };
     Decision {
         outcome,
         country,
         family,
+        source,
+        mode,
     }
 }
 
-/// A pending GeoIP lookup in the slot's table for the destination's family.
-enum Lookup {
-    V4(
-        &'static aya_ebpf::maps::LpmTrie<[u8; 4], GeoEntry>,
-        Key<[u8; 4]>,
-    ),
-    V6(
-        &'static aya_ebpf::maps::LpmTrie<[u8; 16], GeoEntry>,
-        Key<[u8; 16]>,
-    ),
-}
-
-impl Lookup {
-    /// The country of the destination, 0 when the table does not locate it.
-    #[inline(always)]
-    fn country(&self) -> u16 {
-        let entry = match self {
-            Lookup::V4(map, key) => map.get(key),
-            Lookup::V6(map, key) => map.get(key),
-        };
-        match entry {
-            Some(e) if (e.country as usize) < COUNTRY_SLOTS => e.country,
-            _ => UNKNOWN_COUNTRY,
-        }
+#[inline(always)]
+fn exempt(family: Family, source: Source) -> Decision {
+    Decision {
+        outcome: Outcome::Exempt,
+        country: UNKNOWN_COUNTRY,
+        family,
+        source,
+        mode: Mode::Observe,
     }
 }
 

@@ -9,7 +9,15 @@
 //!   connect() to a refused destination fail with EPERM;
 //! - [`sendmsg`]: cgroup `sendmsg4`/`sendmsg6`, so sendto() on unconnected
 //!   UDP sockets fails with EPERM;
-//! - [`sock_addr`]: what those four share.
+//! - [`sock_addr`]: what those four share, including the verdict they cache
+//!   on the socket;
+//! - [`skb`]: cgroup `skb/egress`, the packet-level backstop for what the
+//!   socket hooks do not see (sockets connected before the agent attached,
+//!   raw sockets), deciding once per socket through that cache.
+//!
+//! Shared: [`decide`], [`mode`] (global mode or per-cgroup override),
+//! [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
+//! header parsing), [`maps`].
 #![no_std]
 #![no_main]
 // Atomic adds on per-CPU counters (see counters.rs); the datapath is built
@@ -20,8 +28,12 @@
 mod connect;
 mod counters;
 mod decide;
+mod events;
 mod maps;
+mod mode;
+mod packet;
 mod sendmsg;
+mod skb;
 mod sock_addr;
 
 #[cfg(not(test))]

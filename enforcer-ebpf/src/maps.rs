@@ -1,14 +1,15 @@
 //! Every map of the datapath. Names, layouts and sizes come from
-//! `enforcer_common::layout`; all maps are pinned by name so a restarted
-//! agent adopts them (and the counters continue).
+//! `enforcer_common::layout`; all maps but the socket storage are pinned by
+//! name so a restarted agent adopts them (and the counters continue).
 
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, GEO_CAPACITY, GeoEntry, POLICY_LEN, RULES_CAPACITY,
-    Rule,
+    CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, EVENT_STATS_LEN, EVENTS_BYTES, GEO_CAPACITY,
+    GeoEntry, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -37,6 +38,25 @@ pub static GEO6_1: LpmTrie<[u8; 16], GeoEntry> = LpmTrie::pinned(GEO_CAPACITY, 0
 
 #[map]
 pub static CONN_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
+#[map]
+pub static PKT_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
+#[map]
+pub static BYTE_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
+
+#[map]
+pub static MODE_BY_CG: HashMap<u64, u32> = HashMap::pinned(MODE_OVERRIDES_CAPACITY, 0);
+
+/// Not pinned: a new agent's programs start with empty caches, and every
+/// socket is simply decided again on its next packet.
+#[btf_map]
+pub static SK_VERDICT: SkStorage<SockVerdict> = SkStorage::new();
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+#[map]
+pub static EVENT_STATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+#[map]
+pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_STATS_LEN, 0);
 
 /// Reads one `CONFIG` word; a missing entry reads as 0 (cannot happen for
 /// indices below `CONFIG_LEN`, but the verifier wants the check).

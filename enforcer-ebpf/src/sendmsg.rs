@@ -10,10 +10,10 @@ use crate::sock_addr::{apply, dest4, dest6};
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    apply(Hook::Sendmsg4, dest4(&ctx))
+    apply(&ctx, Hook::Sendmsg4, dest4(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    apply(Hook::Sendmsg6, dest6(&ctx))
+    apply(&ctx, Hook::Sendmsg6, dest6(&ctx))
 }

@@ -1,17 +1,27 @@
 //! What the cgroup sock_addr hooks (connect, sendmsg) share: reading the
-//! destination from `struct bpf_sock_addr` and turning a decision into the
-//! hook's return value.
+//! destination from `struct bpf_sock_addr`, deciding, counting, reporting,
+//! caching the verdict on the socket for the packet hook, and turning the
+//! decision into the hook's return value.
 //!
 //! Returning 0 makes the syscall fail with EPERM; 1 lets it proceed
 //! (`__cgroup_bpf_run_filter_sock_addr` in
 //! https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c).
 
-use aya_ebpf::programs::SockAddrContext;
-use enforcer_common::Hook;
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::bpf_get_current_cgroup_id,
+    },
+    programs::SockAddrContext,
+};
+use enforcer_common::{CFG_GENERATION, Hook, SockVerdict};
 
 use crate::{
     counters::count_connection,
-    decide::{Dest, decide},
+    decide::{Decision, Dest, decide},
+    events,
+    maps::{SK_VERDICT, config},
+    mode,
 };
 
 const REFUSE: i32 = 0;
@@ -40,10 +50,72 @@ pub fn dest6(ctx: &SockAddrContext) -> Dest {
     Dest::from_v6(b)
 }
 
-/// Decides, counts, and returns the hook's verdict.
+/// Decides, counts, reports, caches, and returns the hook's verdict.
 #[inline(always)]
-pub fn apply(hook: Hook, dest: Dest) -> i32 {
-    let d = decide(dest);
+pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
+    let d = decide(dest, mode::for_current_task);
     count_connection(hook, &d);
-    if d.refuses() { REFUSE } else { PROCEED }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if d.reportable() {
+        // SAFETY: a valid context; user_port and protocol are 4-byte loads.
+        let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+        events::emit(|e| {
+            // SAFETY: reads the current task's cgroup id.
+            e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            e.pid_tgid = pid_tgid;
+            e.uid_gid = uid_gid;
+            e.daddr = dest.bytes();
+            e.comm = comm;
+            e.dport = u16::from_be(port as u16);
+            e.country = d.country;
+            e.hook = hook as u8;
+            e.family = d.family as u8;
+            e.protocol = protocol as u8;
+            e.outcome = d.outcome as u8;
+            e.mode = d.mode as u8;
+            e.source = d.source as u8;
+        });
+    }
+    if d.refuses() {
+        return REFUSE;
+    }
+    cache(ctx, &d, dest, pid_tgid, uid_gid, comm);
+    PROCEED
+}
+
+/// Stores the decision on the socket, so the packet hook does not decide
+/// again (and can name the process in its events).
+#[inline(always)]
+fn cache(
+    ctx: &SockAddrContext,
+    d: &Decision,
+    dest: Dest,
+    pid_tgid: u64,
+    uid_gid: u64,
+    comm: [u8; 16],
+) {
+    // SAFETY: the helper reads the context's socket pointer, valid for a
+    // sock_addr program; the result is checked for null.
+    let sv = unsafe { SK_VERDICT.get_or_insert_ptr_mut(ctx, None) };
+    if sv.is_null() {
+        return;
+    }
+    // SAFETY: non-null pointers from bpf_sk_storage_get point at the value.
+    unsafe {
+        *sv = SockVerdict {
+            generation: config(CFG_GENERATION),
+            outcome: d.outcome as u8,
+            family: d.family as u8,
+            country: d.country,
+            daddr: dest.bytes(),
+            pid_tgid,
+            uid_gid,
+            comm,
+            source: d.source as u8,
+            mode: d.mode as u8,
+            _pad: [0; 6],
+        };
+    }
 }

@@ -4,6 +4,7 @@
 use std::{fs::File, os::fd::AsRawFd as _, path::Path};
 
 /// `enum bpf_attach_type` values (include/uapi/linux/bpf.h).
+pub const BPF_CGROUP_INET_EGRESS: u32 = 1;
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 pub const BPF_CGROUP_UDP4_SENDMSG: u32 = 14;
@@ -55,10 +56,11 @@ pub fn attached_programs(cgroup: &Path, attach_type: u32) -> u32 {
     attr.prog_cnt
 }
 
-/// Programs attached to the socket hooks of `cgroup` (connect and sendmsg,
-/// both families): 4 when one agent is attached.
-pub fn socket_programs(cgroup: &Path) -> u32 {
+/// Programs attached to the hooks of `cgroup` the agent uses (connect and
+/// sendmsg, both families, and skb egress): 5 when one agent is attached.
+pub fn agent_programs(cgroup: &Path) -> u32 {
     [
+        BPF_CGROUP_INET_EGRESS,
         BPF_CGROUP_INET4_CONNECT,
         BPF_CGROUP_INET6_CONNECT,
         BPF_CGROUP_UDP4_SENDMSG,

@@ -5,7 +5,7 @@ use std::{fs, net::IpAddr, path::Path};
 
 use enforcer_tests::{
     agent::Agent,
-    kernel::socket_programs,
+    kernel::agent_programs,
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -34,7 +34,7 @@ fn assert_fails_cleanly(s: &Scenario, config_path: &Path, needle: &str) {
         s.pin_dir.display()
     );
     assert_eq!(
-        socket_programs(&s.sb.cgroup),
+        agent_programs(&s.sb.cgroup),
         0,
         "nothing may be attached to the scope cgroup"
     );

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use enforcer_tests::{
     agent::enforcer,
-    kernel::socket_programs,
+    kernel::agent_programs,
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -37,15 +37,15 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
         attempt(&s.sb, Proto::Tcp, denied).refused(),
         "enforcement must outlive the agent"
     );
-    assert_eq!(socket_programs(&s.sb.cgroup), 4);
+    assert_eq!(agent_programs(&s.sb.cgroup), 5);
 
     // A new agent adopts the pins, replaces the links (no duplicates) and
     // switches to observe; the counters continue from the first agent's.
     let second = s.start(&s.config("observe", "allow", &[]));
     assert!(second.log().contains("adopting"), "{}", second.log());
     assert_eq!(
-        socket_programs(&s.sb.cgroup),
-        4,
+        agent_programs(&s.sb.cgroup),
+        5,
         "old links replaced, not added to"
     );
     assert!(
@@ -70,7 +70,7 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
 
     // Dropping the agent ran `enforcer uninstall`: nothing is left.
     assert!(!s.pin_dir.exists());
-    assert_eq!(socket_programs(&s.sb.cgroup), 0);
+    assert_eq!(agent_programs(&s.sb.cgroup), 0);
     let out = enforcer(&["uninstall", "--pin-dir", &s.pin_dir.display().to_string()]);
     assert!(out.status.success(), "uninstall is idempotent");
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing installed"));
@@ -155,8 +155,8 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_policy_in_force() {
         agent.log()
     );
     assert_eq!(
-        socket_programs(&s.sb.cgroup),
-        4,
+        agent_programs(&s.sb.cgroup),
+        5,
         "reloads keep the agent's links, they do not add more"
     );
 }

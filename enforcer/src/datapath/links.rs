@@ -16,10 +16,10 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 
-use super::{DatapathError, PROGRAMS};
+use super::{DatapathError, PROGRAMS, ProgramKind};
 use crate::{paths::PinLayout, scope::CgroupTarget};
 
 /// What an attach did.
@@ -162,34 +162,13 @@ fn stage_into(
     staged: &mut Staged,
 ) -> Result<(), DatapathError> {
     for target in targets {
-        for name in PROGRAMS {
+        for &(name, kind) in PROGRAMS {
             let link_name = link_name(name, target.id);
             if owned.contains(&link_name) && pins.links.join(&link_name).exists() {
                 staged.kept.push(link_name);
                 continue;
             }
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::Program {
-                    name,
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            // bpf_link cgroup attachments always coexist with other programs
-            // (the kernel attaches links with BPF_F_ALLOW_MULTI semantics and
-            // rejects the flag itself with EINVAL, see cgroup_bpf_link_attach
-            // in https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c);
-            // aya passes the mode as link_create flags, so it must be Single (0).
-            let link_id = program
-                .attach(&target.dir, CgroupAttachMode::Single)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            let link = program
-                .take_link(link_id)
-                .map_err(|source| DatapathError::Program { name, source })?;
-            let link: FdLink = link.try_into().map_err(|e| {
-                pin_err(&target.path, format!("{name} link is not an fd link: {e}"))
-            })?;
+            let link = attach_one(ebpf, name, kind, target)?;
             // A staged pin left by an agent that died mid-attach.
             let tmp = pins.links.join(format!("{TEMP_PREFIX}{link_name}"));
             let _ = fs::remove_file(&tmp);
@@ -199,6 +178,46 @@ fn stage_into(
         }
     }
     Ok(())
+}
+
+/// Attaches one program to one cgroup and returns its (unpinned) link.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    kind: ProgramKind,
+    target: &CgroupTarget,
+) -> Result<FdLink, DatapathError> {
+    let err = |source| DatapathError::Program { name, source };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(err(aya::programs::ProgramError::NotLoaded))?;
+    // bpf_link cgroup attachments always coexist with other programs (the
+    // kernel attaches links with BPF_F_ALLOW_MULTI semantics and rejects the
+    // flag itself with EINVAL, see cgroup_bpf_link_attach in
+    // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c);
+    // aya passes the mode as link_create flags, so it must be Single (0).
+    let link: FdLink = match kind {
+        ProgramKind::SockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+            let id = p
+                .attach(&target.dir, CgroupAttachMode::Single)
+                .map_err(err)?;
+            p.take_link(id).map_err(err)?.try_into()
+        }
+        ProgramKind::SkbEgress => {
+            let p: &mut CgroupSkb = program.try_into().map_err(err)?;
+            let id = p
+                .attach(
+                    &target.dir,
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(err)?;
+            p.take_link(id).map_err(err)?.try_into()
+        }
+    }
+    .map_err(|e| pin_err(&target.path, format!("{name} link is not an fd link: {e}")))?;
+    Ok(link)
 }
 
 /// What `uninstall` removed.

@@ -25,7 +25,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, MapError},
-    programs::{CgroupSockAddr, ProgramError},
+    programs::{CgroupSkb, CgroupSockAddr, ProgramError},
 };
 use enforcer_common::{
     CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_SLOT, CONFIG, LAYOUT_VERSION, Mode,
@@ -43,8 +43,24 @@ use crate::{paths::PinLayout, policy::CompiledPolicy, scope::CgroupTarget};
 /// The compiled datapath object, built by build.rs with aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
-/// The cgroup programs and the link-name prefix of each.
-pub const PROGRAMS: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+/// How a cgroup program is loaded and attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// cgroup sock_addr (connect4/6, sendmsg4/6); the attach type comes
+    /// from the ELF section.
+    SockAddr,
+    /// cgroup_skb, attached on egress.
+    SkbEgress,
+}
+
+/// The cgroup programs (their names are also the link-name prefix).
+pub const PROGRAMS: &[(&str, ProgramKind)] = &[
+    ("connect4", ProgramKind::SockAddr),
+    ("connect6", ProgramKind::SockAddr),
+    ("sendmsg4", ProgramKind::SockAddr),
+    ("sendmsg6", ProgramKind::SockAddr),
+    ("skb_egress", ProgramKind::SkbEgress),
+];
 
 /// An error in the datapath. Each says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -232,17 +248,19 @@ fn load_object(pins: &PinLayout, adopted: bool) -> Result<Ebpf, DatapathError> {
             found: layout,
         });
     }
-    for name in PROGRAMS {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::Program {
-                name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| DatapathError::Program { name, source })?;
+    for &(name, kind) in PROGRAMS {
+        let err = |source| DatapathError::Program { name, source };
+        let program = ebpf.program_mut(name).ok_or(err(ProgramError::NotLoaded))?;
+        match kind {
+            ProgramKind::SockAddr => {
+                let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+            }
+            ProgramKind::SkbEgress => {
+                let p: &mut CgroupSkb = program.try_into().map_err(err)?;
+                p.load().map_err(err)?;
+            }
+        }
     }
     Ok(ebpf)
 }

@@ -1,0 +1,95 @@
+//! Events for refused and would-refuse decisions, through the `EVENTS` ring
+//! buffer, rate limited per CPU by a token bucket (`CFG_EVENT_RATE` per
+//! second, `CFG_EVENT_BURST` at most). What is not emitted is counted in
+//! `EVENT_STATS`, so nothing is lost silently.
+
+use core::{
+    hint::black_box,
+    intrinsics::{AtomicOrdering, atomic_xadd},
+};
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use enforcer_common::{
+    CFG_EVENT_BURST, CFG_EVENT_RATE, EVENT_SUPPRESSED_FULL, EVENT_SUPPRESSED_RATE, Event,
+};
+
+use crate::maps::{EVENT_STATE, EVENT_STATS, EVENTS, config};
+
+const TOKEN: u64 = 1_000_000_000;
+/// Refill is computed over at most this long, so the product with the rate
+/// cannot overflow after a long idle time.
+const MAX_IDLE_NS: u64 = 10_000_000_000;
+
+fn suppressed(index: u32) {
+    if let Some(cell) = EVENT_STATS.get_ptr_mut(black_box(index)) {
+        // SAFETY: a valid per-CPU u64 from a successful lookup.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(cell, 1) };
+    }
+}
+
+/// Takes a token from this CPU's bucket; false when it is empty.
+#[inline(always)]
+fn take_token(now: u64) -> bool {
+    let rate = config(CFG_EVENT_RATE) as u64;
+    if rate == 0 {
+        return false;
+    }
+    let burst = (config(CFG_EVENT_BURST) as u64).max(1);
+    let Some(state) = EVENT_STATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a valid per-CPU entry from a successful lookup.
+    let state = unsafe { &mut *state };
+    let idle = now.saturating_sub(state.last_ns).min(MAX_IDLE_NS);
+    let tokens = state
+        .nano_tokens
+        .saturating_add(idle * rate)
+        .min(burst * TOKEN);
+    state.last_ns = now;
+    if tokens < TOKEN {
+        state.nano_tokens = tokens;
+        return false;
+    }
+    state.nano_tokens = tokens - TOKEN;
+    true
+}
+
+/// Emits the event `fill` describes (its time is set here), or counts why
+/// not. Does nothing when events are off (`CFG_EVENT_RATE` = 0).
+#[inline(always)]
+pub fn emit(fill: impl FnOnce(&mut Event)) {
+    if config(CFG_EVENT_RATE) == 0 {
+        return;
+    }
+    // SAFETY: reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !take_token(now) {
+        suppressed(EVENT_SUPPRESSED_RATE);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        suppressed(EVENT_SUPPRESSED_FULL);
+        return;
+    };
+    let mut event = Event {
+        time_ns: now,
+        cgroup_id: 0,
+        pid_tgid: 0,
+        uid_gid: 0,
+        daddr: [0; 16],
+        comm: [0; 16],
+        bytes: 0,
+        dport: 0,
+        country: 0,
+        hook: 0,
+        family: 0,
+        protocol: 0,
+        outcome: 0,
+        mode: 0,
+        source: 0,
+        _pad: [0; 2],
+    };
+    fill(&mut event);
+    entry.write(event);
+    entry.submit(0);
+}

@@ -1,0 +1,56 @@
+//! The mode that applies to a decision: a per-cgroup override from
+//! `MODE_BY_CG` for the deepest ancestor cgroup that has one, else the
+//! global mode. The walk is skipped when no override exists.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
+};
+use enforcer_common::{CFG_MODE, CFG_OVERRIDES, MAX_CGROUP_DEPTH, Mode};
+
+use crate::maps::{MODE_BY_CG, config};
+
+/// The global mode. An unreadable mode word fails open to observe:
+/// refusing on a corrupt map would cut the host off with no way to explain
+/// why.
+#[inline(always)]
+pub fn global() -> Mode {
+    Mode::from_raw(config(CFG_MODE)).unwrap_or(Mode::Observe)
+}
+
+/// Walks cgroup levels 0 (the root) to [`MAX_CGROUP_DEPTH`], asking
+/// `ancestor(level)` for the id at each (0 past the leaf), and returns the
+/// override of the deepest one that has an entry.
+#[inline(always)]
+fn walk(ancestor: impl Fn(i32) -> u64) -> Mode {
+    if config(CFG_OVERRIDES) == 0 {
+        return global();
+    }
+    let mut found = None;
+    for level in 0..MAX_CGROUP_DEPTH as i32 {
+        let id = ancestor(level);
+        if id == 0 {
+            break;
+        }
+        // SAFETY: a plain hash-map lookup; the value is copied at once.
+        if let Some(m) = unsafe { MODE_BY_CG.get(id) }.copied() {
+            found = Mode::from_raw(m).or(found);
+        }
+    }
+    found.unwrap_or_else(global)
+}
+
+/// The mode for the current task (connect/sendmsg hooks run in the caller's
+/// context, so its cgroup is the process's).
+#[inline(always)]
+pub fn for_current_task() -> Mode {
+    // SAFETY: the helper only reads the current task's cgroup.
+    walk(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+}
+
+/// The mode for a packet: the cgroup of the socket that sent it.
+#[inline(always)]
+pub fn for_skb(skb: *mut __sk_buff) -> Mode {
+    // SAFETY: `skb` is the program's context pointer.
+    walk(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) })
+}

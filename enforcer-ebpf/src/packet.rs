@@ -1,0 +1,91 @@
+//! Reading a packet's destination (and protocol and port, for events) from
+//! its IP header, for the packet hooks.
+
+use aya_ebpf::programs::SkBuffContext;
+
+use crate::decide::Dest;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+
+/// Reads fixed-size pieces of a packet. A constant size matters: the
+/// verifier rejects `bpf_skb_load_bytes` with a length that may be zero,
+/// which aya's slice-based `load_bytes` computes.
+pub trait Load {
+    fn read<T>(&self, offset: usize) -> Option<T>;
+}
+
+impl Load for SkBuffContext {
+    #[inline(always)]
+    fn read<T>(&self, offset: usize) -> Option<T> {
+        self.load::<T>(offset).ok()
+    }
+}
+
+/// What the packet hooks need from a packet.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub dest: Dest,
+    /// IP protocol (IPv4) or first next-header (IPv6).
+    pub protocol: u8,
+    /// Destination port for TCP, UDP and SCTP; 0 otherwise.
+    pub dport: u16,
+}
+
+/// Parses the IP header at `base`. `ethertype` is `skb->protocol` (network
+/// byte order in the low 16 bits). Not IP, or too short: `None`, and the
+/// hook lets the packet be.
+#[inline(always)]
+pub fn parse(ethertype: u32, base: usize, load: &impl Load) -> Option<Packet> {
+    match u16::from_be(ethertype as u16) {
+        ETH_P_IP => {
+            let h: [u8; 20] = load.read(base)?;
+            if h[0] >> 4 != 4 {
+                return None;
+            }
+            let ihl = ((h[0] & 0x0f) as usize) * 4;
+            let protocol = h[9];
+            // Only the first fragment carries the transport header.
+            let first_fragment = (((h[6] & 0x1f) as u16) << 8 | h[7] as u16) == 0;
+            let dport = if first_fragment {
+                port(protocol, base + ihl, load)
+            } else {
+                0
+            };
+            Some(Packet {
+                dest: Dest::V4([h[16], h[17], h[18], h[19]]),
+                protocol,
+                dport,
+            })
+        }
+        ETH_P_IPV6 => {
+            let h: [u8; 40] = load.read(base)?;
+            if h[0] >> 4 != 6 {
+                return None;
+            }
+            let mut d = [0u8; 16];
+            d.copy_from_slice(&h[24..40]);
+            let protocol = h[6];
+            // Extension headers are not walked: the port is for events only.
+            Some(Packet {
+                dest: Dest::from_v6(d),
+                protocol,
+                dport: port(protocol, base + 40, load),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn port(protocol: u8, l4: usize, load: &impl Load) -> u16 {
+    if !matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        return 0;
+    }
+    load.read::<[u8; 2]>(l4 + 2)
+        .map(u16::from_be_bytes)
+        .unwrap_or(0)
+}
