@@ -85,6 +85,15 @@ enum ModeSetting {
     Enforce,
 }
 
+impl From<ModeSetting> for Mode {
+    fn from(m: ModeSetting) -> Mode {
+        match m {
+            ModeSetting::Observe => Mode::Observe,
+            ModeSetting::Enforce => Mode::Enforce,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -105,6 +114,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     agent: RawAgent,
+    #[serde(default)]
+    events: RawEvents,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +140,43 @@ struct RawScope {
     cgroups: Vec<PathBuf>,
     #[serde(default)]
     host_wide: bool,
+    #[serde(default, rename = "override")]
+    overrides: Vec<RawOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    cgroup: PathBuf,
+    mode: ModeSetting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    #[serde(default = "default_event_rate")]
+    rate_per_cpu: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    stdout: Option<bool>,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        Self {
+            rate_per_cpu: default_event_rate(),
+            burst: None,
+            file: None,
+            stdout: None,
+        }
+    }
+}
+
+fn default_event_rate() -> u32 {
+    100
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +213,29 @@ pub enum Scope {
     Cgroups(Vec<PathBuf>),
 }
 
+/// A per-cgroup mode: this cgroup (and its children) run in `mode`
+/// whatever the global mode is. The deepest matching cgroup wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModeOverride {
+    /// Relative to the cgroup2 mount, or absolute under it.
+    pub cgroup: PathBuf,
+    pub mode: Mode,
+}
+
+/// Where refused and would-refuse events go, and how many per second.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Events {
+    /// Per CPU per second; 0 turns events off (they are still counted as
+    /// decisions in the metrics).
+    pub rate_per_cpu: u32,
+    /// Bucket size: how many may come at once.
+    pub burst: u32,
+    /// A JSON-lines file, appended to.
+    pub file: Option<PathBuf>,
+    /// Also (or, without a file, only) JSON lines on stdout.
+    pub stdout: bool,
+}
+
 /// A site network: an internal range whose jurisdiction GeoIP cannot know.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
@@ -193,6 +264,9 @@ pub struct Config {
     /// GeoIP sources in priority order: the first that locates an address wins.
     pub sources: Vec<PathBuf>,
     pub scope: Scope,
+    /// Per-cgroup mode overrides, in config order.
+    pub overrides: Vec<ModeOverride>,
+    pub events: Events,
     pub metrics_listen: SocketAddr,
     pub pin_dir: PathBuf,
 }
@@ -306,6 +380,36 @@ impl Config {
             }
         };
 
+        let mut overrides = Vec::with_capacity(raw.scope.overrides.len());
+        for (i, o) in raw.scope.overrides.iter().enumerate() {
+            let cgroup = normalize_cgroup(&o.cgroup)
+                .map_err(|m| err(format!("scope.override[{i}].cgroup {:?}: {m}", o.cgroup)))?;
+            if overrides.iter().any(|p: &ModeOverride| p.cgroup == cgroup) {
+                return Err(err(format!(
+                    "scope.override[{i}].cgroup {:?}: given twice",
+                    o.cgroup
+                )));
+            }
+            overrides.push(ModeOverride {
+                cgroup,
+                mode: o.mode.into(),
+            });
+        }
+
+        let events = Events {
+            rate_per_cpu: raw.events.rate_per_cpu,
+            burst: raw
+                .events
+                .burst
+                .unwrap_or(raw.events.rate_per_cpu.saturating_mul(2))
+                .max(1),
+            stdout: raw.events.stdout.unwrap_or(raw.events.file.is_none()),
+            file: raw
+                .events
+                .file
+                .map(|f| if f.is_absolute() { f } else { base.join(f) }),
+        };
+
         let metrics_listen = raw.metrics.listen.parse().map_err(|e| {
             err(format!(
                 "metrics.listen {:?}: not an address:port ({e})",
@@ -326,10 +430,7 @@ impl Config {
 
         Ok(Config {
             origin,
-            mode: match raw.mode {
-                ModeSetting::Observe => Mode::Observe,
-                ModeSetting::Enforce => Mode::Enforce,
-            },
+            mode: raw.mode.into(),
             approved_items: raw.approved,
             approved,
             unknown: raw.unknown,
@@ -338,6 +439,8 @@ impl Config {
             sites,
             sources,
             scope,
+            overrides,
+            events,
             metrics_listen,
             pin_dir,
         })
@@ -452,6 +555,36 @@ cgroups = ["system.slice/storage.service"]
     }
 
     #[test]
+    fn events_and_overrides() {
+        let c = parse(MINIMAL).expect("valid");
+        assert_eq!(
+            c.events,
+            Events {
+                rate_per_cpu: 100,
+                burst: 200,
+                file: None,
+                stdout: true
+            },
+            "without a file, events go to stdout"
+        );
+        let c = parse(&format!(
+            "{MINIMAL}[[scope.override]]\ncgroup = \"system.slice/storage.service/worker\"\nmode = \"enforce\"\n\
+             [events]\nrate_per_cpu = 5\nfile = \"events.jsonl\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.overrides,
+            vec![ModeOverride {
+                cgroup: "system.slice/storage.service/worker".into(),
+                mode: Mode::Enforce
+            }]
+        );
+        assert_eq!(c.events.burst, 10);
+        assert_eq!(c.events.file, Some(PathBuf::from("/etc/ee/events.jsonl")));
+        assert!(!c.events.stdout, "with a file, stdout only when asked");
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_problem() {
         let cases: &[(&str, &str)] = &[
             ("mode = \"enforc\"\n", "enforc"),
@@ -474,6 +607,16 @@ cgroups = ["system.slice/storage.service"]
                 "no cgroups",
             ),
             ("approved = [\n", "line"),
+            (
+                &format!("{MINIMAL}[[scope.override]]\ncgroup = \"x\"\nmode = \"audit\"\n"),
+                "audit",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[[scope.override]]\ncgroup = \"x\"\nmode = \"enforce\"\n[[scope.override]]\ncgroup = \"x\"\nmode = \"observe\"\n"
+                ),
+                "scope.override[1].cgroup \"x\": given twice",
+            ),
             (
                 &format!("allow = [\"10.0.0.1/8\"]\n{MINIMAL}"),
                 "allow[0] \"10.0.0.1/8\": host bits are set; the network is 10.0.0.0/8",

@@ -6,6 +6,7 @@
 //! - [`datapath`]: load/adopt, slot writer and flip, attach/pin, counters,
 //!   uninstall;
 //! - [`scope`]: configured cgroups -> attach targets;
+//! - [`events`]: the kernel's refused/would-refuse events to JSON lines;
 //! - [`metrics`]: the Prometheus collector and `GET /metrics`;
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod events;
 pub mod metrics;
 pub mod paths;
 pub mod policy;

@@ -13,7 +13,12 @@ use std::{
 
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
-use crate::{config::Scope, paths};
+use enforcer_common::Mode;
+
+use crate::{
+    config::{ModeOverride, Scope},
+    paths,
+};
 
 /// An attach target.
 #[derive(Debug)]
@@ -42,20 +47,60 @@ pub fn resolve(scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
     resolve_under(&mount, scope)
 }
 
+/// A resolved per-cgroup mode override.
+#[derive(Debug)]
+pub struct ResolvedOverride {
+    pub target: CgroupTarget,
+    pub mode: Mode,
+}
+
+/// Opens the cgroup of every override and checks that it is inside the
+/// scope: the datapath never runs outside it, so an override there would
+/// silently do nothing.
+pub fn resolve_overrides(
+    scope: &Scope,
+    overrides: &[ModeOverride],
+) -> Result<Vec<ResolvedOverride>, ScopeError> {
+    if overrides.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
+    let roots: Vec<PathBuf> = match scope {
+        Scope::HostWide => vec![mount.clone()],
+        Scope::Cgroups(list) => list.iter().map(|p| absolute(&mount, p)).collect(),
+    };
+    overrides
+        .iter()
+        .map(|o| {
+            let path = absolute(&mount, &o.cgroup);
+            if !roots.iter().any(|r| path.starts_with(r)) {
+                return Err(ScopeError::Cgroup {
+                    path,
+                    message: "has a mode override but is not inside the scope (scope.cgroups)"
+                        .into(),
+                });
+            }
+            Ok(ResolvedOverride {
+                target: open(&mount, path)?,
+                mode: o.mode,
+            })
+        })
+        .collect()
+}
+
+fn absolute(mount: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        mount.join(p)
+    }
+}
+
 /// Like [`resolve`] with a known cgroup2 mount point.
 pub fn resolve_under(mount: &Path, scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
     let paths: Vec<PathBuf> = match scope {
         Scope::HostWide => vec![mount.to_owned()],
-        Scope::Cgroups(list) => list
-            .iter()
-            .map(|p| {
-                if p.is_absolute() {
-                    p.clone()
-                } else {
-                    mount.join(p)
-                }
-            })
-            .collect(),
+        Scope::Cgroups(list) => list.iter().map(|p| absolute(mount, p)).collect(),
     };
     paths.into_iter().map(|p| open(mount, p)).collect()
 }

@@ -17,18 +17,19 @@ mod links;
 mod slots;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapError},
+    maps::{Array, HashMap, Map, MapData, MapError},
     programs::{CgroupSkb, CgroupSockAddr, ProgramError},
 };
 use enforcer_common::{
-    CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_SLOT, CONFIG, LAYOUT_VERSION, Mode,
+    CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES, CFG_SLOT,
+    CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode,
 };
 
 pub use self::{
@@ -102,7 +103,7 @@ pub enum DatapathError {
     NotInstalled(PathBuf),
 }
 
-pub(crate) fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+pub fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
@@ -193,6 +194,51 @@ impl Datapath {
     pub fn set_mode(&mut self, mode: Mode) -> Result<u32, DatapathError> {
         self.set_config_word(CFG_MODE, mode as u32)?;
         self.bump_generation()
+    }
+
+    fn overrides_map(&mut self) -> Result<HashMap<&mut MapData, u64, u32>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(MODE_BY_CG)
+            .ok_or(DatapathError::MissingMap(MODE_BY_CG))?;
+        HashMap::try_from(map).map_err(map_err(MODE_BY_CG))
+    }
+
+    /// Sets the events' per-CPU rate and burst (rate 0: no events).
+    pub fn set_event_limits(&mut self, rate_per_cpu: u32, burst: u32) -> Result<(), DatapathError> {
+        self.set_config_word(CFG_EVENT_BURST, burst)?;
+        self.set_config_word(CFG_EVENT_RATE, rate_per_cpu)
+    }
+
+    /// Makes `MODE_BY_CG` hold exactly `overrides` (cgroup id, mode), then
+    /// records how many there are so the datapath walks the cgroup tree only
+    /// when there is something to find.
+    pub fn set_overrides(&mut self, overrides: &[(u64, Mode)]) -> Result<(), DatapathError> {
+        if overrides.len() > MODE_OVERRIDES_CAPACITY as usize {
+            return Err(DatapathError::Capacity {
+                what: "per-cgroup mode overrides".into(),
+                need: overrides.len(),
+                capacity: MODE_OVERRIDES_CAPACITY,
+            });
+        }
+        let wanted: BTreeMap<u64, u32> = overrides.iter().map(|(id, m)| (*id, *m as u32)).collect();
+        let stale: Vec<u64> = self
+            .overrides_map()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        // The count is raised before the map changes and lowered after, so
+        // the walk is never skipped while an entry is in the map.
+        self.set_config_word(CFG_OVERRIDES, overrides.len().max(1) as u32)?;
+        let mut by_cg = self.overrides_map()?;
+        for (id, mode) in &wanted {
+            by_cg.insert(id, mode, 0).map_err(map_err(MODE_BY_CG))?;
+        }
+        for id in stale {
+            by_cg.remove(&id).map_err(map_err(MODE_BY_CG))?;
+        }
+        self.set_config_word(CFG_OVERRIDES, overrides.len() as u32)
     }
 
     /// Writes `policy` into the inactive slot as a diff against what that

@@ -1,0 +1,391 @@
+//! Refused and would-refuse decisions, from the kernel's `EVENTS` ring
+//! buffer to JSON lines (a file and/or stdout), one object per line:
+//!
+//! ```json
+//! {"time":"2026-11-23T09:40:00.123456Z","hook":"connect4","family":"ipv4",
+//!  "protocol":"tcp","dst":"198.51.100.20","dport":7000,"country":"US",
+//!  "verdict":"denied","mode":"enforce","reason":"geoip","pid":1234,
+//!  "tgid":1234,"uid":0,"gid":0,"comm":"curl","cgroup_id":1032,
+//!  "cgroup":"/sys/fs/cgroup/system.slice/minio.service"}
+//! ```
+//!
+//! The kernel rate-limits events per CPU and counts what it suppressed
+//! (`enforcer_events_suppressed_total`); the agent counts what it read
+//! (`enforcer_events_total`) and what it could not write.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use enforcer_common::{EVENTS, Event, Family, Hook, Mode, Outcome, Source};
+use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    config::Events as EventsConfig,
+    datapath::{DatapathError, map_err, open_pinned},
+    metrics::country_label,
+};
+
+/// Events read, by hook and verdict, and lines that could not be written.
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    read: [[AtomicU64; Outcome::COUNT]; Hook::COUNT],
+    pub write_errors: AtomicU64,
+}
+
+impl EventCounts {
+    /// `(hook, outcome, count)` for every non-zero count.
+    pub fn read_counts(&self) -> Vec<(Hook, Outcome, u64)> {
+        let mut out = Vec::new();
+        for (h, row) in Hook::ALL.iter().zip(&self.read) {
+            for (o, n) in Outcome::ALL.iter().zip(row) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((*h, *o, n));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One event as written.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct EventRecord {
+    pub time: String,
+    pub hook: &'static str,
+    pub family: &'static str,
+    pub protocol: String,
+    pub dst: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub country: String,
+    pub verdict: &'static str,
+    pub mode: &'static str,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tgid: Option<u32>,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+}
+
+fn protocol_name(p: u8, family: Family) -> String {
+    match (p, family) {
+        (6, _) => "tcp".into(),
+        (17, _) => "udp".into(),
+        (132, _) => "sctp".into(),
+        (1, Family::Ipv4) => "icmp".into(),
+        (58, Family::Ipv6) => "icmpv6".into(),
+        (other, _) => other.to_string(),
+    }
+}
+
+impl EventRecord {
+    /// Decodes a kernel event; `boot_to_wall` converts CLOCK_BOOTTIME to
+    /// wall-clock time. `None` for a record with an invalid enum (a stale or
+    /// corrupt writer), which the caller counts and skips.
+    pub fn decode(
+        e: &Event,
+        boot_to_wall: impl Fn(u64) -> SystemTime,
+        cgroup: Option<String>,
+    ) -> Option<Self> {
+        let family = Family::from_raw(e.family as u32)?;
+        let hook = Hook::from_raw(e.hook as u32)?;
+        let packet = matches!(hook, Hook::SkbEgress | Hook::TcxEgress);
+        let dst = match family {
+            Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(
+                e.daddr[0], e.daddr[1], e.daddr[2], e.daddr[3],
+            )),
+            Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(e.daddr)),
+        };
+        let comm_len = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+        // A socket uid from a packet comes without a gid.
+        let known_task = e.pid_tgid != 0;
+        Some(EventRecord {
+            time: humantime::format_rfc3339_micros(boot_to_wall(e.time_ns)).to_string(),
+            hook: hook.label(),
+            family: family.label(),
+            protocol: protocol_name(e.protocol, family),
+            dst,
+            dport: (e.dport != 0).then_some(e.dport),
+            country: country_label(e.country),
+            verdict: Outcome::from_raw(e.outcome as u32)?.label(),
+            mode: Mode::from_raw(e.mode as u32)?.label(),
+            reason: Source::from_raw(e.source as u32)?.label(),
+            pid: known_task.then_some(e.pid_tgid as u32),
+            tgid: known_task.then_some((e.pid_tgid >> 32) as u32),
+            uid: e.uid_gid as u32,
+            gid: known_task.then_some((e.uid_gid >> 32) as u32),
+            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+            cgroup_id: e.cgroup_id,
+            cgroup,
+            bytes: packet.then_some(e.bytes),
+        })
+    }
+}
+
+/// Where lines go.
+struct Sinks {
+    file: Option<(PathBuf, File)>,
+    stdout: bool,
+}
+
+impl Sinks {
+    fn open(config: &EventsConfig) -> io::Result<Sinks> {
+        let file = match &config.file {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let f = OpenOptions::new().create(true).append(true).open(path)?;
+                Some((path.clone(), f))
+            }
+            None => None,
+        };
+        Ok(Sinks {
+            file,
+            stdout: config.stdout,
+        })
+    }
+
+    fn write(&mut self, lines: &str) -> io::Result<()> {
+        if let Some((_, f)) = &mut self.file {
+            f.write_all(lines.as_bytes())?;
+            f.flush()?;
+        }
+        if self.stdout {
+            let mut out = io::stdout().lock();
+            out.write_all(lines.as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens the event sinks a config asks for (done before anything is
+/// attached, so an unwritable events file fails the start cleanly).
+pub fn check_sinks(config: &EventsConfig) -> io::Result<()> {
+    Sinks::open(config).map(drop)
+}
+
+/// CLOCK_BOOTTIME nanoseconds to wall-clock time, by the current offset
+/// between the two clocks.
+fn boot_to_wall() -> impl Fn(u64) -> SystemTime {
+    use nix::time::{ClockId, clock_gettime};
+    let now_wall = SystemTime::now();
+    let now_boot = clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0);
+    move |ns| {
+        if ns <= now_boot {
+            now_wall - Duration::from_nanos(now_boot - ns)
+        } else {
+            now_wall + Duration::from_nanos(ns - now_boot)
+        }
+    }
+}
+
+/// Cgroup ids to paths, found by walking the scope's cgroup directories
+/// (a cgroup's id is its inode number on cgroup2).
+pub struct CgroupNames {
+    roots: Vec<PathBuf>,
+    known: HashMap<u64, String>,
+    last_walk: Option<Instant>,
+}
+
+impl CgroupNames {
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        Self {
+            roots,
+            known: HashMap::new(),
+            last_walk: None,
+        }
+    }
+
+    /// The path of a cgroup id; walks the tree again at most once a second.
+    pub fn lookup(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.known.get(&id) {
+            return Some(p.clone());
+        }
+        if self
+            .last_walk
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last_walk = Some(Instant::now());
+        let mut budget = 100_000usize;
+        for root in self.roots.clone() {
+            walk(&root, 0, &mut budget, &mut self.known);
+        }
+        self.known.get(&id).cloned()
+    }
+}
+
+fn walk(dir: &Path, depth: u32, budget: &mut usize, known: &mut HashMap<u64, String>) {
+    use std::os::unix::fs::MetadataExt as _;
+    if depth > 32 || *budget == 0 {
+        return;
+    }
+    *budget -= 1;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        known.insert(meta.ino(), dir.display().to_string());
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth + 1, budget, known);
+            }
+        }
+    }
+}
+
+/// Reads events until `stop` resolves: decodes, counts, writes. Config
+/// changes (a reload) arrive on `config`.
+pub async fn run(
+    pin_dir: PathBuf,
+    mut config: tokio::sync::watch::Receiver<EventsConfig>,
+    counts: std::sync::Arc<EventCounts>,
+    mut names: CgroupNames,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), DatapathError> {
+    let ring: RingBuf<MapData> =
+        RingBuf::try_from(open_pinned(&pin_dir, EVENTS)?).map_err(map_err(EVENTS))?;
+    // SAFETY: the RingBuf owns its map fd for as long as it lives and
+    // always reports that same fd.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+            DatapathError::Pin {
+                path: pin_dir.clone(),
+                detail: format!("polling the EVENTS ring buffer: {}", e.into_parts().1),
+            }
+        })?;
+    let mut sinks = open_sinks(&config.borrow_and_update());
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                sinks = open_sinks(&config.borrow_and_update());
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot poll the EVENTS ring buffer; events stop");
+                        break;
+                    }
+                };
+                let to_wall = boot_to_wall();
+                let mut lines = String::new();
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if item.len() < size_of::<Event>() {
+                        continue;
+                    }
+                    // SAFETY: the record is at least an Event long, and Event
+                    // is plain integers (any bit pattern is valid); unaligned
+                    // read because the item is a byte slice.
+                    let e: Event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
+                    let cgroup = names.lookup(e.cgroup_id);
+                    let Some(record) = EventRecord::decode(&e, &to_wall, cgroup) else {
+                        tracing::warn!("skipping an event record that does not decode");
+                        continue;
+                    };
+                    if let (Some(h), Some(o)) = (Hook::from_raw(e.hook as u32), Outcome::from_raw(e.outcome as u32)) {
+                        counts.read[h as usize][o as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                    match serde_json::to_string(&record) {
+                        Ok(line) => {
+                            lines.push_str(&line);
+                            lines.push('\n');
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot encode an event"),
+                    }
+                }
+                guard.clear_ready();
+                if !lines.is_empty() {
+                    if let Some(s) = &mut sinks {
+                        if let Err(e) = s.write(&lines) {
+                            counts.write_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "cannot write events");
+                        }
+                    } else {
+                        counts.write_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn open_sinks(config: &EventsConfig) -> Option<Sinks> {
+    match Sinks::open(config) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, file = ?config.file, "cannot open the events file; events are counted, not written");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_a_connect_event() {
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[198, 51, 100, 20]);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let e = Event {
+            time_ns: 5_000_000_000,
+            cgroup_id: 42,
+            pid_tgid: (7u64 << 32) | 8,
+            uid_gid: (1000u64 << 32) | 1001,
+            daddr,
+            comm,
+            bytes: 0,
+            dport: 443,
+            country: enforcer_common::country::index(*b"US").expect("code"),
+            hook: Hook::Connect4 as u8,
+            family: Family::Ipv4 as u8,
+            protocol: 6,
+            outcome: Outcome::Denied as u8,
+            mode: Mode::Enforce as u8,
+            source: Source::Geoip as u8,
+            _pad: [0; 2],
+        };
+        let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, Some("/cg/x".into()))
+            .expect("decodes");
+        let json = serde_json::to_string(&r).expect("json");
+        assert_eq!(
+            json,
+            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"connect4","family":"ipv4","protocol":"tcp","dst":"198.51.100.20","dport":443,"country":"US","verdict":"denied","mode":"enforce","reason":"geoip","pid":8,"tgid":7,"uid":1001,"gid":1000,"comm":"curl","cgroup_id":42,"cgroup":"/cg/x"}"#
+        );
+        let bad = Event { outcome: 9, ..e };
+        assert!(EventRecord::decode(&bad, |_| SystemTime::UNIX_EPOCH, None).is_none());
+    }
+}
