@@ -1,306 +1,32 @@
-//! `cargo xtask demo`: the main job, shown to a person, in a sandbox.
+//! `cargo xtask demo`: installs what is needed, fetches the real GeoLite2
+//! database, builds everything, then runs `ee-demo` (tests/src/bin), which
+//! shows the main job in a sandbox and checks every step.
 //!
-//! Two network namespaces joined by a veth pair and a child cgroup for the
-//! client (nothing in the host's own namespace or cgroups is touched). A
-//! small database written here maps one sandbox address to Germany (in the
-//! EEA, approved) and another to the United States (not approved), layered
-//! over the real GeoLite2 database. The real agent runs in observe mode,
-//! then is switched to enforce mode with SIGHUP; curl shows what happens
-//! and the agent's own metrics prove it. Everything is removed at the end,
-//! on failure, and on Ctrl-C.
+//! The demo itself lives in the tests crate, next to the sandbox it uses:
+//! that crate depends on the agent, whose build needs bpf-linker and the
+//! nightly's rust-src, which xtask must be able to install before anything
+//! needs them. xtask itself depends on nothing that does.
 
-use std::{
-    fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::Command,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
-use enforcer_tests::{
-    agent::{Agent, free_port},
-    metrics::Metrics,
-    sandbox::{PORT, Sandbox, addr},
-};
 
-use crate::{geoip, setup, test::cargo, workspace_root};
-
-/// What must be torn down, reachable from the Ctrl-C handler.
-struct Live {
-    pin_dir: PathBuf,
-    scratch: PathBuf,
-    agent: Option<Agent>,
-    sandbox: Option<Sandbox>,
-}
-
-static LIVE: Mutex<Option<Live>> = Mutex::new(None);
-
-fn teardown() {
-    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(mut live) = live {
-        // Agent first (its drop runs `enforcer uninstall`), then the sandbox.
-        drop(live.agent.take());
-        let _ = Command::new(workspace_root().join("target/debug/enforcer"))
-            .args(["uninstall", "--pin-dir"])
-            .arg(&live.pin_dir)
-            .output();
-        drop(live.sandbox.take());
-        let _ = fs::remove_dir_all(&live.scratch);
-        println!(
-            "\nsandbox removed: namespaces, veth pair, cgroup, pinned programs and scratch files are gone"
-        );
-    }
-}
-
-fn with_live<T>(f: impl FnOnce(&mut Live) -> T) -> T {
-    let mut guard = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    f(guard.as_mut().expect("demo state"))
-}
-
-const DEMO_DB: &str = "# egress-enforcer demo: two sandbox addresses with a known country\n\
-198.51.100.10/32,DE\n\
-198.51.100.20/32,US\n\
-2001:db8:1::10/128,DE\n\
-2001:db8:1::20/128,US\n";
-
-fn config(
-    mode: &str,
-    db: &Path,
-    real: &Path,
-    cgroup: &Path,
-    metrics: SocketAddr,
-    pin_dir: &Path,
-) -> String {
-    format!(
-        "# written by `cargo xtask demo`\n\
-         mode = \"{mode}\"\n\
-         approved = [\"EEA\"]\n\
-         unknown = \"allow\"\n\
-         [geoip]\n\
-         sources = [{:?}, {:?}]\n\
-         [scope]\n\
-         cgroups = [{:?}]\n\
-         [metrics]\n\
-         listen = \"{metrics}\"\n\
-         [agent]\n\
-         pin_dir = {:?}\n",
-        db.display().to_string(),
-        real.display().to_string(),
-        cgroup.display().to_string(),
-        pin_dir.display().to_string(),
-    )
-}
+use crate::{geoip, setup, test::cargo, workspace};
 
 pub fn run() -> Result<()> {
     setup::ensure(&setup::Opts { require_root: true })?;
     let files = geoip::ensure()?;
     cargo(&["build", "--bins"], &[])?;
-    let bin = workspace_root().join("target").join("debug");
-    // SAFETY (of set_var): single-threaded here; the Ctrl-C handler thread
-    // is installed below.
-    unsafe {
-        std::env::set_var("ENFORCER_BIN", bin.join("enforcer"));
-        std::env::set_var("EE_PROBE_BIN", bin.join("ee-probe"));
-    }
-    ctrlc::set_handler(|| {
-        eprintln!("\ninterrupted: cleaning up");
-        teardown();
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C handler")?;
-
-    let bpffs = crate::bpffs::Restore::new();
-    let result = demo(&files.maxmind_country);
-    teardown();
-    drop(bpffs);
-    result
-}
-
-fn demo(real_db: &Path) -> Result<()> {
-    banner("1. A sandbox: two network namespaces, a veth pair, a client cgroup");
-    let sandbox = Sandbox::new();
-    let scratch = tempfile_dir(&sandbox.id)?;
-    let pin_dir = PathBuf::from("/sys/fs/bpf").join(&sandbox.id);
-    println!(
-        "client: netns {} in cgroup {}, address {} / {}",
-        sandbox.client_ns,
-        sandbox.cgroup.display(),
-        addr::CLIENT_V4,
-        addr::CLIENT_V6
-    );
-    println!(
-        "server: netns {}, a web server on port {PORT}",
-        sandbox.server_ns
-    );
-    println!("  {}  is in Germany (EEA: approved)", addr::APPROVED_V4);
-    println!(
-        "  {}  is in the United States (not approved)",
-        addr::DENIED_V4
-    );
-    let cgroup = sandbox.cgroup.clone();
-    *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(Live {
-        pin_dir: pin_dir.clone(),
-        scratch: scratch.clone(),
-        agent: None,
-        sandbox: Some(sandbox),
-    });
-
-    let db = scratch.join("demo-sites.csv");
-    fs::write(&db, DEMO_DB)?;
-    let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
-    let config_path = scratch.join("enforcer.toml");
-    fs::write(
-        &config_path,
-        config("observe", &db, real_db, &cgroup, metrics, &pin_dir),
-    )?;
-    println!(
-        "\nconfig {}:\n{}",
-        config_path.display(),
-        fs::read_to_string(&config_path)?
-    );
-    println!(
-        "databases, first that locates an address wins: {} over {}",
-        db.display(),
-        real_db.display()
-    );
-
-    banner("2. The agent in observe mode");
-    let started = Instant::now();
-    let agent = match Agent::start_with(&config_path, &pin_dir, metrics) {
-        Ok(a) => a,
-        Err(f) => bail!("the agent did not start ({}):\n{}", f.status, f.stderr),
-    };
-    println!(
-        "agent ready in {:.1}s (real database loaded, policy in the kernel, attached to the client cgroup)",
-        started.elapsed().as_secs_f64()
-    );
-    with_live(|l| l.agent = Some(agent));
-    try_both("observe: the US connection is let through, and recorded as would-deny")?;
-    show_metrics(metrics)?;
-
-    banner("3. Switch to enforce mode: edit the config, send SIGHUP");
-    fs::write(
-        &config_path,
-        config("enforce", &db, real_db, &cgroup, metrics, &pin_dir),
-    )?;
-    with_live(|l| {
-        l.agent
-            .as_ref()
-            .map(|a| a.signal(nix::sys::signal::Signal::SIGHUP))
-    });
-    wait_for_mode(metrics, "enforce")?;
-    println!("the agent reloaded: enforce mode is in force");
-    try_both("enforce: the US connection is refused in the kernel (EPERM)")?;
-    show_metrics(metrics)?;
-
-    banner("4. What the kernel holds (`enforcer status`)");
-    let out = Command::new(workspace_root().join("target/debug/enforcer"))
-        .args(["status", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-
-    banner("5. Clean up: `enforcer uninstall`, remove the sandbox");
-    Ok(())
-}
-
-fn banner(title: &str) {
-    println!("\n=== {title}\n");
-}
-
-fn tempfile_dir(id: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{id}-demo"));
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-/// curl from the client cgroup to both addresses; when curl fails, also
-/// the errno connect() gave (ee-probe), shown as its own command because
-/// it is one more attempt, and counted as such.
-fn try_both(headline: &str) -> Result<()> {
-    println!("{headline}");
-    for (ip, place) in [
-        (addr::APPROVED_V4, "Germany"),
-        (addr::DENIED_V4, "United States"),
-    ] {
-        let url = format!("http://{ip}:{PORT}/");
-        let out = with_live(|l| {
-            let sb = l.sandbox.as_ref().expect("sandbox");
-            sb.client_command("curl")
-                .args(["-sS", "--max-time", "5", &url])
-                .output()
-        })
-        .context("running curl in the sandbox")?;
-        let stream = if out.status.success() {
-            &out.stdout
-        } else {
-            &out.stderr
-        };
-        println!(
-            "  $ curl {url}   ({place})\n    {}",
-            String::from_utf8_lossy(stream).trim()
-        );
-        if !out.status.success() {
-            let probe = with_live(|l| {
-                let sb = l.sandbox.as_ref().expect("sandbox");
-                enforcer_tests::probe::attempt(
-                    sb,
-                    enforcer_tests::probe::Proto::Tcp,
-                    IpAddr::V4(ip),
-                )
-            });
-            println!(
-                "  $ ee-probe connect tcp {ip} {PORT}   (what connect() returned)\n    {}",
-                probe.error.unwrap_or_else(|| "connected".into())
-            );
-        }
+    let bin = workspace()?.target_dir.join("debug");
+    let _bpffs = crate::bpffs::Restore::new();
+    let status = Command::new(bin.join("ee-demo"))
+        .arg(&files.maxmind_country)
+        .env("ENFORCER_BIN", bin.join("enforcer"))
+        .env("EE_PROBE_BIN", bin.join("ee-probe"))
+        .status()
+        .context("running ee-demo")?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
     }
     Ok(())
-}
-
-fn show_metrics(addr: SocketAddr) -> Result<()> {
-    let m = Metrics::scrape(addr);
-    println!("\nthe agent's metrics (curl http://{addr}/metrics):");
-    for s in m.series("enforcer_connections_total") {
-        let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-        println!(
-            "  enforcer_connections_total{{hook=\"{}\",family=\"{}\",country=\"{}\",verdict=\"{}\"}} {}",
-            l("hook"),
-            l("family"),
-            l("country"),
-            l("verdict"),
-            s.value
-        );
-    }
-    for s in m
-        .series("enforcer_mode")
-        .into_iter()
-        .filter(|s| s.value == 1.0)
-    {
-        println!(
-            "  enforcer_mode{{mode=\"{}\"}} 1",
-            s.labels.get("mode").cloned().unwrap_or_default()
-        );
-    }
-    for s in m.series("enforcer_geoip_prefixes") {
-        println!(
-            "  enforcer_geoip_prefixes{{family=\"{}\"}} {}",
-            s.labels.get("family").cloned().unwrap_or_default(),
-            s.value
-        );
-    }
-    Ok(())
-}
-
-fn wait_for_mode(addr: SocketAddr, mode: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if Metrics::scrape(addr).sum("enforcer_mode", &[("mode", mode)]) == 1.0 {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("the agent did not switch to {mode} mode within 120s")
 }

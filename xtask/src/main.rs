@@ -22,7 +22,7 @@ mod test;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 /// Developer automation for egress-enforcer.
@@ -63,6 +63,36 @@ enum Command {
 pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Where cargo puts the workspace's build output.
+pub struct Workspace {
+    pub target_dir: PathBuf,
+}
+
+/// Asks `cargo metadata` (so `CARGO_TARGET_DIR` and config are honoured).
+pub fn workspace() -> Result<Workspace> {
+    let out =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["metadata", "--no-deps", "--format-version", "1"])
+            .current_dir(workspace_root())
+            .output()
+            .context("running cargo metadata")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let target_dir = meta
+        .get("target_directory")
+        .and_then(|v| v.as_str())
+        .context("cargo metadata has no target_directory")?;
+    Ok(Workspace {
+        target_dir: PathBuf::from(target_dir),
+    })
 }
 
 fn main() -> ExitCode {

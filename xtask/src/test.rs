@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{geoip, setup, workspace_root};
+use crate::{geoip, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ fn clippy_datapath() -> Result<()> {
         "--target-dir",
     ];
     println!("\n==> rustup {} … -- -D warnings", args.join(" "));
-    let target_dir = workspace_root().join("target").join("ebpf-clippy");
+    let target_dir = workspace()?.target_dir.join("ebpf-clippy");
     let status = Command::new("rustup")
         .args(args)
         .arg(&target_dir)
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
     clippy_datapath()?;
     cargo(&["build", "--bins"], &[])?;
 
-    let target = workspace_root().join("target").join("debug");
+    let target = workspace()?.target_dir.join("debug");
     let enforcer = target.join("enforcer");
     let probe = target.join("ee-probe");
     let envs: [(&str, &Path); 3] = [
