@@ -29,11 +29,19 @@ pub const CONFIG: &str = "CONFIG";
 pub const CFG_LAYOUT: u32 = 0;
 /// `CONFIG[CFG_SLOT]`: the active policy slot, 0 or 1.
 pub const CFG_SLOT: u32 = 1;
-/// `CONFIG[CFG_MODE]`: the global [`crate::Mode`].
-pub const CFG_MODE: u32 = 2;
+/// `CONFIG[CFG_MODE[slot]]`: the global [`crate::Mode`] of each slot. The
+/// mode belongs to the slot, so a reload that changes both the policy and
+/// the mode flips them together; a mode-only change writes both words.
+pub const CFG_MODE: [u32; 2] = [2, 7];
 /// `CONFIG[CFG_GENERATION]`: bumped on every slot flip and mode change, so
 /// cached per-socket verdicts made under an older policy are re-decided.
 pub const CFG_GENERATION: u32 = 3;
+/// Index of the word holding the mode of `slot` (0 or 1).
+#[inline(always)]
+pub const fn cfg_mode(slot: u32) -> u32 {
+    if slot == 0 { CFG_MODE[0] } else { CFG_MODE[1] }
+}
+
 /// `CONFIG[CFG_EVENT_RATE]`: events each CPU may emit per second (token
 /// bucket refill rate); 0 turns events off.
 pub const CFG_EVENT_RATE: u32 = 4;

@@ -85,11 +85,12 @@ impl Dest {
     }
 }
 
-/// Decides a destination against the active slot. `mode` gives the mode
-/// that applies to this caller; it is only asked for when the destination
-/// is not approved (the per-cgroup override walk costs lookups).
+/// Decides a destination against the active slot. `mode(slot)` gives the
+/// mode that applies to this caller under that slot; it is only asked for
+/// when the destination is not approved (the per-cgroup override walk costs
+/// lookups).
 #[inline(always)]
-pub fn decide(dest: Dest, mode: impl FnOnce() -> Mode) -> Decision {
+pub fn decide(dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
     let slot = config(CFG_SLOT) & 1;
     // One generic body per family: an enum holding either family's key
     // would leave the smaller variant's spare bytes undefined, and LLVM may
@@ -122,7 +123,7 @@ fn decide_in<K>(
     rules: &LpmTrie<K, Rule>,
     geo: &LpmTrie<K, GeoEntry>,
     key: Key<K>,
-    mode: impl FnOnce() -> Mode,
+    mode: impl FnOnce(u32) -> Mode,
 ) -> Decision {
     let geo_country = |key: &Key<K>| match geo.get(key) {
         Some(e) if (e.country as usize) < COUNTRY_SLOTS => e.country,
@@ -136,7 +137,14 @@ fn decide_in<K>(
         Some((RuleKind::Deny, _)) => (geo_country(&key), false, Source::DenyException),
         Some((RuleKind::Allow, _)) => return exempt(family, Source::AllowException),
         Some((RuleKind::Builtin, _)) => return exempt(family, Source::Builtin),
+        // A country index out of range (a corrupt value) would read the
+        // other slot's policy entries: treat it as unknown.
         Some((RuleKind::Site, Rule { country, .. })) => {
+            let country = if (country as usize) < COUNTRY_SLOTS {
+                country
+            } else {
+                UNKNOWN_COUNTRY
+            };
             (country, approved(slot, country), Source::Site)
         }
         None => {
@@ -158,7 +166,7 @@ fn decide_in<K>(
             mode: Mode::Observe,
         };
     }
-    let mode = mode();
+    let mode = mode(slot);
     let outcome = match mode {
         Mode::Enforce => Outcome::Denied,
         Mode::Observe => Outcome::WouldDeny,

@@ -6,25 +6,25 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
 };
-use enforcer_common::{CFG_MODE, CFG_OVERRIDES, MAX_CGROUP_DEPTH, Mode};
+use enforcer_common::{CFG_OVERRIDES, MAX_CGROUP_DEPTH, Mode, cfg_mode};
 
 use crate::maps::{MODE_BY_CG, config};
 
-/// The global mode. An unreadable mode word fails open to observe:
-/// refusing on a corrupt map would cut the host off with no way to explain
-/// why.
+/// The global mode of a policy slot. An unreadable mode word fails open to
+/// observe: refusing on a corrupt map would cut the host off with no way to
+/// explain why.
 #[inline(always)]
-pub fn global() -> Mode {
-    Mode::from_raw(config(CFG_MODE)).unwrap_or(Mode::Observe)
+pub fn global(slot: u32) -> Mode {
+    Mode::from_raw(config(cfg_mode(slot))).unwrap_or(Mode::Observe)
 }
 
 /// Walks cgroup levels 0 (the root) to [`MAX_CGROUP_DEPTH`], asking
 /// `ancestor(level)` for the id at each (0 past the leaf), and returns the
 /// override of the deepest one that has an entry.
 #[inline(always)]
-fn walk(ancestor: impl Fn(i32) -> u64) -> Mode {
+fn walk(slot: u32, ancestor: impl Fn(i32) -> u64) -> Mode {
     if config(CFG_OVERRIDES) == 0 {
-        return global();
+        return global(slot);
     }
     let mut found = None;
     for level in 0..MAX_CGROUP_DEPTH as i32 {
@@ -37,20 +37,24 @@ fn walk(ancestor: impl Fn(i32) -> u64) -> Mode {
             found = Mode::from_raw(m).or(found);
         }
     }
-    found.unwrap_or_else(global)
+    found.unwrap_or_else(|| global(slot))
 }
 
 /// The mode for the current task (connect/sendmsg hooks run in the caller's
 /// context, so its cgroup is the process's).
 #[inline(always)]
-pub fn for_current_task() -> Mode {
+pub fn for_current_task(slot: u32) -> Mode {
     // SAFETY: the helper only reads the current task's cgroup.
-    walk(|level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+    walk(slot, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    })
 }
 
 /// The mode for a packet: the cgroup of the socket that sent it.
 #[inline(always)]
-pub fn for_skb(skb: *mut __sk_buff) -> Mode {
+pub fn for_skb(skb: *mut __sk_buff, slot: u32) -> Mode {
     // SAFETY: `skb` is the program's context pointer.
-    walk(|level| unsafe { bpf_skb_ancestor_cgroup_id(skb.cast(), level) })
+    walk(slot, |level| unsafe {
+        bpf_skb_ancestor_cgroup_id(skb.cast(), level)
+    })
 }

@@ -76,7 +76,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return if d.refuses() { DROP } else { PASS };
     }
 
-    let d = decide(p.dest, || mode::for_skb(skb));
+    let d = decide(p.dest, |slot| mode::for_skb(skb, slot));
     count_packet(Hook::SkbEgress, &d, len);
     let c = cached.unwrap_or(SockVerdict {
         generation: 0,

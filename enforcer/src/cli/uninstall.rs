@@ -21,6 +21,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report.maps,
             pin_dir.display()
         );
+        if !report.foreign.is_empty() {
+            println!(
+                "left alone, not ours: {} (the directory stays)",
+                report.foreign.join(" ")
+            );
+        }
     } else {
         println!("nothing installed under {}", pin_dir.display());
     }

@@ -79,20 +79,23 @@ pub struct Staged {
 impl Staged {
     /// Renames every staged pin over its final name (detaching the link it
     /// replaces), then detaches pinned links that are no longer wanted.
+    /// Entries are taken one at a time: if a rename fails, the ones not yet
+    /// committed are still staged, and dropping `self` detaches them.
     pub fn commit(mut self) -> Result<AttachReport, DatapathError> {
-        let entries = std::mem::take(&mut self.entries);
         let mut report = AttachReport {
             kept: std::mem::take(&mut self.kept),
             ..AttachReport::default()
         };
         let mut wanted: BTreeSet<String> = report.kept.iter().cloned().collect();
-        for (tmp, fin) in &entries {
+        while let Some((tmp, fin)) = self.entries.pop() {
             if fin.exists() {
                 report.replaced += 1;
             }
-            fs::rename(tmp, fin)
-                .map_err(|e| pin_err(fin, format!("rename from {}: {e}", tmp.display())))?;
-            let name = file_name(fin);
+            if let Err(e) = fs::rename(&tmp, &fin) {
+                let _ = fs::remove_file(&tmp);
+                return Err(pin_err(&fin, format!("rename from {}: {e}", tmp.display())));
+            }
+            let name = file_name(&fin);
             wanted.insert(name.clone());
             report.attached.push(name);
         }
@@ -227,25 +230,77 @@ pub struct UninstallReport {
     pub maps: usize,
     /// The pin directory existed.
     pub found: bool,
+    /// Entries in the pin directory that are not ours, left alone.
+    pub foreign: Vec<String>,
+}
+
+/// Whether a pin-directory entry is a layout directory (`v<digits>`).
+fn is_version_dir(name: &str) -> bool {
+    name.strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes one layout directory: links first (so programs stop deciding
+/// before their maps go), then maps, then the directories. Only files in
+/// `links/` and `maps/` are removed; anything else stays and is reported.
+fn remove_version(dir: &Path, report: &mut UninstallReport) -> Result<(), DatapathError> {
+    report.links += remove_files(&dir.join("links"))?;
+    report.maps += remove_files(&dir.join("maps"))?;
+    for sub in ["links", "maps"] {
+        match fs::remove_dir(dir.join(sub)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_err(&dir.join(sub), e)),
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(pin_err(
+            dir,
+            format!("{e} (it holds something that is not ours)"),
+        )),
+    }
+}
+
+/// Retires every layout directory under the pin directory but this agent's.
+pub fn retire_other_versions(pins: &PinLayout) -> Result<Vec<String>, DatapathError> {
+    let ours = file_name(&pins.versioned);
+    let mut retired = Vec::new();
+    for entry in fs::read_dir(&pins.root).map_err(|e| pin_err(&pins.root, e))? {
+        let entry = entry.map_err(|e| pin_err(&pins.root, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != ours && is_version_dir(&name) {
+            remove_version(&entry.path(), &mut UninstallReport::default())?;
+            retired.push(name);
+        }
+    }
+    Ok(retired)
 }
 
 /// Detaches every pinned link and removes every pinned map under `pin_dir`
-/// (all layout versions), then the directory itself.
+/// (all layout versions), then the directory if nothing else is in it.
+/// Refused while an agent holds the pin directory.
 pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport, DatapathError> {
     let mut report = UninstallReport::default();
-    let versions = match fs::read_dir(pin_dir) {
-        Ok(v) => v,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
-        Err(e) => return Err(pin_err(pin_dir, e)),
-    };
-    report.found = true;
-    for version in versions {
-        let version = version.map_err(|e| pin_err(pin_dir, e))?.path();
-        // Links first: programs stop deciding before their maps go away.
-        report.links += remove_files(&version.join("links"))?;
-        report.maps += remove_files(&version.join("maps"))?;
+    if !pin_dir.exists() {
+        return Ok(report);
     }
-    fs::remove_dir_all(pin_dir).map_err(|e| pin_err(pin_dir, e))?;
+    super::bpffs::check_inside(pin_dir)?;
+    let _lock = super::bpffs::PinLock::take(pin_dir)?;
+    report.found = true;
+    for entry in fs::read_dir(pin_dir).map_err(|e| pin_err(pin_dir, e))? {
+        let entry = entry.map_err(|e| pin_err(pin_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_version_dir(&name) {
+            remove_version(&entry.path(), &mut report)?;
+        } else {
+            report.foreign.push(name);
+        }
+    }
+    if report.foreign.is_empty() {
+        fs::remove_dir(pin_dir).map_err(|e| pin_err(pin_dir, e))?;
+    }
     Ok(report)
 }
 

@@ -12,6 +12,7 @@
 //!   removes what it created.
 
 mod bpffs;
+mod compat;
 pub mod counters;
 mod links;
 mod slots;
@@ -29,13 +30,13 @@ use aya::{
 };
 use enforcer_common::{
     CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES, CFG_SLOT,
-    CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode,
+    CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
 };
 
 pub use self::{
     bpffs::BpffsError,
     links::{AttachReport, Staged, UninstallReport, uninstall},
-    slots::SlotReport,
+    slots::{SlotReport, check_capacity},
 };
 use geoip::GeoTable;
 
@@ -99,6 +100,10 @@ pub enum DatapathError {
     Verify { slot: u32, detail: String },
     #[error("{path}: {detail}")]
     Pin { path: PathBuf, detail: String },
+    #[error(
+        "pinned map {path} does not match this agent's layout: {detail}; run `enforcer uninstall`"
+    )]
+    Incompatible { path: PathBuf, detail: String },
     #[error("no datapath is pinned under {0} (is the agent installed? see `enforcer run`)")]
     NotInstalled(PathBuf),
 }
@@ -117,33 +122,48 @@ pub struct Datapath {
     held: [Option<GeoTable>; 2],
     /// Links this process attached and pinned (pin names).
     owned: BTreeSet<String>,
-    /// This process created the pin directory: a failed first install
-    /// removes it again.
+    /// What this process created, so a failed first install removes that
+    /// and only that: the pin directory itself, or this layout's directory.
     created_root: bool,
+    created_versioned: bool,
+    /// One agent per pin directory.
+    _lock: bpffs::PinLock,
 }
 
 impl Datapath {
     /// Loads the datapath, adopting the maps pinned under `pin_dir` when
-    /// there are some (counters continue), and loads its programs into the
-    /// kernel. Nothing is attached yet.
+    /// there are some (counters continue), checks them against the layout,
+    /// and loads its programs into the kernel. Nothing is attached yet.
     pub fn load(pin_dir: &Path) -> Result<Datapath, DatapathError> {
         let pins = PinLayout::new(pin_dir);
         bpffs::ensure(&pins.root)?;
-        let adopted = pins.maps.join(CONFIG).exists();
-        let created_root = bpffs::create_dirs(&pins.root, &pins.maps)?;
-        match load_object(&pins, adopted) {
-            Ok(ebpf) => Ok(Datapath {
-                ebpf,
-                pins,
-                adopted,
-                held: [None, None],
-                owned: BTreeSet::new(),
-                created_root,
-            }),
+        let created_root = bpffs::create_dirs(&pins.root)?;
+        let lock = match bpffs::PinLock::take(&pins.root) {
+            Ok(l) => l,
             Err(e) => {
                 if created_root {
                     remove_pins(&pins.root);
                 }
+                return Err(e.into());
+            }
+        };
+        let created_versioned = !pins.versioned.exists();
+        let result = bpffs::create_dirs(&pins.maps)
+            .map_err(DatapathError::from)
+            .and_then(|_| load_object(&pins));
+        match result {
+            Ok((ebpf, fresh)) => Ok(Datapath {
+                ebpf,
+                pins,
+                adopted: !fresh,
+                held: [None, None],
+                owned: BTreeSet::new(),
+                created_root,
+                created_versioned,
+                _lock: lock,
+            }),
+            Err(e) => {
+                discard(&pins, created_root, created_versioned);
                 Err(e)
             }
         }
@@ -151,9 +171,14 @@ impl Datapath {
 
     /// After a failed first install: remove every pin this process created.
     pub fn discard_if_new(&mut self) {
-        if self.created_root {
-            remove_pins(&self.pins.root);
-        }
+        discard(&self.pins, self.created_root, self.created_versioned);
+    }
+
+    /// Detaches and removes what agents with another layout version left in
+    /// the pin directory: their links would go on deciding with their own
+    /// maps (the kernel refuses when any attached program refuses).
+    pub fn retire_other_versions(&mut self) -> Result<Vec<String>, DatapathError> {
+        links::retire_other_versions(&self.pins)
     }
 
     /// Whether maps pinned by an earlier agent were adopted.
@@ -178,9 +203,10 @@ impl Datapath {
         Ok(self.config_word(CFG_SLOT)? & 1)
     }
 
-    /// The global mode in force.
+    /// The global mode in force (the active slot's).
     pub fn mode(&mut self) -> Result<Option<Mode>, DatapathError> {
-        Ok(Mode::from_raw(self.config_word(CFG_MODE)?))
+        let slot = self.active_slot()?;
+        Ok(Mode::from_raw(self.config_word(cfg_mode(slot))?))
     }
 
     fn bump_generation(&mut self) -> Result<u32, DatapathError> {
@@ -189,10 +215,13 @@ impl Datapath {
         Ok(g)
     }
 
-    /// Sets the global mode (one word), and bumps the generation so cached
-    /// verdicts are re-decided. Returns the new generation.
+    /// Sets the global mode without a policy change: both slots' mode words
+    /// (each a one-word store), then bumps the generation so cached verdicts
+    /// are re-decided. Returns the new generation.
     pub fn set_mode(&mut self, mode: Mode) -> Result<u32, DatapathError> {
-        self.set_config_word(CFG_MODE, mode as u32)?;
+        for word in CFG_MODE {
+            self.set_config_word(word, mode as u32)?;
+        }
         self.bump_generation()
     }
 
@@ -241,9 +270,14 @@ impl Datapath {
         self.set_config_word(CFG_OVERRIDES, overrides.len() as u32)
     }
 
-    /// Writes `policy` into the inactive slot as a diff against what that
-    /// slot holds, verifies it, then makes it the active slot.
-    pub fn install(&mut self, policy: &CompiledPolicy) -> Result<SlotReport, DatapathError> {
+    /// Writes `policy` and `mode` into the inactive slot (the tables as a
+    /// diff against what that slot holds), verifies them, then makes it the
+    /// active slot: policy and mode change in the same one-word flip.
+    pub fn install(
+        &mut self,
+        policy: &CompiledPolicy,
+        mode: Mode,
+    ) -> Result<SlotReport, DatapathError> {
         slots::check_capacity(policy)?;
         let target = 1 - self.active_slot()?;
         let contents = slots::SlotContents::new(policy);
@@ -251,7 +285,15 @@ impl Datapath {
         // leaves it unknown, and the next install reads it back.
         let held = self.held[target as usize].take();
         let mut report = slots::write(&mut self.ebpf, target, &contents, held.as_ref())?;
+        self.set_config_word(cfg_mode(target), mode as u32)?;
         slots::verify(&mut self.ebpf, target, &contents)?;
+        let written = self.config_word(cfg_mode(target))?;
+        if written != mode as u32 {
+            return Err(DatapathError::Verify {
+                slot: target,
+                detail: format!("mode word is {written}, expected {}", mode as u32),
+            });
+        }
         self.held[target as usize] = Some(policy.geo.clone());
         // The flip: one aligned 32-bit store into an array map.
         self.set_config_word(CFG_SLOT, target)?;
@@ -279,14 +321,18 @@ impl Datapath {
 }
 
 /// Loads the object with its maps pinned under `pins.maps` (adopting pinned
-/// ones), checks their layout version and loads every program.
-fn load_object(pins: &PinLayout, adopted: bool) -> Result<Ebpf, DatapathError> {
+/// ones), checks them against the layout and loads every program. Returns
+/// whether the maps are fresh: `CONFIG[CFG_LAYOUT]` still 0, whether just
+/// created or pinned by an agent that died before writing it.
+fn load_object(pins: &PinLayout) -> Result<(Ebpf, bool), DatapathError> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.maps)
         .load(OBJECT)
         .map_err(DatapathError::Load)?;
+    compat::check(pins)?;
     let layout = config_word(&mut ebpf, CFG_LAYOUT)?;
-    if layout == 0 && !adopted {
+    let fresh = layout == 0;
+    if fresh {
         set_config_word(&mut ebpf, CFG_LAYOUT, LAYOUT_VERSION)?;
     } else if layout != LAYOUT_VERSION {
         return Err(DatapathError::Layout {
@@ -308,7 +354,17 @@ fn load_object(pins: &PinLayout, adopted: bool) -> Result<Ebpf, DatapathError> {
             }
         }
     }
-    Ok(ebpf)
+    Ok((ebpf, fresh))
+}
+
+/// Removes what a failed first install created: the whole pin directory if
+/// it made it, else this layout's directory if it made that.
+fn discard(pins: &PinLayout, created_root: bool, created_versioned: bool) {
+    if created_root {
+        remove_pins(&pins.root);
+    } else if created_versioned {
+        remove_pins(&pins.versioned);
+    }
 }
 
 fn config_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, u32>, DatapathError> {
@@ -328,10 +384,34 @@ fn set_config_word(ebpf: &mut Ebpf, index: u32, value: u32) -> Result<(), Datapa
         .map_err(map_err(CONFIG))
 }
 
-fn remove_pins(root: &Path) {
-    if let Err(e) = fs::remove_dir_all(root) {
-        tracing::warn!(path = %root.display(), error = %e, "cannot remove the pin directory after a failed install");
+/// Removes a directory this process created, with everything in it.
+fn remove_pins(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot remove pins after a failed install");
     }
+}
+
+/// The `CONFIG` words of an installed datapath, read from its pin.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigWords {
+    pub layout: u32,
+    pub slot: u32,
+    pub mode: Option<Mode>,
+    pub generation: u32,
+}
+
+/// Reads the `CONFIG` words of the datapath pinned under `pin_dir`.
+pub fn config_words(pin_dir: &Path) -> Result<ConfigWords, DatapathError> {
+    let config: Array<MapData, u32> =
+        Array::try_from(open_pinned(pin_dir, CONFIG)?).map_err(map_err(CONFIG))?;
+    let word = |i: u32| config.get(&i, 0).map_err(map_err(CONFIG));
+    let slot = word(CFG_SLOT)? & 1;
+    Ok(ConfigWords {
+        layout: word(CFG_LAYOUT)?,
+        slot,
+        mode: Mode::from_raw(word(cfg_mode(slot))?),
+        generation: word(CFG_GENERATION)?,
+    })
 }
 
 /// Opens one pinned map of an installed datapath (for metrics, `check`,

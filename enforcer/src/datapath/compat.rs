@@ -1,0 +1,150 @@
+//! Checking pinned maps against the layout this agent was built for.
+//!
+//! aya reuses a pinned map of the right name without looking at it
+//! (`MapData::create_pinned_by_name`), so a map pinned by an agent with a
+//! different layout would be written with the wrong sizes. The pin
+//! directory is versioned and `CONFIG` carries the layout version, but a
+//! bug or a hand-made pin must not be able to corrupt memory either: every
+//! map's kernel description is compared with what the layout says before
+//! any program is loaded.
+
+use std::mem::size_of;
+
+use aya::maps::{MapInfo, MapType};
+use enforcer_common::{
+    BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, EVENT_STATE,
+    EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, GEO_CAPACITY, GEO4, GEO6, GeoEntry,
+    MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4,
+    RULES6, RateState, Rule,
+};
+
+use super::DatapathError;
+use crate::paths::PinLayout;
+
+/// What the kernel must report for one pinned map.
+struct Expected {
+    name: &'static str,
+    kind: MapType,
+    key: usize,
+    value: usize,
+    max_entries: u32,
+}
+
+fn expected() -> Vec<Expected> {
+    let e = |name, kind, key, value, max_entries| Expected {
+        name,
+        kind,
+        key,
+        value,
+        max_entries,
+    };
+    // An LPM key is a u32 prefix length and the address bytes.
+    let lpm4 = 4 + 4;
+    let lpm6 = 4 + 16;
+    let mut v = vec![
+        e(CONFIG, MapType::Array, 4, 4, CONFIG_LEN),
+        e(POLICY, MapType::Array, 4, 4, POLICY_LEN),
+        e(
+            CONN_COUNTS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<CounterBlock>(),
+            COUNTER_BLOCKS,
+        ),
+        e(
+            PKT_COUNTS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<CounterBlock>(),
+            COUNTER_BLOCKS,
+        ),
+        e(
+            BYTE_COUNTS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<CounterBlock>(),
+            COUNTER_BLOCKS,
+        ),
+        e(MODE_BY_CG, MapType::Hash, 8, 4, MODE_OVERRIDES_CAPACITY),
+        e(EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
+        e(
+            EVENT_STATE,
+            MapType::PerCpuArray,
+            4,
+            size_of::<RateState>(),
+            1,
+        ),
+        e(EVENT_STATS, MapType::PerCpuArray, 4, 8, EVENT_STATS_LEN),
+    ];
+    for slot in 0..2 {
+        v.push(e(
+            RULES4[slot],
+            MapType::LpmTrie,
+            lpm4,
+            size_of::<Rule>(),
+            RULES_CAPACITY,
+        ));
+        v.push(e(
+            RULES6[slot],
+            MapType::LpmTrie,
+            lpm6,
+            size_of::<Rule>(),
+            RULES_CAPACITY,
+        ));
+        v.push(e(
+            GEO4[slot],
+            MapType::LpmTrie,
+            lpm4,
+            size_of::<GeoEntry>(),
+            GEO_CAPACITY,
+        ));
+        v.push(e(
+            GEO6[slot],
+            MapType::LpmTrie,
+            lpm6,
+            size_of::<GeoEntry>(),
+            GEO_CAPACITY,
+        ));
+    }
+    v
+}
+
+/// Compares every pinned map under `pins.maps` with the layout.
+pub fn check(pins: &PinLayout) -> Result<(), DatapathError> {
+    for e in expected() {
+        let path = pins.maps.join(e.name);
+        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
+            name: e.name,
+            source,
+        })?;
+        let kind = info.map_type().map_err(|source| DatapathError::Map {
+            name: e.name,
+            source,
+        })?;
+        let got = (
+            kind,
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        let want = (e.kind, e.key, e.value, e.max_entries);
+        if got != want {
+            return Err(DatapathError::Incompatible {
+                path,
+                detail: format!(
+                    "the kernel has {:?} key {} value {} entries {}, this agent's layout v{} needs {:?} key {} value {} entries {}",
+                    got.0,
+                    got.1,
+                    got.2,
+                    got.3,
+                    enforcer_common::LAYOUT_VERSION,
+                    want.0,
+                    want.1,
+                    want.2,
+                    want.3
+                ),
+            });
+        }
+    }
+    Ok(())
+}
