@@ -6,23 +6,25 @@
 //!
 //! Every name is prefixed `enforcer_`, counters end in `_total`, and labels
 //! have bounded cardinality: hook (6), family (2), country (<= 677),
-//! verdict (4). Only non-zero series are exposed.
+//! verdict (4). Only non-zero series of the kernel counters are exposed.
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, atomic::Ordering},
 };
 
 use enforcer_common::{Family, Mode, country};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
-use crate::datapath::counters::CounterReader;
+use crate::{
+    datapath::counters::{CounterKind, CounterReader, Suppressed},
+    events::EventCounts,
+};
 
 /// Agent-side state that metrics and `status` report.
 #[derive(Clone, Debug, Default)]
@@ -52,47 +54,58 @@ pub fn country_label(index: u16) -> String {
 pub struct EnforcerCollector {
     counters: CounterReader,
     status: SharedStatus,
-    pin_dir: PathBuf,
+    events: Arc<EventCounts>,
 }
 
 impl std::fmt::Debug for EnforcerCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnforcerCollector")
-            .field("pin_dir", &self.pin_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("EnforcerCollector").finish_non_exhaustive()
     }
 }
 
 impl EnforcerCollector {
-    pub fn new(counters: CounterReader, status: SharedStatus, pin_dir: PathBuf) -> Self {
+    pub fn new(counters: CounterReader, status: SharedStatus, events: Arc<EventCounts>) -> Self {
         Self {
             counters,
             status,
-            pin_dir,
+            events,
         }
     }
 }
+
+/// The counter families read from the kernel's per-CPU blocks.
+const KERNEL_FAMILIES: [(CounterKind, &str, &str); 3] = [
+    (
+        CounterKind::Connections,
+        "enforcer_connections",
+        "Connection-level decisions (connect/sendmsg), by hook, address family, destination country and verdict.",
+    ),
+    (
+        CounterKind::Packets,
+        "enforcer_packets",
+        "Packets decided by the packet hooks (cgroup skb and tcx egress), by hook, family, destination country and verdict.",
+    ),
+    (
+        CounterKind::Bytes,
+        "enforcer_bytes",
+        "Bytes (from the IP header on) of the packets counted in enforcer_packets_total.",
+    ),
+];
 
 impl Collector for EnforcerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = self.status.read().map(|s| s.clone()).unwrap_or_default();
 
-        // Counters from the kernel. A read failure (the maps were removed by
-        // `enforcer uninstall` under a running agent) is exposed as a gauge
-        // rather than failing the whole scrape.
-        let counts = self.counters.connections();
-        let read_ok = counts.is_ok();
-        if let Err(e) = &counts {
-            tracing::warn!(error = %e, pin_dir = %self.pin_dir.display(), "cannot read kernel counters");
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "enforcer_connections",
-                "Connection-level decisions (connect/sendmsg), by hook, address family, destination country and verdict.",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for c in counts.unwrap_or_default() {
+        // Counters from the kernel. The maps are held open, so a read fails
+        // only on a kernel error; it is logged, and the families stay
+        // present (empty) so that the rest of the scrape still works.
+        for (kind, name, help) in KERNEL_FAMILIES {
+            let counts = self.counters.read(kind).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read kernel counters");
+                Vec::new()
+            });
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for c in counts {
                 let labels = [
                     ("hook", c.hook.label().to_owned()),
                     ("family", c.family.label().to_owned()),
@@ -102,20 +115,54 @@ impl Collector for EnforcerCollector {
                 ConstCounter::new(c.value).encode(family.encode_family(&labels)?)?;
             }
         }
-
-        gauge(
-            &mut encoder,
-            "enforcer_datapath_readable",
-            "1 when the kernel counters could be read at this scrape.",
-            read_ok as i64,
-        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "enforcer_events",
+                "Decision events read from the kernel ring buffer and written to the event sinks, by hook and verdict.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (hook, outcome, n) in self.events.read_counts() {
+                let labels = [("hook", hook.label()), ("verdict", outcome.label())];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let suppressed = self.counters.suppressed().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read event statistics");
+                Suppressed::default()
+            });
+            let mut family = encoder.encode_descriptor(
+                "enforcer_events_suppressed",
+                "Events the kernel did not emit (the decision itself is still counted): over the rate limit, or the ring buffer was full.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in [
+                ("rate_limit", suppressed.rate_limit),
+                ("ring_full", suppressed.ring_full),
+            ] {
+                let labels = [("reason", reason)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let metric = ConstCounter::new(self.events.write_errors.load(Ordering::Relaxed));
+            let enc = encoder.encode_descriptor(
+                "enforcer_events_write_errors",
+                "Events read from the kernel that could not be written to a sink.",
+                None,
+                metric.metric_type(),
+            )?;
+            metric.encode(enc)?;
+        }
 
         {
             let mut family = encoder.encode_descriptor(
                 "enforcer_mode",
                 "The global mode in force: 1 for the current mode, 0 for the other.",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             for &m in Mode::ALL {
                 let labels = [("mode", m.label())];
@@ -128,7 +175,7 @@ impl Collector for EnforcerCollector {
                 "enforcer_geoip_prefixes",
                 "GeoIP prefixes loaded into the active policy slot, after aggregation.",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             for (f, n) in [
                 (Family::Ipv4, status.prefixes_v4),
@@ -155,7 +202,7 @@ impl Collector for EnforcerCollector {
                 "enforcer_policy_loads",
                 "Policy loads (start and reloads), by result. A failed load leaves the previous policy in force.",
                 None,
-                prometheus_client::metrics::MetricType::Counter,
+                MetricType::Counter,
             )?;
             for (result, n) in [
                 ("success", status.policy_loads_ok),
@@ -180,7 +227,7 @@ impl Collector for EnforcerCollector {
                 "enforcer_build_info",
                 "Build information; always 1.",
                 None,
-                prometheus_client::metrics::MetricType::Gauge,
+                MetricType::Gauge,
             )?;
             let labels = [
                 ("version", env!("CARGO_PKG_VERSION").to_owned()),

@@ -67,21 +67,27 @@ pub fn resolve_overrides(
     let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
     let roots: Vec<PathBuf> = match scope {
         Scope::HostWide => vec![mount.clone()],
-        Scope::Cgroups(list) => list.iter().map(|p| absolute(&mount, p)).collect(),
+        Scope::Cgroups(list) => list
+            .iter()
+            .map(|p| {
+                let p = absolute(&mount, p);
+                std::fs::canonicalize(&p).unwrap_or(p)
+            })
+            .collect(),
     };
     overrides
         .iter()
         .map(|o| {
-            let path = absolute(&mount, &o.cgroup);
-            if !roots.iter().any(|r| path.starts_with(r)) {
+            let target = open(&mount, absolute(&mount, &o.cgroup))?;
+            if !roots.iter().any(|r| target.path.starts_with(r)) {
                 return Err(ScopeError::Cgroup {
-                    path,
+                    path: target.path,
                     message: "has a mode override but is not inside the scope (scope.cgroups)"
                         .into(),
                 });
             }
             Ok(ResolvedOverride {
-                target: open(&mount, path)?,
+                target,
                 mode: o.mode,
             })
         })
@@ -102,10 +108,56 @@ pub fn resolve_under(mount: &Path, scope: &Scope) -> Result<Vec<CgroupTarget>, S
         Scope::HostWide => vec![mount.to_owned()],
         Scope::Cgroups(list) => list.iter().map(|p| absolute(mount, p)).collect(),
     };
-    paths.into_iter().map(|p| open(mount, p)).collect()
+    let targets = paths
+        .into_iter()
+        .map(|p| open(mount, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_disjoint(&targets)?;
+    Ok(targets)
+}
+
+/// Refuses a scope that lists one cgroup twice or one inside another: the
+/// programs of both would run for the inner cgroup's sockets (cgroup
+/// programs of ancestors run too), so every connection there would be
+/// decided, counted and reported twice.
+fn check_disjoint(targets: &[CgroupTarget]) -> Result<(), ScopeError> {
+    for (i, a) in targets.iter().enumerate() {
+        for b in &targets[..i] {
+            let message = if a.id == b.id {
+                format!(
+                    "is listed twice in scope.cgroups (same cgroup as {})",
+                    b.path.display()
+                )
+            } else if a.path.starts_with(&b.path) {
+                format!(
+                    "is inside scope cgroup {}, which already covers it; list only the outer one",
+                    b.path.display()
+                )
+            } else if b.path.starts_with(&a.path) {
+                format!(
+                    "contains scope cgroup {}, which it already covers; list only the outer one",
+                    b.path.display()
+                )
+            } else {
+                continue;
+            };
+            return Err(ScopeError::Cgroup {
+                path: a.path.clone(),
+                message,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
+    let err = |message: String| ScopeError::Cgroup {
+        path: path.clone(),
+        message,
+    };
+    // Resolve `..` and symbolic links first, so that the checks below (and
+    // the nesting check) see the cgroup's real place in the hierarchy.
+    let path = std::fs::canonicalize(&path).map_err(|e| err(format!("cannot open: {e}")))?;
     let err = |message: String| ScopeError::Cgroup {
         path: path.clone(),
         message,

@@ -45,7 +45,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (v4, v6) = policy.geo_len();
     println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");
     match &config.scope {
-        Scope::HostWide => println!("scope:    host-wide ({})", targets[0].path.display()),
+        Scope::HostWide => {
+            if let Some(root) = targets.first() {
+                println!("scope:    host-wide ({})", root.path.display());
+            }
+        }
         Scope::Cgroups(_) => {
             for t in &targets {
                 println!("scope:    {} (cgroup id {})", t.path.display(), t.id);

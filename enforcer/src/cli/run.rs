@@ -1,10 +1,13 @@
 //! `enforcer run`: the agent.
 //!
-//! Order matters for "bad input never changes what is in force": the config
-//! is validated, every GeoIP source loaded and compiled, every scope cgroup
-//! opened and the metrics port bound before the kernel is touched. Only
-//! then is the datapath loaded (or adopted), the inactive slot written,
-//! verified and flipped, and the programs attached.
+//! Order matters for "bad input never changes what is in force": signal
+//! handlers are installed first (a SIGHUP during start-up must not kill the
+//! agent); then the config is validated, every GeoIP source loaded and
+//! compiled and checked against the maps' capacity, every scope and
+//! override cgroup opened, the events file opened and the metrics port
+//! bound, all before the kernel is touched. Only then is the datapath
+//! loaded (or adopted), the inactive slot written, verified and flipped,
+//! and the programs attached.
 
 use std::{
     path::PathBuf,
@@ -13,14 +16,17 @@ use std::{
 };
 
 use anyhow::Context as _;
+use enforcer_common::Mode;
 use sd_notify::NotifyState;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::ConfigArg;
 use crate::{
-    config::Config,
-    datapath::{Datapath, counters::CounterReader},
+    config::{Config, Scope},
+    datapath::{self, Datapath, counters::CounterReader},
+    events::{self, CgroupNames, EventCounts},
     metrics::{self, AgentStatus, EnforcerCollector, SharedStatus},
+    paths,
     policy::CompiledPolicy,
     scope,
 };
@@ -45,6 +51,7 @@ struct Prepared {
     config: Config,
     policy: CompiledPolicy,
     targets: Vec<scope::CgroupTarget>,
+    overrides: Vec<(u64, Mode)>,
 }
 
 fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
@@ -64,11 +71,28 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
             "GeoIP source loaded"
         );
     }
+    datapath::check_capacity(&policy)?;
     let targets = scope::resolve(&config.scope)?;
+    let overrides = scope::resolve_overrides(&config.scope, &config.overrides)?
+        .into_iter()
+        .map(|o| (o.target.id, o.mode))
+        .collect();
+    events::check_sinks(&config.events).with_context(|| {
+        format!(
+            "{}: events.file {:?}: cannot open for appending",
+            config.origin,
+            config
+                .events
+                .file
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+        )
+    })?;
     Ok(Prepared {
         config,
         policy,
         targets,
+        overrides,
     })
 }
 
@@ -77,9 +101,10 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
 /// On a fresh install the slot is written before any program is attached,
 /// so no program ever decides with an empty slot. On an adopted datapath or
 /// a reload the new links are staged first (attached next to the running
-/// ones), then the slot is written and flipped, then the staged links
-/// replace the old ones; a failure before the flip detaches the staged
-/// links and leaves the running policy and scope as they were.
+/// ones), then the slot is written and flipped (policy and mode together),
+/// then the staged links replace the old ones; a failure before the flip
+/// detaches the staged links and leaves the running policy and scope as
+/// they were.
 fn apply(
     dp: &mut Datapath,
     p: &Prepared,
@@ -94,11 +119,16 @@ fn apply(
                 .context("attaching to the scope cgroups")?,
         )
     };
+    dp.set_overrides(&p.overrides)
+        .context("writing the per-cgroup mode overrides")?;
+    dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
+        .context("setting the event rate")?;
     let report = dp
-        .install(&p.policy)
+        .install(&p.policy, p.config.mode)
         .context("writing the policy into the kernel")?;
     tracing::info!(
         slot = report.slot,
+        mode = p.config.mode.label(),
         geo_v4 = report.geo_v4.total,
         geo_v6 = report.geo_v6.total,
         geo_written = report.geo_v4.upserted + report.geo_v6.upserted,
@@ -107,7 +137,6 @@ fn apply(
         seconds = format!("{:.2}", report.seconds),
         "policy slot written, verified and made active"
     );
-    let generation = dp.set_mode(p.config.mode).context("setting the mode")?;
     let staged = match staged {
         Some(s) => s,
         None => dp
@@ -123,9 +152,15 @@ fn apply(
         cgroups = ?p.targets.iter().map(|t| t.path.display().to_string()).collect::<Vec<_>>(),
         "attached"
     );
+    let retired = dp
+        .retire_other_versions()
+        .context("detaching the programs of another layout version")?;
+    if !retired.is_empty() {
+        tracing::info!(versions = ?retired, "detached and removed the pins of another layout version");
+    }
     let mut s = status.write().unwrap_or_else(|e| e.into_inner());
     s.mode = Some(p.config.mode);
-    s.generation = generation;
+    s.generation = report.generation;
     s.prefixes_v4 = p.policy.geo.v4.len();
     s.prefixes_v6 = p.policy.geo.v6.len();
     s.approved_countries = p.config.approved.len();
@@ -137,7 +172,45 @@ fn apply(
     Ok(())
 }
 
+/// The signals the agent handles, installed before anything else.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
+/// The cgroup directories event cgroup ids are looked up under.
+fn cgroup_roots(config: &Config) -> Vec<PathBuf> {
+    let Ok(mount) = paths::cgroup2_mount() else {
+        return Vec::new();
+    };
+    match &config.scope {
+        Scope::HostWide => vec![mount],
+        Scope::Cgroups(list) => list
+            .iter()
+            .map(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    mount.join(p)
+                }
+            })
+            .collect(),
+    }
+}
+
 async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let prepared = {
         let arg = config_arg.clone();
         tokio::task::spawn_blocking(move || prepare(&arg))
@@ -152,6 +225,9 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
                 prepared.config.metrics_listen
             )
         })?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics listener's address")?;
     let pin_dir: PathBuf = prepared.config.pin_dir.clone();
 
     let status: SharedStatus = Arc::new(RwLock::new(AgentStatus::default()));
@@ -167,54 +243,78 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         }
         Ok(dp)
     })?;
-    tracing::info!(
-        mode = prepared.config.mode.label(),
-        approved = ?prepared.config.approved_items,
-        unknown = prepared.config.unknown.label(),
-        metrics = %prepared.config.metrics_listen,
-        pin_dir = %pin_dir.display(),
-        "enforcer running"
-    );
+
+    let event_counts = Arc::new(EventCounts::default());
+    let (events_config_tx, events_config_rx) =
+        tokio::sync::watch::channel(prepared.config.events.clone());
+    let (events_stop_tx, events_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let events_task = tokio::spawn(events::run(
+        pin_dir.clone(),
+        events_config_rx,
+        Arc::clone(&event_counts),
+        CgroupNames::new(cgroup_roots(&prepared.config)),
+        events_stop_rx,
+    ));
 
     let counters = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
     let registry = Arc::new(metrics::registry(EnforcerCollector::new(
         counters,
         Arc::clone(&status),
-        pin_dir.clone(),
+        Arc::clone(&event_counts),
     )));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(metrics::serve(listener, registry, async {
         let _ = stop_rx.await;
     }));
 
-    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    tracing::info!(
+        mode = prepared.config.mode.label(),
+        approved = ?prepared.config.approved_items,
+        unknown = prepared.config.unknown.label(),
+        metrics = %format!("http://{metrics_addr}/metrics"),
+        pin_dir = %pin_dir.display(),
+        "enforcer running"
+    );
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("running; metrics http://{metrics_addr}/metrics")),
+    ]);
 
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut running = prepared.config;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => reload(&config_arg, &prepared.config, &mut dp, &status).await,
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
+                if let Some(config) = reload(&config_arg, &running, &mut dp, &status).await {
+                    let _ = events_config_tx.send(config.events.clone());
+                    running = config;
+                }
+            }
         }
     }
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let _ = stop_tx.send(());
+    let _ = events_stop_tx.send(());
     let _ = server.await;
+    match events_task.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the events reader stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the events reader panicked"),
+        Ok(Ok(())) => {}
+    }
     tracing::info!(pin_dir = %pin_dir.display(), "agent stopped; enforcement stays in place (`enforcer uninstall` removes it)");
     Ok(())
 }
 
 /// SIGHUP: prepare and apply the config again; on any error the policy in
-/// force stays.
+/// force stays. Returns the new config when it took effect.
 async fn reload(
     config_arg: &ConfigArg,
     running: &Config,
     dp: &mut Datapath,
     status: &SharedStatus,
-) {
+) -> Option<Config> {
     let _ = sd_notify::notify(&[NotifyState::Reloading]);
     tracing::info!("reloading");
     let arg = config_arg.clone();
@@ -230,10 +330,14 @@ async fn reload(
                 "agent.pin_dir and metrics.listen changes take effect at the next start"
             );
         }
-        tokio::task::block_in_place(|| apply(dp, &p, status, false))
+        tokio::task::block_in_place(|| apply(dp, &p, status, false)).map(|()| p.config)
     });
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
     match result {
-        Ok(()) => tracing::info!("reloaded"),
+        Ok(config) => {
+            tracing::info!("reloaded");
+            Some(config)
+        }
         Err(e) => {
             status
                 .write()
@@ -243,7 +347,7 @@ async fn reload(
                 error = format!("{e:#}"),
                 "reload failed; the previous policy stays in force"
             );
+            None
         }
     }
-    let _ = sd_notify::notify(&[NotifyState::Ready]);
 }

@@ -2,9 +2,7 @@
 
 use std::{collections::BTreeMap, fs};
 
-use anyhow::Context as _;
-use aya::maps::{Array, MapData};
-use enforcer_common::{CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_SLOT, CONFIG, Mode, Outcome};
+use enforcer_common::{Mode, Outcome};
 
 use super::PinDirArg;
 use crate::{
@@ -24,19 +22,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let pin_dir = args.pins.resolve()?;
-    let config: Array<MapData, u32> =
-        Array::try_from(datapath::open_pinned(&pin_dir, CONFIG)?).context("CONFIG map")?;
-    let word = |i: u32| {
-        config
-            .get(&i, 0)
-            .with_context(|| format!("reading CONFIG[{i}]"))
-    };
-    let layout = word(CFG_LAYOUT)?;
-    let slot = word(CFG_SLOT)?;
-    let mode = Mode::from_raw(word(CFG_MODE)?)
-        .map(Mode::label)
-        .unwrap_or("invalid");
-    let generation = word(CFG_GENERATION)?;
+    let words = datapath::config_words(&pin_dir)?;
+    let (layout, slot, generation) = (words.layout, words.slot, words.generation);
+    let mode = words.mode.map(Mode::label).unwrap_or("invalid");
 
     let links_dir = PinLayout::new(&pin_dir).links;
     let mut links: Vec<String> = fs::read_dir(&links_dir)
