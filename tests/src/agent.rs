@@ -42,8 +42,28 @@ pub struct Agent {
     child: Option<Child>,
     pub config: PathBuf,
     pub pin_dir: PathBuf,
+    /// Where it serves `/metrics`, as it announced in its READY status (so
+    /// configs can listen on port 0).
     pub metrics: SocketAddr,
     stderr_path: PathBuf,
+}
+
+/// Runs `enforcer uninstall --pin-dir DIR`.
+pub fn uninstall_command(pin_dir: &Path) -> Command {
+    let mut cmd = Command::new(enforcer_binary());
+    cmd.args(["uninstall", "--pin-dir"]).arg(pin_dir);
+    cmd
+}
+
+/// The metrics address in a READY notification's
+/// `STATUS=running; metrics http://ADDR/metrics` line.
+fn announced_metrics(notification: &str) -> Option<SocketAddr> {
+    notification
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .and_then(|s| s.split("http://").nth(1))
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .and_then(|s| s.parse().ok())
 }
 
 /// An agent that exited instead of becoming ready.
@@ -55,24 +75,17 @@ pub struct StartFailure {
 
 impl Agent {
     /// Writes `config` to `dir/enforcer.toml` and starts the agent with it.
-    /// `pin_dir` and `metrics` must be the ones the config names.
-    pub fn start(
-        dir: &Path,
-        config: &str,
-        pin_dir: &Path,
-        metrics: SocketAddr,
-    ) -> Result<Agent, StartFailure> {
+    /// `pin_dir` must be the one the config names.
+    pub fn start(dir: &Path, config: &str, pin_dir: &Path) -> Result<Agent, StartFailure> {
         let path = dir.join("enforcer.toml");
         fs::write(&path, config).expect("write config");
-        Self::start_with(&path, pin_dir, metrics)
+        Self::start_with(&path, pin_dir)
     }
 
-    /// Starts the agent with an existing config file.
-    pub fn start_with(
-        config: &Path,
-        pin_dir: &Path,
-        metrics: SocketAddr,
-    ) -> Result<Agent, StartFailure> {
+    /// Starts the agent with an existing config file. A start that fails
+    /// returns the agent's exit status and log and cleans up nothing: the
+    /// caller checks what the agent left behind.
+    pub fn start_with(config: &Path, pin_dir: &Path) -> Result<Agent, StartFailure> {
         let dir = config.parent().expect("config dir");
         let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = fs::remove_file(&notify_path);
@@ -91,41 +104,44 @@ impl Agent {
             .stderr(stderr)
             .spawn()
             .expect("spawn enforcer run");
-        let mut agent = Agent {
-            child: Some(child),
-            config: config.to_owned(),
-            pin_dir: pin_dir.to_owned(),
-            metrics,
-            stderr_path,
-        };
+        let mut child = Some(child);
+        let log = || fs::read_to_string(&stderr_path).unwrap_or_default();
         let deadline = Instant::now() + START_TIMEOUT;
         let mut buf = [0u8; 4096];
         loop {
-            if let Ok(n) = notify.recv(&mut buf)
-                && String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-            {
-                let _ = fs::remove_file(&notify_path);
-                return Ok(agent);
+            if let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                if text.lines().any(|l| l == "READY=1") {
+                    let _ = fs::remove_file(&notify_path);
+                    let agent = Agent {
+                        child: child.take(),
+                        config: config.to_owned(),
+                        pin_dir: pin_dir.to_owned(),
+                        metrics: announced_metrics(&text).unwrap_or(SocketAddr::from(([0; 4], 0))),
+                        stderr_path: stderr_path.clone(),
+                    };
+                    assert!(
+                        agent.metrics.port() != 0,
+                        "READY without a metrics address in its STATUS: {text:?}"
+                    );
+                    return Ok(agent);
+                }
             }
-            if let Some(status) = agent
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                agent.child = None;
+            if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 let _ = fs::remove_file(&notify_path);
                 return Err(StartFailure {
                     status,
-                    stderr: agent.log(),
+                    stderr: log(),
                 });
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready after {START_TIMEOUT:?}:\n{}",
-                agent.log()
-            );
+            if Instant::now() >= deadline {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let _ = uninstall_command(pin_dir).stdout(Stdio::null()).status();
+                panic!("agent not ready after {START_TIMEOUT:?}:\n{}", log());
+            }
         }
     }
 
@@ -171,7 +187,9 @@ impl Agent {
         if self.child.is_some() {
             self.stop();
         }
-        let out = enforcer(&["uninstall", "--pin-dir", &self.pin_dir.to_string_lossy()]);
+        let out = uninstall_command(&self.pin_dir)
+            .output()
+            .expect("run enforcer uninstall");
         assert!(
             out.status.success(),
             "enforcer uninstall failed: {}",
@@ -186,9 +204,7 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new(enforcer_binary())
-            .args(["uninstall", "--pin-dir"])
-            .arg(&self.pin_dir)
+        let _ = uninstall_command(&self.pin_dir)
             .stdout(Stdio::null())
             .status();
         // Belt and braces: the pin directory must not survive a test.

@@ -270,9 +270,18 @@ impl Drop for Sandbox {
     }
 }
 
-fn remove_cgroup(path: &Path) {
+/// Removes a cgroup and the child cgroups a test made inside it (cgroupfs
+/// removes only empty directories: children first).
+pub fn remove_cgroup(path: &Path) {
     if !path.exists() {
         return;
+    }
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
     }
     // A killed process leaves the cgroup asynchronously: retry briefly.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -347,10 +356,14 @@ pub fn sweep_stale() {
             }
         }
     }
-    if let Ok(entries) = fs::read_dir(enforcer::paths::BPFFS) {
-        for e in entries.flatten() {
-            if dead(&e.file_name().to_string_lossy()) {
-                let _ = fs::remove_dir_all(e.path());
+    // Pin directories (removing a link's pin detaches it) and scratch
+    // directories, named after the sandbox.
+    for dir in [PathBuf::from(enforcer::paths::BPFFS), std::env::temp_dir()] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if dead(&e.file_name().to_string_lossy()) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
     }

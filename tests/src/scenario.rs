@@ -5,12 +5,12 @@
 
 use std::{
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
 };
 
 use crate::{
-    agent::{Agent, free_port},
+    agent::{Agent, uninstall_command},
     sandbox::{Sandbox, addr},
 };
 
@@ -32,7 +32,6 @@ pub struct Scenario {
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
     pub pin_dir: PathBuf,
-    pub metrics: SocketAddr,
 }
 
 impl Scenario {
@@ -45,13 +44,11 @@ impl Scenario {
         let db = dir.path().join("test-geo.csv");
         fs::write(&db, TEST_DB_CSV).expect("write test database");
         let pin_dir = PathBuf::from(enforcer::paths::BPFFS).join(&sb.id);
-        let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
         Scenario {
             sb,
             dir,
             db,
             pin_dir,
-            metrics,
         }
     }
 
@@ -87,21 +84,39 @@ impl Scenario {
              [scope]\n\
              cgroups = [{:?}]\n\
              [metrics]\n\
-             listen = \"{}\"\n\
+             listen = \"127.0.0.1:0\"\n\
              [agent]\n\
              pin_dir = {:?}\n\
              {tail}\n",
             sources.join(", "),
             self.sb.cgroup.display().to_string(),
-            self.metrics,
             self.pin_dir.display().to_string(),
         )
     }
 
     /// Starts an agent with `config`; panics with its log if it fails.
     pub fn start(&self, config: &str) -> Agent {
-        Agent::start(self.dir.path(), config, &self.pin_dir, self.metrics)
+        Agent::start(self.dir.path(), config, &self.pin_dir)
             .unwrap_or_else(|f| panic!("agent failed to start ({}):\n{}", f.status, f.stderr))
+    }
+}
+
+/// The last resort: a test that failed half-way may leave its pin
+/// directory (an agent that should have failed cleanly but did not). It is
+/// removed here, after the test's own assertions have run, and said.
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            eprintln!(
+                "scenario {}: removing the pin directory left behind: {}",
+                self.sb.id,
+                self.pin_dir.display()
+            );
+            let _ = uninstall_command(&self.pin_dir)
+                .stdout(std::process::Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(&self.pin_dir);
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use enforcer_tests::{
 /// Runs the agent with `config`, expects it to fail naming `needle`, and
 /// checks that nothing was left behind.
 fn assert_fails_cleanly(s: &Scenario, config_path: &Path, needle: &str) {
-    let failure = match Agent::start_with(config_path, &s.pin_dir, s.metrics) {
+    let failure = match Agent::start_with(config_path, &s.pin_dir) {
         Ok(mut agent) => {
             agent.uninstall();
             panic!("the agent started with bad input ({needle})");
@@ -136,4 +136,34 @@ fn missing_database_is_refused_with_its_file_name() {
     )
     .expect("write config");
     assert_fails_cleanly(&s, &path, &missing.display().to_string());
+}
+
+#[test]
+fn nested_or_repeated_scope_cgroups_are_refused() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let inner = s.sb.cgroup.join("inner");
+    fs::create_dir(&inner).expect("create a child cgroup");
+    let outer = s.sb.cgroup.display().to_string();
+    let scope_line = format!("cgroups = [{outer:?}]");
+    for (name, list, needle) in [
+        (
+            "nested.toml",
+            format!("cgroups = [{outer:?}, {:?}]", inner.display().to_string()),
+            "is inside scope cgroup",
+        ),
+        (
+            "repeated.toml",
+            format!("cgroups = [{outer:?}, {:?}]", format!("{outer}/")),
+            "listed twice",
+        ),
+    ] {
+        let path = s.dir.path().join(name);
+        fs::write(
+            &path,
+            s.config("enforce", "deny", &[]).replace(&scope_line, &list),
+        )
+        .expect("write config");
+        assert_fails_cleanly(&s, &path, needle);
+    }
 }

@@ -41,7 +41,7 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
 
     // A new agent adopts the pins, replaces the links (no duplicates) and
     // switches to observe; the counters continue from the first agent's.
-    let second = s.start(&s.config("observe", "allow", &[]));
+    let mut second = s.start(&s.config("observe", "allow", &[]));
     assert!(second.log().contains("adopting"), "{}", second.log());
     assert_eq!(
         agent_programs(&s.sb.cgroup),
@@ -66,9 +66,9 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
         m.text
     );
     assert_eq!(q("would_deny"), 1.0, "{}", m.text);
-    drop(second);
 
-    // Dropping the agent ran `enforcer uninstall`: nothing is left.
+    // `enforcer uninstall` (after the agent stopped) leaves nothing.
+    second.uninstall();
     assert!(!s.pin_dir.exists());
     assert_eq!(agent_programs(&s.sb.cgroup), 0);
     let out = enforcer(&["uninstall", "--pin-dir", &s.pin_dir.display().to_string()]);
@@ -84,8 +84,9 @@ fn real_database_layered_under_the_test_database() {
         real.is_some(),
         "EE_GEOIP_DIR has no GeoLite2-Country.mmdb (run `cargo xtask geoip fetch`)"
     );
+    let real = real.expect("checked");
     let s = Scenario::new();
-    let agent = s.start(&s.config("enforce", "deny", &[real.expect("checked")]));
+    let agent = s.start(&s.config("enforce", "deny", std::slice::from_ref(&real)));
     // The test database wins where it has an answer.
     assert!(attempt(&s.sb, Proto::Tcp, IpAddr::V4(APPROVED_V4)).ok);
     assert!(attempt(&s.sb, Proto::Tcp, IpAddr::V4(DENIED_V4)).refused());
@@ -95,6 +96,55 @@ fn real_database_layered_under_the_test_database() {
     assert!(
         v4 > 100_000.0 && v6 > 50_000.0,
         "a world database is loaded: {v4} + {v6}\n{}",
+        m.text
+    );
+
+    // Elsewhere the real database decides. The sandbox has no route to the
+    // Internet, so a destination the datapath lets through fails later, in
+    // routing (ENETUNREACH), and one it refuses fails with EPERM: the errno
+    // tells which layer answered, and no packet leaves either way.
+    let table = geoip::Source::open(&real)
+        .and_then(|src| src.load())
+        .expect("load the real database")
+        .table;
+    let country = |ip: IpAddr| table.lookup(ip).map(|(_, c)| c.as_str().to_owned());
+    let in_country = |code: &str, v6: bool| -> IpAddr {
+        let hit = if v6 {
+            table
+                .v6
+                .prefixes()
+                .find(|(_, c)| c.as_str() == code)
+                .map(|(n, _)| IpAddr::V6((u128::from(n.network()) + 1).into()))
+        } else {
+            table
+                .v4
+                .prefixes()
+                .find(|(_, c)| c.as_str() == code)
+                .map(|(n, _)| IpAddr::V4((u32::from(n.network()) + 1).into()))
+        };
+        hit.unwrap_or_else(|| panic!("the real database has no {code} network"))
+    };
+    for v6 in [false, true] {
+        let approved = in_country("DE", v6);
+        let denied = in_country("CN", v6);
+        assert_eq!(country(approved).as_deref(), Some("DE"));
+        assert_eq!(country(denied).as_deref(), Some("CN"));
+        let a = attempt(&s.sb, Proto::Tcp, approved);
+        assert!(
+            !a.ok && a.errno == Some(libc::ENETUNREACH),
+            "{approved} (DE) passes the datapath and fails in routing: {a:?}"
+        );
+        let d = attempt(&s.sb, Proto::Udp, denied);
+        assert!(d.refused(), "{denied} (CN) is refused: {d:?}");
+    }
+    let m = agent.scrape();
+    assert_eq!(
+        m.sum(
+            "enforcer_connections_total",
+            &[("country", "CN"), ("verdict", "denied")]
+        ),
+        2.0,
+        "{}",
         m.text
     );
 }
@@ -158,5 +208,62 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_policy_in_force() {
         agent_programs(&s.sb.cgroup),
         5,
         "reloads keep the agent's links, they do not add more"
+    );
+}
+
+#[test]
+fn reloads_apply_database_changes_in_place_both_ways() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let agent = s.start(&s.config("enforce", "deny", &[]));
+    let check = |approved: IpAddr, denied: IpAddr| {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            let a = attempt(&s.sb, proto, approved);
+            assert!(a.ok, "{approved} ({proto:?}) is approved now: {a:?}");
+            let d = attempt(&s.sb, proto, denied);
+            assert!(d.refused(), "{denied} ({proto:?}) is refused now: {d:?}");
+        }
+    };
+    let reload = |loads: f64| {
+        agent.signal(nix::sys::signal::Signal::SIGHUP);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while agent
+            .scrape()
+            .sum("enforcer_policy_loads_total", &[("result", "success")])
+            < loads
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reload {loads} not done:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    check(IpAddr::V4(APPROVED_V4), IpAddr::V4(DENIED_V4));
+    check(IpAddr::V6(APPROVED_V6), IpAddr::V6(DENIED_V6));
+
+    // Swap the countries of the two hosts in the database the agent reads:
+    // the reload writes only the difference into the inactive slot.
+    let swapped = TEST_DB_CSV
+        .replace(",DE", ",XX")
+        .replace(",US", ",DE")
+        .replace(",XX", ",US");
+    std::fs::write(&s.db, swapped).expect("rewrite the test database");
+    reload(2.0);
+    check(IpAddr::V4(DENIED_V4), IpAddr::V4(APPROVED_V4));
+    check(IpAddr::V6(DENIED_V6), IpAddr::V6(APPROVED_V6));
+
+    // And back: the slot written now is the one first filled at start.
+    std::fs::write(&s.db, TEST_DB_CSV).expect("restore the test database");
+    reload(3.0);
+    check(IpAddr::V4(APPROVED_V4), IpAddr::V4(DENIED_V4));
+    check(IpAddr::V6(APPROVED_V6), IpAddr::V6(DENIED_V6));
+    let m = agent.scrape();
+    assert!(
+        m.sum("enforcer_geoip_prefixes", &[("family", "ipv4")]) == 2.0
+            && m.sum("enforcer_geoip_prefixes", &[("family", "ipv6")]) == 2.0,
+        "{}",
+        m.text
     );
 }

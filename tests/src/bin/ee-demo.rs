@@ -197,7 +197,7 @@ fn demo(real_db: &Path) -> Result<()> {
 
     banner("2. The agent in observe mode");
     let started = Instant::now();
-    let agent = match Agent::start_with(&config_path, &pin_dir, metrics) {
+    let agent = match Agent::start_with(&config_path, &pin_dir) {
         Ok(a) => a,
         Err(f) => bail!("the agent did not start ({}):\n{}", f.status, f.stderr),
     };
