@@ -6,8 +6,10 @@
 //!   dead test processes swept on creation;
 //! - [`agent`]: the real `enforcer` binary started with a config, waited
 //!   for through sd_notify READY=1, stopped with SIGTERM and uninstalled;
-//! - [`probe`]: real TCP/UDP clients run inside the sandbox (`ee-probe`);
+//! - [`probe`]: real clients run inside the sandbox (`ee-probe`): TCP, UDP,
+//!   held connections, transfers, TCP Fast Open, raw ICMP;
 //! - [`metrics`]: scraping and reading `/metrics`;
+//! - [`events`]: reading the agent's event file;
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
 //! - [`scenario`]: the common set-up of one test.
 //!
@@ -15,6 +17,7 @@
 //! these are tests (aya's test/ does the same).
 
 pub mod agent;
+pub mod events;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;

@@ -94,6 +94,20 @@ impl Scenario {
         )
     }
 
+    /// Where [`Scenario::events_table`] sends events.
+    pub fn events_file(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    /// An `[events]` table writing to [`Scenario::events_file`], for
+    /// `config_with`'s `tail`.
+    pub fn events_table(&self, rate_per_cpu: u32, burst: u32) -> String {
+        format!(
+            "[events]\nfile = {:?}\nrate_per_cpu = {rate_per_cpu}\nburst = {burst}\n",
+            self.events_file().display().to_string()
+        )
+    }
+
     /// Starts an agent with `config`; panics with its log if it fails.
     pub fn start(&self, config: &str) -> Agent {
         Agent::start(self.dir.path(), config, &self.pin_dir)
