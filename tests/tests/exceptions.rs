@@ -48,8 +48,16 @@ country = "DE"
 cidr = "198.51.100.30/32"
 country = "FR"
 "#;
+    // A second database that (wrongly) locates a private range in the US:
+    // built-in ranges are never geolocated, whatever a database says.
+    let private_db = s.dir.path().join("private-in-us.csv");
+    std::fs::write(
+        &private_db,
+        "cidr,country\n192.168.0.0/16,US\nfd00::/8,US\n",
+    )
+    .expect("write database");
     // The strictest base policy: enforce, only the EEA, unknown denied.
-    let agent = s.start(&s.config_with("enforce", "deny", &[], top, tail));
+    let agent = s.start(&s.config_with("enforce", "deny", &[private_db], top, tail));
 
     // deny over GeoIP: 198.51.100.10 is in Germany (approved) but denied.
     let a = attempt(&s.sb, Proto::Tcp, IpAddr::V4(APPROVED_V4));
@@ -81,9 +89,12 @@ country = "FR"
     // site over unknown: 198.51.100.30 is in no database (unknown = deny).
     let a = attempt(&s.sb, Proto::Tcp, IpAddr::V4(UNKNOWN_V4));
     assert!(a.ok, "a site network must beat the unknown policy: {a:?}");
-    // built-in over GeoIP/unknown: the rest of the private ranges stay exempt.
-    let a = try_tcp(&s, "192.168.7.7");
-    assert!(let_through(&a), "built-in ranges stay exempt: {a:?}");
+    // built-in over GeoIP: a database says 192.168/16 and fd00::/8 are in
+    // the US; the rest of the private ranges stay exempt.
+    for ip in ["192.168.7.7", "fd00::7"] {
+        let a = try_tcp(&s, ip);
+        assert!(let_through(&a), "built-in ranges beat GeoIP ({ip}): {a:?}");
+    }
     // And the base policy still refuses what no exception covers.
     let a = attempt(&s.sb, Proto::Tcp, IpAddr::V6(UNKNOWN_V6));
     assert!(a.refused(), "unknown = deny still applies: {a:?}");
@@ -113,8 +124,8 @@ country = "FR"
     assert_eq!(q("FR", "allowed"), 1.0, "{}", m.text);
     assert_eq!(
         q("unknown", "exempt"),
-        3.0,
-        "two allows and one built-in\n{}",
+        4.0,
+        "two allows and two built-in\n{}",
         m.text
     );
     assert_eq!(
