@@ -17,8 +17,13 @@
 
 use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 
-/// Version of every layout in this module; part of the pin path.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version of every layout in this module; part of the pin path. Bump it
+/// whenever a map's type, size or the meaning of its contents changes.
+///
+/// - 1: first release;
+/// - 2: the mode word moved beside each policy slot ([`CFG_MODE`]), so a v1
+///   `CONFIG` map would be misread.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
