@@ -211,10 +211,7 @@ fn fast_open(mode: &str) {
             "net.ipv4.tcp_fastopen=1026",
         ],
     );
-    let agent = s.start(
-        &s.config("observe", "allow", &[])
-            .replace("mode = \"observe\"", &format!("mode = \"{mode}\"")),
-    );
+    let agent = s.start(&s.config_with(mode, "allow", &[], "", &s.events_table(1000, 1000)));
     let r = Runner::new(&s.sb);
     for approved in [IpAddr::V4(APPROVED_V4), IpAddr::V6(APPROVED_V6)] {
         let a = r.tfo(approved, 64);
@@ -258,6 +255,24 @@ fn fast_open(mode: &str) {
             m.text
         );
     }
+    // And one event each, for the right destination; nothing else.
+    let all = events::wait_for(&s.events_file(), "two Fast Open events", |e| e.len() >= 2);
+    for (hook, dst) in [
+        ("connect4", IpAddr::V4(DENIED_V4)),
+        ("connect6", IpAddr::V6(DENIED_V6)),
+    ] {
+        let mine = events::matching(
+            &all,
+            &[
+                ("hook", Value::from(hook)),
+                ("dst", Value::from(dst.to_string())),
+                ("dport", Value::from(ECHO_PORT)),
+                ("verdict", Value::from(verdict)),
+            ],
+        );
+        assert_eq!(mine.len(), 1, "{all:#?}");
+    }
+    assert_eq!(all.len(), 2, "{all:#?}");
 }
 
 #[test]
