@@ -49,6 +49,10 @@ pub const PORT: u16 = 7000;
 /// Prefix of everything a sandbox creates; followed by the creating pid.
 pub const PREFIX: &str = "eesb";
 
+/// The MAC addresses of the client and server ends of a sandbox's veth.
+const CLIENT_MAC: &str = "02:ee:00:00:00:01";
+const SERVER_MAC: &str = "02:ee:00:00:00:02";
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command that must succeed; panics with its output otherwise.
@@ -135,10 +139,13 @@ impl Sandbox {
         sh("ip", &["netns", "add", s]);
         // Created inside the client namespace, peer inside the server one:
         // the root namespace never holds either end.
+        // Fixed, locally administered MACs (each sandbox is its own link),
+        // so the IPv6 neighbours can be pinned below.
         sh(
             "ip",
             &[
-                "-n", c, "link", "add", &vc, "type", "veth", "peer", "name", &vs, "netns", s,
+                "-n", c, "link", "add", &vc, "address", CLIENT_MAC, "type", "veth", "peer", "name",
+                &vs, "address", SERVER_MAC, "netns", s,
             ],
         );
         sh("ip", &["-n", c, "link", "set", "lo", "up"]);
@@ -193,6 +200,48 @@ impl Sandbox {
         }
         sh("ip", &["-n", c, "link", "set", &vc, "up"]);
         sh("ip", &["-n", s, "link", "set", &vs, "up"]);
+        // Permanent IPv6 neighbours: on a fresh veth the first neighbour
+        // solicitation goes unanswered and resolution waits for the 1 s
+        // retransmit, so a test's first IPv6 datagram or echo (which nothing
+        // retransmits) was lost. ARP does not have the problem.
+        for a in addr::SERVER_V6_ALL {
+            let a = a.to_string();
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    c,
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &a,
+                    "lladdr",
+                    SERVER_MAC,
+                    "dev",
+                    &vc,
+                    "nud",
+                    "permanent",
+                ],
+            );
+        }
+        let client = addr::CLIENT_V6.to_string();
+        sh(
+            "ip",
+            &[
+                "-n",
+                s,
+                "-6",
+                "neigh",
+                "replace",
+                &client,
+                "lladdr",
+                CLIENT_MAC,
+                "dev",
+                &vs,
+                "nud",
+                "permanent",
+            ],
+        );
         fs::create_dir(&self.cgroup)
             .unwrap_or_else(|e| panic!("mkdir {}: {e}", self.cgroup.display()));
     }
