@@ -4,9 +4,9 @@
 //! A link is pinned as `<links>/<program>-cg<cgroup id>`. A new agent
 //! attaches its own program next to the old one (links always allow
 //! several programs per cgroup and hook), pins
-//! the new link under a temporary name and renames it over the old pin: the
-//! rename drops the old pin, which detaches the old link. At every instant
-//! at least one of the two programs is attached.
+//! the new link under a temporary name and renames it over the old pin, then
+//! detaches the old link (see [`super::detach`] for why explicitly). At
+//! every instant at least one of the two programs is attached.
 
 use std::{
     collections::BTreeSet,
@@ -19,7 +19,7 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
 };
 
-use super::{DatapathError, PROGRAMS, ProgramKind};
+use super::{DatapathError, PROGRAMS, ProgramKind, detach};
 use crate::{paths::PinLayout, scope::CgroupTarget};
 
 /// What an attach did.
@@ -88,12 +88,18 @@ impl Staged {
         };
         let mut wanted: BTreeSet<String> = report.kept.iter().cloned().collect();
         while let Some((tmp, fin)) = self.entries.pop() {
-            if fin.exists() {
+            // The link being replaced, held open so that it can be detached
+            // right after the rename drops its pin.
+            let old = fin.exists().then(|| detach::open_pinned(&fin));
+            if old.is_some() {
                 report.replaced += 1;
             }
             if let Err(e) = fs::rename(&tmp, &fin) {
-                let _ = fs::remove_file(&tmp);
+                let _ = detach::unpin_and_detach(&tmp);
                 return Err(pin_err(&fin, format!("rename from {}: {e}", tmp.display())));
+            }
+            if let Some(Ok(old)) = old {
+                detach::detach_logged(&old, &fin);
             }
             let name = file_name(&fin);
             wanted.insert(name.clone());
@@ -103,7 +109,7 @@ impl Staged {
             let entry = entry.map_err(|e| pin_err(&self.links_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !wanted.contains(&name) {
-                fs::remove_file(entry.path()).map_err(|e| pin_err(&entry.path(), e))?;
+                detach::unpin_and_detach(&entry.path()).map_err(|e| pin_err(&entry.path(), e))?;
                 report.detached.push(name);
             }
         }
@@ -117,7 +123,7 @@ impl Staged {
 
     fn remove_staged(&mut self) {
         for (tmp, _) in self.entries.drain(..) {
-            if let Err(e) = fs::remove_file(&tmp) {
+            if let Err(e) = detach::unpin_and_detach(&tmp) {
                 tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a staged link");
             }
         }
@@ -174,7 +180,7 @@ fn stage_into(
             let link = attach_one(ebpf, name, kind, target)?;
             // A staged pin left by an agent that died mid-attach.
             let tmp = pins.links.join(format!("{TEMP_PREFIX}{link_name}"));
-            let _ = fs::remove_file(&tmp);
+            let _ = detach::unpin_and_detach(&tmp);
             link.pin(&tmp).map_err(|e| pin_err(&tmp, chain(&e)))?;
             staged.entries.push((tmp, pins.links.join(link_name)));
             tracing::debug!(program = name, cgroup = %target.path.display(), "attached");
@@ -244,8 +250,8 @@ fn is_version_dir(name: &str) -> bool {
 /// before their maps go), then maps, then the directories. Only files in
 /// `links/` and `maps/` are removed; anything else stays and is reported.
 fn remove_version(dir: &Path, report: &mut UninstallReport) -> Result<(), DatapathError> {
-    report.links += remove_files(&dir.join("links"))?;
-    report.maps += remove_files(&dir.join("maps"))?;
+    report.links += remove_files(&dir.join("links"), detach::unpin_and_detach)?;
+    report.maps += remove_files(&dir.join("maps"), |p| fs::remove_file(p))?;
     for sub in ["links", "maps"] {
         match fs::remove_dir(dir.join(sub)) {
             Ok(()) => {}
@@ -304,7 +310,11 @@ pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport, DatapathError> {
     Ok(report)
 }
 
-fn remove_files(dir: &Path) -> Result<usize, DatapathError> {
+/// Removes every file in `dir` with `remove`.
+fn remove_files(
+    dir: &Path,
+    remove: impl Fn(&Path) -> io::Result<()>,
+) -> Result<usize, DatapathError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -313,7 +323,7 @@ fn remove_files(dir: &Path) -> Result<usize, DatapathError> {
     let mut n = 0;
     for entry in entries {
         let path = entry.map_err(|e| pin_err(dir, e))?.path();
-        fs::remove_file(&path).map_err(|e| pin_err(&path, e))?;
+        remove(&path).map_err(|e| pin_err(&path, e))?;
         n += 1;
     }
     Ok(n)

@@ -14,6 +14,7 @@
 mod bpffs;
 mod compat;
 pub mod counters;
+mod detach;
 mod links;
 mod slots;
 
