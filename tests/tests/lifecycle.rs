@@ -39,6 +39,32 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
     );
     assert_eq!(agent_programs(&s.sb.cgroup), 5);
 
+    // `enforcer status` reads it all from the pins, with no agent running.
+    let out = enforcer(&[
+        "status",
+        "--json",
+        "--pin-dir",
+        &s.pin_dir.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(status["mode"], "enforce", "{status:#}");
+    assert_eq!(status["connections"]["denied"], 2, "{status:#}");
+    assert_eq!(
+        status["denied_or_would_deny_by_country"][DENIED_COUNTRY], 2,
+        "{status:#}"
+    );
+    assert_eq!(
+        status["links"].as_array().map(Vec::len),
+        Some(5),
+        "{status:#}"
+    );
+
     // A new agent adopts the pins, replaces the links (no duplicates) and
     // switches to observe; the counters continue from the first agent's.
     let mut second = s.start(&s.config("observe", "allow", &[]));

@@ -6,7 +6,10 @@ use enforcer_common::{Mode, Outcome};
 
 use super::PinDirArg;
 use crate::{
-    datapath::{self, counters::CounterReader},
+    datapath::{
+        self,
+        counters::{CounterKind, CounterReader},
+    },
     metrics::country_label,
     paths::PinLayout,
 };
@@ -36,7 +39,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_default();
     links.sort();
 
-    let counts = CounterReader::open(&pin_dir)?.connections()?;
+    let reader = CounterReader::open(&pin_dir)?;
+    let counts = reader.connections()?;
+    let mut packets_by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in reader.read(CounterKind::Packets)? {
+        *packets_by_verdict.entry(c.outcome.label()).or_default() += c.value;
+    }
+    let suppressed = reader.suppressed()?;
     let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
     let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
     for c in &counts {
@@ -57,6 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "generation": generation,
             "links": links,
             "connections": by_verdict,
+            "packets": packets_by_verdict,
+            "events_suppressed": {
+                "rate_limit": suppressed.rate_limit,
+                "ring_full": suppressed.ring_full,
+            },
             "denied_or_would_deny_by_country": refused_by_country,
         });
         println!("{v}");
@@ -73,15 +87,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             links.join(" ")
         }
     );
-    for (verdict, n) in &by_verdict {
-        println!("{:<11} {n}", format!("{verdict}:"));
+    let line = |counts: &BTreeMap<&str, u64>| {
+        if counts.is_empty() {
+            "none".to_owned()
+        } else {
+            counts
+                .iter()
+                .map(|(v, n)| format!("{v}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    println!("connections: {}", line(&by_verdict));
+    println!("packets:     {}", line(&packets_by_verdict));
+    if suppressed != Default::default() {
+        println!(
+            "events not emitted: rate_limit={} ring_full={}",
+            suppressed.rate_limit, suppressed.ring_full
+        );
     }
     if !refused_by_country.is_empty() {
         let list: Vec<String> = refused_by_country
             .iter()
             .map(|(c, n)| format!("{c}={n}"))
             .collect();
-        println!("refused or would refuse, by country: {}", list.join(" "));
+        println!(
+            "connections refused or would refuse, by country: {}",
+            list.join(" ")
+        );
     }
     Ok(())
 }
