@@ -59,10 +59,11 @@ use enforcer_tests::{
 ///   `BPF_PROG_TEST_RUN`, so no row sees a verdict cached by another row
 ///   (whatever the generation). Within one call, `repeat` reuses the same
 ///   skb and socket: the repeats after the first take the cached path.
-/// - `sk_alloc` charges the socket to the calling task's cgroup, so the
-///   per-cgroup mode walk would see this process's cgroup; this test sets
-///   no override (`CFG_OVERRIDES` stays 0), so the walk is skipped and the
-///   global mode applies.
+/// - `sk_alloc` associates that socket with the calling task's cgroup
+///   (`cgroup_sk_alloc`), so the per-cgroup mode walk would see this
+///   process's cgroup, not a scope cgroup. This test sets no override
+///   (`CFG_OVERRIDES` stays 0): the walk is skipped and the global mode
+///   applies, which is what the rows assert.
 /// - The device is the calling network namespace's loopback; nothing is
 ///   sent: the skb is freed after the run.
 const ETH_HLEN: usize = 14;
