@@ -27,7 +27,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError},
-    programs::{CgroupSkb, CgroupSockAddr, ProgramError},
+    programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError},
 };
 use enforcer_common::{
     CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES, CFG_SLOT,
@@ -189,6 +189,13 @@ impl Datapath {
 
     pub fn pins(&self) -> &PinLayout {
         &self.pins
+    }
+
+    /// One loaded program by name (see [`PROGRAMS`]), for running it with
+    /// `BPF_PROG_TEST_RUN` (kernel unit tests, benchmarks). Shared access
+    /// only: attaching needs `&mut`, so nothing can be attached through it.
+    pub fn program(&self, name: &str) -> Option<&Program> {
+        self.ebpf.program(name)
     }
 
     fn config_word(&mut self, index: u32) -> Result<u32, DatapathError> {
