@@ -155,6 +155,31 @@ impl Agent {
         Metrics::scrape(self.metrics)
     }
 
+    /// Scrapes until `done` holds for the metrics (polling every 100 ms, at
+    /// most `timeout`) and returns them; panics with the agent's log when
+    /// they never do.
+    pub fn wait_for_metrics(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Metrics) -> bool,
+    ) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.scrape();
+            if done(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}\nagent log:\n{}",
+                m.text,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends a signal to the agent.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let child = self.child.as_ref().expect("agent is running");

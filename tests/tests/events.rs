@@ -136,22 +136,24 @@ fn a_burst_above_the_rate_limit_is_suppressed_and_counted_exactly() {
     // Every decision is either delivered as an event or counted as
     // suppressed: wait until the two add up (the agent reads the ring
     // buffer asynchronously), then check they agree with the file.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let (delivered, suppressed, m) = loop {
-        let m = agent.scrape();
-        let delivered = m.sum(
+    let delivered_of = |m: &enforcer_tests::metrics::Metrics| {
+        m.sum(
             "enforcer_events_total",
             &[("hook", "sendmsg4"), ("verdict", "denied")],
-        );
-        let suppressed = m.sum(
+        )
+    };
+    let suppressed_of = |m: &enforcer_tests::metrics::Metrics| {
+        m.sum(
             "enforcer_events_suppressed_total",
             &[("reason", "rate_limit")],
-        );
-        if delivered + suppressed >= f64::from(SENT) || std::time::Instant::now() > deadline {
-            break (delivered, suppressed, m);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        )
     };
+    let m = agent.wait_for_metrics(
+        "delivered + suppressed to reach the datagrams sent",
+        std::time::Duration::from_secs(10),
+        |m| delivered_of(m) + suppressed_of(m) >= f64::from(SENT),
+    );
+    let (delivered, suppressed) = (delivered_of(&m), suppressed_of(&m));
     let lines = events::read(&file);
     let in_file = events::matching(&lines, &[("hook", Value::from("sendmsg4"))]).len() as f64;
     assert_eq!(

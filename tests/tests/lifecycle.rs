@@ -184,19 +184,7 @@ fn sighup_reloads_and_a_bad_reload_keeps_the_policy_in_force() {
     assert!(attempt(&s.sb, Proto::Tcp, denied).ok);
 
     let wait_for = |what: &str, ok: &dyn Fn(&enforcer_tests::metrics::Metrics) -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let m = agent.scrape();
-            if ok(&m) {
-                return m;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                agent.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        agent.wait_for_metrics(what, std::time::Duration::from_secs(60), ok)
     };
 
     std::fs::write(&agent.config, s.config("enforce", "allow", &[])).expect("rewrite config");
@@ -252,19 +240,11 @@ fn reloads_apply_database_changes_in_place_both_ways() {
     };
     let reload = |loads: f64| {
         agent.signal(nix::sys::signal::Signal::SIGHUP);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while agent
-            .scrape()
-            .sum("enforcer_policy_loads_total", &[("result", "success")])
-            < loads
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "reload {loads} not done:\n{}",
-                agent.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        agent.wait_for_metrics(
+            &format!("reload {loads}"),
+            std::time::Duration::from_secs(60),
+            |m| m.sum("enforcer_policy_loads_total", &[("result", "success")]) >= loads,
+        );
     };
     check(IpAddr::V4(APPROVED_V4), IpAddr::V4(DENIED_V4));
     check(IpAddr::V6(APPROVED_V6), IpAddr::V6(DENIED_V6));
