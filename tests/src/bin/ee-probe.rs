@@ -4,7 +4,9 @@
 //! - `ee-probe connect tcp|udp <ip> <port> [count]`: `count` attempts, one
 //!   JSON line each: `{"ok":true}` or `{"ok":false,"errno":1,"error":"..."}`.
 //!   TCP: connect() then read the greeting; UDP: connect() then send();
-//!   udp-sendto: sendto() on an unconnected socket.
+//!   udp-sendto: sendto() on an unconnected socket; udp-echo: sendto() and
+//!   wait up to 2 s for the echo (a datagram dropped on the way, beyond
+//!   this host, gives no error otherwise).
 //! - `ee-probe serve <port>`: a dual-stack TCP greeter (a minimal HTTP
 //!   response, so `curl` works against it) and a UDP echo on `[::]:<port>`;
 //!   prints `ready` once bound, runs until killed.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
                     "tcp" => tcp(dst),
                     "udp" => udp(dst),
                     "udp-sendto" => udp_sendto(dst),
+                    "udp-echo" => udp_echo(dst),
                     other => {
                         eprintln!("ee-probe: unknown protocol {other}");
                         return ExitCode::from(2);
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: ee-probe connect tcp|udp|udp-sendto <ip> <port> [count] | ee-probe serve <port>"
+                "usage: ee-probe connect tcp|udp|udp-sendto|udp-echo <ip> <port> [count] | ee-probe serve <port>"
             );
             ExitCode::from(2)
         }
@@ -100,6 +103,40 @@ fn udp_sendto(dst: SocketAddr) -> std::io::Result<()> {
     let s = UdpSocket::bind(local)?;
     s.send_to(b"ping", dst)?;
     Ok(())
+}
+
+/// A datagram and its echo: proves the datagram reached the server and
+/// came back (a timeout reports EAGAIN). Unconnected, because the server
+/// holds several addresses on one subnet and answers from the one its
+/// routing picks, not necessarily the one asked; the 4-byte payload is a
+/// nonce, so only this datagram's echo counts.
+fn udp_echo(dst: SocketAddr) -> std::io::Result<()> {
+    let local: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let s = UdpSocket::bind(local)?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(std::io::Error::other)?
+        .subsec_nanos()
+        ^ std::process::id();
+    let payload = nonce.to_be_bytes();
+    s.send_to(&payload, dst)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 64];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        s.set_read_timeout(Some(left))?;
+        let (n, _) = s.recv_from(&mut buf)?;
+        if buf[..n] == payload {
+            return Ok(());
+        }
+    }
 }
 
 fn serve(port: u16) -> ExitCode {
