@@ -9,7 +9,10 @@
 //! - [`probe`]: real TCP/UDP clients run inside the sandbox (`ee-probe`);
 //! - [`metrics`]: scraping and reading `/metrics`;
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
-//! - [`scenario`]: the common set-up of one test.
+//! - [`scenario`]: the common set-up of one test;
+//! - [`router`]: three network namespaces (container, router, server) for
+//!   forwarded traffic, with the agent in the router's, and running things
+//!   inside a namespace from the test process.
 //!
 //! Everything here panics on failure, with a message saying what failed:
 //! these are tests (aya's test/ does the same).
@@ -18,6 +21,7 @@ pub mod agent;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;
+pub mod router;
 pub mod sandbox;
 pub mod scenario;
 
