@@ -13,7 +13,9 @@
 //!   on the socket;
 //! - [`skb`]: cgroup `skb/egress`, the packet-level backstop for what the
 //!   socket hooks do not see (sockets connected before the agent attached,
-//!   raw sockets), deciding once per socket through that cache.
+//!   raw sockets), deciding once per socket through that cache;
+//! - [`tcx`]: tcx egress on configured interfaces, for the traffic the host
+//!   forwards (containers, VMs), which no local socket sends.
 //!
 //! Shared: [`decide`], [`mode`] (global mode or per-cgroup override),
 //! [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
@@ -35,6 +37,7 @@ mod packet;
 mod sendmsg;
 mod skb;
 mod sock_addr;
+mod tcx;
 
 #[cfg(not(test))]
 #[panic_handler]

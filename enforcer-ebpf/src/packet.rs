@@ -1,7 +1,8 @@
 //! Reading a packet's destination (and protocol and port, for events) from
-//! its IP header, for the packet hooks.
+//! its IP header, for the packet hooks: at offset 0 for cgroup skb (the
+//! packet starts at the IP header), after the Ethernet header for tcx.
 
-use aya_ebpf::programs::SkBuffContext;
+use aya_ebpf::programs::{SkBuffContext, TcContext};
 
 use crate::decide::Dest;
 
@@ -19,6 +20,13 @@ pub trait Load {
 }
 
 impl Load for SkBuffContext {
+    #[inline(always)]
+    fn read<T>(&self, offset: usize) -> Option<T> {
+        self.load::<T>(offset).ok()
+    }
+}
+
+impl Load for TcContext {
     #[inline(always)]
     fn read<T>(&self, offset: usize) -> Option<T> {
         self.load::<T>(offset).ok()

@@ -142,6 +142,8 @@ struct RawScope {
     host_wide: bool,
     #[serde(default, rename = "override")]
     overrides: Vec<RawOverride>,
+    #[serde(default)]
+    interfaces: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,6 +268,9 @@ pub struct Config {
     pub scope: Scope,
     /// Per-cgroup mode overrides, in config order.
     pub overrides: Vec<ModeOverride>,
+    /// Network interfaces (in the agent's network namespace) whose egress
+    /// is decided by the tcx program: the traffic the host forwards.
+    pub interfaces: Vec<String>,
     pub events: Events,
     pub metrics_listen: SocketAddr,
     pub pin_dir: PathBuf,
@@ -396,6 +401,16 @@ impl Config {
             });
         }
 
+        let mut interfaces: Vec<String> = Vec::with_capacity(raw.scope.interfaces.len());
+        for (i, name) in raw.scope.interfaces.iter().enumerate() {
+            check_interface_name(name)
+                .map_err(|m| err(format!("scope.interfaces[{i}] {name:?}: {m}")))?;
+            if interfaces.contains(name) {
+                return Err(err(format!("scope.interfaces[{i}] {name:?}: given twice")));
+            }
+            interfaces.push(name.clone());
+        }
+
         let events = Events {
             rate_per_cpu: raw.events.rate_per_cpu,
             burst: raw
@@ -440,6 +455,7 @@ impl Config {
             sources,
             scope,
             overrides,
+            interfaces,
             events,
             metrics_listen,
             pin_dir,
@@ -484,6 +500,35 @@ fn normalize_cgroup(p: &Path) -> Result<PathBuf, String> {
         return Err("must not contain \"..\"".into());
     }
     Ok(p.to_owned())
+}
+
+/// The longest interface name: `IFNAMSIZ` (16) with the NUL.
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+/// Checks an interface name the way the kernel does (`dev_valid_name` in
+/// https://github.com/torvalds/linux/blob/v6.18/net/core/dev.c), so a name
+/// no interface can have is an error in the config, not a lookup failure
+/// at attach time.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > MAX_INTERFACE_NAME {
+        return Err(format!(
+            "{} bytes long; interface names have at most {MAX_INTERFACE_NAME}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("not an interface name".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Err(format!("contains {c:?}, which interface names cannot"));
+    }
+    Ok(())
 }
 
 /// toml's errors carry the line, column and a snippet; keep them on one
@@ -582,6 +627,50 @@ cgroups = ["system.slice/storage.service"]
         assert_eq!(c.events.burst, 10);
         assert_eq!(c.events.file, Some(PathBuf::from("/etc/ee/events.jsonl")));
         assert!(!c.events.stdout, "with a file, stdout only when asked");
+    }
+
+    #[test]
+    fn interfaces_parse_in_scope() {
+        let c = parse(MINIMAL).expect("valid");
+        assert!(c.interfaces.is_empty(), "no forwarded traffic by default");
+        let c = parse(&MINIMAL.replace(
+            "[scope]\n",
+            "[scope]\ninterfaces = [\"eth1\", \"br0.100\", \"veth-a_b@x\", \"abcdefghijklmno\"]\n",
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.interfaces,
+            ["eth1", "br0.100", "veth-a_b@x", "abcdefghijklmno"],
+            "dots, dashes and 15-byte names are valid, order is kept"
+        );
+    }
+
+    #[test]
+    fn bad_interface_names_are_refused_with_the_key() {
+        let with =
+            |list: &str| MINIMAL.replace("[scope]\n", &format!("[scope]\ninterfaces = {list}\n"));
+        let cases: &[(&str, &str)] = &[
+            ("[\"\"]", "scope.interfaces[0] \"\": empty name"),
+            (
+                "[\"eth0\", \"abcdefghijklmnop\"]",
+                "scope.interfaces[1] \"abcdefghijklmnop\": 16 bytes long",
+            ),
+            ("[\"a/b\"]", "scope.interfaces[0] \"a/b\": contains '/'"),
+            ("[\"eth 0\"]", "scope.interfaces[0] \"eth 0\": contains ' '"),
+            ("[\"eth0\\t\"]", "contains '\\t'"),
+            ("[\"eth0:1\"]", "contains ':'"),
+            ("[\"..\"]", "not an interface name"),
+            (
+                "[\"eth0\", \"eth0\"]",
+                "scope.interfaces[1] \"eth0\": given twice",
+            ),
+            ("\"eth0\"", "interfaces"),
+        ];
+        for (list, needle) in cases {
+            let e = parse(&with(list)).expect_err(list).to_string();
+            assert!(e.starts_with("/etc/ee/test.toml: "), "{e}");
+            assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+        }
     }
 
     #[test]

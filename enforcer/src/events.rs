@@ -75,7 +75,9 @@ pub struct EventRecord {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tgid: Option<u32>,
-    pub uid: u32,
+    /// None for forwarded traffic (tcx): no local user sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -132,7 +134,9 @@ impl EventRecord {
             reason: Source::from_raw(e.source as u32)?.label(),
             pid: known_task.then_some(e.pid_tgid as u32),
             tgid: known_task.then_some((e.pid_tgid >> 32) as u32),
-            uid: e.uid_gid as u32,
+            // Forwarded packets have no sender on this host; a 0 there
+            // would read as root.
+            uid: (hook != Hook::TcxEgress).then_some(e.uid_gid as u32),
             gid: known_task.then_some((e.uid_gid >> 32) as u32),
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
             cgroup_id: e.cgroup_id,
@@ -307,7 +311,11 @@ pub async fn run(
                     // is plain integers (any bit pattern is valid); unaligned
                     // read because the item is a byte slice.
                     let e: Event = unsafe { item.as_ptr().cast::<Event>().read_unaligned() };
-                    let cgroup = names.lookup(e.cgroup_id);
+                    // 0: no cgroup (forwarded traffic); no walk of the tree
+                    // for an id that cannot be found.
+                    let cgroup = (e.cgroup_id != 0)
+                        .then(|| names.lookup(e.cgroup_id))
+                        .flatten();
                     let Some(record) = EventRecord::decode(&e, &to_wall, cgroup) else {
                         tracing::warn!("skipping an event record that does not decode");
                         continue;
@@ -387,5 +395,35 @@ mod tests {
         );
         let bad = Event { outcome: 9, ..e };
         assert!(EventRecord::decode(&bad, |_| SystemTime::UNIX_EPOCH, None).is_none());
+    }
+
+    #[test]
+    fn decodes_a_forwarded_packet_event_without_a_sender() {
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[198, 51, 100, 20]);
+        let e = Event {
+            time_ns: 5_000_000_000,
+            cgroup_id: 0,
+            pid_tgid: 0,
+            uid_gid: 0,
+            daddr,
+            comm: [0; 16],
+            bytes: 84,
+            dport: 0,
+            country: enforcer_common::country::index(*b"US").expect("code"),
+            hook: Hook::TcxEgress as u8,
+            family: Family::Ipv4 as u8,
+            protocol: 1,
+            outcome: Outcome::WouldDeny as u8,
+            mode: Mode::Observe as u8,
+            source: Source::Geoip as u8,
+            _pad: [0; 2],
+        };
+        let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, None).expect("decodes");
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"tcx_egress","family":"ipv4","protocol":"icmp","dst":"198.51.100.20","country":"US","verdict":"would_deny","mode":"observe","reason":"geoip","cgroup_id":0,"bytes":84}"#,
+            "no pid, uid or comm: the sender is not on this host"
+        );
     }
 }

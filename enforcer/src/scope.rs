@@ -1,8 +1,10 @@
-//! Resolving the configured scope to cgroup2 directories to attach to.
+//! Resolving the configured scope to what the programs attach to: cgroup2
+//! directories, and network interfaces for forwarded traffic.
 //!
-//! Every target is opened (and checked to be a cgroup2 directory) before
-//! anything is attached, so a missing cgroup fails the whole attach instead
-//! of leaving half the scope enforced.
+//! Every target is opened (and checked to be a cgroup2 directory) or
+//! looked up (an Ethernet interface in the agent's network namespace)
+//! before anything is attached, so a missing cgroup or interface fails the
+//! whole attach instead of leaving half the scope enforced.
 
 use std::{
     fs::File,
@@ -39,6 +41,91 @@ pub enum ScopeError {
     Mount(io::Error),
     #[error("scope cgroup {path}: {message}")]
     Cgroup { path: PathBuf, message: String },
+    #[error("interface {name:?}: {message}")]
+    Interface { name: String, message: String },
+}
+
+/// A network interface whose egress the tcx program decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceTarget {
+    pub name: String,
+    /// Its index in the agent's network namespace when it was resolved.
+    pub ifindex: u32,
+}
+
+/// `ARPHRD_ETHER` (include/uapi/linux/if_arphdr.h): the link types with a
+/// 14-byte Ethernet header (veth, bridges, bonds, VLAN devices, macvlan,
+/// VXLAN, physical NICs).
+const ARPHRD_ETHER: u16 = 1;
+
+/// Looks up every interface by name in the agent's network namespace (the
+/// namespace it runs in: interface names are per namespace) and checks it
+/// is Ethernet, since the tcx program finds the IP header after an
+/// Ethernet header: on a device without one (WireGuard, tun, IP tunnels,
+/// loopback) it would read the wrong bytes and decide nothing.
+pub fn resolve_interfaces(names: &[String]) -> Result<Vec<InterfaceTarget>, ScopeError> {
+    names.iter().map(|name| resolve_interface(name)).collect()
+}
+
+/// One interface: its index, and a check that it is Ethernet.
+pub fn resolve_interface(name: &str) -> Result<InterfaceTarget, ScopeError> {
+    let err = |message: String| ScopeError::Interface {
+        name: name.to_owned(),
+        message,
+    };
+    let ifindex = nix::net::if_::if_nametoindex(name).map_err(|e| {
+        err(match e {
+            nix::errno::Errno::ENODEV => {
+                "no such interface in the agent's network namespace".to_owned()
+            }
+            e => format!("cannot look it up: {e}"),
+        })
+    })?;
+    match link_type(name) {
+        Ok(ARPHRD_ETHER) => {}
+        Ok(other) => {
+            return Err(err(format!(
+                "link type {other} is not Ethernet (ARPHRD_ETHER); forwarded traffic is \
+                 decided on Ethernet interfaces only (see README, \"Forwarded traffic\")"
+            )));
+        }
+        Err(e) => return Err(err(format!("cannot read its link type: {e}"))),
+    }
+    Ok(InterfaceTarget {
+        name: name.to_owned(),
+        ifindex,
+    })
+}
+
+/// The interface's link type (`ARPHRD_*`), from SIOCGIFHWADDR on a socket
+/// of the agent's own network namespace (sysfs may show another one).
+fn link_type(name: &str) -> io::Result<u16> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd as _;
+
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= req.ifr_name.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the NUL-terminated name in `req` and
+    // writes its hardware address into it; `req` outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 /// Opens every cgroup of the scope.
@@ -183,4 +270,28 @@ fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
         path,
         dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_is_named() {
+        let e = resolve_interfaces(&["eesb-no-such".into()])
+            .expect_err("no such interface")
+            .to_string();
+        assert!(
+            e.contains("\"eesb-no-such\"") && e.contains("no such interface"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn loopback_is_not_ethernet() {
+        let e = resolve_interface("lo")
+            .expect_err("loopback has no Ethernet header")
+            .to_string();
+        assert!(e.contains("\"lo\"") && e.contains("not Ethernet"), "{e}");
+    }
 }

@@ -45,6 +45,9 @@ pub struct Agent {
     /// Where it serves `/metrics`, as it announced in its READY status (so
     /// configs can listen on port 0).
     pub metrics: SocketAddr,
+    /// The network namespace it runs in (`None`: the test's own), where
+    /// its metrics address is reachable.
+    pub netns: Option<String>,
     stderr_path: PathBuf,
 }
 
@@ -86,6 +89,17 @@ impl Agent {
     /// returns the agent's exit status and log and cleans up nothing: the
     /// caller checks what the agent left behind.
     pub fn start_with(config: &Path, pin_dir: &Path) -> Result<Agent, StartFailure> {
+        Self::start_with_in(config, pin_dir, None)
+    }
+
+    /// [`Agent::start_with`], with the agent in network namespace `netns`
+    /// (entered with setns between fork and exec, so it keeps the test's
+    /// mounts: bpffs and cgroupfs stay visible, unlike `ip netns exec`).
+    pub fn start_with_in(
+        config: &Path,
+        pin_dir: &Path,
+        netns: Option<&str>,
+    ) -> Result<Agent, StartFailure> {
         let dir = config.parent().expect("config dir");
         let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = fs::remove_file(&notify_path);
@@ -95,15 +109,17 @@ impl Agent {
             .expect("notify timeout");
         let stderr_path = dir.join("agent.log");
         let stderr = fs::File::create(&stderr_path).expect("agent log");
-        let child = Command::new(enforcer_binary())
-            .args(["run", "--config"])
+        let mut cmd = Command::new(enforcer_binary());
+        cmd.args(["run", "--config"])
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("ENFORCER_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn enforcer run");
+            .stderr(stderr);
+        if let Some(ns) = netns {
+            crate::sandbox::enter(&mut cmd, ns, None);
+        }
+        let child = cmd.spawn().expect("spawn enforcer run");
         let mut child = Some(child);
         let log = || fs::read_to_string(&stderr_path).unwrap_or_default();
         let deadline = Instant::now() + START_TIMEOUT;
@@ -118,6 +134,7 @@ impl Agent {
                         config: config.to_owned(),
                         pin_dir: pin_dir.to_owned(),
                         metrics: announced_metrics(&text).unwrap_or(SocketAddr::from(([0; 4], 0))),
+                        netns: netns.map(str::to_owned),
                         stderr_path: stderr_path.clone(),
                     };
                     assert!(
@@ -150,9 +167,14 @@ impl Agent {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Scrapes `GET /metrics`.
+    /// Scrapes `GET /metrics`, from inside the agent's network namespace
+    /// when it has its own (its loopback listener is only there).
     pub fn scrape(&self) -> Metrics {
-        Metrics::scrape(self.metrics)
+        let addr = self.metrics;
+        match &self.netns {
+            None => Metrics::scrape(addr),
+            Some(ns) => crate::router::in_netns(ns, move || Metrics::scrape(addr)),
+        }
     }
 
     /// Scrapes until `done` holds for the metrics (polling every 100 ms, at

@@ -11,7 +11,10 @@
 //! - [`metrics`]: scraping and reading `/metrics`;
 //! - [`events`]: reading the agent's event file;
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
-//! - [`scenario`]: the common set-up of one test.
+//! - [`scenario`]: the common set-up of one test;
+//! - [`router`]: three network namespaces (container, router, server) for
+//!   forwarded traffic, with the agent in the router's, and running things
+//!   inside a namespace from the test process.
 //!
 //! Everything here panics on failure, with a message saying what failed:
 //! these are tests (aya's test/ does the same).
@@ -21,6 +24,7 @@ pub mod events;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;
+pub mod router;
 pub mod sandbox;
 pub mod scenario;
 

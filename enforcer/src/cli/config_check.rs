@@ -1,6 +1,8 @@
 //! `enforcer config check`: validate a config and load its GeoIP sources,
 //! without touching the kernel.
 
+use anyhow::Context as _;
+
 use super::ConfigArg;
 use crate::{config::Scope, policy::CompiledPolicy, scope};
 
@@ -14,6 +16,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let policy = CompiledPolicy::compile(&config)?;
     let targets = scope::resolve(&config.scope)?;
+    let interfaces = scope::resolve_interfaces(&config.interfaces)
+        .with_context(|| format!("{}: scope.interfaces", config.origin))?;
 
     println!("config:   {}", config.origin);
     println!("mode:     {}", config.mode.label());
@@ -55,6 +59,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 println!("scope:    {} (cgroup id {})", t.path.display(), t.id);
             }
         }
+    }
+    if interfaces.is_empty() {
+        println!("forward:  no interfaces (forwarded traffic is not decided)");
+    }
+    for i in &interfaces {
+        println!(
+            "forward:  {} (ifindex {}, tcx egress, global mode)",
+            i.name, i.ifindex
+        );
     }
     println!("metrics:  http://{}/metrics", config.metrics_listen);
     println!("pin dir:  {}", config.pin_dir.display());

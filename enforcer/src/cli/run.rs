@@ -4,8 +4,8 @@
 //! handlers are installed first (a SIGHUP during start-up must not kill the
 //! agent); then the config is validated, every GeoIP source loaded and
 //! compiled and checked against the maps' capacity, every scope and
-//! override cgroup opened, the events file opened and the metrics port
-//! bound, all before the kernel is touched. Only then is the datapath
+//! override cgroup opened, every interface looked up, the events file
+//! opened and the metrics port bound, all before the kernel is touched. Only then is the datapath
 //! loaded (or adopted), the inactive slot written, verified and flipped,
 //! and the programs attached.
 
@@ -51,6 +51,7 @@ struct Prepared {
     config: Config,
     policy: CompiledPolicy,
     targets: Vec<scope::CgroupTarget>,
+    interfaces: Vec<scope::InterfaceTarget>,
     overrides: Vec<(u64, Mode)>,
 }
 
@@ -73,6 +74,10 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
     }
     datapath::check_capacity(&policy)?;
     let targets = scope::resolve(&config.scope)?;
+    // Interface names mean something only in a network namespace: the
+    // agent's own, which is the one it attaches in.
+    let interfaces = scope::resolve_interfaces(&config.interfaces)
+        .with_context(|| format!("{}: scope.interfaces", config.origin))?;
     let overrides = scope::resolve_overrides(&config.scope, &config.overrides)?
         .into_iter()
         .map(|o| (o.target.id, o.mode))
@@ -92,6 +97,7 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
         config,
         policy,
         targets,
+        interfaces,
         overrides,
     })
 }
@@ -115,8 +121,8 @@ fn apply(
         None
     } else {
         Some(
-            dp.stage(&p.targets)
-                .context("attaching to the scope cgroups")?,
+            dp.stage(&p.targets, &p.interfaces)
+                .context("attaching to the scope cgroups and interfaces")?,
         )
     };
     dp.set_overrides(&p.overrides)
@@ -140,8 +146,8 @@ fn apply(
     let staged = match staged {
         Some(s) => s,
         None => dp
-            .stage(&p.targets)
-            .context("attaching to the scope cgroups")?,
+            .stage(&p.targets, &p.interfaces)
+            .context("attaching to the scope cgroups and interfaces")?,
     };
     let attached = dp.commit(staged).context("pinning the links")?;
     tracing::info!(
@@ -150,6 +156,7 @@ fn apply(
         replaced = attached.replaced,
         detached = attached.detached.len(),
         cgroups = ?p.targets.iter().map(|t| t.path.display().to_string()).collect::<Vec<_>>(),
+        interfaces = ?p.interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
         "attached"
     );
     let retired = dp

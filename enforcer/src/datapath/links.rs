@@ -1,12 +1,15 @@
-//! Attaching programs to cgroups through pinned bpf_links, replacing the
-//! links of an earlier agent without a gap, and removing everything.
+//! Attaching programs to cgroups and interfaces through pinned bpf_links,
+//! replacing the links of an earlier agent without a gap, and removing
+//! everything.
 //!
-//! A link is pinned as `<links>/<program>-cg<cgroup id>`. A new agent
-//! attaches its own program next to the old one (links always allow
-//! several programs per cgroup and hook), pins
-//! the new link under a temporary name and renames it over the old pin, then
-//! detaches the old link (see [`super::detach`] for why explicitly). At
-//! every instant at least one of the two programs is attached.
+//! A cgroup link is pinned as `<links>/<program>-cg<cgroup id>`, a tcx link
+//! as `<links>/tcx_egress-if<ifindex>-<encoded interface name>` (see
+//! [`tcx_link_name`]). A new agent attaches its own program next to the old
+//! one (cgroup links and tcx links both allow several programs per hook),
+//! pins the new link under a temporary name and renames it over the old
+//! pin, then detaches the old link (see [`super::detach`] for why
+//! explicitly). At every instant at least one of the two programs is
+//! attached.
 
 use std::{
     collections::BTreeSet,
@@ -16,11 +19,17 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, LinkOrder,
+        SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
+    },
 };
 
-use super::{DatapathError, PROGRAMS, ProgramKind, detach};
-use crate::{paths::PinLayout, scope::CgroupTarget};
+use super::{DatapathError, PROGRAMS, ProgramKind, TCX_PROGRAM, detach};
+use crate::{
+    paths::PinLayout,
+    scope::{CgroupTarget, InterfaceTarget},
+};
 
 /// What an attach did.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +51,36 @@ const TEMP_PREFIX: &str = "staged-";
 
 fn link_name(program: &str, cgroup_id: u64) -> String {
     format!("{program}-cg{cgroup_id}")
+}
+
+/// The pin name of the tcx link on an interface. The index makes it name
+/// this very device: an interface deleted and created again under the same
+/// name gets a new index (the kernel allocates them cyclically), so its
+/// link is attached anew instead of being "kept" while it is defunct (a
+/// tcx link outlives its device, attached to nothing). The name is there
+/// for people reading `enforcer status`.
+pub fn tcx_link_name(iface: &InterfaceTarget) -> String {
+    format!(
+        "{TCX_PROGRAM}-if{}-{}",
+        iface.ifindex,
+        encode_ifname(&iface.name)
+    )
+}
+
+/// An interface name as a pin-name part. Interface names may contain '.'
+/// (`eth0.100`), which bpffs refuses in names (see [`TEMP_PREFIX`]); ASCII
+/// letters, digits and '-' are kept, every other byte becomes `_xx` (two
+/// hex digits), '_' included, so distinct names stay distinct.
+fn encode_ifname(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
 }
 
 fn pin_err(path: &Path, detail: impl std::fmt::Display) -> DatapathError {
@@ -136,13 +175,15 @@ impl Drop for Staged {
     }
 }
 
-/// Attaches every program to every target, except the links in `owned`
-/// (attached by this agent before and still pinned), and pins each new link
-/// under a temporary name. On error nothing new stays attached.
+/// Attaches every cgroup program to every target cgroup and the tcx
+/// program to every interface, except the links in `owned` (attached by
+/// this agent before and still pinned), and pins each new link under a
+/// temporary name. On error nothing new stays attached.
 pub fn stage(
     ebpf: &mut Ebpf,
     pins: &PinLayout,
     targets: &[CgroupTarget],
+    interfaces: &[InterfaceTarget],
     owned: &BTreeSet<String>,
 ) -> Result<Staged, DatapathError> {
     fs::create_dir_all(&pins.links).map_err(|e| pin_err(&pins.links, e))?;
@@ -152,7 +193,7 @@ pub fn stage(
         kept: Vec::new(),
     };
     // On error `staged` is dropped, which detaches what was attached so far.
-    stage_into(ebpf, pins, targets, owned, &mut staged)?;
+    stage_into(ebpf, pins, targets, interfaces, owned, &mut staged)?;
     Ok(staged)
 }
 
@@ -167,26 +208,101 @@ fn stage_into(
     ebpf: &mut Ebpf,
     pins: &PinLayout,
     targets: &[CgroupTarget],
+    interfaces: &[InterfaceTarget],
     owned: &BTreeSet<String>,
     staged: &mut Staged,
 ) -> Result<(), DatapathError> {
+    let kept = |link_name: &str| owned.contains(link_name) && pins.links.join(link_name).exists();
     for target in targets {
         for &(name, kind) in PROGRAMS {
             let link_name = link_name(name, target.id);
-            if owned.contains(&link_name) && pins.links.join(&link_name).exists() {
+            if kept(&link_name) {
                 staged.kept.push(link_name);
                 continue;
             }
             let link = attach_one(ebpf, name, kind, target)?;
-            // A staged pin left by an agent that died mid-attach.
-            let tmp = pins.links.join(format!("{TEMP_PREFIX}{link_name}"));
-            let _ = detach::unpin_and_detach(&tmp);
-            link.pin(&tmp).map_err(|e| pin_err(&tmp, chain(&e)))?;
-            staged.entries.push((tmp, pins.links.join(link_name)));
+            stage_link(pins, staged, link_name, link)?;
             tracing::debug!(program = name, cgroup = %target.path.display(), "attached");
         }
     }
+    for iface in interfaces {
+        let link_name = tcx_link_name(iface);
+        if kept(&link_name) {
+            staged.kept.push(link_name);
+            continue;
+        }
+        let link = attach_tcx(ebpf, iface)?;
+        stage_link(pins, staged, link_name, link)?;
+        tracing::debug!(program = TCX_PROGRAM, interface = %iface.name, "attached");
+    }
     Ok(())
+}
+
+/// Pins a new link under its temporary name and records it in `staged`.
+fn stage_link(
+    pins: &PinLayout,
+    staged: &mut Staged,
+    link_name: String,
+    link: FdLink,
+) -> Result<(), DatapathError> {
+    // A staged pin left by an agent that died mid-attach.
+    let tmp = pins.links.join(format!("{TEMP_PREFIX}{link_name}"));
+    let _ = detach::unpin_and_detach(&tmp);
+    link.pin(&tmp).map_err(|e| pin_err(&tmp, chain(&e)))?;
+    staged.entries.push((tmp, pins.links.join(link_name)));
+    Ok(())
+}
+
+/// Attaches the tcx program on egress of one interface and returns its
+/// (unpinned) link.
+fn attach_tcx(ebpf: &mut Ebpf, iface: &InterfaceTarget) -> Result<FdLink, DatapathError> {
+    let err = |source| DatapathError::Program {
+        name: TCX_PROGRAM,
+        source,
+    };
+    let program = ebpf
+        .program_mut(TCX_PROGRAM)
+        .ok_or(err(aya::programs::ProgramError::NotLoaded))?;
+    let p: &mut SchedClassifier = program.try_into().map_err(err)?;
+    // After the programs already there (LinkOrder::default() appends): they
+    // run first, and ours returns TCX_NEXT for what it lets through, so a
+    // CNI or firewall on the same device keeps working.
+    let id = p
+        .attach_with_options(
+            &iface.name,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| iface_err(iface, format!("attaching {TCX_PROGRAM}: {}", chain(&e))))?;
+    let link: FdLink = p
+        .take_link(id)
+        .map_err(err)?
+        .try_into()
+        .map_err(|e| iface_err(iface, format!("{TCX_PROGRAM} link is not an fd link: {e}")))?;
+    // aya attaches by name, looking it up again: make sure the name still
+    // means the device resolved (and named in the pin) before anything was
+    // attached. On a mismatch the link is dropped, which detaches it.
+    match nix::net::if_::if_nametoindex(iface.name.as_str()) {
+        Ok(index) if index == iface.ifindex => Ok(link),
+        Ok(index) => Err(iface_err(
+            iface,
+            format!(
+                "changed while attaching (index {} became {index})",
+                iface.ifindex
+            ),
+        )),
+        Err(e) => Err(iface_err(
+            iface,
+            format!("disappeared while attaching: {e}"),
+        )),
+    }
+}
+
+fn iface_err(iface: &InterfaceTarget, detail: String) -> DatapathError {
+    DatapathError::Interface {
+        name: iface.name.clone(),
+        detail,
+    }
 }
 
 /// Attaches one program to one cgroup and returns its (unpinned) link.
@@ -327,4 +443,38 @@ fn remove_files(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, ifindex: u32) -> InterfaceTarget {
+        InterfaceTarget {
+            name: name.into(),
+            ifindex,
+        }
+    }
+
+    #[test]
+    fn tcx_link_names_are_valid_pin_names_and_distinct() {
+        let names = [
+            ("eth1", "tcx_egress-if3-eth1"),
+            ("eth0.100", "tcx_egress-if3-eth0_2e100"),
+            ("eth0_2e100", "tcx_egress-if3-eth0_5f2e100"),
+            ("veth-a@b", "tcx_egress-if3-veth-a_40b"),
+            ("é", "tcx_egress-if3-_c3_a9"),
+        ];
+        for (name, pin) in names {
+            let n = tcx_link_name(&iface(name, 3));
+            assert_eq!(n, pin);
+            assert!(!n.contains('.') && !n.contains('/'), "bpffs refuses {n:?}");
+            assert!(n.len() <= 255, "a file name");
+        }
+        assert_ne!(
+            tcx_link_name(&iface("eth1", 3)),
+            tcx_link_name(&iface("eth1", 4)),
+            "a re-created interface gets its own link"
+        );
+    }
 }

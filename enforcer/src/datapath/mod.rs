@@ -1,5 +1,6 @@
 //! The datapath from the agent's side: load it (or adopt what is pinned),
-//! write policy slots, attach to cgroups, read counters, uninstall.
+//! write policy slots, attach to cgroups and interfaces, read counters,
+//! uninstall.
 //!
 //! Invariants kept here (DESIGN.md):
 //! - enforcement outlives the agent: maps and links are pinned under a
@@ -27,7 +28,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapError},
-    programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError},
+    programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError, SchedClassifier},
 };
 use enforcer_common::{
     CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES, CFG_SLOT,
@@ -41,7 +42,11 @@ pub use self::{
 };
 use geoip::GeoTable;
 
-use crate::{paths::PinLayout, policy::CompiledPolicy, scope::CgroupTarget};
+use crate::{
+    paths::PinLayout,
+    policy::CompiledPolicy,
+    scope::{CgroupTarget, InterfaceTarget},
+};
 
 /// The compiled datapath object, built by build.rs with aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
@@ -64,6 +69,10 @@ pub const PROGRAMS: &[(&str, ProgramKind)] = &[
     ("sendmsg6", ProgramKind::SockAddr),
     ("skb_egress", ProgramKind::SkbEgress),
 ];
+
+/// The tcx program for forwarded traffic, attached on egress of each
+/// configured interface (also the link-name prefix).
+pub const TCX_PROGRAM: &str = "tcx_egress";
 
 /// An error in the datapath. Each says what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +110,8 @@ pub enum DatapathError {
     Verify { slot: u32, detail: String },
     #[error("{path}: {detail}")]
     Pin { path: PathBuf, detail: String },
+    #[error("interface {name:?}: {detail}")]
+    Interface { name: String, detail: String },
     #[error(
         "pinned map {path} does not match this agent's layout: {detail}; run `enforcer uninstall`"
     )]
@@ -309,10 +320,15 @@ impl Datapath {
         Ok(report)
     }
 
-    /// Attaches every program to every target cgroup under temporary pins,
-    /// except where this agent's own link is already in place; see [`Staged`].
-    pub fn stage(&mut self, targets: &[CgroupTarget]) -> Result<Staged, DatapathError> {
-        links::stage(&mut self.ebpf, &self.pins, targets, &self.owned)
+    /// Attaches every cgroup program to every target cgroup, and the tcx
+    /// program to every interface, under temporary pins, except where this
+    /// agent's own link is already in place; see [`Staged`].
+    pub fn stage(
+        &mut self,
+        targets: &[CgroupTarget],
+        interfaces: &[InterfaceTarget],
+    ) -> Result<Staged, DatapathError> {
+        links::stage(&mut self.ebpf, &self.pins, targets, interfaces, &self.owned)
     }
 
     /// Commits staged links and remembers them as this agent's own.
@@ -362,6 +378,18 @@ fn load_object(pins: &PinLayout) -> Result<(Ebpf, bool), DatapathError> {
             }
         }
     }
+    // Loaded (and so verified) even when no interface is configured: a
+    // datapath the kernel would refuse fails every start, not only the
+    // first one that forwards.
+    let err = |source| DatapathError::Program {
+        name: TCX_PROGRAM,
+        source,
+    };
+    let program = ebpf
+        .program_mut(TCX_PROGRAM)
+        .ok_or(err(ProgramError::NotLoaded))?;
+    let p: &mut SchedClassifier = program.try_into().map_err(err)?;
+    p.load().map_err(err)?;
     Ok((ebpf, fresh))
 }
 

@@ -4,7 +4,9 @@
 //! - `ee-probe connect tcp|udp <ip> <port> [count]`: `count` attempts, one
 //!   JSON line each: `{"ok":true}` or `{"ok":false,"errno":1,"error":"..."}`.
 //!   TCP: connect() then read the greeting; UDP: connect() then send();
-//!   udp-sendto: sendto() on an unconnected socket.
+//!   udp-sendto: sendto() on an unconnected socket; udp-echo: sendto() and
+//!   wait up to 2 s for the echo (a datagram dropped on the way, beyond
+//!   this host, gives no error otherwise).
 //! - `ee-probe hold <ip> <port>`: one TCP connection, kept open; prints the
 //!   connect result, then for each stdin line `send <n>` writes n bytes and
 //!   waits (2 s) for their echo, printing `{"ok":true,"echoed":n}` or the
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
                     "tcp" => tcp(dst),
                     "udp" => udp(dst),
                     "udp-sendto" => udp_sendto(dst),
+                    "udp-echo" => udp_echo(dst),
                     other => {
                         eprintln!("ee-probe: unknown protocol {other}");
                         return ExitCode::from(2);
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: ee-probe connect tcp|udp|udp-sendto <ip> <port> [count] | hold <ip> <port> | \
+        "usage: ee-probe connect tcp|udp|udp-sendto|udp-echo <ip> <port> [count] | hold <ip> <port> | \
          transfer <ip> <port> <n> | tfo <ip> <port> <n> | ping <ip> [count] | serve <port>"
     );
     ExitCode::from(2)
@@ -388,6 +391,40 @@ fn echo_listener(at: SocketAddr) -> std::io::Result<TcpListener> {
     }
     sock.listen(64)?;
     Ok(sock.into())
+}
+
+/// A datagram and its echo: proves the datagram reached the server and
+/// came back (a timeout reports EAGAIN). Unconnected, because the server
+/// holds several addresses on one subnet and answers from the one its
+/// routing picks, not necessarily the one asked; the 4-byte payload is a
+/// nonce, so only this datagram's echo counts.
+fn udp_echo(dst: SocketAddr) -> std::io::Result<()> {
+    let local: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+    } else {
+        "[::]:0".parse().map_err(std::io::Error::other)?
+    };
+    let s = UdpSocket::bind(local)?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(std::io::Error::other)?
+        .subsec_nanos()
+        ^ std::process::id();
+    let payload = nonce.to_be_bytes();
+    s.send_to(&payload, dst)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 64];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::from_raw_os_error(libc::EAGAIN));
+        }
+        s.set_read_timeout(Some(left))?;
+        let (n, _) = s.recv_from(&mut buf)?;
+        if buf[..n] == payload {
+            return Ok(());
+        }
+    }
 }
 
 fn serve(port: u16) -> ExitCode {
