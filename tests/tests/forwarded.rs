@@ -12,10 +12,7 @@
 //! 3 s connect timeout, and an accepted connection sends a number of
 //! segments the test does not control.
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Duration};
 
 use enforcer_tests::{
     agent::{Agent, enforcer_binary},
@@ -68,25 +65,6 @@ fn bytes(m: &Metrics, family: &str, country: &str, verdict: &str) -> f64 {
 
 fn all_tcx_packets(m: &Metrics) -> f64 {
     m.sum("enforcer_packets_total", &[("hook", "tcx_egress")])
-}
-
-/// Scrapes until `ok` holds (events are read asynchronously, reloads
-/// happen after SIGHUP returns).
-fn wait_for(agent: &Agent, what: &str, ok: impl Fn(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = agent.scrape();
-        if ok(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}\n{}",
-            m.text,
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Sends `N` UDP datagrams (each waiting for its echo) and one ping to
@@ -158,7 +136,7 @@ fn tcx_events(r: &Router, agent: &Agent, verdict: &str) -> Vec<Value> {
         &[("hook", "tcx_egress"), ("verdict", verdict)],
     );
     assert!(expected > 0.0, "nothing to report?\n{}", m.text);
-    wait_for(agent, "the events to be read", |m| {
+    agent.wait_for_metrics("the events to be read", Duration::from_secs(60), |m| {
         m.sum(
             "enforcer_events_total",
             &[("hook", "tcx_egress"), ("verdict", verdict)],
@@ -365,7 +343,7 @@ fn interfaces_follow_reloads_and_enforcement_outlives_the_agent() {
     let reload = |agent: &Agent, interfaces: &[&str], loads: f64| {
         std::fs::write(&agent.config, r.config("enforce", interfaces)).expect("rewrite config");
         agent.signal(nix::sys::signal::Signal::SIGHUP);
-        wait_for(agent, "the reload", |m| {
+        agent.wait_for_metrics("the reload", Duration::from_secs(60), |m| {
             m.sum("enforcer_policy_loads_total", &[("result", "success")]) == loads
         });
     };

@@ -16,7 +16,10 @@
 //!
 //! It also shows that the per-socket verdict cache works under test_run:
 //! with `repeat` > 1 the kernel reuses one skb and one socket, and the
-//! repeats take the cached verdict (they emit no event).
+//! repeats take the cached verdict (they emit no event); and that the tcx
+//! program (forwarded traffic) leaves a packet that carries a local socket
+//! alone, the one branch of it test_run can reach (see
+//! `tcx_skips_local_sockets`).
 
 use std::{
     collections::BTreeMap,
@@ -26,7 +29,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{CgroupSkb, TestRun, TestRunOptions};
+use aya::programs::{CgroupSkb, SchedClassifier, TestRun, TestRunOptions};
 use enforcer::{
     config::Config,
     datapath::{
@@ -496,6 +499,8 @@ fn skb_egress_decisions_under_test_run() {
     assert_eq!(ret.ok(), Some(PASS), "a non-IP frame passes");
     assert_eq!(counters.take(), before, "a non-IP frame is not counted");
 
+    tcx_skips_local_sockets(&dp, &counters);
+
     let mut table = String::new();
     let mut failures = Vec::new();
     // ret and the counted columns are what the kernel did; `result` says
@@ -594,6 +599,45 @@ fn skb_egress_decisions_under_test_run() {
     );
 
     cache_probe(&mut dp, &counters);
+}
+
+/// The tcx program under test_run. The kernel gives every test_run skb the
+/// dummy socket described at [`ETH_HLEN`], and tcx_egress leaves packets
+/// that carry a socket to the cgroup hooks (they were sent by this host,
+/// not forwarded; `ip_forward()` drops any skb that still has one). So
+/// test_run can exercise exactly that branch: a refused destination in
+/// enforce mode gets `TCX_NEXT` and nothing is counted. The decision itself
+/// is the shared `decide` the rows above check, and forwarded.rs proves the
+/// tcx path end to end with real forwarded packets.
+fn tcx_skips_local_sockets(dp: &Datapath, counters: &Counters<'_>) {
+    /// `TCX_NEXT` (-1) as the u32 test_run reports.
+    const TCX_NEXT: u32 = u32::MAX;
+    let prog: &SchedClassifier = dp
+        .program("tcx_egress")
+        .expect("tcx_egress is in the datapath")
+        .try_into()
+        .unwrap_or_else(|e| panic!("tcx_egress is not sched_cls: {e}"));
+    for dest in ["198.51.100.20", "2001:db8:1::20"] {
+        let dest: IpAddr = dest.parse().expect("address");
+        let (data, _) = frame(dest, Proto::Udp, 5);
+        let before = counters.take();
+        let ret = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&data),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run tcx_egress {dest}: {e}"))
+            .return_value;
+        assert_eq!(
+            ret, TCX_NEXT,
+            "tcx_egress must pass a packet with a local socket (to {dest}) on to the next program"
+        );
+        assert_eq!(
+            counters.take(),
+            before,
+            "tcx_egress must not count a packet with a local socket (to {dest})"
+        );
+    }
 }
 
 /// The cached path, seen through events: only a fresh decision emits an
