@@ -116,6 +116,15 @@ struct RawConfig {
     agent: RawAgent,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    admin_group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +213,7 @@ fn default_listen() -> String {
 #[serde(deny_unknown_fields)]
 struct RawAgent {
     pin_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
 }
 
 /// Which cgroups the datapath is attached to.
@@ -274,6 +284,21 @@ pub struct Config {
     pub events: Events,
     pub metrics_listen: SocketAddr,
     pub pin_dir: PathBuf,
+    /// The agent's runtime directory (tmpfs): the control socket and the
+    /// mode changes made through it, which must last exactly as long as
+    /// the pins (until reboot), not longer.
+    pub run_dir: PathBuf,
+    pub control: Control,
+}
+
+/// The control socket: who may use it and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// The unix socket (mode 0660, owned by root and `admin_group`).
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root: a name, or
+    /// a numeric gid. Resolved when the agent starts.
+    pub admin_group: Option<String>,
 }
 
 impl Config {
@@ -443,6 +468,45 @@ impl Config {
             )));
         }
 
+        let run_dir = raw
+            .agent
+            .run_dir
+            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_RUN_DIR));
+        if !run_dir.is_absolute() {
+            return Err(err(format!(
+                "agent.run_dir {:?}: must be an absolute path",
+                run_dir
+            )));
+        }
+        let socket = raw
+            .control
+            .socket
+            .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME));
+        if !socket.is_absolute() {
+            return Err(err(format!(
+                "control.socket {:?}: must be an absolute path",
+                socket
+            )));
+        }
+        // sockaddr_un.sun_path is 108 bytes with the NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(err(format!(
+                "control.socket {:?}: longer than the 107 bytes a unix socket path may have",
+                socket
+            )));
+        }
+        if let Some(g) = &raw.control.admin_group
+            && (g.is_empty() || g.contains(['\0', ':', '\n']))
+        {
+            return Err(err(format!(
+                "control.admin_group {g:?}: not a group name or gid"
+            )));
+        }
+        let control = Control {
+            socket,
+            admin_group: raw.control.admin_group,
+        };
+
         Ok(Config {
             origin,
             mode: raw.mode.into(),
@@ -459,6 +523,8 @@ impl Config {
             events,
             metrics_listen,
             pin_dir,
+            run_dir,
+            control,
         })
     }
 }

@@ -262,6 +262,52 @@ fn walk(dir: &Path, depth: u32, budget: &mut usize, known: &mut HashMap<u64, Str
     }
 }
 
+/// Events for the control socket's `events` verb: the most recent ones,
+/// and a broadcast of each new one to the clients following.
+#[derive(Debug)]
+pub struct EventsHub {
+    tx: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<std::sync::Arc<str>>>,
+    keep: usize,
+}
+
+impl EventsHub {
+    /// Keeps the last `keep` events; a follower may fall `keep` behind
+    /// before it is told it lagged.
+    pub fn new(keep: usize) -> Self {
+        let keep = keep.max(1);
+        Self {
+            tx: tokio::sync::broadcast::channel(keep).0,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(keep)),
+            keep,
+        }
+    }
+
+    /// One event line (JSON, no newline).
+    pub fn publish(&self, line: &str) {
+        let line: std::sync::Arc<str> = line.into();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == self.keep {
+            recent.pop_front();
+        }
+        recent.push_back(std::sync::Arc::clone(&line));
+        // No receivers is fine: nobody follows.
+        let _ = self.tx.send(line);
+    }
+
+    /// The recent events and a receiver for the next ones, taken under one
+    /// lock so that no event is in both or in neither.
+    pub fn subscribe(
+        &self,
+    ) -> (
+        Vec<std::sync::Arc<str>>,
+        tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    ) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        (recent.iter().cloned().collect(), self.tx.subscribe())
+    }
+}
+
 /// Reads events until `stop` resolves: decodes, counts, writes. Config
 /// changes (a reload) arrive on `config`.
 pub async fn run(
@@ -269,6 +315,7 @@ pub async fn run(
     mut config: tokio::sync::watch::Receiver<EventsConfig>,
     counts: std::sync::Arc<EventCounts>,
     mut names: CgroupNames,
+    hub: std::sync::Arc<EventsHub>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), DatapathError> {
     let ring: RingBuf<MapData> =
@@ -325,6 +372,7 @@ pub async fn run(
                     }
                     match serde_json::to_string(&record) {
                         Ok(line) => {
+                            hub.publish(&line);
                             lines.push_str(&line);
                             lines.push('\n');
                         }

@@ -8,6 +8,10 @@
 //! - [`scope`]: configured cgroups -> attach targets;
 //! - [`events`]: the kernel's refused/would-refuse events to JSON lines;
 //! - [`metrics`]: the Prometheus collector and `GET /metrics`;
+//! - [`control`]: the unix control socket (protocol, peer check, server,
+//!   client);
+//! - [`runtime_mode`]: mode changes made through it, kept across reloads
+//!   and restarts;
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
 //!
@@ -16,9 +20,11 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod events;
 pub mod metrics;
 pub mod paths;
 pub mod policy;
+pub mod runtime_mode;
 pub mod scope;

@@ -38,6 +38,27 @@ pub struct AgentStatus {
     pub policy_loads_failed: u64,
     /// Unix time of the last successful policy load.
     pub last_load_unix: f64,
+    /// Unix time the agent started.
+    pub started_unix: f64,
+    /// Whether it adopted an earlier agent's pinned datapath.
+    pub adopted: bool,
+    /// The GeoIP sources of the policy in force.
+    pub sources: Vec<geoip::SourceInfo>,
+    /// Exception and site rules in force, per family.
+    pub rules_v4: usize,
+    pub rules_v6: usize,
+    /// The scope (cgroup paths, or host-wide) and interfaces attached.
+    pub scope: Vec<String>,
+    pub interfaces: Vec<String>,
+    /// Per-cgroup modes in force: path, mode, and where it comes from
+    /// (`config` or `runtime`).
+    pub overrides: Vec<(String, Mode, &'static str)>,
+    /// Whether the global mode comes from `enforcer mode` (else the config).
+    pub mode_from_runtime: bool,
+    /// The last failed policy load's error, until a load succeeds.
+    pub last_error: Option<String>,
+    /// Control requests by (verb, result).
+    pub control_requests: std::collections::BTreeMap<(&'static str, &'static str), u64>,
 }
 
 pub type SharedStatus = Arc<RwLock<AgentStatus>>;
@@ -221,6 +242,18 @@ impl Collector for EnforcerCollector {
                 metric.metric_type(),
             )?;
             metric.encode(enc)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "enforcer_control_requests",
+                "Requests on the control socket, by verb and result (ok, error, denied: the peer is not root nor in the admin group).",
+                None,
+                MetricType::Counter,
+            )?;
+            for ((verb, result), n) in &status.control_requests {
+                let labels = [("verb", *verb), ("result", *result)];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
         }
         {
             let mut family = encoder.encode_descriptor(

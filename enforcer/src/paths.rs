@@ -16,6 +16,17 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// Default pin directory: maps and links live under `<this>/v<layout>/`.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egress-enforcer";
 
+/// Default runtime directory (tmpfs, so its contents last until reboot,
+/// like the bpffs pins): the control socket and runtime mode changes.
+pub const DEFAULT_RUN_DIR: &str = "/run/egress-enforcer";
+
+/// The control socket's file name in the runtime directory.
+pub const CONTROL_SOCKET_NAME: &str = "control.sock";
+
+/// The runtime mode changes (made with `enforcer mode`) in the runtime
+/// directory.
+pub const RUNTIME_MODE_NAME: &str = "runtime-mode.json";
+
 /// Default config file used by `--config` when given without a value in
 /// service units; `enforcer run` without `--config` uses the embedded default.
 pub const DEFAULT_CONFIG: &str = "/etc/egress-enforcer/enforcer.toml";

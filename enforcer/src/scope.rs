@@ -181,7 +181,7 @@ pub fn resolve_overrides(
         .collect()
 }
 
-fn absolute(mount: &Path, p: &Path) -> PathBuf {
+pub fn absolute(mount: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_owned()
     } else {

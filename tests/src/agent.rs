@@ -65,7 +65,7 @@ fn announced_metrics(notification: &str) -> Option<SocketAddr> {
         .lines()
         .find_map(|l| l.strip_prefix("STATUS="))
         .and_then(|s| s.split("http://").nth(1))
-        .and_then(|s| s.strip_suffix("/metrics"))
+        .and_then(|s| s.split("/metrics").next())
         .and_then(|s| s.parse().ok())
 }
 

@@ -341,12 +341,14 @@ impl Router {
              listen = \"127.0.0.1:0\"\n\
              [agent]\n\
              pin_dir = {:?}\n\
+             run_dir = {:?}\n\
              [events]\n\
              file = {:?}\n",
             self.db.display().to_string(),
             self.cgroup.display().to_string(),
             interfaces.join(", "),
             self.pin_dir.display().to_string(),
+            self.dir.path().join("run").display().to_string(),
             self.events.display().to_string(),
         )
     }

@@ -87,11 +87,24 @@ impl Scenario {
              listen = \"127.0.0.1:0\"\n\
              [agent]\n\
              pin_dir = {:?}\n\
+             run_dir = {:?}\n\
              {tail}\n",
             sources.join(", "),
             self.sb.cgroup.display().to_string(),
             self.pin_dir.display().to_string(),
+            self.run_dir().display().to_string(),
         )
+    }
+
+    /// The agent's runtime directory (control socket, runtime modes), in
+    /// the scenario's scratch directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The agent's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir().join(enforcer::paths::CONTROL_SOCKET_NAME)
     }
 
     /// Where [`Scenario::events_table`] sends events.

@@ -45,14 +45,24 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
         "--json",
         "--pin-dir",
         &s.pin_dir.display().to_string(),
+        "--socket",
+        &s.control_socket().display().to_string(),
     ]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status: serde_json::Value =
+    let all: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert!(all["agent"].is_null(), "no agent runs: {all:#}");
+    assert!(
+        all["agent_unreachable"]
+            .as_str()
+            .is_some_and(|e| e.contains("control.sock")),
+        "status says why the agent did not answer: {all:#}"
+    );
+    let status = &all["kernel"];
     assert_eq!(status["mode"], "enforce", "{status:#}");
     assert_eq!(status["connections"]["denied"], 2, "{status:#}");
     assert_eq!(

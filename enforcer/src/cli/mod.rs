@@ -1,9 +1,10 @@
 //! The command line: one module per verb.
 
 mod config_check;
+mod control_verbs;
 mod geoip_cmd;
 mod run;
-mod status;
+pub(crate) mod status;
 mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -36,8 +37,19 @@ pub enum Command {
     /// Run the agent: load the policy into the kernel, attach, serve metrics.
     /// SIGHUP reloads; SIGTERM/SIGINT stop the agent and leave enforcement in place.
     Run(run::Args),
-    /// Show what is installed: mode, active slot, links, counters.
+    /// Show what runs and what is installed: mode, scope, databases, slot,
+    /// links, counters (from the agent, else from the pins).
     Status(status::Args),
+    /// Switch the mode now, globally or for one cgroup, through the running
+    /// agent; kept across reloads and restarts until changed again or until
+    /// the config value it overrode is edited.
+    Mode(control_verbs::ModeArgs),
+    /// Reload the config and databases in the running agent and report the
+    /// result (like SIGHUP, but it says whether it worked).
+    Reload(control_verbs::SocketArg),
+    /// Print the running agent's recent refused/would-refuse events; with
+    /// --follow, then each new one.
+    Events(control_verbs::EventsArgs),
     /// Detach every program and remove every pinned map: the only way
     /// enforcement stops.
     Uninstall(uninstall::Args),
@@ -115,6 +127,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
+        Command::Mode(args) => control_verbs::mode(args),
+        Command::Reload(args) => control_verbs::reload(args),
+        Command::Events(args) => control_verbs::events(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),

@@ -1,11 +1,14 @@
-//! `enforcer status`: what the kernel holds now, read from the pinned maps.
+//! `enforcer status`: what the running agent says (over the control
+//! socket) and what the kernel holds now (the pinned maps), or the latter
+//! alone when no agent answers.
 
-use std::{collections::BTreeMap, fs};
+use std::{collections::BTreeMap, fs, path::Path, path::PathBuf};
 
 use enforcer_common::{Mode, Outcome};
 
 use super::PinDirArg;
 use crate::{
+    control::{self, Request},
     datapath::{
         self,
         counters::{CounterKind, CounterReader},
@@ -21,15 +24,15 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Control socket (default: the config's control.socket).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let pin_dir = args.pins.resolve()?;
-    let words = datapath::config_words(&pin_dir)?;
-    let (layout, slot, generation) = (words.layout, words.slot, words.generation);
-    let mode = words.mode.map(Mode::label).unwrap_or("invalid");
-
-    let links_dir = PinLayout::new(&pin_dir).links;
+/// What the kernel holds, from the pinned maps alone (no agent needed).
+pub fn kernel_view(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let words = datapath::config_words(pin_dir)?;
+    let links_dir = PinLayout::new(pin_dir).links;
     let mut links: Vec<String> = fs::read_dir(&links_dir)
         .map(|d| {
             d.filter_map(Result::ok)
@@ -38,9 +41,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     links.sort();
+    let mut programs: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &links {
+        let program = l.split('-').next().unwrap_or(l);
+        *programs.entry(program.to_owned()).or_default() += 1;
+    }
 
-    let reader = CounterReader::open(&pin_dir)?;
-    let counts = reader.connections()?;
+    let reader = CounterReader::open(pin_dir)?;
     let mut packets_by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
     for c in reader.read(CounterKind::Packets)? {
         *packets_by_verdict.entry(c.outcome.label()).or_default() += c.value;
@@ -48,7 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let suppressed = reader.suppressed()?;
     let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
     let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &counts {
+    for c in &reader.connections()? {
         *by_verdict.entry(c.outcome.label()).or_default() += c.value;
         if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
             *refused_by_country
@@ -56,29 +63,157 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .or_default() += c.value;
         }
     }
+    Ok(serde_json::json!({
+        "pin_dir": pin_dir,
+        "layout": words.layout,
+        "mode": words.mode.map(Mode::label).unwrap_or("invalid"),
+        "active_slot": words.slot,
+        "generation": words.generation,
+        "links": links,
+        "programs_attached": programs,
+        "connections": by_verdict,
+        "packets": packets_by_verdict,
+        "events_suppressed": {
+            "rate_limit": suppressed.rate_limit,
+            "ring_full": suppressed.ring_full,
+        },
+        "denied_or_would_deny_by_country": refused_by_country,
+    }))
+}
 
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.pins.config.load()?;
+    let pin_dir = args.pins.pin_dir.clone().unwrap_or(config.pin_dir.clone());
+    let socket = args.socket.clone().unwrap_or(config.control.socket.clone());
+    // The running agent knows more (databases, scope, uptime); without one
+    // the pins still say what the kernel enforces.
+    let (agent, kernel, note) = match control::client::call(&socket, &Request::Status {}) {
+        Ok(v) => (
+            v.get("agent").cloned(),
+            v.get("kernel").cloned().unwrap_or_default(),
+            None,
+        ),
+        Err(e) => (None, kernel_view(&pin_dir)?, Some(e.to_string())),
+    };
     if args.json {
-        let v = serde_json::json!({
-            "pin_dir": pin_dir,
-            "layout": layout,
-            "mode": mode,
-            "active_slot": slot,
-            "generation": generation,
-            "links": links,
-            "connections": by_verdict,
-            "packets": packets_by_verdict,
-            "events_suppressed": {
-                "rate_limit": suppressed.rate_limit,
-                "ring_full": suppressed.ring_full,
-            },
-            "denied_or_would_deny_by_country": refused_by_country,
-        });
+        let v = serde_json::json!({ "agent": agent, "agent_unreachable": note, "kernel": kernel });
         println!("{v}");
         return Ok(());
     }
-    println!("pin dir:    {} (layout v{layout})", pin_dir.display());
-    println!("mode:       {mode}");
-    println!("slot:       {slot} (generation {generation})");
+    match (&agent, &note) {
+        (Some(a), _) => print_agent(a),
+        (None, Some(n)) => println!("agent:      not reachable ({n}); what is pinned:"),
+        (None, None) => {}
+    }
+    print_kernel(&kernel);
+    Ok(())
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_agent(a: &serde_json::Value) {
+    println!(
+        "agent:      pid {} version {} up {}s{}",
+        s(&a["pid"]),
+        s(&a["version"]),
+        s(&a["uptime_seconds"]),
+        if a["adopted"] == true {
+            " (adopted the pinned datapath)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "mode:       {} (from the {})",
+        s(&a["mode"]),
+        s(&a["mode_source"])
+    );
+    for o in a["overrides"].as_array().into_iter().flatten() {
+        println!(
+            "override:   {} {} (from the {})",
+            s(&o["cgroup"]),
+            s(&o["mode"]),
+            s(&o["source"])
+        );
+    }
+    let list = |v: &serde_json::Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(" ")
+        }
+    };
+    println!("scope:      {}", list(&a["scope"]));
+    println!("interfaces: {}", list(&a["interfaces"]));
+    for d in a["databases"].as_array().into_iter().flatten() {
+        let built = d["build_epoch"]
+            .as_u64()
+            .map(|e| {
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(e),
+                )
+                .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "database:   {} ({}, built {built}, sha256 {})",
+            s(&d["path"]),
+            s(&d["type"]),
+            s(&d["sha256"])
+        );
+    }
+    println!(
+        "prefixes:   {} IPv4 + {} IPv6; rules {} IPv4 + {} IPv6",
+        s(&a["prefixes"]["ipv4"]),
+        s(&a["prefixes"]["ipv6"]),
+        s(&a["rules"]["ipv4"]),
+        s(&a["rules"]["ipv6"])
+    );
+    if let Some(fill) = a["map_fill"].as_object() {
+        let parts: Vec<String> = fill
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k} {}/{} ({:.1}%)",
+                    s(&v["entries"]),
+                    s(&v["capacity"]),
+                    v["fill"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            })
+            .collect();
+        println!("map fill:   {}", parts.join(", "));
+    }
+    println!(
+        "loads:      {} ok, {} failed{}",
+        s(&a["policy_loads"]["ok"]),
+        s(&a["policy_loads"]["failed"]),
+        match &a["last_error"] {
+            serde_json::Value::String(e) => format!("; last error: {e}"),
+            _ => String::new(),
+        }
+    );
+}
+
+fn print_kernel(k: &serde_json::Value) {
+    println!(
+        "pin dir:    {} (layout v{})",
+        s(&k["pin_dir"]),
+        s(&k["layout"])
+    );
+    println!("kernel:     mode {}", s(&k["mode"]));
+    println!(
+        "slot:       {} (generation {})",
+        s(&k["active_slot"]),
+        s(&k["generation"])
+    );
+    let links: Vec<String> = k["links"].as_array().into_iter().flatten().map(s).collect();
     println!(
         "links:      {}",
         if links.is_empty() {
@@ -87,34 +222,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             links.join(" ")
         }
     );
-    let line = |counts: &BTreeMap<&str, u64>| {
-        if counts.is_empty() {
+    let line = |v: &serde_json::Value| {
+        let parts: Vec<String> = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, n)| format!("{k}={}", s(n)))
+            .collect();
+        if parts.is_empty() {
             "none".to_owned()
         } else {
-            counts
-                .iter()
-                .map(|(v, n)| format!("{v}={n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            parts.join(" ")
         }
     };
-    println!("connections: {}", line(&by_verdict));
-    println!("packets:     {}", line(&packets_by_verdict));
-    if suppressed != Default::default() {
+    println!("connections: {}", line(&k["connections"]));
+    println!("packets:     {}", line(&k["packets"]));
+    let sup = &k["events_suppressed"];
+    if sup["rate_limit"].as_u64().unwrap_or(0) + sup["ring_full"].as_u64().unwrap_or(0) > 0 {
         println!(
             "events not emitted: rate_limit={} ring_full={}",
-            suppressed.rate_limit, suppressed.ring_full
+            s(&sup["rate_limit"]),
+            s(&sup["ring_full"])
         );
     }
-    if !refused_by_country.is_empty() {
-        let list: Vec<String> = refused_by_country
-            .iter()
-            .map(|(c, n)| format!("{c}={n}"))
-            .collect();
-        println!(
-            "connections refused or would refuse, by country: {}",
-            list.join(" ")
-        );
+    let by_country = line(&k["denied_or_would_deny_by_country"]);
+    if by_country != "none" {
+        println!("connections refused or would refuse, by country: {by_country}");
     }
-    Ok(())
 }

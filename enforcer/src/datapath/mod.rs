@@ -38,7 +38,7 @@ use enforcer_common::{
 pub use self::{
     bpffs::BpffsError,
     links::{AttachReport, Staged, UninstallReport, uninstall},
-    slots::{SlotReport, check_capacity},
+    slots::{SlotReport, check_capacity, map_fill},
 };
 use geoip::GeoTable;
 
@@ -228,7 +228,9 @@ impl Datapath {
         Ok(Mode::from_raw(self.config_word(cfg_mode(slot))?))
     }
 
-    fn bump_generation(&mut self) -> Result<u32, DatapathError> {
+    /// Bumps the policy generation: every cached per-socket verdict is
+    /// decided again (after an override change, say). Returns the new one.
+    pub fn bump_generation(&mut self) -> Result<u32, DatapathError> {
         let g = self.config_word(CFG_GENERATION)?.wrapping_add(1);
         self.set_config_word(CFG_GENERATION, g)?;
         Ok(g)

@@ -41,6 +41,30 @@ pub struct SlotReport {
     pub seconds: f64,
 }
 
+/// How full the per-slot maps are for a policy of these sizes: entries,
+/// capacity and the fraction, per map (each of the two slots has its own
+/// maps of this capacity).
+pub fn map_fill(
+    geo_v4: usize,
+    geo_v6: usize,
+    rules_v4: usize,
+    rules_v6: usize,
+) -> serde_json::Value {
+    let one = |entries: usize, capacity: u32| {
+        serde_json::json!({
+            "entries": entries,
+            "capacity": capacity,
+            "fill": entries as f64 / f64::from(capacity),
+        })
+    };
+    serde_json::json!({
+        "geo_ipv4": one(geo_v4, GEO_CAPACITY),
+        "geo_ipv6": one(geo_v6, GEO_CAPACITY),
+        "rules_ipv4": one(rules_v4, RULES_CAPACITY),
+        "rules_ipv6": one(rules_v6, RULES_CAPACITY),
+    })
+}
+
 /// Refuses a policy that does not fit the maps, before anything is written.
 pub fn check_capacity(policy: &CompiledPolicy) -> Result<(), DatapathError> {
     let checks = [

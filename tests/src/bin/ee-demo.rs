@@ -100,6 +100,7 @@ fn config(
     cgroup: &Path,
     metrics: SocketAddr,
     pin_dir: &Path,
+    run_dir: &Path,
 ) -> String {
     format!(
         "# written by `cargo xtask demo`\n\
@@ -113,11 +114,13 @@ fn config(
          [metrics]\n\
          listen = \"{metrics}\"\n\
          [agent]\n\
-         pin_dir = {:?}\n",
+         pin_dir = {:?}\n\
+         run_dir = {:?}\n",
         db.display().to_string(),
         real.display().to_string(),
         cgroup.display().to_string(),
         pin_dir.display().to_string(),
+        run_dir.display().to_string(),
     )
 }
 
@@ -182,7 +185,15 @@ fn demo(real_db: &Path) -> Result<()> {
     let metrics = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
     fs::write(
         &config_path,
-        config("observe", &db, real_db, &cgroup, metrics, &pin_dir),
+        config(
+            "observe",
+            &db,
+            real_db,
+            &cgroup,
+            metrics,
+            &pin_dir,
+            &scratch.join("run"),
+        ),
     )?;
     println!(
         "\nconfig {}:\n{}",
@@ -230,7 +241,15 @@ fn demo(real_db: &Path) -> Result<()> {
     banner("3. Switch to enforce mode: edit the config, send SIGHUP");
     fs::write(
         &config_path,
-        config("enforce", &db, real_db, &cgroup, metrics, &pin_dir),
+        config(
+            "enforce",
+            &db,
+            real_db,
+            &cgroup,
+            metrics,
+            &pin_dir,
+            &scratch.join("run"),
+        ),
     )?;
     with_live(|l| {
         l.agent

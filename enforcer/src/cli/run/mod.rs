@@ -8,6 +8,13 @@
 //! opened and the metrics port bound, all before the kernel is touched. Only then is the datapath
 //! loaded (or adopted), the inactive slot written, verified and flipped,
 //! and the programs attached.
+//!
+//! Once running, the agent takes its orders from signals (SIGHUP reloads,
+//! SIGTERM/SIGINT stop) and from the control socket ([`control`]): mode
+//! changes and reloads are carried out one at a time by the main loop,
+//! which alone holds the datapath.
+
+mod control;
 
 use std::{
     path::PathBuf,
@@ -23,11 +30,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::ConfigArg;
 use crate::{
     config::{Config, Scope},
+    control::{peer::Access, server as control_server},
     datapath::{self, Datapath, counters::CounterReader},
-    events::{self, CgroupNames, EventCounts},
+    events::{self, CgroupNames, EventCounts, EventsHub},
     metrics::{self, AgentStatus, EnforcerCollector, SharedStatus},
     paths,
     policy::CompiledPolicy,
+    runtime_mode::RuntimeModes,
     scope,
 };
 
@@ -52,7 +61,7 @@ struct Prepared {
     policy: CompiledPolicy,
     targets: Vec<scope::CgroupTarget>,
     interfaces: Vec<scope::InterfaceTarget>,
-    overrides: Vec<(u64, Mode)>,
+    access: Access,
 }
 
 fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
@@ -78,10 +87,11 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
     // agent's own, which is the one it attaches in.
     let interfaces = scope::resolve_interfaces(&config.interfaces)
         .with_context(|| format!("{}: scope.interfaces", config.origin))?;
-    let overrides = scope::resolve_overrides(&config.scope, &config.overrides)?
-        .into_iter()
-        .map(|o| (o.target.id, o.mode))
-        .collect();
+    // Opened now so a missing override cgroup fails here, before the
+    // kernel; resolved again with the runtime changes when applied.
+    scope::resolve_overrides(&config.scope, &config.overrides)?;
+    let access = Access::resolve(config.control.admin_group.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.origin))?;
     events::check_sinks(&config.events).with_context(|| {
         format!(
             "{}: events.file {:?}: cannot open for appending",
@@ -98,8 +108,82 @@ fn prepare(config_arg: &ConfigArg) -> anyhow::Result<Prepared> {
         policy,
         targets,
         interfaces,
-        overrides,
+        access,
     })
+}
+
+/// The modes to write: see [`effective_modes`].
+struct Modes {
+    mode: Mode,
+    /// Override cgroup ids and modes, for the kernel.
+    ids: Vec<(u64, Mode)>,
+    /// The same for people: path, mode, `config` or `runtime`.
+    shown: Vec<(String, Mode, &'static str)>,
+    /// The runtime changes that still apply.
+    runtime: RuntimeModes,
+}
+
+/// The config's mode and overrides with the runtime changes layered over
+/// them, resolved to cgroup ids. Works on a copy of `runtime`, which the
+/// caller keeps only if the policy is applied. A runtime override whose
+/// cgroup is gone is dropped with a warning (the service was removed); a
+/// config override that cannot be resolved fails (bad input).
+fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow::Result<Modes> {
+    let mut runtime = runtime.clone();
+    let mount = if runtime == RuntimeModes::default() {
+        PathBuf::from("/")
+    } else {
+        paths::cgroup2_mount().context("finding the cgroup2 mount")?
+    };
+    let eff = runtime.apply(config, &mount);
+    for d in &eff.dropped {
+        tracing::warn!("runtime mode change no longer applies: {d}");
+    }
+    let mut ids = Vec::new();
+    let mut shown = Vec::new();
+    for o in &eff.overrides {
+        let from_runtime = runtime.cgroups.contains_key(&o.cgroup);
+        match scope::resolve_overrides(&config.scope, std::slice::from_ref(o)) {
+            Ok(r) => {
+                for r in r {
+                    ids.push((r.target.id, r.mode));
+                    shown.push((
+                        r.target.path.display().to_string(),
+                        r.mode,
+                        if from_runtime { "runtime" } else { "config" },
+                    ));
+                }
+            }
+            Err(e) if from_runtime => {
+                tracing::warn!(error = %e, "dropping a runtime mode change whose cgroup is gone");
+                runtime.cgroups.remove(&o.cgroup);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Modes {
+        mode: eff.mode,
+        ids,
+        shown,
+        runtime,
+    })
+}
+
+/// The agent's runtime mode state and where it is kept.
+struct RuntimeState {
+    modes: RuntimeModes,
+    path: PathBuf,
+}
+
+impl RuntimeState {
+    fn replace(&mut self, modes: RuntimeModes) {
+        if modes != self.modes {
+            if let Err(e) = modes.save(&self.path) {
+                tracing::error!(error = %e, "cannot save the runtime mode changes; they hold until the agent stops");
+            }
+            self.modes = modes;
+        }
+    }
 }
 
 /// Writes, flips and attaches a prepared policy, all or nothing.
@@ -116,7 +200,14 @@ fn apply(
     p: &Prepared,
     status: &SharedStatus,
     fresh: bool,
+    runtime: &mut RuntimeState,
 ) -> anyhow::Result<()> {
+    let Modes {
+        mode,
+        ids: overrides,
+        shown: shown_overrides,
+        runtime: new_runtime,
+    } = effective_modes(&p.config, &runtime.modes)?;
     let staged = if fresh {
         None
     } else {
@@ -125,16 +216,16 @@ fn apply(
                 .context("attaching to the scope cgroups and interfaces")?,
         )
     };
-    dp.set_overrides(&p.overrides)
+    dp.set_overrides(&overrides)
         .context("writing the per-cgroup mode overrides")?;
     dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
         .context("setting the event rate")?;
     let report = dp
-        .install(&p.policy, p.config.mode)
+        .install(&p.policy, mode)
         .context("writing the policy into the kernel")?;
     tracing::info!(
         slot = report.slot,
-        mode = p.config.mode.label(),
+        mode = mode.label(),
         geo_v4 = report.geo_v4.total,
         geo_v6 = report.geo_v6.total,
         geo_written = report.geo_v4.upserted + report.geo_v6.upserted,
@@ -165,17 +256,28 @@ fn apply(
     if !retired.is_empty() {
         tracing::info!(versions = ?retired, "detached and removed the pins of another layout version");
     }
+    let mode_from_runtime = new_runtime.global.is_some();
+    runtime.replace(new_runtime);
     let mut s = status.write().unwrap_or_else(|e| e.into_inner());
-    s.mode = Some(p.config.mode);
+    s.mode = Some(mode);
+    s.mode_from_runtime = mode_from_runtime;
+    s.overrides = shown_overrides;
+    s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    s.rules_v4 = p.policy.rules_v4.len();
+    s.rules_v6 = p.policy.rules_v6.len();
+    s.scope = p
+        .targets
+        .iter()
+        .map(|t| t.path.display().to_string())
+        .collect();
+    s.interfaces = p.interfaces.iter().map(|i| i.name.clone()).collect();
+    s.last_error = None;
     s.generation = report.generation;
     s.prefixes_v4 = p.policy.geo.v4.len();
     s.prefixes_v6 = p.policy.geo.v6.len();
     s.approved_countries = p.config.approved.len();
     s.policy_loads_ok += 1;
-    s.last_load_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    s.last_load_unix = unix_now();
     Ok(())
 }
 
@@ -236,22 +338,35 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         .local_addr()
         .context("reading the metrics listener's address")?;
     let pin_dir: PathBuf = prepared.config.pin_dir.clone();
+    let runtime_path = prepared.config.run_dir.join(paths::RUNTIME_MODE_NAME);
+    let mut runtime = RuntimeState {
+        modes: RuntimeModes::load(&runtime_path)?,
+        path: runtime_path,
+    };
+    let control_socket =
+        control_server::bind(&prepared.config.control.socket, prepared.access.clone())
+            .with_context(|| format!("{}: control", prepared.config.origin))?;
 
-    let status: SharedStatus = Arc::new(RwLock::new(AgentStatus::default()));
+    let status: SharedStatus = Arc::new(RwLock::new(AgentStatus {
+        started_unix: unix_now(),
+        ..AgentStatus::default()
+    }));
     let mut dp = tokio::task::block_in_place(|| -> anyhow::Result<Datapath> {
         let mut dp = Datapath::load(&pin_dir).context("loading the datapath")?;
         if dp.adopted() {
             tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned datapath of an earlier agent");
         }
         let fresh = !dp.adopted();
-        if let Err(e) = apply(&mut dp, &prepared, &status, fresh) {
+        if let Err(e) = apply(&mut dp, &prepared, &status, fresh, &mut runtime) {
             dp.discard_if_new();
             return Err(e);
         }
         Ok(dp)
     })?;
+    status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
 
     let event_counts = Arc::new(EventCounts::default());
+    let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
     let (events_config_tx, events_config_rx) =
         tokio::sync::watch::channel(prepared.config.events.clone());
     let (events_stop_tx, events_stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -260,6 +375,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         events_config_rx,
         Arc::clone(&event_counts),
         CgroupNames::new(cgroup_roots(&prepared.config)),
+        Arc::clone(&hub),
         events_stop_rx,
     ));
 
@@ -274,17 +390,34 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<control::Command>(16);
+    let control_path = control_socket.path().to_owned();
+    let handler = Arc::new(control::AgentHandler::new(
+        commands_tx,
+        Arc::clone(&status),
+        hub,
+        pin_dir.clone(),
+    ));
+    let (control_stop_tx, control_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let control_task = tokio::spawn(control_server::serve(control_socket, handler, async {
+        let _ = control_stop_rx.await;
+    }));
+
     tracing::info!(
         mode = prepared.config.mode.label(),
         approved = ?prepared.config.approved_items,
         unknown = prepared.config.unknown.label(),
         metrics = %format!("http://{metrics_addr}/metrics"),
+        control = %control_path.display(),
         pin_dir = %pin_dir.display(),
         "enforcer running"
     );
     let _ = sd_notify::notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&format!("running; metrics http://{metrics_addr}/metrics")),
+        NotifyState::Status(&format!(
+            "running; metrics http://{metrics_addr}/metrics; control {}",
+            control_path.display()
+        )),
     ]);
 
     let mut running = prepared.config;
@@ -293,18 +426,41 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => {
-                if let Some(config) = reload(&config_arg, &running, &mut dp, &status).await {
+                if let Ok(config) = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "sighup").await {
                     let _ = events_config_tx.send(config.events.clone());
                     running = config;
                 }
             }
+            Some(command) = commands.recv() => match command {
+                control::Command::Reload { reply } => {
+                    let result = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "control").await;
+                    let answer = match result {
+                        Ok(config) => {
+                            let _ = events_config_tx.send(config.events.clone());
+                            running = config;
+                            let s = status.read().unwrap_or_else(|e| e.into_inner());
+                            Ok(serde_json::json!({ "generation": s.generation }))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(answer);
+                }
+                control::Command::Mode { change, reply } => {
+                    let result = tokio::task::block_in_place(|| {
+                        control::change_mode(&mut dp, &running, &mut runtime, &status, change)
+                    });
+                    let _ = reply.send(result);
+                }
+            },
         }
     }
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    let _ = control_stop_tx.send(());
     let _ = stop_tx.send(());
     let _ = events_stop_tx.send(());
     let _ = server.await;
+    let _ = control_task.await;
     match events_task.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "the events reader stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the events reader panicked"),
@@ -314,16 +470,34 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: prepare and apply the config again; on any error the policy in
-/// force stays. Returns the new config when it took effect.
+/// Events kept for `enforcer events` (the events file is the record).
+const RECENT_EVENTS: usize = 1000;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A reload (SIGHUP, `enforcer reload`): prepare and apply the config
+/// again; on any error the policy in force stays. Returns the new config
+/// when it took effect, else the error as one line.
 async fn reload(
     config_arg: &ConfigArg,
     running: &Config,
     dp: &mut Datapath,
     status: &SharedStatus,
-) -> Option<Config> {
-    let _ = sd_notify::notify(&[NotifyState::Reloading]);
-    tracing::info!("reloading");
+    runtime: &mut RuntimeState,
+    trigger: &'static str,
+) -> Result<Config, String> {
+    // systemd Type=notify-reload wants RELOADING=1 with the time it began.
+    let mut reloading = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        reloading.push(now);
+    }
+    let _ = sd_notify::notify(&reloading);
+    tracing::info!(trigger, "reloading");
     let arg = config_arg.clone();
     let prepared = match tokio::task::spawn_blocking(move || prepare(&arg)).await {
         Ok(Ok(p)) => Ok(p),
@@ -331,30 +505,36 @@ async fn reload(
         Err(e) => Err(anyhow::anyhow!("reload task failed: {e}")),
     };
     let result = prepared.and_then(|p| {
-        if p.config.pin_dir != running.pin_dir || p.config.metrics_listen != running.metrics_listen
+        if p.config.pin_dir != running.pin_dir
+            || p.config.metrics_listen != running.metrics_listen
+            || p.config.run_dir != running.run_dir
+            || p.config.control != running.control
         {
             tracing::warn!(
-                "agent.pin_dir and metrics.listen changes take effect at the next start"
+                "agent.pin_dir, agent.run_dir, metrics.listen and control changes take effect at the next start"
             );
         }
-        tokio::task::block_in_place(|| apply(dp, &p, status, false)).map(|()| p.config)
+        tokio::task::block_in_place(|| apply(dp, &p, status, false, runtime)).map(|()| p.config)
     });
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     match result {
         Ok(config) => {
-            tracing::info!("reloaded");
-            Some(config)
+            tracing::info!(trigger, "reloaded");
+            Ok(config)
         }
         Err(e) => {
-            status
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .policy_loads_failed += 1;
+            let message = format!("{e:#}");
+            {
+                let mut s = status.write().unwrap_or_else(|e| e.into_inner());
+                s.policy_loads_failed += 1;
+                s.last_error = Some(message.clone());
+            }
             tracing::error!(
-                error = format!("{e:#}"),
+                trigger,
+                error = message,
                 "reload failed; the previous policy stays in force"
             );
-            None
+            Err(message)
         }
     }
 }

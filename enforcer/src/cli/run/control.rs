@@ -1,0 +1,276 @@
+//! What the running agent does with control requests.
+//!
+//! Queries (`status`, `check`) are answered on the connection's task from
+//! the shared status and the pinned maps. Changes (`mode`, `reload`) are
+//! sent to the main loop as [`Command`]s and carried out there one at a
+//! time, since the main loop alone holds the datapath: two operators
+//! switching modes at once are serialised, never interleaved.
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use enforcer_common::Mode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Modes, RuntimeState, effective_modes, unix_now};
+use crate::{
+    config::{Config, ModeOverride},
+    control::{ModeName, Reply, Request, peer::PeerCreds, server::Handler},
+    datapath::Datapath,
+    events::EventsHub,
+    metrics::SharedStatus,
+    paths,
+    runtime_mode::Change,
+    scope,
+};
+
+/// A mode change as asked.
+#[derive(Debug)]
+pub struct ModeChange {
+    pub mode: Mode,
+    pub cgroup: Option<PathBuf>,
+    pub reason: String,
+    pub peer: PeerCreds,
+}
+
+/// What the main loop is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    Reload {
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+    Mode {
+        change: ModeChange,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
+}
+
+/// The agent's [`Handler`].
+pub struct AgentHandler {
+    commands: mpsc::Sender<Command>,
+    status: SharedStatus,
+    hub: Arc<EventsHub>,
+    pin_dir: PathBuf,
+}
+
+impl AgentHandler {
+    pub fn new(
+        commands: mpsc::Sender<Command>,
+        status: SharedStatus,
+        hub: Arc<EventsHub>,
+        pin_dir: PathBuf,
+    ) -> Self {
+        Self {
+            commands,
+            status,
+            hub,
+            pin_dir,
+        }
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<serde_json::Value, String>>) -> Command,
+    ) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(make(tx)).await.is_err() {
+            return Reply::error("the agent is stopping");
+        }
+        match rx.await {
+            Ok(Ok(v)) => Reply::ok(v),
+            Ok(Err(e)) => Reply::error(e),
+            Err(_) => Reply::error("the agent is stopping"),
+        }
+    }
+
+    fn status(&self) -> Reply {
+        let kernel = match crate::cli::status::kernel_view(&self.pin_dir) {
+            Ok(v) => v,
+            Err(e) => return Reply::error(format!("reading the pinned maps: {e:#}")),
+        };
+        let s = self
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let agent = serde_json::json!({
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": (unix_now() - s.started_unix).max(0.0).round(),
+            "adopted": s.adopted,
+            "mode": s.mode.map(Mode::label),
+            "mode_source": if s.mode_from_runtime { "runtime" } else { "config" },
+            "overrides": s.overrides.iter().map(|(path, mode, source)| serde_json::json!({
+                "cgroup": path, "mode": mode.label(), "source": source,
+            })).collect::<Vec<_>>(),
+            "scope": s.scope,
+            "interfaces": s.interfaces,
+            "generation": s.generation,
+            "databases": s.sources.iter().map(|d| serde_json::json!({
+                "path": d.path,
+                "type": d.database_type,
+                "build_epoch": d.build_epoch,
+                "sha256": d.sha256,
+            })).collect::<Vec<_>>(),
+            "prefixes": { "ipv4": s.prefixes_v4, "ipv6": s.prefixes_v6 },
+            "rules": { "ipv4": s.rules_v4, "ipv6": s.rules_v6 },
+            "map_fill": crate::datapath::map_fill(s.prefixes_v4, s.prefixes_v6, s.rules_v4, s.rules_v6),
+            "approved_countries": s.approved_countries,
+            "policy_loads": { "ok": s.policy_loads_ok, "failed": s.policy_loads_failed },
+            "last_error": s.last_error,
+        });
+        Reply::ok(serde_json::json!({ "agent": agent, "kernel": kernel }))
+    }
+}
+
+impl Handler for AgentHandler {
+    async fn handle(&self, peer: &PeerCreds, request: Request) -> Reply {
+        match request {
+            Request::Status {} => self.status(),
+            Request::Reload {} => self.ask(|reply| Command::Reload { reply }).await,
+            Request::Mode {
+                mode,
+                cgroup,
+                reason,
+            } => {
+                let change = ModeChange {
+                    mode: mode.into(),
+                    cgroup,
+                    reason,
+                    peer: peer.clone(),
+                };
+                self.ask(|reply| Command::Mode { change, reply }).await
+            }
+            Request::Check { .. } => Reply::error("check is not served by this agent yet"),
+            // The server streams events itself.
+            Request::Events { .. } => Reply::error("events are streamed by the server"),
+        }
+    }
+
+    fn events(&self) -> &EventsHub {
+        &self.hub
+    }
+
+    fn count(&self, verb: &'static str, result: &'static str) {
+        *self
+            .status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .control_requests
+            .entry((verb, result))
+            .or_default() += 1;
+    }
+}
+
+/// Carries out a mode change: kept in the runtime state file first (a
+/// change that could not be kept would silently vanish at the next
+/// restart, so it is refused instead), then written to the kernel with a
+/// new generation, so cached verdicts are decided again.
+pub fn change_mode(
+    dp: &mut Datapath,
+    running: &Config,
+    runtime: &mut RuntimeState,
+    status: &SharedStatus,
+    change: ModeChange,
+) -> Result<serde_json::Value, String> {
+    let reason = change.reason.trim();
+    if reason.is_empty() {
+        return Err("a reason is required (--reason): it goes into the audit log".into());
+    }
+    let record = |config_said: Option<ModeName>| Change {
+        mode: change.mode.into(),
+        config_said,
+        uid: change.peer.uid,
+        reason: reason.to_owned(),
+        time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    };
+    let mut modes = runtime.modes.clone();
+    let before = dp.mode().ok().flatten();
+    let (from, target) = match &change.cgroup {
+        None => {
+            modes.global = Some(record(Some(running.mode.into())));
+            (before, None)
+        }
+        Some(cgroup) => {
+            let wanted = ModeOverride {
+                cgroup: cgroup.clone(),
+                mode: change.mode,
+            };
+            let resolved =
+                scope::resolve_overrides(&running.scope, &[wanted]).map_err(|e| e.to_string())?;
+            let path = resolved
+                .into_iter()
+                .next()
+                .map(|r| r.target.path)
+                .ok_or("the cgroup did not resolve")?;
+            let mount = paths::cgroup2_mount().map_err(|e| format!("cgroup2 mount: {e}"))?;
+            let config_said = running
+                .overrides
+                .iter()
+                .find(|o| scope::absolute(&mount, &o.cgroup) == path)
+                .map(|o| ModeName::from(o.mode));
+            let from = status
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .overrides
+                .iter()
+                .find(|(p, _, _)| p == &path.display().to_string())
+                .map(|(_, m, _)| *m);
+            modes.cgroups.insert(path.clone(), record(config_said));
+            (from, Some(path))
+        }
+    };
+    let Modes {
+        mode,
+        ids,
+        shown,
+        runtime: modes,
+    } = effective_modes(running, &modes).map_err(|e| format!("{e:#}"))?;
+    modes
+        .save(&runtime.path)
+        .map_err(|e| format!("cannot keep the change: {e}"))?;
+    let result = (|| -> Result<u32, crate::datapath::DatapathError> {
+        match &target {
+            None => dp.set_mode(mode),
+            Some(_) => {
+                dp.set_overrides(&ids)?;
+                dp.bump_generation()
+            }
+        }
+    })();
+    let generation = match result {
+        Ok(g) => g,
+        Err(e) => {
+            // Back to the state file that matches the kernel.
+            if let Err(e) = runtime.modes.save(&runtime.path) {
+                tracing::error!(error = %e, "cannot restore the runtime mode file");
+            }
+            return Err(format!("writing the mode into the kernel: {e}"));
+        }
+    };
+    let mode_from_runtime = modes.global.is_some();
+    runtime.modes = modes;
+    {
+        let mut s = status.write().unwrap_or_else(|e| e.into_inner());
+        s.mode = Some(mode);
+        s.mode_from_runtime = mode_from_runtime;
+        s.overrides = shown;
+        s.generation = generation;
+    }
+    let to = change.mode.label();
+    tracing::info!(
+        uid = change.peer.uid,
+        pid = ?change.peer.pid,
+        cgroup = ?target,
+        from = from.map(Mode::label),
+        to,
+        reason,
+        generation,
+        "mode changed through the control socket"
+    );
+    Ok(serde_json::json!({
+        "cgroup": target,
+        "from": from.map(Mode::label),
+        "to": to,
+        "generation": generation,
+    }))
+}
