@@ -353,6 +353,12 @@ impl Config {
                 .country
                 .parse()
                 .map_err(|e| err(format!("site[{i}].country {:?}: {e}", s.country)))?;
+            if !country.is_assigned() {
+                return Err(err(format!(
+                    "site[{i}].country {:?}: not an assigned ISO 3166-1 alpha-2 country code",
+                    s.country
+                )));
+            }
             if let Some(other) = sites.iter().find(|o| o.net == net && o.country != country) {
                 return Err(err(format!(
                     "site[{i}] {net} is {country}, but site {:?} says the same range is {}",
@@ -744,6 +750,14 @@ cgroups = ["system.slice/storage.service"]
         let cases: &[(&str, &str)] = &[
             ("mode = \"enforc\"\n", "enforc"),
             (&MINIMAL.replace("[\"DE\"]", "[\"XX1\"]"), "XX1"),
+            (
+                &MINIMAL.replace("[\"DE\"]", "[\"DE\", \"UK\"]"),
+                "\"UK\" is not an assigned ISO 3166-1",
+            ),
+            (
+                &format!("{MINIMAL}[[site]]\ncidr = \"10.1.0.0/16\"\ncountry = \"QQ\"\n"),
+                "site[0].country \"QQ\": not an assigned",
+            ),
             (
                 &MINIMAL.replace("[\"DE\"]", "[\"DE\", \"!DE\"]"),
                 "resolves to no country",

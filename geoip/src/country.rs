@@ -56,6 +56,36 @@ impl fmt::Debug for CountryCode {
     }
 }
 
+/// The assigned ISO 3166-1 alpha-2 codes (and XK, AN), reviewed data.
+const ASSIGNED_DATA: &str = include_str!("../data/iso3166-1.txt");
+
+static ASSIGNED: std::sync::LazyLock<std::collections::BTreeSet<[u8; 2]>> =
+    std::sync::LazyLock::new(|| {
+        ASSIGNED_DATA
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(str::split_whitespace)
+            .filter_map(|w| match w.as_bytes() {
+                &[a, b] => Some([a, b]),
+                _ => None,
+            })
+            .collect()
+    });
+
+impl CountryCode {
+    /// Whether the code is an assigned ISO 3166-1 alpha-2 code (or XK,
+    /// Kosovo, or AN, which databases still report): what a policy may
+    /// name. Databases may report others.
+    pub fn is_assigned(self) -> bool {
+        ASSIGNED.contains(&self.0)
+    }
+
+    /// Every assigned code, sorted.
+    pub fn assigned() -> impl Iterator<Item = CountryCode> {
+        ASSIGNED.iter().map(|b| CountryCode(*b))
+    }
+}
+
 /// The text that is not a country code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("invalid country code {text:?}: expected two ASCII letters (ISO 3166-1 alpha-2, e.g. DE)")]
@@ -116,6 +146,27 @@ mod tests {
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
         assert_eq!(CountryCode::new([b'D', 0]), None);
+    }
+
+    #[test]
+    fn the_assigned_list_is_iso_3166_1_plus_kosovo() {
+        let all: Vec<CountryCode> = CountryCode::assigned().collect();
+        assert_eq!(all.len(), 251, "249 assigned codes, XK and AN");
+        for c in &all {
+            assert!(
+                c.as_bytes().iter().all(u8::is_ascii_uppercase),
+                "{c} in iso3166-1.txt"
+            );
+        }
+        for ok in ["DE", "GR", "XK", "GB", "SS", "BQ"] {
+            assert!(ok.parse::<CountryCode>().unwrap().is_assigned(), "{ok}");
+        }
+        for typo in ["UK", "EL", "XX", "ZZ", "EU", "AP", "QQ"] {
+            assert!(
+                !typo.parse::<CountryCode>().unwrap().is_assigned(),
+                "{typo}"
+            );
+        }
     }
 
     #[test]

@@ -87,6 +87,18 @@ pub enum SetError {
         /// The valid set names, comma-separated.
         valid: String,
     },
+    /// Two letters that are not an assigned ISO 3166-1 code: a typo
+    /// (`UK` for GB, `EL` for GR) must not silently approve nothing.
+    #[error(
+        "{item:?} is not an assigned ISO 3166-1 alpha-2 country code (the United Kingdom is GB, \
+         Greece GR; sets: {valid})"
+    )]
+    Unassigned {
+        /// The item as written.
+        item: String,
+        /// The valid set names, comma-separated.
+        valid: String,
+    },
     /// An empty item (or a lone `!`).
     #[error(
         "empty item {item:?}: expected a country code (e.g. DE), a set name ({valid}), or !CODE / !SET"
@@ -133,6 +145,12 @@ pub fn resolve<S: AsRef<str>>(items: &[S]) -> Result<BTreeSet<CountryCode>, SetE
         let codes: Vec<CountryCode> = if let Some(set) = get(body) {
             set.members.clone()
         } else if let Some(code) = CountryCode::from_text(body) {
+            if !code.is_assigned() {
+                return Err(SetError::Unassigned {
+                    item: raw.to_owned(),
+                    valid: valid(),
+                });
+            }
             vec![code]
         } else {
             return Err(SetError::Unknown {
@@ -152,6 +170,16 @@ pub fn resolve<S: AsRef<str>>(items: &[S]) -> Result<BTreeSet<CountryCode>, SetE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_set_member_is_an_assigned_code() {
+        for set in all() {
+            for m in &set.members {
+                assert!(m.is_assigned(), "set {}: {m} is not assigned", set.name);
+            }
+        }
+        assert!(!all().is_empty());
+    }
 
     fn cc(s: &str) -> CountryCode {
         s.parse().unwrap()
@@ -261,6 +289,14 @@ mod tests {
             matches!(&e, SetError::Unknown { item, .. } if item == "D3"),
             "{e}"
         );
+        for typo in ["UK", "XX", "!EL"] {
+            let e = resolve(&[typo]).unwrap_err();
+            assert!(
+                matches!(&e, SetError::Unassigned { item, .. } if item == typo),
+                "{e}"
+            );
+            assert!(e.to_string().contains("not an assigned"), "{e}");
+        }
         let e = resolve(&["!"]).unwrap_err();
         assert!(
             matches!(&e, SetError::Empty { item, .. } if item == "!"),

@@ -86,9 +86,36 @@ struct Report {
     schema: Schema,
 }
 
+/// Codes a database reports that are not assigned ISO 3166-1 codes (a
+/// policy cannot name them: see geoip/data/iso3166-1.txt).
+fn unassigned_codes(loaded: &Loaded) -> std::collections::BTreeSet<String> {
+    let v4 = loaded.table.v4.prefixes().map(|(_, c)| c);
+    let v6 = loaded.table.v6.prefixes().map(|(_, c)| c);
+    v4.chain(v6)
+        .filter(|c| !c.is_assigned())
+        .map(|c| c.to_string())
+        .collect()
+}
+
 fn load_and_compare(path: PathBuf, want_schema: Schema, seed: u64) -> Report {
     let started = Instant::now();
     let loaded = Source::open(&path).expect("open").load().expect("load");
+    // The assigned-code list must know every real country the databases
+    // report, or a policy could not approve it. Databases also carry a few
+    // region codes (MaxMind's EU and AP for anycast and regional blocks):
+    // those are printed, and must stay that small set.
+    let unassigned = unassigned_codes(&loaded);
+    println!(
+        "{}: codes not in iso3166-1.txt: {unassigned:?}",
+        path.display()
+    );
+    assert!(
+        unassigned
+            .iter()
+            .all(|c| ["EU", "AP"].contains(&c.as_str())),
+        "{}: reports codes the policy list does not know: {unassigned:?}",
+        path.display()
+    );
     let elapsed = started.elapsed();
     let s = loaded.stats;
     let Format::Mmdb { schema, ip_version } = loaded.info.format else {
