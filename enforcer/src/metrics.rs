@@ -59,6 +59,27 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Control requests by (verb, result).
     pub control_requests: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// Where the links are pinned, to count the programs attached.
+    pub links_dir: Option<std::path::PathBuf>,
+}
+
+/// Programs attached, by program (hook): the pinned links, named
+/// `<program>-cg<id>` or `<program>-if<index>-<name>`; staged links
+/// ([`crate::datapath::STAGED_LINK_PREFIX`]) are not counted.
+pub fn programs_attached(links_dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut by_program = std::collections::BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(links_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::datapath::STAGED_LINK_PREFIX) {
+                continue;
+            }
+            if let Some((program, _)) = name.split_once('-') {
+                *by_program.entry(program.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    by_program
 }
 
 pub type SharedStatus = Arc<RwLock<AgentStatus>>;
@@ -242,6 +263,102 @@ impl Collector for EnforcerCollector {
                 metric.metric_type(),
             )?;
             metric.encode(enc)?;
+        }
+        {
+            let mut build = encoder.encode_descriptor(
+                "enforcer_geoip_database_build_timestamp_seconds",
+                "Build time of each GeoIP database in force (MaxMind DB build_epoch; CSV sources have none), by file name.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let dated: Vec<(String, u64)> = status
+                .sources
+                .iter()
+                .filter_map(|d| {
+                    let name = d.path.file_name()?.to_string_lossy().into_owned();
+                    Some((name, d.build_epoch?))
+                })
+                .collect();
+            for (name, epoch) in &dated {
+                let labels = [("database", name.as_str())];
+                ConstGauge::new(*epoch as i64).encode(build.encode_family(&labels)?)?;
+            }
+            let mut age = encoder.encode_descriptor(
+                "enforcer_geoip_database_age_seconds",
+                "How old each GeoIP database in force is (now minus its build time), by file name.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, epoch) in &dated {
+                let labels = [("database", name.as_str())];
+                ConstGauge::new(now.saturating_sub(*epoch) as i64)
+                    .encode(age.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let maps = [
+                (
+                    "geo_ipv4",
+                    status.prefixes_v4,
+                    enforcer_common::GEO_CAPACITY,
+                ),
+                (
+                    "geo_ipv6",
+                    status.prefixes_v6,
+                    enforcer_common::GEO_CAPACITY,
+                ),
+                (
+                    "rules_ipv4",
+                    status.rules_v4,
+                    enforcer_common::RULES_CAPACITY,
+                ),
+                (
+                    "rules_ipv6",
+                    status.rules_v6,
+                    enforcer_common::RULES_CAPACITY,
+                ),
+                (
+                    "mode_overrides",
+                    status.overrides.len(),
+                    enforcer_common::MODE_OVERRIDES_CAPACITY,
+                ),
+            ];
+            let mut entries = encoder.encode_descriptor(
+                "enforcer_map_entries",
+                "Entries in the active policy slot's maps (each of the two slots has its own maps of the same capacity).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (map, n, _) in maps {
+                let labels = [("map", map)];
+                ConstGauge::new(n as i64).encode(entries.encode_family(&labels)?)?;
+            }
+            let mut capacity = encoder.encode_descriptor(
+                "enforcer_map_capacity",
+                "Capacity of those maps, per slot.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (map, _, c) in maps {
+                let labels = [("map", map)];
+                ConstGauge::new(i64::from(c)).encode(capacity.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(dir) = &status.links_dir {
+            let mut family = encoder.encode_descriptor(
+                "enforcer_programs_attached",
+                "Programs attached through pinned links, by hook (one per scope cgroup or interface).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (hook, n) in programs_attached(dir) {
+                let labels = [("hook", hook.as_str())];
+                ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
         }
         {
             let mut family = encoder.encode_descriptor(

@@ -134,6 +134,43 @@ fn real_database_layered_under_the_test_database() {
         "a world database is loaded: {v4} + {v6}\n{}",
         m.text
     );
+    // The database's identity and the maps' fill, as the agent reports them.
+    let info = geoip::Source::open(&real)
+        .and_then(|src| src.load())
+        .expect("load the real database")
+        .info;
+    let epoch = info.build_epoch.expect("a MaxMind DB has a build epoch") as f64;
+    let name = [("database", "GeoLite2-Country.mmdb")];
+    assert_eq!(
+        m.sum("enforcer_geoip_database_build_timestamp_seconds", &name),
+        epoch,
+        "{}",
+        m.text
+    );
+    let age = m.sum("enforcer_geoip_database_age_seconds", &name);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        (now - epoch - age).abs() < 600.0,
+        "age {age} is now - build time ({})",
+        now - epoch
+    );
+    assert_eq!(m.sum("enforcer_map_entries", &[("map", "geo_ipv4")]), v4);
+    assert_eq!(m.sum("enforcer_map_entries", &[("map", "geo_ipv6")]), v6);
+    assert_eq!(
+        m.sum("enforcer_map_capacity", &[("map", "geo_ipv4")]),
+        f64::from(enforcer_common::GEO_CAPACITY)
+    );
+    for hook in ["connect4", "connect6", "sendmsg4", "sendmsg6", "skb_egress"] {
+        assert_eq!(
+            m.sum("enforcer_programs_attached", &[("hook", hook)]),
+            1.0,
+            "{hook}: one scope cgroup\n{}",
+            m.text
+        );
+    }
 
     // Elsewhere the real database decides. The sandbox has no route to the
     // Internet, so a destination the datapath lets through fails later, in

@@ -41,11 +41,7 @@ pub fn kernel_view(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
         })
         .unwrap_or_default();
     links.sort();
-    let mut programs: BTreeMap<String, u64> = BTreeMap::new();
-    for l in &links {
-        let program = l.split('-').next().unwrap_or(l);
-        *programs.entry(program.to_owned()).or_default() += 1;
-    }
+    let programs = crate::metrics::programs_attached(&links_dir);
 
     let reader = CounterReader::open(pin_dir)?;
     let mut packets_by_verdict: BTreeMap<&str, u64> = BTreeMap::new();

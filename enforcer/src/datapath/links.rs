@@ -47,7 +47,7 @@ pub struct AttachReport {
 /// Staged pins are `staged-<name>`: bpffs refuses names with a dot
 /// ("reserved for future extensions", bpf_lookup in
 /// https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/inode.c).
-const TEMP_PREFIX: &str = "staged-";
+pub const TEMP_PREFIX: &str = "staged-";
 
 fn link_name(program: &str, cgroup_id: u64) -> String {
     format!("{program}-cg{cgroup_id}")

@@ -37,6 +37,7 @@ use enforcer_common::{
 
 pub use self::{
     bpffs::BpffsError,
+    links::TEMP_PREFIX as STAGED_LINK_PREFIX,
     links::{AttachReport, Staged, UninstallReport, uninstall},
     slots::{SlotReport, check_capacity, map_fill},
 };

@@ -349,6 +349,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
 
     let status: SharedStatus = Arc::new(RwLock::new(AgentStatus {
         started_unix: unix_now(),
+        links_dir: Some(paths::PinLayout::new(&pin_dir).links),
         ..AgentStatus::default()
     }));
     let mut dp = tokio::task::block_in_place(|| -> anyhow::Result<Datapath> {
