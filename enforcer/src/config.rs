@@ -140,6 +140,12 @@ struct RawSite {
 #[serde(deny_unknown_fields)]
 struct RawGeoip {
     sources: Vec<PathBuf>,
+    #[serde(default = "default_true")]
+    watch: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +281,8 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// GeoIP sources in priority order: the first that locates an address wins.
     pub sources: Vec<PathBuf>,
+    /// Reload when a source file is replaced on disk.
+    pub watch_sources: bool,
     pub scope: Scope,
     /// Per-cgroup mode overrides, in config order.
     pub overrides: Vec<ModeOverride>,
@@ -523,6 +531,7 @@ impl Config {
             deny,
             sites,
             sources,
+            watch_sources: raw.geoip.watch,
             scope,
             overrides,
             interfaces,

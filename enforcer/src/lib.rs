@@ -12,6 +12,7 @@
 //!   client);
 //! - [`runtime_mode`]: mode changes made through it, kept across reloads
 //!   and restarts;
+//! - [`watch`]: reload when a GeoIP database is replaced on disk;
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
 //!
@@ -28,3 +29,4 @@ pub mod paths;
 pub mod policy;
 pub mod runtime_mode;
 pub mod scope;
+pub mod watch;

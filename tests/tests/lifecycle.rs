@@ -320,3 +320,48 @@ fn reloads_apply_database_changes_in_place_both_ways() {
         m.text
     );
 }
+
+/// geoipupdate's way: a new file written beside the database and renamed
+/// over it. The agent reloads by itself (no signal), and a file that does
+/// not load leaves the policy in force.
+#[test]
+fn replacing_a_database_file_reloads_it() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    let agent = s.start(&s.config("enforce", "allow", &[]));
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    let loads = |result: &str| -> f64 {
+        agent
+            .scrape()
+            .sum("enforcer_policy_loads_total", &[("result", result)])
+    };
+    assert_eq!(loads("success"), 1.0);
+
+    let replace = |text: &str| {
+        let tmp = s.dir.path().join(".test-geo.csv.new");
+        std::fs::write(&tmp, text).expect("write the new database");
+        std::fs::rename(&tmp, &s.db).expect("rename it over the old one");
+    };
+    replace(&TEST_DB_CSV.replace("198.51.100.20/32,US", "198.51.100.20/32,DE"));
+    agent.wait_for_metrics(
+        "the reload the rename triggers",
+        std::time::Duration::from_secs(30),
+        |m| m.sum("enforcer_policy_loads_total", &[("result", "success")]) == 2.0,
+    );
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).ok,
+        "the new database locates it in DE"
+    );
+    assert!(agent.log().contains("replaced on disk"), "{}", agent.log());
+
+    // A broken database: the reload fails and the last good one serves.
+    replace("cidr,country\n198.51.100.20/32,NOT-A-CODE\n");
+    agent.wait_for_metrics(
+        "the failed reload",
+        std::time::Duration::from_secs(30),
+        |m| m.sum("enforcer_policy_loads_total", &[("result", "failure")]) == 1.0,
+    );
+    assert!(attempt(&s.sb, Proto::Tcp, denied).ok, "the DE answer stays");
+    assert_eq!(loads("success"), 2.0);
+}

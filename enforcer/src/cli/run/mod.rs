@@ -422,14 +422,30 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     ]);
 
     let mut running = prepared.config;
+    let mut watcher = watch_sources(&running);
     loop {
+        let replaced = async {
+            match &mut watcher {
+                Some(w) => w.replaced().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
+            files = replaced => {
+                tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
+                if let Ok(config) = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "file_watch").await {
+                    let _ = events_config_tx.send(config.events.clone());
+                    running = config;
+                    watcher = watch_sources(&running);
+                }
+            }
             _ = signals.hup.recv() => {
                 if let Ok(config) = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "sighup").await {
                     let _ = events_config_tx.send(config.events.clone());
                     running = config;
+                    watcher = watch_sources(&running);
                 }
             }
             Some(command) = commands.recv() => match command {
@@ -439,6 +455,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
                         Ok(config) => {
                             let _ = events_config_tx.send(config.events.clone());
                             running = config;
+                            watcher = watch_sources(&running);
                             let s = status.read().unwrap_or_else(|e| e.into_inner());
                             Ok(serde_json::json!({ "generation": s.generation }))
                         }
@@ -469,6 +486,22 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     }
     tracing::info!(pin_dir = %pin_dir.display(), "agent stopped; enforcement stays in place (`enforcer uninstall` removes it)");
     Ok(())
+}
+
+/// A watcher of the config's GeoIP sources, when `geoip.watch` is on. A
+/// watch that cannot be set up is logged; reloads still work by signal and
+/// control socket.
+fn watch_sources(config: &Config) -> Option<crate::watch::Watcher> {
+    if !config.watch_sources {
+        return None;
+    }
+    match crate::watch::Watcher::new(&config.sources) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the GeoIP sources; reload with SIGHUP or `enforcer reload`");
+            None
+        }
+    }
 }
 
 /// Events kept for `enforcer events` (the events file is the record).

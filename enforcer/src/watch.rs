@@ -1,0 +1,165 @@
+//! Reload when a GeoIP database (or the config) is replaced on disk.
+//!
+//! geoipupdate, like most updaters, writes a temporary file in the same
+//! directory and renames it over the old one, so the directory is watched,
+//! not the file: a watch on the file itself follows the old inode away
+//! after the rename. A file counts as replaced when a name the agent reads
+//! is the target of a rename (`IN_MOVED_TO`) or closed after writing
+//! (`IN_CLOSE_WRITE`, an in-place writer that has finished); never on
+//! `IN_MODIFY`, which fires while the writer is half-way. Events are
+//! debounced so that one update of several files is one reload. The loader
+//! reads each file into memory once (no mmap), so a later change cannot
+//! alter what was loaded.
+//! (inotify(7): https://man7.org/linux/man-pages/man7/inotify.7.html)
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::unix::AsyncFd;
+
+/// How long to wait after the last event before reloading.
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// The inotify fd, as tokio wants it (nix's type has `AsFd` only).
+struct InotifyFd(Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd as _;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+/// Watches the directories of a set of files.
+pub struct Watcher {
+    fd: AsyncFd<InotifyFd>,
+    /// Per watched directory: the file names in it that matter.
+    dirs: BTreeMap<WatchDescriptor, (PathBuf, BTreeSet<OsString>)>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field(
+                "dirs",
+                &self.dirs.values().map(|(d, _)| d).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Watcher {
+    /// Watches `files` (their directories must exist). Needs a tokio
+    /// runtime.
+    pub fn new(files: &[PathBuf]) -> std::io::Result<Watcher> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let mut by_dir: BTreeMap<PathBuf, BTreeSet<OsString>> = BTreeMap::new();
+        for f in files {
+            let (Some(dir), Some(name)) = (f.parent(), f.file_name()) else {
+                continue;
+            };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            by_dir
+                .entry(dir.to_owned())
+                .or_default()
+                .insert(name.to_owned());
+        }
+        let mut dirs = BTreeMap::new();
+        for (dir, names) in by_dir {
+            let wd = inotify
+                .add_watch(
+                    &dir,
+                    AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE,
+                )
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from(e).kind(),
+                        format!("watching {}: {e}", dir.display()),
+                    )
+                })?;
+            dirs.insert(wd, (dir, names));
+        }
+        // SAFETY: InotifyFd owns the inotify fd for as long as it lives
+        // and always reports that same fd.
+        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(|e| e.into_parts().1)?;
+        Ok(Watcher { fd, dirs })
+    }
+
+    /// Waits until a watched file was replaced, then until no event came
+    /// for [`DEBOUNCE`]; returns the files replaced.
+    pub async fn replaced(&mut self) -> BTreeSet<PathBuf> {
+        let mut changed = BTreeSet::new();
+        while changed.is_empty() {
+            self.read_into(&mut changed).await;
+        }
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.read_into(&mut changed)).await {
+                Ok(()) => continue,
+                Err(_) => return changed,
+            }
+        }
+    }
+
+    /// Reads one batch of events, adding the watched files they name.
+    async fn read_into(&mut self, changed: &mut BTreeSet<PathBuf>) {
+        let mut guard = match self.fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "file watch failed; reload with SIGHUP or `enforcer reload`");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        match guard.get_inner().0.read_events() {
+            Ok(events) => {
+                for e in events {
+                    let (Some((dir, names)), Some(name)) = (self.dirs.get(&e.wd), e.name) else {
+                        continue;
+                    };
+                    if names.contains(&name) {
+                        changed.insert(dir.join(name));
+                    }
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
+            Err(e) => tracing::warn!(error = %e, "reading file watch events"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_rename_over_a_watched_file_is_seen_and_others_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db.mmdb");
+        std::fs::write(&db, b"old").expect("write");
+        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        // Unrelated files in the same directory do not count.
+        std::fs::write(dir.path().join("other"), b"x").expect("write other");
+        let tmp = dir.path().join("db.mmdb.tmp");
+        std::fs::write(&tmp, b"new").expect("write tmp");
+        std::fs::rename(&tmp, &db).expect("rename");
+        let got = tokio::time::timeout(Duration::from_secs(10), w.replaced())
+            .await
+            .expect("an event within 10 s");
+        assert_eq!(got, BTreeSet::from([db.clone()]));
+        // An in-place rewrite counts once it is closed.
+        std::fs::write(&db, b"newer").expect("rewrite");
+        let got = tokio::time::timeout(Duration::from_secs(10), w.replaced())
+            .await
+            .expect("an event within 10 s");
+        assert_eq!(got, BTreeSet::from([db]));
+    }
+}
