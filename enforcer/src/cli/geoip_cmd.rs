@@ -1,7 +1,7 @@
 //! `enforcer geoip inspect|lookup`: look at databases the way the agent
-//! reads them.
+//! reads them (offline: no kernel, no agent).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use clap::Subcommand;
 
@@ -14,6 +14,9 @@ pub enum GeoipCommand {
         /// .mmdb or CSV files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// One JSON object per file instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Locate addresses in layered databases (the first that locates wins).
     Lookup {
@@ -28,32 +31,110 @@ pub enum GeoipCommand {
     },
 }
 
+/// Per-country prefix counts of a loaded table, after aggregation.
+fn by_country(loaded: &geoip::Loaded) -> BTreeMap<String, (usize, usize)> {
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (_, c) in loaded.table.v4.prefixes() {
+        counts.entry(c.to_string()).or_default().0 += 1;
+    }
+    for (_, c) in loaded.table.v6.prefixes() {
+        counts.entry(c.to_string()).or_default().1 += 1;
+    }
+    counts
+}
+
+fn ratio(raw: usize, aggregated: usize) -> f64 {
+    if aggregated == 0 {
+        0.0
+    } else {
+        raw as f64 / aggregated as f64
+    }
+}
+
+fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let loaded = geoip::Source::open(path)?.load()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (info, stats) = (&loaded.info, &loaded.stats);
+    let countries = by_country(&loaded);
+    let built = info.build_epoch.map(|e| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(e))
+            .to_string()
+    });
+    let (schema, ip_version) = match info.format {
+        geoip::Format::Mmdb { schema, ip_version } => (format!("{schema:?}"), Some(ip_version)),
+        other => (format!("{other:?}"), None),
+    };
+    if json {
+        let v = serde_json::json!({
+            "path": path,
+            "format": format!("{:?}", info.format),
+            "schema": schema,
+            "ip_version": ip_version,
+            "type": info.database_type,
+            "build_epoch": info.build_epoch,
+            "built": built,
+            "sha256": info.sha256,
+            "networks": { "ipv4": stats.raw_v4, "ipv6": stats.raw_v6, "unlocated": stats.unlocated },
+            "prefixes": { "ipv4": stats.aggregated_v4, "ipv6": stats.aggregated_v6 },
+            "aggregation_ratio": {
+                "ipv4": ratio(stats.raw_v4, stats.aggregated_v4),
+                "ipv6": ratio(stats.raw_v6, stats.aggregated_v6),
+            },
+            "countries": countries.iter().map(|(c, (v4, v6))| (c.clone(), serde_json::json!({"ipv4": v4, "ipv6": v6}))).collect::<serde_json::Map<_, _>>(),
+            "load_seconds": seconds,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{}", path.display());
+    println!(
+        "  schema:    {schema}{}",
+        ip_version
+            .map(|v| format!(" (IPv{v} tree)"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  type:      {}",
+        info.database_type.as_deref().unwrap_or("-")
+    );
+    if let (Some(b), Some(e)) = (&built, info.build_epoch) {
+        println!("  built:     {b} (epoch {e})");
+    }
+    println!("  sha256:    {}", info.sha256);
+    println!(
+        "  networks:  {} IPv4 + {} IPv6 with a country, {} without",
+        stats.raw_v4, stats.raw_v6, stats.unlocated
+    );
+    println!(
+        "  prefixes:  {} IPv4 + {} IPv6 after aggregation (ratio {:.2} and {:.2})",
+        stats.aggregated_v4,
+        stats.aggregated_v6,
+        ratio(stats.raw_v4, stats.aggregated_v4),
+        ratio(stats.raw_v6, stats.aggregated_v6)
+    );
+    println!(
+        "  countries: {} (prefixes IPv4/IPv6, most first)",
+        countries.len()
+    );
+    let mut sorted: Vec<_> = countries.iter().collect();
+    sorted.sort_by(|a, b| (b.1.0 + b.1.1).cmp(&(a.1.0 + a.1.1)).then(a.0.cmp(b.0)));
+    for chunk in sorted.chunks(6) {
+        let line: Vec<String> = chunk
+            .iter()
+            .map(|(c, (v4, v6))| format!("{c} {v4}/{v6}"))
+            .collect();
+        println!("    {}", line.join("  "));
+    }
+    println!("  load time: {seconds:.2}s");
+    Ok(())
+}
+
 pub fn run(cmd: GeoipCommand) -> anyhow::Result<()> {
     match cmd {
-        GeoipCommand::Inspect { files } => {
+        GeoipCommand::Inspect { files, json } => {
             for path in files {
-                let started = std::time::Instant::now();
-                let loaded = geoip::Source::open(&path)?.load()?;
-                let (info, stats) = (&loaded.info, &loaded.stats);
-                println!("{}", path.display());
-                println!("  format:    {:?}", info.format);
-                println!(
-                    "  type:      {}",
-                    info.database_type.as_deref().unwrap_or("-")
-                );
-                if let Some(epoch) = info.build_epoch {
-                    println!("  built:     {epoch} (unix time)");
-                }
-                println!("  sha256:    {}", info.sha256);
-                println!(
-                    "  networks:  {} IPv4 + {} IPv6 with a country, {} without",
-                    stats.raw_v4, stats.raw_v6, stats.unlocated
-                );
-                println!(
-                    "  prefixes:  {} IPv4 + {} IPv6 after aggregation",
-                    stats.aggregated_v4, stats.aggregated_v6
-                );
-                println!("  load time: {:.2}s", started.elapsed().as_secs_f64());
+                inspect(&path, json)?;
             }
             Ok(())
         }

@@ -122,6 +122,17 @@ fn init_logging(format: LogFormat, filter: &str) {
 /// message on stderr and exit code 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // The one-shot verbs behave like other Unix tools when their output
+        // is cut short (`enforcer geoip inspect ... | head`): end quietly
+        // on SIGPIPE instead of panicking in println! on EPIPE. Not for the
+        // agent, which must outlive a closed stdout.
+        // SAFETY: setting a signal's disposition to its default, before
+        // any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let format = cli.log_format;
     init_logging(format, &cli.log_level);
     let result = match cli.command {
