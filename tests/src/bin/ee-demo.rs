@@ -238,26 +238,18 @@ fn demo(real_db: &Path) -> Result<()> {
         m.text
     );
 
-    banner("3. Switch to enforce mode: edit the config, send SIGHUP");
-    fs::write(
-        &config_path,
-        config(
-            "enforce",
-            &db,
-            real_db,
-            &cgroup,
-            metrics,
-            &pin_dir,
-            &scratch.join("run"),
-        ),
-    )?;
-    with_live(|l| {
-        l.agent
-            .as_ref()
-            .map(|a| a.signal(nix::sys::signal::Signal::SIGHUP))
-    });
+    banner("3. Switch to enforce mode through the control socket");
+    let out = run_enforcer(&[
+        "mode",
+        "enforce",
+        "--reason",
+        "demo: the observe run showed only the expected would-deny",
+        "--config",
+        &config_path.display().to_string(),
+    ])?;
+    ensure!(out.0, "enforcer mode failed:\n{}", out.1);
     wait_for_mode(metrics, "enforce")?;
-    println!("the agent reloaded: enforce mode is in force");
+    println!("enforce mode is in force from the next connection on");
     println!("enforce: the US connection is refused in the kernel (EPERM)");
     ensure!(
         curl(addr::APPROVED_V4, "Germany")?,
@@ -295,20 +287,36 @@ fn demo(real_db: &Path) -> Result<()> {
         m.text
     );
 
-    banner("4. What the kernel holds (`enforcer status`)");
+    banner("4. What runs and what the kernel holds (`enforcer status`)");
+    let config_arg = config_path.display().to_string();
+    let out = run_enforcer(&["status", "--config", &config_arg])?;
+    ensure!(out.0, "enforcer status failed:\n{}", out.1);
+
+    banner("5. The refusals as events (`enforcer events`)");
+    let out = run_enforcer(&["events", "--config", &config_arg])?;
+    ensure!(out.0, "enforcer events failed:\n{}", out.1);
+
+    banner("6. Clean up: `enforcer uninstall`, remove the sandbox");
+    Ok(())
+}
+
+/// Runs `enforcer args`, shows the command and its output; returns whether
+/// it succeeded and what it printed.
+fn run_enforcer(args: &[&str]) -> Result<(bool, String)> {
+    println!("  $ enforcer {}", args.join(" "));
     let out = Command::new(enforcer_binary())
-        .args(["status", "--pin-dir"])
-        .arg(&pin_dir)
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    ensure!(
-        out.status.success(),
-        "enforcer status failed: {}",
+        .args(args)
+        .output()
+        .context("running enforcer")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    banner("5. Clean up: `enforcer uninstall`, remove the sandbox");
-    Ok(())
+    for line in text.lines() {
+        println!("    {line}");
+    }
+    Ok((out.status.success(), text))
 }
 
 fn banner(title: &str) {
