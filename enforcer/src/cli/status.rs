@@ -125,17 +125,21 @@ fn print_agent(a: &serde_json::Value) {
             ""
         }
     );
+    let source = |v: &serde_json::Value| match v.as_str() {
+        Some("runtime") => "switched with `enforcer mode`",
+        _ => "from the config",
+    };
     println!(
-        "mode:       {} (from the {})",
+        "mode:       {} ({})",
         s(&a["mode"]),
-        s(&a["mode_source"])
+        source(&a["mode_source"])
     );
     for o in a["overrides"].as_array().into_iter().flatten() {
         println!(
-            "override:   {} {} (from the {})",
+            "override:   {} {} ({})",
             s(&o["cgroup"]),
             s(&o["mode"]),
-            s(&o["source"])
+            source(&o["source"])
         );
     }
     let list = |v: &serde_json::Value| {
