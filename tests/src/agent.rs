@@ -49,6 +49,10 @@ pub struct Agent {
     /// its metrics address is reachable.
     pub netns: Option<String>,
     stderr_path: PathBuf,
+    /// Set by [`Agent::kill`]: the pins now belong to whatever runs next
+    /// (a restarted agent adopts them), so dropping this handle must not
+    /// remove them.
+    leave_pins: bool,
 }
 
 /// Runs `enforcer uninstall --pin-dir DIR`.
@@ -136,6 +140,7 @@ impl Agent {
                         metrics: announced_metrics(&text).unwrap_or(SocketAddr::from(([0; 4], 0))),
                         netns: netns.map(str::to_owned),
                         stderr_path: stderr_path.clone(),
+                        leave_pins: false,
                     };
                     assert!(
                         agent.metrics.port() != 0,
@@ -229,6 +234,19 @@ impl Agent {
         }
     }
 
+    /// `kill -9`: the agent dies without running any of its own code, as
+    /// in a crash or an OOM kill; reaped before this returns. Its pins stay
+    /// (enforcement outlives the agent), and dropping the returned handle
+    /// leaves them too, so a restarted agent can adopt them; the scenario
+    /// or the next agent's handle removes them.
+    pub fn kill(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent is running");
+        let _ = child.kill();
+        let status = child.wait().expect("reap the killed agent");
+        self.leave_pins = true;
+        status
+    }
+
     /// Stops the agent (if running) and removes its pins.
     pub fn uninstall(&mut self) {
         if self.child.is_some() {
@@ -250,6 +268,9 @@ impl Drop for Agent {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.leave_pins {
+            return;
         }
         let _ = uninstall_command(&self.pin_dir)
             .stdout(Stdio::null())

@@ -1,5 +1,6 @@
 //! Running real clients (`ee-probe`) inside a sandbox: connects, held
-//! connections, transfers, TCP Fast Open and raw ICMP echo.
+//! connections, transfers, TCP Fast Open, raw ICMP echo, and a client that
+//! connects continuously ([`Stream`]).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -7,6 +8,9 @@ use std::{
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
@@ -191,6 +195,156 @@ impl<'a> Runner<'a> {
         };
         held.connected = Some(held.next_line());
         held
+    }
+}
+
+impl Runner<'_> {
+    /// Starts `ee-probe stream`: TCP attempts (connect, then a nonce sent to
+    /// the echo port and read back) back to back, round-robin over `dsts`
+    /// (use [`ECHO_PORT`]), until [`Stream::stop`], `max` time or
+    /// `max_count` attempts.
+    pub fn stream(&self, dsts: &[SocketAddr], max: Duration, max_count: u64) -> Stream {
+        let mut args = vec![max.as_millis().to_string(), max_count.to_string()];
+        args.extend(dsts.iter().map(SocketAddr::to_string));
+        let mut all = vec!["stream"];
+        all.extend(args.iter().map(String::as_str));
+        let mut child = self
+            .command(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn ee-probe stream");
+        let stdin = child.stdin.take().expect("stream stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stream stdout"));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let attempts = Arc::clone(&attempts);
+            std::thread::spawn(move || {
+                for line in stdout.lines() {
+                    let Ok(line) = line else { break };
+                    let a: StreamAttempt = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("bad ee-probe stream line {line:?}: {e}"));
+                    attempts.lock().unwrap_or_else(|e| e.into_inner()).push(a);
+                }
+            })
+        };
+        Stream {
+            child,
+            stdin: Some(stdin),
+            attempts,
+            reader: Some(reader),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock `ee-probe stream` stamps its
+/// attempts with: a test records its own instants (a kill, a reload) with
+/// it to order them against the attempts.
+pub fn monotonic_ns() -> u64 {
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// One attempt of `ee-probe stream`: TCP connect(), a nonce sent and
+/// echoed back.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct StreamAttempt {
+    /// Position in the stream, from 0.
+    pub seq: u64,
+    pub dst: SocketAddr,
+    pub ok: bool,
+    #[serde(default)]
+    pub errno: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
+    /// What failed: `connect` or `exchange`.
+    #[serde(default)]
+    pub stage: Option<String>,
+    /// It failed by timing out: the handshake or the echo never came.
+    #[serde(default)]
+    pub timeout: bool,
+    /// CLOCK_MONOTONIC (see [`monotonic_ns`]) before connect() and after
+    /// the last read.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl StreamAttempt {
+    /// connect() refused by the datapath (EPERM).
+    pub fn refused(&self) -> bool {
+        !self.ok && self.errno == Some(libc::EPERM) && self.stage.as_deref() == Some("connect")
+    }
+}
+
+/// A running `ee-probe stream` and the attempts it reported so far.
+/// Dropping it kills the probe.
+pub struct Stream {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    attempts: Arc<Mutex<Vec<StreamAttempt>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// How long [`Stream::wait_for`] waits for the attempts it asks for: far
+/// more than the stream needs (hundreds of attempts a second); a stream
+/// that stalls this long is broken.
+const STREAM_STALL: Duration = Duration::from_secs(30);
+
+impl Stream {
+    /// A copy of the attempts reported so far.
+    pub fn attempts(&self) -> Vec<StreamAttempt> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until `n` attempts that started at or after `since_ns` (see
+    /// [`monotonic_ns`]) have been reported; panics if the stream ends or
+    /// stalls first.
+    pub fn wait_for(&mut self, n: usize, since_ns: u64) {
+        let deadline = Instant::now() + STREAM_STALL;
+        loop {
+            let got = self
+                .attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|a| a.start_ns >= since_ns)
+                .count();
+            if got >= n {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ee-probe stream exited ({status}) after {got} of {n} attempts");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ee-probe stream made {got} of {n} attempts in {STREAM_STALL:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Tells the probe to stop, waits for it and returns every attempt.
+    pub fn stop(mut self) -> Vec<StreamAttempt> {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "stop");
+        }
+        let status = self.child.wait().expect("wait for ee-probe stream");
+        assert!(status.success(), "ee-probe stream failed: {status}");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("ee-probe stream reader");
+        }
+        self.attempts()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -18,6 +18,14 @@
 //!   the echo as for `hold`.
 //! - `ee-probe ping <ip> [count]`: ICMP/ICMPv6 echo over a raw socket, one
 //!   line per request: ok when the reply came within 1 s.
+//! - `ee-probe stream <max_ms> <max_count> <ip:port>...`: a client that
+//!   never pauses: TCP connect(), send a nonce and read it back (point it
+//!   at the echo port), round-robin over the destinations, until `max_ms`
+//!   have passed, `max_count` attempts were made, or a line (or end of
+//!   input) arrives on stdin. One JSON line per attempt:
+//!   `{"seq":0,"dst":"ip:port","ok":true,"start_ns":..,"end_ns":..}`
+//!   (CLOCK_MONOTONIC, shared with the test process), on failure with
+//!   `errno`, `error`, `stage` (`connect` or `exchange`) and `timeout`.
 //! - `ee-probe serve <port>`: a dual-stack TCP greeter (a minimal HTTP
 //!   response, so `curl` works against it) and a UDP echo on `[::]:<port>`,
 //!   and a TCP echo (Fast Open enabled) on `<port>+1`; prints `ready` once
@@ -87,6 +95,24 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        ["stream", max_ms, max_count, dsts @ ..] => {
+            let (Ok(max_ms), Ok(max_count)) = (max_ms.parse::<u64>(), max_count.parse::<u64>())
+            else {
+                return usage();
+            };
+            let Ok(dsts) = dsts
+                .iter()
+                .map(|d| d.parse::<SocketAddr>())
+                .collect::<Result<Vec<_>, _>>()
+            else {
+                eprintln!("ee-probe: bad destination (ip:port, [v6]:port)");
+                return ExitCode::from(2);
+            };
+            if dsts.is_empty() {
+                return usage();
+            }
+            stream(Duration::from_millis(max_ms), max_count, &dsts)
+        }
         ["serve", port] => match port.parse::<u16>() {
             Ok(port) => serve(port),
             Err(_) => {
@@ -101,7 +127,8 @@ fn main() -> ExitCode {
 fn usage() -> ExitCode {
     eprintln!(
         "usage: ee-probe connect tcp|udp|udp-sendto|udp-echo <ip> <port> [count] | hold <ip> <port> | \
-         transfer <ip> <port> <n> | tfo <ip> <port> <n> | ping <ip> [count] | serve <port>"
+         transfer <ip> <port> <n> | tfo <ip> <port> <n> | ping <ip> [count] | \
+         stream <max_ms> <max_count> <ip:port>... | serve <port>"
     );
     ExitCode::from(2)
 }
@@ -340,6 +367,107 @@ fn tcp(dst: SocketAddr) -> std::io::Result<()> {
     let mut greeting = Vec::new();
     s.read_to_end(&mut greeting)?;
     Ok(())
+}
+
+/// How long one `stream` attempt may wait for the handshake, then for the
+/// echo: long enough that a loaded machine does not time out, short enough
+/// that a connection cut half-way costs little.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the test reads too (both
+/// processes share the host's time namespace), so attempts can be ordered
+/// against what the test did.
+fn monotonic_ns() -> u64 {
+    // SAFETY: all-zero is a valid timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// connect(), then a nonce to the echo server and back: data went both
+/// ways. (The greeter answers even when the request never arrived, after
+/// its read timeout, so a greeting would not prove that the client's data
+/// left.) The error says which step failed.
+fn tcp_exchange(dst: SocketAddr) -> Result<(), (&'static str, std::io::Error)> {
+    let mut s = TcpStream::connect_timeout(&dst, STREAM_TIMEOUT).map_err(|e| ("connect", e))?;
+    let exchange = |s: &mut TcpStream| -> std::io::Result<()> {
+        s.set_read_timeout(Some(STREAM_TIMEOUT))?;
+        let nonce = monotonic_ns().to_be_bytes();
+        s.write_all(&nonce)?;
+        let mut back = [0u8; 8];
+        s.read_exact(&mut back)?;
+        if back != nonce {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the echo is not what was sent",
+            ));
+        }
+        Ok(())
+    };
+    let result = exchange(&mut s).map_err(|e| ("exchange", e));
+    // Reset instead of closing: a close would leave a TIME_WAIT socket per
+    // attempt on this side for a minute, and a stream makes tens of
+    // thousands of attempts to a few addresses: the ephemeral ports would
+    // run out.
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    result
+}
+
+/// The continuous client: attempts back to back, round-robin over `dsts`,
+/// bounded by time, count and stdin.
+fn stream(max: Duration, max_count: u64, dsts: &[SocketAddr]) -> ExitCode {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        // Any line, or the end of input (the test went away), stops it.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let started = std::time::Instant::now();
+    let pid = std::process::id();
+    let mut out = std::io::stdout().lock();
+    for seq in 0..max_count {
+        if stop.load(Ordering::Relaxed) || started.elapsed() >= max {
+            break;
+        }
+        let dst = dsts[(seq % dsts.len() as u64) as usize];
+        let start_ns = monotonic_ns();
+        let result = tcp_exchange(dst);
+        let end_ns = monotonic_ns();
+        let line = match result {
+            Ok(()) => serde_json::json!({
+                "seq": seq, "dst": dst.to_string(), "ok": true, "pid": pid,
+                "start_ns": start_ns, "end_ns": end_ns,
+            }),
+            Err((stage, e)) => serde_json::json!({
+                "seq": seq, "dst": dst.to_string(), "ok": false, "pid": pid,
+                "errno": e.raw_os_error(), "error": e.to_string(), "stage": stage,
+                // connect_timeout reports TimedOut without an errno; a read
+                // timeout is EAGAIN (WouldBlock).
+                "timeout": matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ),
+                "start_ns": start_ns, "end_ns": end_ns,
+            }),
+        };
+        // Flushed per line: the test follows the attempts as they happen.
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn udp(dst: SocketAddr) -> std::io::Result<()> {
