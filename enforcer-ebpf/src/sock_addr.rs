@@ -53,6 +53,14 @@ pub fn dest6(ctx: &SockAddrContext) -> Dest {
 /// Decides, counts, reports, caches, and returns the hook's verdict.
 #[inline(always)]
 pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
+    // Read before deciding: the agent writes a slot (or a mode word, or an
+    // override) first and bumps the generation after. Read in this order,
+    // a decision made with the old policy can only be stored under the old
+    // generation, which the bump then invalidates; read after, a flip
+    // between the two reads would store the old slot's verdict under the
+    // new generation and the packet hook would trust it until the next
+    // flip. (The packet hook reads it first too: skb.rs.)
+    let generation = config(CFG_GENERATION);
     let d = decide(dest, mode::for_current_task);
     count_connection(hook, &d);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -81,7 +89,7 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     if d.refuses() {
         return REFUSE;
     }
-    cache(ctx, &d, dest, pid_tgid, uid_gid, comm);
+    cache(ctx, &d, generation, dest, pid_tgid, uid_gid, comm);
     PROCEED
 }
 
@@ -91,6 +99,7 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
 fn cache(
     ctx: &SockAddrContext,
     d: &Decision,
+    generation: u32,
     dest: Dest,
     pid_tgid: u64,
     uid_gid: u64,
@@ -105,7 +114,7 @@ fn cache(
     // SAFETY: non-null pointers from bpf_sk_storage_get point at the value.
     unsafe {
         *sv = SockVerdict {
-            generation: config(CFG_GENERATION),
+            generation,
             outcome: d.outcome as u8,
             family: d.family as u8,
             country: d.country,
