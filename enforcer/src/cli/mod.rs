@@ -1,5 +1,6 @@
 //! The command line: one module per verb.
 
+mod check;
 mod config_check;
 mod geoip_cmd;
 mod run;
@@ -38,6 +39,9 @@ pub enum Command {
     Run(run::Args),
     /// Show what is installed: mode, active slot, links, counters.
     Status(status::Args),
+    /// Explain the verdict the kernel gives addresses: matched prefix,
+    /// source, country, policy, mode, read from the live maps.
+    Check(check::Args),
     /// Detach every program and remove every pinned map: the only way
     /// enforcement stops.
     Uninstall(uninstall::Args),
@@ -115,6 +119,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
+        Command::Check(args) => check::run(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),
