@@ -1,5 +1,6 @@
 //! The command line: one module per verb.
 
+mod check;
 mod config_check;
 mod control_verbs;
 mod geoip_cmd;
@@ -50,6 +51,9 @@ pub enum Command {
     /// Print the running agent's recent refused/would-refuse events; with
     /// --follow, then each new one.
     Events(control_verbs::EventsArgs),
+    /// Explain the verdict the kernel gives addresses: matched prefix,
+    /// source, country, policy, mode, read from the live maps.
+    Check(check::Args),
     /// Detach every program and remove every pinned map: the only way
     /// enforcement stops.
     Uninstall(uninstall::Args),
@@ -141,6 +145,7 @@ pub fn main() -> ExitCode {
         Command::Mode(args) => control_verbs::mode(args),
         Command::Reload(args) => control_verbs::reload(args),
         Command::Events(args) => control_verbs::events(args),
+        Command::Check(args) => check::run(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),

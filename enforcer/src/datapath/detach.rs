@@ -9,6 +9,9 @@
 //! refused connection, and a replaced link would briefly count twice with
 //! its successor. `BPF_LINK_DETACH` detaches the program synchronously; the
 //! link object itself goes away when its last fd closes.
+//!
+//! It also opens pinned objects by path (`BPF_OBJ_GET`), optionally
+//! read-only, for whoever needs an fd and not a loaded object.
 
 use std::{
     ffi::CString,
@@ -46,13 +49,24 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     }
 }
 
+/// `BPF_OBJ_GET` file flag (include/uapi/linux/bpf.h): the fd may only
+/// read the map (lookups), never update or delete.
+pub const BPF_F_RDONLY: u32 = 1 << 3;
+
 /// Opens the bpf object pinned at `path` (a link, here).
 pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    open_pinned_with(path, 0)
+}
+
+/// Opens the bpf object pinned at `path` with `BPF_OBJ_GET` file flags
+/// (0, or [`BPF_F_RDONLY`] for a map only read from).
+pub fn open_pinned_with(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     let mut attr = Attr([0; 64]);
     // struct { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; ... }
     attr.0[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    attr.0[12..16].copy_from_slice(&file_flags.to_ne_bytes());
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: BPF_OBJ_GET returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

@@ -16,6 +16,7 @@ mod bpffs;
 mod compat;
 pub mod counters;
 mod detach;
+pub mod explain;
 mod links;
 mod slots;
 
