@@ -371,6 +371,23 @@ fn only_root_and_the_admin_group_may_use_the_socket() {
     // In the group (supplementary): served.
     let out = ctl_as(&socket, member, &["reload"]);
     assert!(out.status.success(), "{}", text(&out));
+    // `check` through the agent: no root needed, and the answer names the
+    // database in force.
+    let out = ctl_as(
+        &socket,
+        member,
+        &["check", &DENIED_V4.to_string(), "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    assert_eq!(v["outcome"], "would_deny", "{v:#}");
+    assert_eq!(v["country"], DENIED_COUNTRY, "{v:#}");
+    assert_eq!(v["source"], "geoip", "{v:#}");
+    assert_eq!(
+        v["geoip_databases"][0]["path"],
+        s.db.display().to_string(),
+        "{v:#}"
+    );
 
     // The socket's mode loosened by hand: the agent's own check refuses.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
@@ -401,6 +418,15 @@ fn only_root_and_the_admin_group_may_use_the_socket() {
         m.sum(
             "enforcer_control_requests_total",
             &[("verb", "reload"), ("result", "ok")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_control_requests_total",
+            &[("verb", "check"), ("result", "ok")]
         ),
         1.0,
         "{}",

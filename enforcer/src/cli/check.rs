@@ -1,7 +1,9 @@
 //! `enforcer check IP...`: the verdict the kernel gives each address, and
 //! why (matched prefix, source, country, policy, mode), read from the live
-//! pinned maps by [`crate::datapath::explain`]. Needs root (the maps are
-//! root's); needs no running agent.
+//! pinned maps by [`crate::datapath::explain`]. Asks the running agent
+//! over its control socket when one answers (then members of the admin
+//! group may ask, and the answer names the GeoIP databases in force);
+//! otherwise, or with `--pin-dir`, reads the pins itself (root).
 
 use std::{
     io::{self, Write as _},
@@ -14,7 +16,10 @@ use clap::ValueEnum;
 use enforcer_common::RuleKind;
 
 use super::PinDirArg;
-use crate::datapath::explain::{CgroupAncestry, Explainer, Explanation, ModeFrom};
+use crate::{
+    control,
+    datapath::explain::{CgroupAncestry, Explainer, Explanation, ModeFrom},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -27,6 +32,10 @@ pub struct Args {
     /// or absolute), so a per-cgroup mode override applies.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Control socket of the running agent (default: the config's
+    /// control.socket).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
     /// Output format: text blocks, or one JSON object per line.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -38,26 +47,92 @@ pub enum Output {
     Json,
 }
 
+/// Asks the running agent (which adds the GeoIP databases in force, and
+/// serves the admin group, not only root). None when no agent answers.
+fn through_agent(args: &Args) -> anyhow::Result<Option<(Vec<Explanation>, serde_json::Value)>> {
+    let socket = match &args.socket {
+        Some(s) => s.clone(),
+        None => args.pins.config.load()?.control.socket,
+    };
+    let request = control::Request::Check {
+        addresses: args.addresses.clone(),
+        cgroup: args.cgroup.clone(),
+    };
+    match control::client::call(&socket, &request) {
+        Ok(v) => {
+            let answers: Vec<Explanation> = serde_json::from_value(v["explanations"].clone())
+                .context("the agent's check reply does not parse")?;
+            Ok(Some((answers, v["geoip_databases"].clone())))
+        }
+        Err(control::ControlError::Connect { .. }) if args.socket.is_none() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pin_dir = args.pins.resolve()?;
-    let explainer = Explainer::open(&pin_dir)?;
-    let cgroup = args
-        .cgroup
-        .as_deref()
-        .map(CgroupAncestry::of_path)
-        .transpose()?;
+    // With --pin-dir the pins are read directly; otherwise the agent is
+    // asked first, and the pins are the fallback when none runs.
+    let from_agent = if args.pins.pin_dir.is_some() {
+        None
+    } else {
+        through_agent(&args)?
+    };
+    let (answers, databases) = match from_agent {
+        Some(a) => a,
+        None => {
+            let pin_dir = args.pins.resolve()?;
+            let explainer = Explainer::open(&pin_dir)?;
+            let cgroup = args
+                .cgroup
+                .as_deref()
+                .map(CgroupAncestry::of_path)
+                .transpose()?;
+            let mut answers = Vec::with_capacity(args.addresses.len());
+            for ip in &args.addresses {
+                answers.push(
+                    explainer
+                        .explain_in(*ip, cgroup.as_ref())
+                        .with_context(|| format!("explaining {ip}"))?,
+                );
+            }
+            (answers, serde_json::Value::Null)
+        }
+    };
     let mut out = io::stdout().lock();
-    for (i, ip) in args.addresses.iter().enumerate() {
-        let e = explainer
-            .explain_in(*ip, cgroup.as_ref())
-            .with_context(|| format!("explaining {ip}"))?;
+    for (i, e) in answers.iter().enumerate() {
         match args.output {
-            Output::Json => writeln!(out, "{}", serde_json::to_string(&e)?)?,
+            Output::Json => {
+                let mut v = serde_json::to_value(e)?;
+                if !databases.is_null() {
+                    v["geoip_databases"] = databases.clone();
+                }
+                writeln!(out, "{v}")?
+            }
             Output::Text => {
                 if i > 0 {
                     writeln!(out)?;
                 }
-                write!(out, "{}", text(&e))?;
+                write!(out, "{}", text(e))?;
+                if e.source == enforcer_common::Source::Geoip {
+                    for d in databases.as_array().into_iter().flatten() {
+                        writeln!(
+                            out,
+                            "  {:<8} {} (sha256 {}{})",
+                            "database",
+                            d["path"].as_str().unwrap_or("-"),
+                            d["sha256"].as_str().unwrap_or("-"),
+                            d["build_epoch"]
+                                .as_u64()
+                                .map(|e| format!(
+                                    ", built {}",
+                                    humantime::format_rfc3339_seconds(
+                                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(e)
+                                    )
+                                ))
+                                .unwrap_or_default()
+                        )?;
+                    }
+                }
             }
         }
     }

@@ -15,7 +15,10 @@ use super::{Modes, RuntimeState, effective_modes, unix_now};
 use crate::{
     config::{Config, ModeOverride},
     control::{ModeName, Reply, Request, peer::PeerCreds, server::Handler},
-    datapath::Datapath,
+    datapath::{
+        Datapath,
+        explain::{CgroupAncestry, Explainer, Explanation},
+    },
     events::EventsHub,
     metrics::SharedStatus,
     paths,
@@ -122,6 +125,57 @@ impl AgentHandler {
     }
 }
 
+impl AgentHandler {
+    /// Explains each address from the live maps (the same reads as the
+    /// offline `enforcer check`), with the GeoIP databases in force: the
+    /// kernel's tables hold the layered result, so the answer names the
+    /// sources in their order (the first that locates an address wins).
+    async fn check(&self, addresses: Vec<std::net::IpAddr>, cgroup: Option<PathBuf>) -> Reply {
+        const MAX: usize = 10_000;
+        if addresses.len() > MAX {
+            return Reply::error(format!("at most {MAX} addresses per request"));
+        }
+        let pin_dir = self.pin_dir.clone();
+        let work = move || -> Result<Vec<Explanation>, String> {
+            let explainer = Explainer::open(&pin_dir).map_err(|e| e.to_string())?;
+            let ancestry = cgroup
+                .as_deref()
+                .map(CgroupAncestry::of_path)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            addresses
+                .iter()
+                .map(|ip| {
+                    explainer
+                        .explain_in(*ip, ancestry.as_ref())
+                        .map_err(|e| format!("{ip}: {e}"))
+                })
+                .collect()
+        };
+        let answers = match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Reply::error(e),
+            Err(e) => return Reply::error(format!("check failed: {e}")),
+        };
+        let databases: Vec<serde_json::Value> = self
+            .status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .sources
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "path": d.path,
+                    "type": d.database_type,
+                    "build_epoch": d.build_epoch,
+                    "sha256": d.sha256,
+                })
+            })
+            .collect();
+        Reply::ok(serde_json::json!({ "explanations": answers, "geoip_databases": databases }))
+    }
+}
+
 impl Handler for AgentHandler {
     async fn handle(&self, peer: &PeerCreds, request: Request) -> Reply {
         match request {
@@ -140,7 +194,7 @@ impl Handler for AgentHandler {
                 };
                 self.ask(|reply| Command::Mode { change, reply }).await
             }
-            Request::Check { .. } => Reply::error("check is not served by this agent yet"),
+            Request::Check { addresses, cgroup } => self.check(addresses, cgroup).await,
             // The server streams events itself.
             Request::Events { .. } => Reply::error("events are streamed by the server"),
         }
