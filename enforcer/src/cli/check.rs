@@ -12,10 +12,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use clap::ValueEnum;
 use enforcer_common::RuleKind;
 
-use super::PinDirArg;
+use super::{OutputArg, PinDirArg};
 use crate::{
     control,
     datapath::explain::{CgroupAncestry, Explainer, Explanation, ModeFrom},
@@ -36,15 +35,9 @@ pub struct Args {
     /// control.socket).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Output format: text blocks, or one JSON object per line.
-    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
-    pub output: Output,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
+    /// Text blocks, or one JSON object per line.
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 /// Asks the running agent (which adds the GeoIP databases in force, and
@@ -100,15 +93,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut out = io::stdout().lock();
     for (i, e) in answers.iter().enumerate() {
-        match args.output {
-            Output::Json => {
+        match args.output.json() {
+            true => {
                 let mut v = serde_json::to_value(e)?;
                 if !databases.is_null() {
                     v["geoip_databases"] = databases.clone();
                 }
                 writeln!(out, "{v}")?
             }
-            Output::Text => {
+            false => {
                 if i > 0 {
                     writeln!(out)?;
                 }

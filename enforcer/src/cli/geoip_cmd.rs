@@ -14,9 +14,9 @@ pub enum GeoipCommand {
         /// .mmdb or CSV files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// One JSON object per file instead of text.
-        #[arg(long)]
-        json: bool,
+        /// One JSON object per file with `-o json`.
+        #[command(flatten)]
+        output: super::OutputArg,
     },
     /// Locate addresses in layered databases (the first that locates wins).
     Lookup {
@@ -132,9 +132,9 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 pub fn run(cmd: GeoipCommand) -> anyhow::Result<()> {
     match cmd {
-        GeoipCommand::Inspect { files, json } => {
+        GeoipCommand::Inspect { files, output } => {
             for path in files {
-                inspect(&path, json)?;
+                inspect(&path, output.json())?;
             }
             Ok(())
         }

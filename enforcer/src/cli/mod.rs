@@ -27,6 +27,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How a verb prints its answer: `-o text|json` (`--json` is kept as a
+/// short form for `-o json`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The shared output flags.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as `-o json`.
+    #[arg(long, conflicts_with = "output")]
+    pub json: bool,
+}
+
+impl OutputArg {
+    pub fn json(&self) -> bool {
+        self.json || self.output == Output::Json
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,

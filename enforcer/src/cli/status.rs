@@ -21,9 +21,8 @@ use crate::{
 pub struct Args {
     #[command(flatten)]
     pub pins: PinDirArg,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: super::OutputArg,
     /// Control socket (default: the config's control.socket).
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -91,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         Err(e) => (None, kernel_view(&pin_dir)?, Some(e.to_string())),
     };
-    if args.json {
+    if args.output.json() {
         let v = serde_json::json!({ "agent": agent, "agent_unreachable": note, "kernel": kernel });
         println!("{v}");
         return Ok(());
