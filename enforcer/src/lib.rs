@@ -8,12 +8,14 @@
 //! - [`scope`]: configured cgroups -> attach targets;
 //! - [`events`]: the kernel's refused/would-refuse events to JSON lines;
 //! - [`metrics`]: the Prometheus collector and `GET /metrics`;
+//! - [`audit`]: the tamper-evident audit log (writer and verifier);
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
 //!
 //! Library modules return `thiserror` errors; the CLI verbs are the
 //! application layer and use `anyhow` to add context.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod datapath;
