@@ -1,5 +1,6 @@
 //! The command line: one module per verb.
 
+mod audit;
 mod config_check;
 mod geoip_cmd;
 mod run;
@@ -47,6 +48,9 @@ pub enum Command {
     /// GeoIP database tools.
     #[command(subcommand)]
     Geoip(geoip_cmd::GeoipCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +122,7 @@ pub fn main() -> ExitCode {
         Command::Uninstall(args) => uninstall::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
