@@ -165,8 +165,10 @@ impl fmt::Display for Problem {
 /// Why a log does not verify.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    // `error`, not `source`: the message already carries it, and a source
+    // would print it twice in an anyhow chain.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
     /// A head file (or an expected seq/hash) that cannot be used.
     #[error("{source_name}: {problem}")]
     Head {
@@ -582,9 +584,9 @@ fn resolve_anchor(log: &Path, check: HeadCheck) -> Result<Result<Anchor, String>
 /// first broken line.
 pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
     let anchor = resolve_anchor(path, head)?;
-    let io_err = |source| VerifyError::Io {
+    let io_err = |error| VerifyError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let broken = |line, problem| VerifyError::Broken {
         path: path.to_owned(),

@@ -53,11 +53,13 @@ pub struct Appended {
 /// Why the log cannot be opened or written. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {}: {what}: {source}", path.display())]
+    // `error`, not `source`: the message carries it (a source would print
+    // it twice in an anyhow chain).
+    #[error("audit log {}: {what}: {error}", path.display())]
     Io {
         path: PathBuf,
         what: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("audit log {} is in use by another process (it is locked)", path.display())]
     Busy { path: PathBuf },
@@ -111,11 +113,11 @@ pub enum AuditError {
         kind: &'static str,
         bytes: usize,
     },
-    #[error("audit log {}: encoding a {kind} record: {source}", path.display())]
+    #[error("audit log {}: encoding a {kind} record: {error}", path.display())]
     Encode {
         path: PathBuf,
         kind: &'static str,
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 }
 
@@ -205,7 +207,7 @@ fn read_tail(file: &File, len: u64) -> io::Result<Result<TailBytes, u64>> {
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> AuditError {
     let path = path.to_owned();
-    move |source| AuditError::Io { path, what, source }
+    move |error| AuditError::Io { path, what, error }
 }
 
 /// The 1-based line number of the line starting at `offset` (only for
@@ -349,10 +351,10 @@ impl AuditLog {
             c.records_since_last = self.since_checkpoint;
         }
         let name = kind.name();
-        let json = serde_json::to_string(&kind).map_err(|source| AuditError::Encode {
+        let json = serde_json::to_string(&kind).map_err(|error| AuditError::Encode {
             path: self.path.clone(),
             kind: name,
-            source,
+            error,
         })?;
         // The same formatter as the events' times: UTC, microseconds.
         let time = humantime::format_rfc3339_micros(time).to_string();
@@ -424,7 +426,7 @@ impl AuditLog {
         let mut text = serde_json::to_string(head).map_err(|e| AuditError::Encode {
             path: self.path.clone(),
             kind: "head",
-            source: e,
+            error: e,
         })?;
         text.push('\n');
         let mut f = OpenOptions::new()
@@ -451,11 +453,11 @@ impl AuditLog {
         Ok(())
     }
 
-    fn io(&self, what: &'static str, source: io::Error) -> AuditError {
+    fn io(&self, what: &'static str, error: io::Error) -> AuditError {
         AuditError::Io {
             path: self.path.clone(),
             what,
-            source,
+            error,
         }
     }
 
