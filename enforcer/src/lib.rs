@@ -13,12 +13,14 @@
 //! - [`runtime_mode`]: mode changes made through it, kept across reloads
 //!   and restarts;
 //! - [`watch`]: reload when a GeoIP database is replaced on disk;
+//! - [`audit`]: the tamper-evident audit log (writer and verifier);
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
 //!
 //! Library modules return `thiserror` errors; the CLI verbs are the
 //! application layer and use `anyhow` to add context.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,5 +1,6 @@
 //! The command line: one module per verb.
 
+mod audit;
 mod check;
 mod config_check;
 mod control_verbs;
@@ -89,6 +90,9 @@ pub enum Command {
     /// GeoIP database tools.
     #[command(subcommand)]
     Geoip(geoip_cmd::GeoipCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +179,7 @@ pub fn main() -> ExitCode {
         Command::Uninstall(args) => uninstall::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

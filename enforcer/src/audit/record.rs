@@ -1,0 +1,349 @@
+//! What an audit record states: one [`Kind`] per record, its fields
+//! written after the envelope (`seq`, `time`, `prev`, `kind`).
+//!
+//! Extending: a new kind, or a new optional field of a kind, never breaks
+//! an older verifier: it checks the envelope of every record and reads
+//! the fields of the kinds it knows (ignoring fields it does not know).
+//! Removing or renaming a field of a known kind would: don't.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::EventRecord;
+
+/// A record's kind and its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Kind {
+    AgentStart(AgentStart),
+    AgentStop(AgentStop),
+    ModeChange(ModeChange),
+    PolicyLoad(PolicyLoad),
+    Event(AuditEvent),
+    EventsSuppressed(EventsSuppressed),
+    Checkpoint(Checkpoint),
+    /// Written by [`super::AuditLog::open`] after it cut off an incomplete
+    /// last line.
+    Recovered(Recovered),
+}
+
+/// Every kind name [`Kind`] knows, as written in `kind`.
+pub(super) const KNOWN_KINDS: &[&str] = &[
+    "agent_start",
+    "agent_stop",
+    "mode_change",
+    "policy_load",
+    "event",
+    "events_suppressed",
+    "checkpoint",
+    "recovered",
+];
+
+impl Kind {
+    /// The `kind` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::AgentStart(_) => "agent_start",
+            Kind::AgentStop(_) => "agent_stop",
+            Kind::ModeChange(_) => "mode_change",
+            Kind::PolicyLoad(_) => "policy_load",
+            Kind::Event(_) => "event",
+            Kind::EventsSuppressed(_) => "events_suppressed",
+            Kind::Checkpoint(_) => "checkpoint",
+            Kind::Recovered(_) => "recovered",
+        }
+    }
+}
+
+/// The agent started (or adopted a pinned datapath).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStart {
+    /// The agent's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    pub pid: u32,
+    pub pin_dir: String,
+    /// True when it adopted the pinned datapath of an earlier agent
+    /// (enforcement never stopped), false when it loaded a fresh one.
+    pub adopted: bool,
+    pub layout_version: u32,
+}
+
+/// The agent stopped; enforcement stays in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStop {
+    /// e.g. `sigterm`, `sigint`, `error: …`.
+    pub reason: String,
+}
+
+/// The mode in force changed, globally or for one cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeChange {
+    /// `enforce`, `observe`, or for a cgroup override `inherit` (none).
+    pub from: String,
+    pub to: String,
+    /// The cgroup whose override changed; absent for the global mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The caller's uid (peer credentials), 0 for a config reload by root.
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    pub reason: String,
+}
+
+/// Outcome of a policy load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadResult {
+    Ok,
+    Failure,
+}
+
+/// What asked for a policy load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadTrigger {
+    Start,
+    Sighup,
+    Control,
+    FileWatch,
+}
+
+impl LoadTrigger {
+    pub fn label(self) -> &'static str {
+        match self {
+            LoadTrigger::Start => "start",
+            LoadTrigger::Sighup => "sighup",
+            LoadTrigger::Control => "control",
+            LoadTrigger::FileWatch => "file_watch",
+        }
+    }
+}
+
+/// One GeoIP database as loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRecord {
+    pub path: String,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// MaxMind DB `build_epoch` (Unix seconds); absent for CSV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_epoch: Option<u64>,
+    /// MaxMind DB `database_type`; absent for CSV.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub database_type: Option<String>,
+}
+
+impl From<&geoip::SourceInfo> for DatabaseRecord {
+    fn from(info: &geoip::SourceInfo) -> Self {
+        DatabaseRecord {
+            path: info.path.display().to_string(),
+            sha256: info.sha256.clone(),
+            build_epoch: info.build_epoch,
+            database_type: info.database_type.clone(),
+        }
+    }
+}
+
+/// A policy / GeoIP load, successful or not (a failed one leaves the
+/// previous policy in force).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyLoad {
+    pub result: LoadResult,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub trigger: LoadTrigger,
+    /// The policy generation after the flip (absent when it failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// SHA-256 of the policy as loaded (the caller defines over what; the
+    /// agent's choice is documented where it computes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_sha256: Option<String>,
+    /// The databases read (those that could be read, for a failure).
+    #[serde(default)]
+    pub databases: Vec<DatabaseRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_v4: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes_v6: Option<u64>,
+}
+
+/// A refused or would-refuse decision: the kernel event as written to the
+/// events sinks (see [`crate::events`]), with its own time as `event_time`
+/// (`time` is the record's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_time: String,
+    pub hook: String,
+    pub family: String,
+    pub protocol: String,
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    pub country: String,
+    /// `denied` or `would_deny`.
+    pub verdict: String,
+    pub mode: String,
+    /// Which rule decided: `geoip`, `unknown`, `deny_exception`, …
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tgid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comm: String,
+    pub cgroup_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u32>,
+}
+
+impl From<&EventRecord> for AuditEvent {
+    fn from(e: &EventRecord) -> Self {
+        AuditEvent {
+            event_time: e.time.clone(),
+            hook: e.hook.to_owned(),
+            family: e.family.to_owned(),
+            protocol: e.protocol.clone(),
+            dst: e.dst.to_string(),
+            dport: e.dport,
+            country: e.country.clone(),
+            verdict: e.verdict.to_owned(),
+            mode: e.mode.to_owned(),
+            reason: e.reason.to_owned(),
+            pid: e.pid,
+            tgid: e.tgid,
+            uid: e.uid,
+            gid: e.gid,
+            comm: e.comm.clone(),
+            cgroup_id: e.cgroup_id,
+            cgroup: e.cgroup.clone(),
+            bytes: e.bytes,
+        }
+    }
+}
+
+/// Events the kernel did not emit since the previous such record (deltas
+/// of `enforcer_events_suppressed_total`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsSuppressed {
+    pub rate_limit: u64,
+    pub ring_full: u64,
+}
+
+/// A periodic statement of what is in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The global mode.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_sha256: Option<String>,
+    pub databases: Vec<DatabaseRecord>,
+    pub generation: u64,
+    /// Records this writer appended since its previous checkpoint (or
+    /// since it opened the log); filled in by [`super::AuditLog::append`].
+    #[serde(default)]
+    pub records_since_last: u64,
+}
+
+/// An incomplete last line (a write cut off by a crash) that
+/// [`super::AuditLog::open`] removed before appending.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovered {
+    /// How many bytes were cut off.
+    pub discarded_bytes: u64,
+    /// Their SHA-256.
+    pub discarded_sha256: String,
+    /// Their first bytes (lossy UTF-8, at most 200 characters), which
+    /// usually name the record that was being written.
+    pub discarded_start: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_serialise_with_their_tag_first_and_names_match_the_list() {
+        let k = Kind::AgentStop(AgentStop {
+            reason: "sigterm".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&k).unwrap(),
+            r#"{"kind":"agent_stop","reason":"sigterm"}"#
+        );
+        let all = [
+            Kind::AgentStart(AgentStart {
+                version: "0".into(),
+                pid: 1,
+                pin_dir: "/p".into(),
+                adopted: false,
+                layout_version: 2,
+            }),
+            k,
+            Kind::ModeChange(ModeChange {
+                from: "observe".into(),
+                to: "enforce".into(),
+                cgroup: None,
+                uid: 0,
+                gid: None,
+                reason: "r".into(),
+            }),
+            Kind::PolicyLoad(PolicyLoad {
+                result: LoadResult::Ok,
+                error: None,
+                trigger: LoadTrigger::FileWatch,
+                generation: Some(1),
+                policy_sha256: None,
+                databases: vec![],
+                prefixes_v4: None,
+                prefixes_v6: None,
+            }),
+            Kind::EventsSuppressed(EventsSuppressed {
+                rate_limit: 1,
+                ring_full: 2,
+            }),
+            Kind::Checkpoint(Checkpoint {
+                mode: "enforce".into(),
+                policy_sha256: None,
+                databases: vec![],
+                generation: 1,
+                records_since_last: 0,
+            }),
+            Kind::Recovered(Recovered {
+                discarded_bytes: 1,
+                discarded_sha256: String::new(),
+                discarded_start: String::new(),
+            }),
+        ];
+        for k in all {
+            let json = serde_json::to_string(&k).unwrap();
+            assert!(
+                json.starts_with(&format!(r#"{{"kind":"{}""#, k.name())),
+                "{json}"
+            );
+            assert!(KNOWN_KINDS.contains(&k.name()));
+            let back: Kind = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, k);
+        }
+    }
+
+    #[test]
+    fn database_type_is_written_as_type() {
+        let d = DatabaseRecord {
+            path: "/x.mmdb".into(),
+            sha256: "ab".into(),
+            build_epoch: Some(7),
+            database_type: Some("GeoLite2-Country".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&d).unwrap(),
+            r#"{"path":"/x.mmdb","sha256":"ab","build_epoch":7,"type":"GeoLite2-Country"}"#
+        );
+    }
+}

@@ -1,0 +1,742 @@
+//! The offline verifier: streams through a log (memory independent of its
+//! size), checks every record's seal and its link to the record before,
+//! checks the end against a head, and summarises what the log states.
+//!
+//! Checks per line, in this order (the first failure is reported with its
+//! 1-based line number): the line is complete (`\n`-terminated) and at most
+//! [`MAX_LINE`] bytes; it is a JSON object with `seq` (integer), `time`,
+//! `prev` and `hash` (64 lowercase hex) and `kind` (strings); it ends with
+//! its hash; the hash matches the content (else: the line was edited);
+//! `prev` is the previous line's hash, or 64 zeros on line 1 (else: a line
+//! was deleted or lines reordered here, or the line before was rewritten);
+//! `seq` is the previous seq + 1, starting at 1; `time` is RFC 3339 UTC;
+//! the fields of a known kind parse. After the last line, with a head: the
+//! log reaches the head's seq (else: lines missing at the end), and the
+//! record at that seq has the head's hash.
+//!
+//! Time going backwards is a warning, not a failure: wall clocks step
+//! (NTP, a wrong RTC at boot), and `seq`/`prev` already fix the order.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    io::{self, BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Head, Kind, LoadResult, MAX_LINE, ZERO_HASH, head_path, is_hash, record::KNOWN_KINDS,
+    sha256_hex, unseal,
+};
+
+/// What to check the end of the log against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadCheck {
+    /// `<log>.head` when it exists; without it the tail is reported as
+    /// unanchored.
+    Auto,
+    /// This head file, which must exist.
+    File(PathBuf),
+    /// A seq and hash recorded elsewhere (e.g. copied off the host).
+    Expect { seq: u64, hash: String },
+    /// No head: the tail is reported as unanchored.
+    None,
+}
+
+/// The head a log was checked against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Anchor {
+    /// The head file, or `--expect-seq/--expect-hash`.
+    pub source: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// What is wrong with a line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Not JSON, or not an object with the envelope's fields.
+    Invalid(String),
+    /// The line does not end with `,"hash":"<64 hex>"}`.
+    Unsealed,
+    /// The content does not hash to the stored hash: the line was edited.
+    HashMismatch { stored: String, computed: String },
+    /// Line 1's prev is not 64 zeros: what came before was removed.
+    NotFirst { prev: String },
+    /// The prev is not the hash of the line before (`before`).
+    PrevMismatch {
+        before: u64,
+        expected: String,
+        found: String,
+    },
+    /// seq is not the previous seq + 1.
+    Seq { expected: u64, found: u64 },
+    /// `time` is not RFC 3339 UTC.
+    Time(String),
+    /// A known kind whose fields do not parse.
+    Fields { kind: String, error: String },
+    /// The last line has no newline: a write was cut off.
+    Partial { bytes: u64 },
+    /// A line longer than [`MAX_LINE`].
+    TooLong,
+    /// The log ends before the head's seq: lines `first..=last` missing.
+    Missing {
+        first: u64,
+        last: u64,
+        source: String,
+    },
+    /// The record at the head's seq has another hash.
+    HeadHash {
+        hash: String,
+        head_hash: String,
+        source: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Invalid(m) => write!(f, "{m}"),
+            Problem::Unsealed => write!(
+                f,
+                "the line does not end with its hash (`,\"hash\":\"<64 hex>\"}}`): not a sealed record"
+            ),
+            Problem::HashMismatch { stored, computed } => write!(
+                f,
+                "hash mismatch: the record hashes to {computed} but says {stored}: the line was edited"
+            ),
+            Problem::NotFirst { prev } => write!(
+                f,
+                "the first line's prev is {prev}, not 64 zeros: the records before it are missing"
+            ),
+            Problem::PrevMismatch {
+                before,
+                expected,
+                found,
+            } => write!(
+                f,
+                "the record does not follow line {before}: its prev is {found}, line {before}'s hash is {expected} \
+                 (a line was deleted here, lines were reordered, or line {before} was rewritten)"
+            ),
+            Problem::Seq { expected, found } => {
+                write!(f, "seq {found} where {expected} was expected")
+            }
+            Problem::Time(t) => write!(f, "time {t:?} is not RFC 3339 UTC"),
+            Problem::Fields { kind, error } => write!(f, "{kind} record: {error}"),
+            Problem::Partial { bytes } => write!(
+                f,
+                "incomplete last line ({bytes} bytes without a newline): a write was cut off"
+            ),
+            Problem::TooLong => {
+                write!(f, "line longer than {MAX_LINE} bytes: not an audit record")
+            }
+            Problem::Missing {
+                first,
+                last,
+                source,
+            } => {
+                let what = if first == last {
+                    format!("line {first} missing")
+                } else {
+                    format!("lines {first}-{last} missing")
+                };
+                write!(
+                    f,
+                    "{what}: the head ({source}) records {last} records, the log ends after line {}",
+                    first - 1
+                )
+            }
+            Problem::HeadHash {
+                hash,
+                head_hash,
+                source,
+            } => write!(
+                f,
+                "hash {hash} differs from the head's {head_hash} ({source}): the log was rewritten up to here"
+            ),
+        }
+    }
+}
+
+/// Why a log does not verify.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    // `error`, not `source`: the message already carries it, and a source
+    // would print it twice in an anyhow chain.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    /// A head file (or an expected seq/hash) that cannot be used.
+    #[error("{source_name}: {problem}")]
+    Head {
+        source_name: String,
+        problem: String,
+    },
+    /// The first broken line.
+    #[error("{}:{line}: {problem}", path.display())]
+    Broken {
+        path: PathBuf,
+        line: u64,
+        problem: Problem,
+    },
+}
+
+impl VerifyError {
+    /// The line a `Broken` error names.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            VerifyError::Broken { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the end of the log is anchored.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Tail {
+    /// The log ends exactly at the head.
+    Anchored { source: String, seq: u64 },
+    /// The head matches an earlier record; the records after it were
+    /// chained but the head was not updated after them (a crash between
+    /// writing and updating the head, or an older copy of the head).
+    PartlyAnchored {
+        source: String,
+        seq: u64,
+        unanchored_records: u64,
+    },
+    /// No head: deleting the last lines could not be detected.
+    Unanchored { reason: String },
+}
+
+impl fmt::Display for Tail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tail::Anchored { source, seq } => write!(f, "anchored by {source} (seq {seq})"),
+            Tail::PartlyAnchored {
+                source,
+                seq,
+                unanchored_records,
+            } => write!(
+                f,
+                "anchored by {source} up to seq {seq}; the {unanchored_records} records after it are not anchored"
+            ),
+            Tail::Unanchored { reason } => write!(
+                f,
+                "NOT anchored ({reason}): deleting the last lines of the log cannot be detected"
+            ),
+        }
+    }
+}
+
+/// One mode change, as the timeline shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModeChangeEntry {
+    pub line: u64,
+    pub time: String,
+    pub from: String,
+    pub to: String,
+    pub cgroup: Option<String>,
+    pub uid: u32,
+    pub gid: Option<u32>,
+    pub reason: String,
+}
+
+/// A failed policy load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LoadFailure {
+    pub line: u64,
+    pub time: String,
+    pub trigger: String,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyLoadSummary {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first [`LIST_CAP`] failures.
+    pub failures: Vec<LoadFailure>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentSummary {
+    pub starts: u64,
+    /// Starts that adopted a pinned datapath.
+    pub adopted: u64,
+    pub stops: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventSummary {
+    pub total: u64,
+    pub by_verdict: BTreeMap<String, u64>,
+    pub by_country: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SuppressedSummary {
+    pub rate_limit: u64,
+    pub ring_full: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointSummary {
+    pub line: u64,
+    pub time: String,
+    pub mode: String,
+    pub generation: u64,
+    pub policy_sha256: Option<String>,
+    /// The databases' SHA-256.
+    pub databases: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecoveredEntry {
+    pub line: u64,
+    pub time: String,
+    pub discarded_bytes: u64,
+    pub discarded_sha256: String,
+}
+
+/// What an intact log states.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub file: String,
+    pub records: u64,
+    pub first_time: Option<String>,
+    pub last_time: Option<String>,
+    /// last_time - first_time (negative if the clock stepped back).
+    pub span_seconds: Option<f64>,
+    /// The last record's hash (64 zeros for an empty log): what to record
+    /// elsewhere to anchor this log later (`--expect-seq/--expect-hash`).
+    pub last_hash: String,
+    pub tail: Tail,
+    /// Records per kind, unknown kinds included.
+    pub kinds: BTreeMap<String, u64>,
+    pub agent: AgentSummary,
+    /// The first [`LIST_CAP`] mode changes.
+    pub mode_timeline: Vec<ModeChangeEntry>,
+    pub mode_changes: u64,
+    pub policy_loads: PolicyLoadSummary,
+    pub events: EventSummary,
+    pub suppressed: SuppressedSummary,
+    pub last_checkpoint: Option<CheckpointSummary>,
+    pub recovered: Vec<RecoveredEntry>,
+    /// Records whose time is earlier than the record before.
+    pub time_backwards: u64,
+    /// Things an auditor should know that do not break the chain (the first
+    /// [`LIST_CAP`]).
+    pub warnings: Vec<String>,
+    pub warnings_omitted: u64,
+}
+
+/// Lists in the summary stop growing here, so memory stays bounded.
+pub const LIST_CAP: usize = 10_000;
+
+impl Summary {
+    fn new(file: &Path) -> Self {
+        Summary {
+            file: file.display().to_string(),
+            records: 0,
+            first_time: None,
+            last_time: None,
+            span_seconds: None,
+            last_hash: ZERO_HASH.to_owned(),
+            tail: Tail::Unanchored {
+                reason: String::new(),
+            },
+            kinds: BTreeMap::new(),
+            agent: AgentSummary::default(),
+            mode_timeline: Vec::new(),
+            mode_changes: 0,
+            policy_loads: PolicyLoadSummary::default(),
+            events: EventSummary::default(),
+            suppressed: SuppressedSummary::default(),
+            last_checkpoint: None,
+            recovered: Vec::new(),
+            time_backwards: 0,
+            warnings: Vec::new(),
+            warnings_omitted: 0,
+        }
+    }
+
+    fn warn(&mut self, w: String) {
+        if self.warnings.len() < LIST_CAP {
+            self.warnings.push(w);
+        } else {
+            self.warnings_omitted += 1;
+        }
+    }
+
+    fn add(&mut self, line: u64, env: &Envelope, kind: Option<Kind>) {
+        self.records += 1;
+        *self.kinds.entry(env.kind.clone()).or_default() += 1;
+        let time = &env.time;
+        match kind {
+            None => {
+                if self.kinds[&env.kind] == 1 {
+                    self.warn(format!(
+                        "line {line}: unknown kind {:?} (a newer agent?): chained and sealed, its fields not read",
+                        env.kind
+                    ));
+                }
+            }
+            Some(Kind::AgentStart(s)) => {
+                self.agent.starts += 1;
+                self.agent.adopted += u64::from(s.adopted);
+            }
+            Some(Kind::AgentStop(_)) => self.agent.stops += 1,
+            Some(Kind::ModeChange(m)) => {
+                self.mode_changes += 1;
+                if self.mode_timeline.len() < LIST_CAP {
+                    self.mode_timeline.push(ModeChangeEntry {
+                        line,
+                        time: time.clone(),
+                        from: m.from,
+                        to: m.to,
+                        cgroup: m.cgroup,
+                        uid: m.uid,
+                        gid: m.gid,
+                        reason: m.reason,
+                    });
+                }
+            }
+            Some(Kind::PolicyLoad(p)) => match p.result {
+                LoadResult::Ok => self.policy_loads.ok += 1,
+                LoadResult::Failure => {
+                    self.policy_loads.failed += 1;
+                    if self.policy_loads.failures.len() < LIST_CAP {
+                        self.policy_loads.failures.push(LoadFailure {
+                            line,
+                            time: time.clone(),
+                            trigger: p.trigger.label().to_owned(),
+                            error: p.error,
+                        });
+                    }
+                }
+            },
+            Some(Kind::Event(e)) => {
+                self.events.total += 1;
+                *self.events.by_verdict.entry(e.verdict).or_default() += 1;
+                // Countries are ISO codes (at most 26*26 + unknown): bounded.
+                if self.events.by_country.len() < 1024
+                    || self.events.by_country.contains_key(&e.country)
+                {
+                    *self.events.by_country.entry(e.country).or_default() += 1;
+                }
+            }
+            Some(Kind::EventsSuppressed(s)) => {
+                self.suppressed.rate_limit =
+                    self.suppressed.rate_limit.saturating_add(s.rate_limit);
+                self.suppressed.ring_full = self.suppressed.ring_full.saturating_add(s.ring_full);
+            }
+            Some(Kind::Checkpoint(c)) => {
+                self.last_checkpoint = Some(CheckpointSummary {
+                    line,
+                    time: time.clone(),
+                    mode: c.mode,
+                    generation: c.generation,
+                    policy_sha256: c.policy_sha256,
+                    databases: c.databases.into_iter().map(|d| d.sha256).collect(),
+                })
+            }
+            Some(Kind::Recovered(r)) => {
+                self.warn(format!(
+                    "line {line}: the writer cut off an incomplete line of {} bytes (sha256 {}) before this record",
+                    r.discarded_bytes, r.discarded_sha256
+                ));
+                if self.recovered.len() < LIST_CAP {
+                    self.recovered.push(RecoveredEntry {
+                        line,
+                        time: time.clone(),
+                        discarded_bytes: r.discarded_bytes,
+                        discarded_sha256: r.discarded_sha256,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The fields every record has.
+#[derive(Debug, Deserialize)]
+pub(super) struct Envelope {
+    pub seq: u64,
+    pub time: String,
+    pub prev: String,
+    pub kind: String,
+    pub hash: String,
+}
+
+/// A serde_json error's message without its "at line 1 column N" (the
+/// line is ours to name).
+fn json_message(e: &serde_json::Error) -> String {
+    let mut msg = e.to_string();
+    if let Some(i) = msg.rfind(" at line ") {
+        msg.truncate(i);
+    }
+    msg
+}
+
+fn json_problem(e: &serde_json::Error) -> Problem {
+    let msg = json_message(e);
+    match e.classify() {
+        serde_json::error::Category::Data => {
+            Problem::Invalid(format!("not an audit record: {msg}"))
+        }
+        _ => Problem::Invalid(format!("not valid JSON (column {}): {msg}", e.column())),
+    }
+}
+
+/// Checks one line (without its `\n`) on its own: the envelope parses, the
+/// line ends with its hash and the hash matches the content.
+pub(super) fn check_record(line: &[u8]) -> Result<Envelope, Problem> {
+    let env: Envelope = serde_json::from_slice(line).map_err(|e| json_problem(&e))?;
+    if !is_hash(&env.hash) {
+        return Err(Problem::Invalid(format!(
+            "hash {:?} is not 64 lowercase hex digits",
+            env.hash
+        )));
+    }
+    if !is_hash(&env.prev) {
+        return Err(Problem::Invalid(format!(
+            "prev {:?} is not 64 lowercase hex digits",
+            env.prev
+        )));
+    }
+    let (canonical, sealed) = unseal(line).ok_or(Problem::Unsealed)?;
+    if sealed != env.hash {
+        return Err(Problem::Unsealed);
+    }
+    let computed = sha256_hex(&canonical);
+    if computed != env.hash {
+        return Err(Problem::HashMismatch {
+            stored: env.hash,
+            computed,
+        });
+    }
+    Ok(env)
+}
+
+/// Reads and checks a head file; `None` when it does not exist.
+pub(super) fn read_head(path: &Path) -> Result<Option<Head>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let head: Head = serde_json::from_str(&text).map_err(|e| format!("not a head file: {e}"))?;
+    if !is_hash(&head.hash) {
+        return Err(format!(
+            "hash {:?} is not 64 lowercase hex digits",
+            head.hash
+        ));
+    }
+    Ok(Some(head))
+}
+
+fn resolve_anchor(log: &Path, check: HeadCheck) -> Result<Result<Anchor, String>, VerifyError> {
+    let from_file = |path: &Path, must_exist: bool| {
+        let source_name = path.display().to_string();
+        match read_head(path) {
+            Ok(Some(h)) => Ok(Ok(Anchor {
+                source: source_name,
+                seq: h.seq,
+                hash: h.hash,
+            })),
+            Ok(None) if !must_exist => Ok(Err(format!("no head file {source_name}"))),
+            Ok(None) => Err(VerifyError::Head {
+                source_name,
+                problem: "no such file".into(),
+            }),
+            Err(problem) => Err(VerifyError::Head {
+                source_name,
+                problem,
+            }),
+        }
+    };
+    match check {
+        HeadCheck::Auto => from_file(&head_path(log), false),
+        HeadCheck::File(p) => from_file(&p, true),
+        HeadCheck::Expect { seq, hash } => {
+            let hash = hash.to_ascii_lowercase();
+            if !is_hash(&hash) {
+                return Err(VerifyError::Head {
+                    source_name: "--expect-hash".into(),
+                    problem: format!("{hash:?} is not 64 hex digits"),
+                });
+            }
+            Ok(Ok(Anchor {
+                source: "--expect-seq/--expect-hash".into(),
+                seq,
+                hash,
+            }))
+        }
+        HeadCheck::None => Ok(Err("head check disabled".into())),
+    }
+}
+
+/// Verifies the log at `path`; the summary when it is intact, else the
+/// first broken line.
+pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
+    let anchor = resolve_anchor(path, head)?;
+    let io_err = |error| VerifyError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let broken = |line, problem| VerifyError::Broken {
+        path: path.to_owned(),
+        line,
+        problem,
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io_err)?);
+    let mut summary = Summary::new(path);
+    let mut buf = Vec::with_capacity(1024);
+    let mut line = 0u64;
+    let mut prev_hash = ZERO_HASH.to_owned();
+    let mut prev_seq = 0u64;
+    let mut first_time: Option<SystemTime> = None;
+    let mut last_time: Option<SystemTime> = None;
+    loop {
+        buf.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io_err)?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        if buf.last() != Some(&b'\n') {
+            return Err(broken(
+                line,
+                if buf.len() > MAX_LINE {
+                    Problem::TooLong
+                } else {
+                    Problem::Partial {
+                        bytes: buf.len() as u64,
+                    }
+                },
+            ));
+        }
+        buf.pop();
+        let env = check_record(&buf).map_err(|p| broken(line, p))?;
+        if env.prev != prev_hash {
+            return Err(broken(
+                line,
+                if line == 1 {
+                    Problem::NotFirst { prev: env.prev }
+                } else {
+                    Problem::PrevMismatch {
+                        before: line - 1,
+                        expected: prev_hash,
+                        found: env.prev,
+                    }
+                },
+            ));
+        }
+        if env.seq != prev_seq + 1 {
+            return Err(broken(
+                line,
+                Problem::Seq {
+                    expected: prev_seq + 1,
+                    found: env.seq,
+                },
+            ));
+        }
+        let time = humantime::parse_rfc3339(&env.time)
+            .map_err(|_| broken(line, Problem::Time(env.time.clone())))?;
+        if let Some(before) = last_time.filter(|&t| time < t) {
+            summary.time_backwards += 1;
+            let back = before.duration_since(time).unwrap_or_default();
+            summary.warn(format!(
+                "line {line}: time {} is {} earlier than the line before (the clock stepped back)",
+                env.time,
+                humantime::format_duration(back)
+            ));
+        }
+        if let Ok(a) = &anchor
+            && a.seq == env.seq
+            && a.hash != env.hash
+        {
+            return Err(broken(
+                line,
+                Problem::HeadHash {
+                    hash: env.hash,
+                    head_hash: a.hash.clone(),
+                    source: a.source.clone(),
+                },
+            ));
+        }
+        let kind = if KNOWN_KINDS.contains(&env.kind.as_str()) {
+            let k: Kind = serde_json::from_slice(&buf).map_err(|e| {
+                broken(
+                    line,
+                    Problem::Fields {
+                        kind: env.kind.clone(),
+                        error: json_message(&e),
+                    },
+                )
+            })?;
+            Some(k)
+        } else {
+            None
+        };
+        summary.add(line, &env, kind);
+        first_time.get_or_insert(time);
+        last_time = Some(time);
+        if summary.first_time.is_none() {
+            summary.first_time = Some(env.time.clone());
+        }
+        summary.last_time = Some(env.time);
+        prev_seq = env.seq;
+        prev_hash = env.hash;
+    }
+    summary.tail = match anchor {
+        Err(reason) => Tail::Unanchored { reason },
+        Ok(a) if prev_seq < a.seq => {
+            return Err(broken(
+                prev_seq + 1,
+                Problem::Missing {
+                    first: prev_seq + 1,
+                    last: a.seq,
+                    source: a.source,
+                },
+            ));
+        }
+        Ok(a) if a.seq == 0 && a.hash != ZERO_HASH => {
+            return Err(VerifyError::Head {
+                source_name: a.source,
+                problem: "seq 0 with a hash other than 64 zeros".into(),
+            });
+        }
+        Ok(a) if prev_seq == a.seq => Tail::Anchored {
+            source: a.source,
+            seq: a.seq,
+        },
+        Ok(a) => {
+            let after = prev_seq.saturating_sub(a.seq);
+            summary.warn(format!(
+                "the {after} records after seq {} are not anchored by {} (written after its last update)",
+                a.seq, a.source
+            ));
+            Tail::PartlyAnchored {
+                source: a.source,
+                seq: a.seq,
+                unanchored_records: after,
+            }
+        }
+    };
+    if let (Some(a), Some(b)) = (first_time, last_time) {
+        summary.span_seconds = Some(match b.duration_since(a) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        });
+    }
+    summary.last_hash = prev_hash;
+    Ok(summary)
+}
