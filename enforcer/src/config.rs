@@ -118,6 +118,32 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    file: Option<PathBuf>,
+    #[serde(default = "default_checkpoint")]
+    checkpoint_interval: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+            checkpoint_interval: default_checkpoint(),
+        }
+    }
+}
+
+fn default_checkpoint() -> String {
+    "10m".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +323,17 @@ pub struct Config {
     /// the pins (until reboot), not longer.
     pub run_dir: PathBuf,
     pub control: Control,
+    pub audit: Audit,
+}
+
+/// The audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audit {
+    /// The JSON-lines file (its head beside it as `<file>.head`); None
+    /// when the audit log is off.
+    pub file: Option<PathBuf>,
+    /// How often a checkpoint record states what is in force.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// The control socket: who may use it and where it is.
@@ -521,6 +558,29 @@ impl Config {
             admin_group: raw.control.admin_group,
         };
 
+        let checkpoint_interval = humantime::parse_duration(&raw.audit.checkpoint_interval)
+            .map_err(|e| {
+                err(format!(
+                    "audit.checkpoint_interval {:?}: {e} (e.g. \"10m\", \"1h\")",
+                    raw.audit.checkpoint_interval
+                ))
+            })?;
+        if checkpoint_interval < std::time::Duration::from_secs(1) {
+            return Err(err(format!(
+                "audit.checkpoint_interval {:?}: at least 1s",
+                raw.audit.checkpoint_interval
+            )));
+        }
+        let audit_file = raw
+            .audit
+            .file
+            .map(|f| if f.is_absolute() { f } else { base.join(f) })
+            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_AUDIT_LOG));
+        let audit = Audit {
+            file: raw.audit.enabled.then_some(audit_file),
+            checkpoint_interval,
+        };
+
         Ok(Config {
             origin,
             mode: raw.mode.into(),
@@ -540,6 +600,7 @@ impl Config {
             pin_dir,
             run_dir,
             control,
+            audit,
         })
     }
 }

@@ -316,6 +316,7 @@ pub async fn run(
     counts: std::sync::Arc<EventCounts>,
     mut names: CgroupNames,
     hub: std::sync::Arc<EventsHub>,
+    audit: crate::audit::SharedAudit,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), DatapathError> {
     let ring: RingBuf<MapData> =
@@ -370,6 +371,7 @@ pub async fn run(
                     if let (Some(h), Some(o)) = (Hook::from_raw(e.hook as u32), Outcome::from_raw(e.outcome as u32)) {
                         counts.read[h as usize][o as usize].fetch_add(1, Ordering::Relaxed);
                     }
+                    audit.record(crate::audit::Kind::Event((&record).into()));
                     match serde_json::to_string(&record) {
                         Ok(line) => {
                             hub.publish(&line);
@@ -381,6 +383,8 @@ pub async fn run(
                 }
                 guard.clear_ready();
                 if !lines.is_empty() {
+                    // One fsync per batch of events, not per event.
+                    audit.flush();
                     if let Some(s) = &mut sinks {
                         if let Err(e) = s.write(&lines) {
                             counts.write_errors.fetch_add(1, Ordering::Relaxed);

@@ -59,6 +59,10 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Control requests by (verb, result).
     pub control_requests: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// The audit log, when it is on.
+    pub audit_file: Option<std::path::PathBuf>,
+    /// SHA-256 of the policy in force (see [`crate::policy::policy_sha256`]).
+    pub policy_sha256: Option<String>,
     /// Where the links are pinned, to count the programs attached.
     pub links_dir: Option<std::path::PathBuf>,
 }
@@ -97,6 +101,7 @@ pub struct EnforcerCollector {
     counters: CounterReader,
     status: SharedStatus,
     events: Arc<EventCounts>,
+    audit: crate::audit::SharedAudit,
 }
 
 impl std::fmt::Debug for EnforcerCollector {
@@ -106,11 +111,17 @@ impl std::fmt::Debug for EnforcerCollector {
 }
 
 impl EnforcerCollector {
-    pub fn new(counters: CounterReader, status: SharedStatus, events: Arc<EventCounts>) -> Self {
+    pub fn new(
+        counters: CounterReader,
+        status: SharedStatus,
+        events: Arc<EventCounts>,
+        audit: crate::audit::SharedAudit,
+    ) -> Self {
         Self {
             counters,
             status,
             events,
+            audit,
         }
     }
 }
@@ -359,6 +370,22 @@ impl Collector for EnforcerCollector {
                 let labels = [("hook", hook.as_str())];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
             }
+        }
+        for (name, help, value) in [
+            (
+                "enforcer_audit_records",
+                "Audit log records appended by this agent.",
+                self.audit.records(),
+            ),
+            (
+                "enforcer_audit_write_errors",
+                "Audit log appends or flushes that failed (enforcement is unaffected; the log names the error).",
+                self.audit.errors(),
+            ),
+        ] {
+            let metric = ConstCounter::new(value);
+            let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            metric.encode(enc)?;
         }
         {
             let mut family = encoder.encode_descriptor(

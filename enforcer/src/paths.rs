@@ -27,6 +27,9 @@ pub const CONTROL_SOCKET_NAME: &str = "control.sock";
 /// directory.
 pub const RUNTIME_MODE_NAME: &str = "runtime-mode.json";
 
+/// Default audit log (its head file is `<this>.head`).
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/egress-enforcer/audit.jsonl";
+
 /// Default config file used by `--config` when given without a value in
 /// service units; `enforcer run` without `--config` uses the embedded default.
 pub const DEFAULT_CONFIG: &str = "/etc/egress-enforcer/enforcer.toml";

@@ -70,6 +70,39 @@ pub struct CompiledPolicy {
     pub sources: Vec<SourceReport>,
 }
 
+/// The SHA-256 (hex) of the policy in force, for the audit log: a
+/// canonical JSON of what decides verdicts (approved countries, unknown
+/// policy, exceptions, site networks, the databases by content hash in
+/// their order, scope, interfaces, config overrides), so that comments,
+/// key order or a database's path do not change it and any change to what
+/// is enforced does. The mode is not part of it: mode changes are audited
+/// on their own.
+pub fn policy_sha256(config: &Config, policy: &CompiledPolicy) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut allow: Vec<String> = config.allow.iter().map(ToString::to_string).collect();
+    let mut deny: Vec<String> = config.deny.iter().map(ToString::to_string).collect();
+    allow.sort();
+    deny.sort();
+    let canonical = serde_json::json!({
+        "v": 1,
+        "approved": config.approved.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "unknown": config.unknown.label(),
+        "allow": allow,
+        "deny": deny,
+        "sites": config.sites.iter().map(|s| (s.net.to_string(), s.country.to_string())).collect::<Vec<_>>(),
+        "databases": policy.sources.iter().map(|s| s.info.sha256.clone()).collect::<Vec<_>>(),
+        "scope": match &config.scope {
+            crate::config::Scope::HostWide => vec!["host-wide".to_owned()],
+            crate::config::Scope::Cgroups(list) => list.iter().map(|p| p.display().to_string()).collect(),
+        },
+        "interfaces": config.interfaces,
+        "overrides": config.overrides.iter().map(|o| (o.cgroup.display().to_string(), o.mode.label())).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl CompiledPolicy {
     /// Loads every GeoIP source of the config and compiles the policy.
     pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {

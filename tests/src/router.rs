@@ -342,6 +342,8 @@ impl Router {
              [agent]\n\
              pin_dir = {:?}\n\
              run_dir = {:?}\n\
+             [audit]\n\
+             file = {:?}\n\
              [events]\n\
              file = {:?}\n",
             self.db.display().to_string(),
@@ -349,6 +351,7 @@ impl Router {
             interfaces.join(", "),
             self.pin_dir.display().to_string(),
             self.dir.path().join("run").display().to_string(),
+            self.dir.path().join("audit.jsonl").display().to_string(),
             self.events.display().to_string(),
         )
     }

@@ -88,11 +88,14 @@ impl Scenario {
              [agent]\n\
              pin_dir = {:?}\n\
              run_dir = {:?}\n\
+             [audit]\n\
+             file = {:?}\n\
              {tail}\n",
             sources.join(", "),
             self.sb.cgroup.display().to_string(),
             self.pin_dir.display().to_string(),
             self.run_dir().display().to_string(),
+            self.audit_log().display().to_string(),
         )
     }
 
@@ -100,6 +103,11 @@ impl Scenario {
     /// the scenario's scratch directory.
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
+    }
+
+    /// The agent's audit log.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
     }
 
     /// The agent's control socket.

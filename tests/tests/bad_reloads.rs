@@ -2,8 +2,8 @@
 //! database, a config with an unknown country code, and a database whose
 //! table does not fit the maps each make `enforcer reload` fail with an
 //! error that names the problem, count a failed load, show the error in
-//! `enforcer status`, and leave the previous policy serving (same
-//! generation, same verdicts).
+//! `enforcer status` and the audit log, and leave the previous policy
+//! serving (same generation, same verdicts).
 
 use std::{fmt::Write as _, fs, net::IpAddr, path::Path, process::Output};
 
@@ -122,4 +122,19 @@ fn bad_reloads_leave_the_previous_policy_serving() {
     fs::write(&agent.config, &good).expect("restore config");
     let out = ctl(&s.control_socket(), &["reload"]);
     assert!(out.status.success(), "{out:?}");
+
+    // Each failure is in the audit log, with its error, and the log verifies.
+    let out = std::process::Command::new(enforcer_binary())
+        .args(["audit", "verify", "-o", "json"])
+        .arg(s.audit_log())
+        .output()
+        .expect("audit verify");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["policy_loads"]["failed"], 3, "{v:#}");
+    assert_eq!(v["policy_loads"]["ok"], 2, "{v:#}");
+    let failures = v["policy_loads"]["failures"].to_string();
+    for needle in [corrupt_text.as_str(), "not an assigned", "GeoIP IPv4 table"] {
+        assert!(failures.contains(needle), "{needle:?} in {failures}");
+    }
 }

@@ -68,6 +68,7 @@
 //! log pipeline, is what turns that case into a detectable one too.
 
 mod record;
+mod shared;
 mod verify;
 mod writer;
 
@@ -75,6 +76,7 @@ pub use record::{
     AgentStart, AgentStop, AuditEvent, Checkpoint, DatabaseRecord, EventsSuppressed, Kind,
     LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,
 };
+pub use shared::SharedAudit;
 pub use verify::{
     AgentSummary, Anchor, CheckpointSummary, EventSummary, HeadCheck, LIST_CAP, LoadFailure,
     ModeChangeEntry, PolicyLoadSummary, Problem, RecoveredEntry, Summary, SuppressedSummary, Tail,

@@ -71,6 +71,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("metrics:  http://{}/metrics", config.metrics_listen);
     println!("pin dir:  {}", config.pin_dir.display());
+    println!("run dir:  {}", config.run_dir.display());
+    println!("control:  {}", config.control.socket.display());
+    match &config.audit.file {
+        Some(f) => println!("audit:    {}", f.display()),
+        None => println!("audit:    off"),
+    }
+    println!(
+        "policy:   sha256 {}",
+        crate::policy::policy_sha256(&config, &policy)
+    );
     println!("ok");
     Ok(())
 }

@@ -189,6 +189,8 @@ fn print_agent(a: &serde_json::Value) {
             .collect();
         println!("map fill:   {}", parts.join(", "));
     }
+    println!("policy:     sha256 {}", s(&a["policy_sha256"]));
+    println!("audit log:  {}", s(&a["audit_log"]));
     println!(
         "loads:      {} ok, {} failed{}",
         s(&a["policy_loads"]["ok"]),

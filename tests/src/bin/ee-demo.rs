@@ -115,12 +115,15 @@ fn config(
          listen = \"{metrics}\"\n\
          [agent]\n\
          pin_dir = {:?}\n\
-         run_dir = {:?}\n",
+         run_dir = {:?}\n\
+         [audit]\n\
+         file = {:?}\n",
         db.display().to_string(),
         real.display().to_string(),
         cgroup.display().to_string(),
         pin_dir.display().to_string(),
         run_dir.display().to_string(),
+        run_dir.join("audit.jsonl").display().to_string(),
     )
 }
 

@@ -11,14 +11,12 @@ use std::{path::PathBuf, sync::Arc, time::SystemTime};
 use enforcer_common::Mode;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Modes, RuntimeState, effective_modes, unix_now};
+use super::{Ctx, Modes, effective_modes, unix_now};
 use crate::{
+    audit::{self, Kind},
     config::{Config, ModeOverride},
     control::{ModeName, Reply, Request, peer::PeerCreds, server::Handler},
-    datapath::{
-        Datapath,
-        explain::{CgroupAncestry, Explainer, Explanation},
-    },
+    datapath::explain::{CgroupAncestry, Explainer, Explanation},
     events::EventsHub,
     metrics::SharedStatus,
     paths,
@@ -39,6 +37,7 @@ pub struct ModeChange {
 #[derive(Debug)]
 pub enum Command {
     Reload {
+        peer: PeerCreds,
         reply: oneshot::Sender<Result<serde_json::Value, String>>,
     },
     Mode {
@@ -120,6 +119,8 @@ impl AgentHandler {
             "approved_countries": s.approved_countries,
             "policy_loads": { "ok": s.policy_loads_ok, "failed": s.policy_loads_failed },
             "last_error": s.last_error,
+            "policy_sha256": s.policy_sha256,
+            "audit_log": s.audit_file,
         });
         Reply::ok(serde_json::json!({ "agent": agent, "kernel": kernel }))
     }
@@ -180,7 +181,10 @@ impl Handler for AgentHandler {
     async fn handle(&self, peer: &PeerCreds, request: Request) -> Reply {
         match request {
             Request::Status {} => self.status(),
-            Request::Reload {} => self.ask(|reply| Command::Reload { reply }).await,
+            Request::Reload {} => {
+                let peer = peer.clone();
+                self.ask(|reply| Command::Reload { peer, reply }).await
+            }
             Request::Mode {
                 mode,
                 cgroup,
@@ -220,12 +224,11 @@ impl Handler for AgentHandler {
 /// restart, so it is refused instead), then written to the kernel with a
 /// new generation, so cached verdicts are decided again.
 pub fn change_mode(
-    dp: &mut Datapath,
+    ctx: &mut Ctx<'_>,
     running: &Config,
-    runtime: &mut RuntimeState,
-    status: &SharedStatus,
     change: ModeChange,
 ) -> Result<serde_json::Value, String> {
+    let (dp, status, runtime) = (&mut *ctx.dp, ctx.status, &mut *ctx.runtime);
     let reason = change.reason.trim();
     if reason.is_empty() {
         return Err("a reason is required (--reason): it goes into the audit log".into());
@@ -311,6 +314,14 @@ pub fn change_mode(
         s.generation = generation;
     }
     let to = change.mode.label();
+    ctx.audit.record_flush(Kind::ModeChange(audit::ModeChange {
+        from: from.map_or("none", Mode::label).to_owned(),
+        to: to.to_owned(),
+        cgroup: target.as_ref().map(|p| p.display().to_string()),
+        uid: change.peer.uid,
+        gid: Some(change.peer.gid),
+        reason: reason.to_owned(),
+    }));
     tracing::info!(
         uid = change.peer.uid,
         pid = ?change.peer.pid,

@@ -29,9 +29,14 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::ConfigArg;
 use crate::{
+    audit::{self, Kind, LoadResult, LoadTrigger, SharedAudit},
     config::{Config, Scope},
+    control::peer::PeerCreds,
     control::{peer::Access, server as control_server},
-    datapath::{self, Datapath, counters::CounterReader},
+    datapath::{
+        self, Datapath,
+        counters::{CounterReader, Suppressed},
+    },
     events::{self, CgroupNames, EventCounts, EventsHub},
     metrics::{self, AgentStatus, EnforcerCollector, SharedStatus},
     paths,
@@ -273,6 +278,7 @@ fn apply(
     s.interfaces = p.interfaces.iter().map(|i| i.name.clone()).collect();
     s.last_error = None;
     s.generation = report.generation;
+    s.policy_sha256 = Some(crate::policy::policy_sha256(&p.config, &p.policy));
     s.prefixes_v4 = p.policy.geo.v4.len();
     s.prefixes_v6 = p.policy.geo.v6.len();
     s.approved_countries = p.config.approved.len();
@@ -346,10 +352,13 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     let control_socket =
         control_server::bind(&prepared.config.control.socket, prepared.access.clone())
             .with_context(|| format!("{}: control", prepared.config.origin))?;
+    let audit = SharedAudit::open(prepared.config.audit.file.as_deref())
+        .with_context(|| format!("{}: audit", prepared.config.origin))?;
 
     let status: SharedStatus = Arc::new(RwLock::new(AgentStatus {
         started_unix: unix_now(),
         links_dir: Some(paths::PinLayout::new(&pin_dir).links),
+        audit_file: prepared.config.audit.file.clone(),
         ..AgentStatus::default()
     }));
     let mut dp = tokio::task::block_in_place(|| -> anyhow::Result<Datapath> {
@@ -360,10 +369,26 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         let fresh = !dp.adopted();
         if let Err(e) = apply(&mut dp, &prepared, &status, fresh, &mut runtime) {
             dp.discard_if_new();
+            audit.record(load_record(
+                &status,
+                LoadTrigger::Start,
+                Some(format!("{e:#}")),
+            ));
+            audit.record_flush(Kind::AgentStop(audit::AgentStop {
+                reason: "start failed; nothing changed".into(),
+            }));
             return Err(e);
         }
         Ok(dp)
     })?;
+    audit.record(Kind::AgentStart(audit::AgentStart {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        pin_dir: pin_dir.display().to_string(),
+        adopted: dp.adopted(),
+        layout_version: enforcer_common::LAYOUT_VERSION,
+    }));
+    audit.record_flush(load_record(&status, LoadTrigger::Start, None));
     status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
 
     let event_counts = Arc::new(EventCounts::default());
@@ -377,6 +402,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         Arc::clone(&event_counts),
         CgroupNames::new(cgroup_roots(&prepared.config)),
         Arc::clone(&hub),
+        audit.clone(),
         events_stop_rx,
     ));
 
@@ -385,6 +411,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         counters,
         Arc::clone(&status),
         Arc::clone(&event_counts),
+        audit.clone(),
     )));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(metrics::serve(listener, registry, async {
@@ -423,6 +450,11 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
 
     let mut running = prepared.config;
     let mut watcher = watch_sources(&running);
+    let suppressed_reader = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
+    let mut suppressed = suppressed_reader.suppressed().unwrap_or_default();
+    let period = running.audit.checkpoint_interval;
+    let mut checkpoints = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let stop_reason;
     loop {
         let replaced = async {
             match &mut watcher {
@@ -431,26 +463,34 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = signals.term.recv() => break,
-            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => {
+                stop_reason = "SIGTERM";
+                break;
+            }
+            _ = signals.int.recv() => {
+                stop_reason = "SIGINT";
+                break;
+            }
+            _ = checkpoints.tick() => checkpoint(&status, &audit, &mut suppressed, &suppressed_reader),
             files = replaced => {
                 tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
-                if let Ok(config) = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "file_watch").await {
+                if let Ok(config) = reload(&config_arg, &running, &mut Ctx { dp: &mut dp, status: &status, runtime: &mut runtime, audit: &audit }, LoadTrigger::FileWatch, None).await {
                     let _ = events_config_tx.send(config.events.clone());
                     running = config;
                     watcher = watch_sources(&running);
                 }
             }
             _ = signals.hup.recv() => {
-                if let Ok(config) = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "sighup").await {
+                if let Ok(config) = reload(&config_arg, &running, &mut Ctx { dp: &mut dp, status: &status, runtime: &mut runtime, audit: &audit }, LoadTrigger::Sighup, None).await {
                     let _ = events_config_tx.send(config.events.clone());
                     running = config;
                     watcher = watch_sources(&running);
                 }
             }
             Some(command) = commands.recv() => match command {
-                control::Command::Reload { reply } => {
-                    let result = reload(&config_arg, &running, &mut dp, &status, &mut runtime, "control").await;
+                control::Command::Reload { peer, reply } => {
+                    let mut ctx = Ctx { dp: &mut dp, status: &status, runtime: &mut runtime, audit: &audit };
+                    let result = reload(&config_arg, &running, &mut ctx, LoadTrigger::Control, Some(&peer)).await;
                     let answer = match result {
                         Ok(config) => {
                             let _ = events_config_tx.send(config.events.clone());
@@ -465,7 +505,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
                 }
                 control::Command::Mode { change, reply } => {
                     let result = tokio::task::block_in_place(|| {
-                        control::change_mode(&mut dp, &running, &mut runtime, &status, change)
+                        control::change_mode(&mut Ctx { dp: &mut dp, status: &status, runtime: &mut runtime, audit: &audit }, &running, change)
                     });
                     let _ = reply.send(result);
                 }
@@ -474,6 +514,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     }
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    checkpoint(&status, &audit, &mut suppressed, &suppressed_reader);
     let _ = control_stop_tx.send(());
     let _ = stop_tx.send(());
     let _ = events_stop_tx.send(());
@@ -484,6 +525,9 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "the events reader panicked"),
         Ok(Ok(())) => {}
     }
+    audit.record_flush(Kind::AgentStop(audit::AgentStop {
+        reason: format!("{stop_reason}; enforcement stays in place"),
+    }));
     tracing::info!(pin_dir = %pin_dir.display(), "agent stopped; enforcement stays in place (`enforcer uninstall` removes it)");
     Ok(())
 }
@@ -520,18 +564,20 @@ fn unix_now() -> f64 {
 async fn reload(
     config_arg: &ConfigArg,
     running: &Config,
-    dp: &mut Datapath,
-    status: &SharedStatus,
-    runtime: &mut RuntimeState,
-    trigger: &'static str,
+    ctx: &mut Ctx<'_>,
+    trigger: LoadTrigger,
+    caller: Option<&PeerCreds>,
 ) -> Result<Config, String> {
+    let (dp, status, runtime) = (&mut *ctx.dp, ctx.status, &mut *ctx.runtime);
+    let mode_before = status.read().unwrap_or_else(|e| e.into_inner()).mode;
+    let trigger_label = trigger.label();
     // systemd Type=notify-reload wants RELOADING=1 with the time it began.
     let mut reloading = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         reloading.push(now);
     }
     let _ = sd_notify::notify(&reloading);
-    tracing::info!(trigger, "reloading");
+    tracing::info!(trigger = trigger_label, "reloading");
     let arg = config_arg.clone();
     let prepared = match tokio::task::spawn_blocking(move || prepare(&arg)).await {
         Ok(Ok(p)) => Ok(p),
@@ -551,9 +597,21 @@ async fn reload(
         tokio::task::block_in_place(|| apply(dp, &p, status, false, runtime)).map(|()| p.config)
     });
     let _ = sd_notify::notify(&[NotifyState::Ready]);
-    match result {
+    let outcome = match result {
         Ok(config) => {
-            tracing::info!(trigger, "reloaded");
+            tracing::info!(trigger = trigger_label, "reloaded");
+            ctx.audit.record(load_record(status, trigger, None));
+            let mode_after = status.read().unwrap_or_else(|e| e.into_inner()).mode;
+            if mode_after != mode_before {
+                ctx.audit.record(Kind::ModeChange(audit::ModeChange {
+                    from: mode_before.map_or("none", Mode::label).to_owned(),
+                    to: mode_after.map_or("none", Mode::label).to_owned(),
+                    cgroup: None,
+                    uid: caller.map_or(0, |c| c.uid),
+                    gid: caller.map(|c| c.gid),
+                    reason: format!("config reload ({trigger_label})"),
+                }));
+            }
             Ok(config)
         }
         Err(e) => {
@@ -564,11 +622,84 @@ async fn reload(
                 s.last_error = Some(message.clone());
             }
             tracing::error!(
-                trigger,
+                trigger = trigger_label,
                 error = message,
                 "reload failed; the previous policy stays in force"
             );
+            ctx.audit
+                .record(load_record(status, trigger, Some(message.clone())));
             Err(message)
         }
+    };
+    ctx.audit.flush();
+    outcome
+}
+
+/// What reloads and mode changes act on, lent by the main loop.
+struct Ctx<'a> {
+    dp: &'a mut Datapath,
+    status: &'a SharedStatus,
+    runtime: &'a mut RuntimeState,
+    audit: &'a SharedAudit,
+}
+
+/// The audit record of a policy load: what is in force after a success,
+/// the error after a failure.
+fn load_record(status: &SharedStatus, trigger: LoadTrigger, error: Option<String>) -> Kind {
+    let s = status.read().unwrap_or_else(|e| e.into_inner());
+    Kind::PolicyLoad(match error {
+        None => audit::PolicyLoad {
+            result: LoadResult::Ok,
+            error: None,
+            trigger,
+            generation: Some(u64::from(s.generation)),
+            policy_sha256: s.policy_sha256.clone(),
+            databases: s.sources.iter().map(Into::into).collect(),
+            prefixes_v4: Some(s.prefixes_v4 as u64),
+            prefixes_v6: Some(s.prefixes_v6 as u64),
+        },
+        Some(e) => audit::PolicyLoad {
+            result: LoadResult::Failure,
+            error: Some(e),
+            trigger,
+            generation: None,
+            policy_sha256: None,
+            databases: Vec::new(),
+            prefixes_v4: None,
+            prefixes_v6: None,
+        },
+    })
+}
+
+/// The checkpoint record: what is in force now, and the events the kernel
+/// did not emit since the last checkpoint (when any).
+fn checkpoint(
+    status: &SharedStatus,
+    audit: &SharedAudit,
+    suppressed: &mut Suppressed,
+    reader: &CounterReader,
+) {
+    match reader.suppressed() {
+        Ok(now) => {
+            let rate_limit = now.rate_limit.saturating_sub(suppressed.rate_limit);
+            let ring_full = now.ring_full.saturating_sub(suppressed.ring_full);
+            if rate_limit + ring_full > 0 {
+                audit.record(Kind::EventsSuppressed(audit::EventsSuppressed {
+                    rate_limit,
+                    ring_full,
+                }));
+            }
+            *suppressed = now;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the suppressed-event counters"),
     }
+    let s = status.read().unwrap_or_else(|e| e.into_inner());
+    audit.record(Kind::Checkpoint(audit::Checkpoint {
+        mode: s.mode.map_or("none", Mode::label).to_owned(),
+        policy_sha256: s.policy_sha256.clone(),
+        databases: s.sources.iter().map(Into::into).collect(),
+        generation: u64::from(s.generation),
+        records_since_last: audit.take_since_checkpoint(),
+    }));
+    audit.flush();
 }
