@@ -36,6 +36,33 @@ pub fn enforcer(args: &[&str]) -> Output {
         .expect("run enforcer")
 }
 
+/// Runs `enforcer <args> --socket <socket>` to completion: a verb that
+/// talks to the agent over its control socket.
+pub fn enforcer_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(enforcer_binary())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run enforcer")
+}
+
+/// Runs `enforcer audit verify -o json <log>`, asserts the log is intact
+/// and returns the summary.
+pub fn verified_audit_summary(log: &Path) -> serde_json::Value {
+    let out = Command::new(enforcer_binary())
+        .args(["audit", "verify", "-o", "json"])
+        .arg(log)
+        .output()
+        .expect("run enforcer audit verify");
+    assert!(
+        out.status.success(),
+        "the agent's audit log must verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("audit summary JSON")
+}
+
 /// A running agent. Dropping it stops it and uninstalls its pin directory,
 /// so no test leaves anything attached.
 pub struct Agent {

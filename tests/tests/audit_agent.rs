@@ -3,44 +3,15 @@
 //! caller's uid and reason), a failed and a good reload, a checkpoint, the
 //! stop; then a second agent adopts and continues the same chain.
 
-use std::{
-    net::IpAddr,
-    path::Path,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use enforcer_tests::{
-    agent::{Agent, enforcer_binary},
+    agent::{Agent, enforcer_at, verified_audit_summary},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
     skip_unless,
 };
-use serde_json::Value;
-
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    Command::new(enforcer_binary())
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run enforcer")
-}
-
-fn verify(log: &Path) -> Value {
-    let out = Command::new(enforcer_binary())
-        .args(["audit", "verify", "-o", "json"])
-        .arg(log)
-        .output()
-        .expect("run enforcer audit verify");
-    assert!(
-        out.status.success(),
-        "the agent's own log must verify: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("summary JSON")
-}
 
 #[test]
 fn the_agent_writes_a_verifiable_record_of_what_it_did() {
@@ -55,7 +26,7 @@ fn the_agent_writes_a_verifiable_record_of_what_it_did() {
     let denied = IpAddr::V4(DENIED_V4);
 
     assert!(attempt(&s.sb, Proto::Tcp, denied).ok, "observe");
-    let out = ctl(
+    let out = enforcer_at(
         &socket,
         &["mode", "enforce", "--reason", "ticket 9: go live"],
     );
@@ -71,15 +42,15 @@ fn the_agent_writes_a_verifiable_record_of_what_it_did() {
         good.replace("approved = [\"EEA\"]", "approved = [\"EEA\", \"UK\"]"),
     )
     .expect("break config");
-    assert!(!ctl(&socket, &["reload"]).status.success());
+    assert!(!enforcer_at(&socket, &["reload"]).status.success());
     std::fs::write(&agent.config, &good).expect("restore config");
-    assert!(ctl(&socket, &["reload"]).status.success());
+    assert!(enforcer_at(&socket, &["reload"]).status.success());
     // At least one checkpoint while running (interval 1 s).
     std::thread::sleep(Duration::from_millis(1500));
     let records = agent.scrape().sum("enforcer_audit_records_total", &[]);
     assert!(agent.stop().success(), "{}", agent.log());
 
-    let v = verify(&s.audit_log());
+    let v = verified_audit_summary(&s.audit_log());
     let kinds = &v["kinds"];
     assert_eq!(kinds["agent_start"], 1, "{v:#}");
     assert_eq!(kinds["agent_stop"], 1, "{v:#}");
@@ -112,7 +83,7 @@ fn the_agent_writes_a_verifiable_record_of_what_it_did() {
         .unwrap_or_else(|f| panic!("restart: {}", f.stderr));
     assert!(second.stop().success(), "{}", second.log());
     drop(agent);
-    let v = verify(&s.audit_log());
+    let v = verified_audit_summary(&s.audit_log());
     assert_eq!(v["agent"]["starts"], 2, "{v:#}");
     assert_eq!(v["agent"]["adopted"], 1, "{v:#}");
     assert!(v["records"].as_u64().expect("records") > first_records);

@@ -5,27 +5,18 @@
 //! `enforcer status` and the audit log, and leave the previous policy
 //! serving (same generation, same verdicts).
 
-use std::{fmt::Write as _, fs, net::IpAddr, path::Path, process::Output};
+use std::{fmt::Write as _, fs, net::IpAddr, path::Path};
 
 use enforcer_tests::{
-    agent::{Agent, enforcer_binary},
+    agent::{Agent, enforcer_at, verified_audit_summary},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
     skip_unless,
 };
 
-fn ctl(socket: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(enforcer_binary())
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .expect("run enforcer")
-}
-
 fn generation(socket: &Path) -> u64 {
-    let out = ctl(socket, &["status", "--json"]);
+    let out = enforcer_at(socket, &["status", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     v["agent"]["generation"].as_u64().expect("generation")
@@ -37,7 +28,7 @@ fn assert_reload_fails(s: &Scenario, agent: &Agent, config: &str, needles: &[&st
     let socket = s.control_socket();
     let before = generation(&socket);
     fs::write(&agent.config, config).expect("write config");
-    let out = ctl(&socket, &["reload"]);
+    let out = enforcer_at(&socket, &["reload"]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the reload must fail: {out:?}");
     for n in needles {
@@ -114,23 +105,17 @@ fn bad_reloads_leave_the_previous_policy_serving() {
     );
 
     // The status says what went wrong last; a good reload clears it.
-    let out = ctl(&s.control_socket(), &["status"]);
+    let out = enforcer_at(&s.control_socket(), &["status"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("last error"),
         "{out:?}"
     );
     fs::write(&agent.config, &good).expect("restore config");
-    let out = ctl(&s.control_socket(), &["reload"]);
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
     assert!(out.status.success(), "{out:?}");
 
     // Each failure is in the audit log, with its error, and the log verifies.
-    let out = std::process::Command::new(enforcer_binary())
-        .args(["audit", "verify", "-o", "json"])
-        .arg(s.audit_log())
-        .output()
-        .expect("audit verify");
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let v = verified_audit_summary(&s.audit_log());
     assert_eq!(v["policy_loads"]["failed"], 3, "{v:#}");
     assert_eq!(v["policy_loads"]["ok"], 2, "{v:#}");
     let failures = v["policy_loads"]["failures"].to_string();

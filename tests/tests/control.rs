@@ -18,7 +18,7 @@ use std::{
 };
 
 use enforcer_tests::{
-    agent::{Agent, enforcer_binary},
+    agent::{Agent, enforcer_at, enforcer_binary},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -33,7 +33,7 @@ const OTHER_UID: u32 = 65_534;
 
 /// `enforcer <args> --socket <socket>` as root.
 fn ctl(socket: &Path, args: &[&str]) -> Output {
-    ctl_as(socket, None, args)
+    enforcer_at(socket, args)
 }
 
 /// The same as `uid` with exactly `groups` (and gid = uid) when given.
