@@ -38,8 +38,9 @@ const S: &str = "connect()+close() rate";
 /// Connections per sample.
 const COUNT: u32 = 2000;
 
-/// The child: `__connect-loop <ip> <port> <count>` prints
-/// `<ok> <failed> <seconds>`.
+/// The child: `__connect-loop <ip> <port> <count> [rate]` prints
+/// `<ok> <failed> <seconds>`; with a rate, attempt i starts no earlier than
+/// i / rate seconds after the first.
 pub fn loop_main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(2).collect();
     let (Some(ip), Some(port), Some(count)) = (
@@ -56,9 +57,16 @@ pub fn loop_main() -> ExitCode {
     } else {
         socket2::Domain::IPV6
     };
+    let rate = a.get(3).and_then(|s| s.parse::<f64>().ok());
     let (mut ok, mut failed) = (0u32, 0u32);
     let t = Instant::now();
-    for _ in 0..count {
+    for i in 0..count {
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(f64::from(i) / rate);
+            if let Some(wait) = due.checked_sub(t.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let Ok(s) = socket2::Socket::new(domain, socket2::Type::STREAM, None) else {
             failed += 1;
             continue;
@@ -137,18 +145,28 @@ impl Drop for Server {
 
 /// One sample: connections per second from the client to `ip`.
 fn sample(scn: &Scenario, ip: IpAddr) -> Result<(f64, u32, u32)> {
+    run_loop(scn, ip, COUNT, None)
+}
+
+/// `count` connects to `ip` paced at `rate` per second: (rate reached,
+/// connected, failed).
+pub fn paced(scn: &Scenario, ip: IpAddr, count: u32, rate: u32) -> Result<(f64, u32, u32)> {
+    run_loop(scn, ip, count, Some(rate))
+}
+
+fn run_loop(scn: &Scenario, ip: IpAddr, count: u32, rate: Option<u32>) -> Result<(f64, u32, u32)> {
     let exe = std::env::current_exe().context("current_exe")?;
-    let out = scn
-        .sb
-        .client_command(exe)
-        .args([
-            LOOP_ARG,
-            &ip.to_string(),
-            &BENCH_PORT.to_string(),
-            &COUNT.to_string(),
-        ])
-        .output()
-        .context("running the connect loop")?;
+    let mut cmd = scn.sb.client_command(exe);
+    cmd.args([
+        LOOP_ARG,
+        &ip.to_string(),
+        &BENCH_PORT.to_string(),
+        &count.to_string(),
+    ]);
+    if let Some(r) = rate {
+        cmd.arg(r.to_string());
+    }
+    let out = cmd.output().context("running the connect loop")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let f: Vec<&str> = text.split_whitespace().collect();
     let (Some(ok), Some(failed), Some(secs)) = (
@@ -162,7 +180,7 @@ fn sample(scn: &Scenario, ip: IpAddr) -> Result<(f64, u32, u32)> {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    Ok((f64::from(COUNT) / secs, ok, failed))
+    Ok((f64::from(count) / secs, ok, failed))
 }
 
 /// Samples both paths `runs` times under the filter called `name`, and
@@ -344,6 +362,17 @@ pub fn measure(
     }
     rep.push(rss);
 
+    println!("  violation events: bounded search over paced refused connects");
+    match crate::events::measure(&scn, db, runs) {
+        Ok(rows) => {
+            rep.rows.extend(rows);
+            rep.notes.push(crate::events::note());
+        }
+        Err(e) => rep
+            .not_measured
+            .push(format!("violation-event rate: the run failed: {e:#}")),
+    }
+
     // The same refused prefixes as the agent's, plus the sandbox's refused
     // and unknown test addresses (the agent refuses those through the test
     // database layered first).
@@ -459,7 +488,7 @@ pub fn measure(
         ));
     }
     rep.notes.push(format!(
-        "connect rate: {COUNT} TCP connect()+close() (SO_LINGER 0) per sample from the sandbox client to its veth peer; allowed path {} (DE in the test database), refused path {} (US); nftables and ipset rules live in the client namespace and reject with a TCP reset",
+        "connect rate: {COUNT} TCP connect()+close() (SO_LINGER 0) per sample from the sandbox client to its veth peer; allowed path {} (DE in the test database), refused path {} (US; with no filter or an empty hook nothing refuses it, so that row is the same connect to another address); nftables and ipset rules live in the client namespace and reject with a TCP reset",
         addr::APPROVED_V4,
         addr::DENIED_V4
     ));

@@ -16,6 +16,7 @@
 mod bpf;
 mod connect;
 mod decision;
+mod events;
 mod load;
 mod memory;
 mod report;
