@@ -194,6 +194,12 @@ impl Agent {
         }
     }
 
+    /// The agent's process id, while it runs (the benchmark reads its
+    /// peak RSS from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What the agent wrote to stderr so far.
     pub fn log(&self) -> String {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()

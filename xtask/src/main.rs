@@ -7,6 +7,7 @@
 //! cargo xtask geoip fetch    # download the real GeoIP databases into a cache dir
 //! cargo xtask test           # everything CI runs (fmt, clippy, unit + kernel tests)
 //! cargo xtask demo           # the main job, shown in a sandbox
+//! cargo xtask bench          # performance, side by side (bench/results/)
 //! ```
 //!
 //! Every subcommand that needs the toolchain or system tools calls
@@ -14,6 +15,7 @@
 //! the ones that command prints. Adding a subcommand: one variant in
 //! [`Command`] (its doc comment is the help text) and one arm in [`run`].
 
+mod bench;
 mod bpffs;
 mod demo;
 mod geoip;
@@ -57,6 +59,13 @@ enum Command {
     /// curl from a client cgroup, and the metrics that prove it. Removes
     /// everything it made, also on failure and Ctrl-C. Needs root.
     Demo,
+
+    /// Measure the datapath side by side with an empty program, a plain LPM
+    /// trie, nftables and ipset on the full geo-whois-asn-country database
+    /// (EEA approved): decision cost, load time, kernel memory, agent RSS,
+    /// connect() rate. Prints one table of medians and writes
+    /// bench/results/latest.md and latest.png. Takes minutes. Needs root.
+    Bench(bench::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -117,5 +126,6 @@ fn run(command: Command) -> Result<()> {
         Command::Geoip(cmd) => geoip::run(cmd),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -56,6 +56,16 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "npm",  package: "npm",          used_by: "downloading GeoIP databases (geoip fetch)" },
 ];
 
+/// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the
+/// firewalls it compares against and the traffic generator. Kept apart so
+/// that `test` and `demo` do not install them.
+#[rustfmt::skip] // one line per tool
+const BENCH_TOOLS: &[Tool] = &[
+    Tool { command: "ipset",    package: "ipset",    used_by: "the ipset hash:net baseline (bench)" },
+    Tool { command: "iptables", package: "iptables", used_by: "the iptables + ipset baseline (bench)" },
+    Tool { command: "iperf3",   package: "iperf3",   used_by: "TCP bulk and UDP packet rate (bench)" },
+];
+
 /// Directories searched for system commands in addition to `$PATH`: a
 /// non-login root shell (or `sudo` with a reset PATH) may lack the sbin dirs
 /// where `ip` and `nft` live.
@@ -73,8 +83,14 @@ pub fn ensure(opts: &Opts) -> Result<()> {
     check_nightly(&rustup)?;
     ensure_rust_src(&rustup)?;
     ensure_bpf_linker()?;
-    ensure_system_tools(root)?;
+    ensure_system_tools(root, SYSTEM_TOOLS)?;
     Ok(())
+}
+
+/// [`ensure`], then the tools only the benchmark needs ([`BENCH_TOOLS`]).
+pub fn ensure_bench(opts: &Opts) -> Result<()> {
+    ensure(opts)?;
+    ensure_system_tools(opts.require_root, BENCH_TOOLS)
 }
 
 // ---------------------------------------------------------------------------
@@ -389,9 +405,9 @@ fn install_bpf_linker(reason: &str, force: bool) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Debian packages
 
-fn ensure_system_tools(root: bool) -> Result<()> {
+fn ensure_system_tools(root: bool, tools: &[Tool]) -> Result<()> {
     let mut missing = Vec::new();
-    for tool in SYSTEM_TOOLS {
+    for tool in tools {
         match locate_system_command(tool.command) {
             Some(path) => println!("ok: {} at {}", tool.command, path.display()),
             None => {

@@ -1,0 +1,51 @@
+//! `cargo xtask bench`: installs what the benchmark needs (the usual tools
+//! plus ipset, iptables and iperf3), fetches the real databases, builds the
+//! agent and `ee-bench` in release mode (the agent ships optimised: load
+//! times and RSS of a debug build say little), then runs `ee-bench` on the
+//! full geo-whois-asn-country database with the EEA approved. It prints one
+//! table of medians and writes `bench/results/latest.md` and `latest.png`.
+//!
+//! Like the demo, the benchmark itself lives in the tests crate
+//! (`tests/src/bin/ee-bench/`): it needs the agent library and the sandbox,
+//! which xtask must not depend on (see demo.rs). Not part of `xtask test`:
+//! it takes minutes and its figures are not pass/fail.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{geoip, setup, test::cargo, workspace, workspace_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Runs per measurement (the table shows their median, min and max).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Random destinations per family per run for the decision cost.
+    #[arg(long, default_value_t = 100_000)]
+    pub packets: usize,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    setup::ensure_bench(&setup::Opts { require_root: true })?;
+    let files = geoip::ensure()?;
+    cargo(&["build", "--release", "--bins"], &[])?;
+    let bin = workspace()?.target_dir.join("release");
+    let out = workspace_root().join("bench").join("results");
+    let _bpffs = crate::bpffs::Restore::new();
+    let status = Command::new(bin.join("ee-bench"))
+        .arg("--db")
+        .arg(&files.flat_country)
+        .arg("--out")
+        .arg(&out)
+        .args(["--runs", &args.runs.to_string()])
+        .args(["--packets", &args.packets.to_string()])
+        .env("ENFORCER_BIN", bin.join("enforcer"))
+        .env("EE_PROBE_BIN", bin.join("ee-probe"))
+        .status()
+        .context("running ee-bench")?;
+    if !status.success() {
+        bail!("the benchmark failed ({status})");
+    }
+    Ok(())
+}
