@@ -174,8 +174,8 @@ fn addresses(rng: &mut Rng, geo: &GeoTable, v6: bool) -> Vec<IpAddr> {
             out.push(make(e + 1));
         }
     }
-    // IPv4-mapped addresses are IPv4 (mapped.rs); the built-in ranges are
-    // decided by the exception trie.
+    // IPv4-mapped addresses are decided as IPv4 (check.rs covers them); the
+    // built-in ranges are decided by the exception trie.
     let builtin = builtin();
     out.retain(|ip| {
         let mapped = matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());

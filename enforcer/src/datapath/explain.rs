@@ -15,14 +15,14 @@
 //! # The matched prefix
 //!
 //! A userspace lookup in an LPM trie returns the value of the longest
-//! matching key, not the key. Both value types carry the length of what
-//! they stand for, written by the agent with the key: a GeoIP entry
-//! (`GeoEntry::prefix_len`) the length of its own key, so the matched
-//! prefix is the address masked to it; an exception rule
-//! (`Rule::prefix_len`) the length of the configured CIDR that won there
-//! (the agent stores the winning rule at more specific keys too, see
-//! `policy::fold_rules`), so the prefix reported is that configured CIDR,
-//! the one an operator finds in the config. Nothing is probed or guessed.
+//! matching key, not the key. An exception rule carries the length of the
+//! configured CIDR that won there (`Rule::prefix_len`; the agent stores the
+//! winning rule at more specific keys too, see `policy::fold_rules`), so the
+//! prefix reported is that configured CIDR, the one an operator finds in
+//! the config. The GeoIP flat tables store no prefixes, only a country per
+//! address: the prefix reported is the one of the minimal CIDR cover of the
+//! same-country range around the address, read from the same tables, which
+//! is what the `geoip` crate's lookup answers for the aggregated table.
 //!
 //! # Consistency
 //!
