@@ -22,8 +22,10 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///
 /// - 1: first release;
 /// - 2: the mode word moved beside each policy slot ([`CFG_MODE`]), so a v1
-///   `CONFIG` map would be misread.
-pub const LAYOUT_VERSION: u32 = 2;
+///   `CONFIG` map would be misread;
+/// - 3: the GeoIP LPM tries became flat tables ([`GEO4`], [`GEO4L`],
+///   [`GEOPAL`], [`GEO6`], [`CFG_GEO6_LEN`]).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -55,6 +57,9 @@ pub const CFG_EVENT_BURST: u32 = 5;
 /// `CONFIG[CFG_OVERRIDES]`: number of entries in `MODE_BY_CG`; 0 spares the
 /// datapath the walk up the cgroup tree.
 pub const CFG_OVERRIDES: u32 = 6;
+/// `CONFIG[CFG_GEO6_LEN[slot]]`: how many entries of `GEO6_<slot>` are in
+/// use (the binary search's upper bound).
+pub const CFG_GEO6_LEN: [u32; 2] = [8, 9];
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -73,13 +78,61 @@ pub const RULES6: [&str; 2] = ["RULES6_0", "RULES6_1"];
 /// Capacity of each rules trie.
 pub const RULES_CAPACITY: u32 = 16 * 1024;
 
-/// GeoIP prefix tables, `LpmTrie<[u8; 4] | [u8; 16], GeoEntry>`, one per
-/// family and slot.
-pub const GEO4: [&str; 2] = ["GEO4_0", "GEO4_1"];
-pub const GEO6: [&str; 2] = ["GEO6_0", "GEO6_1"];
-/// Capacity of each GeoIP trie. A world database aggregates to well under
-/// this; a table that does not fit is refused before anything is written.
+/// Most prefixes per family the agent accepts from its databases (a sanity
+/// limit: the flat tables below are sized by what they hold, not by
+/// prefixes; see [`GEO4_LONG_CAPACITY`] and [`GEO6_CAPACITY`]).
 pub const GEO_CAPACITY: u32 = 1 << 20;
+
+/// IPv4 GeoIP table, first level (DIR-24-8's TBL24), one per slot:
+/// `Array<[u8; GEO4_BLOCK]>` of [`GEO4_BLOCKS`] blocks, `BPF_F_MMAPABLE`.
+/// Byte `i` (block `i / GEO4_BLOCK`, offset `i % GEO4_BLOCK`) describes the
+/// /24 `i << 8`: a palette code ([`GEOPAL`]; 0 = not located), or
+/// [`GEO4_LONG`] when the /24 holds more than one code, then [`GEO4L`] has
+/// its 256 codes.
+///
+/// One byte per /24 keeps the table at 16 MiB per slot; large values
+/// because the kernel rounds every array element up to 8 bytes
+/// (`elem_size = round_up(value_size, 8)`,
+/// <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L93>).
+pub const GEO4: [&str; 2] = ["GEO4_0", "GEO4_1"];
+pub const GEO4_BLOCK: usize = 4096;
+pub const GEO4_BLOCKS: u32 = (1 << 24) / GEO4_BLOCK as u32;
+/// The TBL24 code meaning "see [`GEO4L`]".
+pub const GEO4_LONG: u8 = 0xFF;
+/// IPv4 second level (TBL8), one per slot: `HashMap<u32, [u8; 256]>`, /24
+/// index (address >> 8) -> the palette code of each of its addresses. Only
+/// /24s that prefixes longer than /24 split are here (15,876 in
+/// geo-whois-asn-country, 11,907 in GeoLite2), so a hash keyed by the /24
+/// needs no chunk allocator.
+pub const GEO4L: [&str; 2] = ["GEO4L_0", "GEO4L_1"];
+pub const GEO4_LONG_CAPACITY: u32 = 20 * 1024;
+/// `GEOPAL`: `Array<u16>`, `SLOTS * 256` entries, index `slot * 256 + code`
+/// -> country index. Code 0 and [`GEO4_LONG`] are never countries; a
+/// database with more than [`GEO_PALETTE_CODES`] countries is refused.
+pub const GEOPAL: &str = "GEOPAL";
+pub const GEOPAL_LEN: u32 = SLOTS * 256;
+/// Country codes 1..=254.
+pub const GEO_PALETTE_CODES: usize = 254;
+
+/// IPv6 GeoIP table, one per slot: `Array<Geo6Block>`, `BPF_F_MMAPABLE`,
+/// a sorted array of range starts, entry `i` in block `i / GEO6_BLOCK`.
+/// The entry with the largest start `<= addr` holds the country of `addr`
+/// (0 for a gap: not located); entry 0 starts at `::`. Only the first
+/// `CONFIG[CFG_GEO6_LEN[slot]]` entries are in use.
+pub const GEO6: [&str; 2] = ["GEO6_0", "GEO6_1"];
+pub const GEO6_BLOCK: usize = 256;
+pub const GEO6_BLOCKS: u32 = 1536;
+/// Entries per IPv6 table (393,216): the geo-whois-asn-country database
+/// needs 275k (ranges and the gaps between them), GeoLite2 103k.
+pub const GEO6_CAPACITY: u32 = GEO6_BLOCKS * GEO6_BLOCK as u32;
+/// Binary search steps: enough for [`GEO6_CAPACITY`] entries.
+pub const GEO6_STEPS: u32 = 20;
+const _: () = assert!(1u64 << GEO6_STEPS >= GEO6_CAPACITY as u64);
+
+/// `BPF_F_MMAPABLE`: the agent maps the flat tables and writes them with
+/// plain stores
+/// (<https://github.com/torvalds/linux/blob/v6.18/include/uapi/linux/bpf.h#L1384>).
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// `CONN_COUNTS`: `PerCpuArray<CounterBlock>`, one block per hook and family,
 /// index [`counter_index`]. Counts connection-level decisions.
@@ -141,14 +194,14 @@ pub struct Rule {
     pub id: u16,
 }
 
-/// A GeoIP-table value.
+/// A block of the IPv6 GeoIP table: range starts as big-endian halves
+/// (`hi` the first 8 bytes of the address) and the country index of each.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GeoEntry {
-    /// Country index (never 0: unknown space is simply absent).
-    pub country: u16,
-    /// Length of the prefix this value was stored under.
-    pub prefix_len: u16,
+pub struct Geo6Block {
+    pub hi: [u64; GEO6_BLOCK],
+    pub lo: [u64; GEO6_BLOCK],
+    pub country: [u16; GEO6_BLOCK],
 }
 
 /// The decision cached in a socket's storage.
@@ -228,7 +281,7 @@ pub struct CounterBlock {
 // No implicit padding anywhere: the verifier rejects reads of uninitialised
 // stack bytes, and both sides must agree on every byte.
 const _: () = assert!(core::mem::size_of::<Rule>() == 8);
-const _: () = assert!(core::mem::size_of::<GeoEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<Geo6Block>() == 18 * GEO6_BLOCK);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
@@ -243,7 +296,7 @@ mod pod {
     // with no implicit padding (sizes asserted above), so every bit pattern
     // is a valid value.
     unsafe impl aya::Pod for super::Rule {}
-    unsafe impl aya::Pod for super::GeoEntry {}
+    unsafe impl aya::Pod for super::Geo6Block {}
     unsafe impl aya::Pod for super::CounterBlock {}
     unsafe impl aya::Pod for super::SockVerdict {}
     unsafe impl aya::Pod for super::Event {}

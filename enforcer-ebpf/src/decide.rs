@@ -6,7 +6,8 @@
 //!    site networks and the built-in never-geolocated ranges, folded by the
 //!    agent into one LPM trie per family so one lookup yields the first class
 //!    in precedence order;
-//! 3. the GeoIP prefix table of the active slot -> country index (0 unknown);
+//! 3. the GeoIP flat tables of the active slot -> country index (0 unknown;
+//!    `geo.rs`);
 //! 4. the policy table of the active slot [country] -> approved or not (entry
 //!    0 holds the configured `unknown` policy);
 //! 5. the mode (the global one, or a per-cgroup override, which the hook
@@ -15,12 +16,13 @@
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, Family, GeoEntry, Mode, Outcome, Rule, RuleKind, Source,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, Family, Mode, Outcome, Rule, RuleKind, Source,
     UNKNOWN_COUNTRY,
 };
 
-use crate::maps::{
-    GEO4_0, GEO4_1, GEO6_0, GEO6_1, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config,
+use crate::{
+    geo::{country4, country6},
+    maps::{POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config},
 };
 
 /// What the datapath concluded about one destination.
@@ -98,43 +100,52 @@ pub fn decide(dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
     // register.
     match dest {
         Dest::V4(a) => {
-            let (rules, geo) = if slot == 0 {
-                (&RULES4_0, &GEO4_0)
-            } else {
-                (&RULES4_1, &GEO4_1)
-            };
-            decide_in(slot, Family::Ipv4, rules, geo, Key::new(32, a), mode)
+            let rules = if slot == 0 { &RULES4_0 } else { &RULES4_1 };
+            decide_in(slot, Family::Ipv4, rules, Key::new(32, a), mode)
         }
         Dest::V6(a) => {
-            let (rules, geo) = if slot == 0 {
-                (&RULES6_0, &GEO6_0)
-            } else {
-                (&RULES6_1, &GEO6_1)
-            };
-            decide_in(slot, Family::Ipv6, rules, geo, Key::new(128, a), mode)
+            let rules = if slot == 0 { &RULES6_0 } else { &RULES6_1 };
+            decide_in(slot, Family::Ipv6, rules, Key::new(128, a), mode)
         }
     }
 }
 
+/// An address of one family and its GeoIP lookup. A trait rather than a
+/// closure: LLVM keeps a closure as a BPF-to-BPF call whose frame adds to
+/// the caller's against the verifier's 512-byte limit, and the address is
+/// read from the LPM key rather than copied.
+trait Geo: Copy {
+    fn country(self, slot: u32) -> u16;
+}
+
+impl Geo for [u8; 4] {
+    #[inline(always)]
+    fn country(self, slot: u32) -> u16 {
+        country4(slot, self)
+    }
+}
+
+impl Geo for [u8; 16] {
+    #[inline(always)]
+    fn country(self, slot: u32) -> u16 {
+        country6(slot, &self)
+    }
+}
+
 #[inline(always)]
-fn decide_in<K>(
+fn decide_in<K: Geo>(
     slot: u32,
     family: Family,
     rules: &LpmTrie<K, Rule>,
-    geo: &LpmTrie<K, GeoEntry>,
     key: Key<K>,
     mode: impl FnOnce(u32) -> Mode,
 ) -> Decision {
-    let geo_country = |key: &Key<K>| match geo.get(key) {
-        Some(e) if (e.country as usize) < COUNTRY_SLOTS => e.country,
-        _ => UNKNOWN_COUNTRY,
-    };
     let rule = rules.get(&key).copied();
     let kind = rule.and_then(|r| RuleKind::from_raw(r.kind as u32).map(|k| (k, r)));
     let (country, approved, source) = match kind {
         // A deny exception is never approved; its country is still looked up
         // so counters and events say where the destination is.
-        Some((RuleKind::Deny, _)) => (geo_country(&key), false, Source::DenyException),
+        Some((RuleKind::Deny, _)) => ({ key.data }.country(slot), false, Source::DenyException),
         Some((RuleKind::Allow, _)) => return exempt(family, Source::AllowException),
         Some((RuleKind::Builtin, _)) => return exempt(family, Source::Builtin),
         // A country index out of range (a corrupt value) would read the
@@ -148,7 +159,7 @@ fn decide_in<K>(
             (country, approved(slot, country), Source::Site)
         }
         None => {
-            let country = geo_country(&key);
+            let country = { key.data }.country(slot);
             let source = if country == UNKNOWN_COUNTRY {
                 Source::Unknown
             } else {

@@ -31,6 +31,7 @@ mod connect;
 mod counters;
 mod decide;
 mod events;
+mod geo;
 mod maps;
 mod mode;
 mod packet;

@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, EVENT_STATS_LEN, EVENTS_BYTES, GEO_CAPACITY,
-    GeoEntry, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule, SockVerdict,
+    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, EVENT_STATS_LEN, EVENTS_BYTES,
+    GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_BLOCKS, GEOPAL_LEN, Geo6Block,
+    MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -27,14 +28,21 @@ pub static RULES6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0
 #[map]
 pub static RULES6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0);
 
+// The GeoIP flat tables (layout in enforcer_common::layout).
 #[map]
-pub static GEO4_0: LpmTrie<[u8; 4], GeoEntry> = LpmTrie::pinned(GEO_CAPACITY, 0);
+pub static GEO4_0: Array<[u8; GEO4_BLOCK]> = Array::pinned(GEO4_BLOCKS, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4_1: LpmTrie<[u8; 4], GeoEntry> = LpmTrie::pinned(GEO_CAPACITY, 0);
+pub static GEO4_1: Array<[u8; GEO4_BLOCK]> = Array::pinned(GEO4_BLOCKS, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_0: LpmTrie<[u8; 16], GeoEntry> = LpmTrie::pinned(GEO_CAPACITY, 0);
+pub static GEO4L_0: HashMap<u32, [u8; 256]> = HashMap::pinned(GEO4_LONG_CAPACITY, 0);
 #[map]
-pub static GEO6_1: LpmTrie<[u8; 16], GeoEntry> = LpmTrie::pinned(GEO_CAPACITY, 0);
+pub static GEO4L_1: HashMap<u32, [u8; 256]> = HashMap::pinned(GEO4_LONG_CAPACITY, 0);
+#[map]
+pub static GEOPAL: Array<u16> = Array::pinned(GEOPAL_LEN, 0);
+#[map]
+pub static GEO6_0: Array<Geo6Block> = Array::pinned(GEO6_BLOCKS, BPF_F_MMAPABLE);
+#[map]
+pub static GEO6_1: Array<Geo6Block> = Array::pinned(GEO6_BLOCKS, BPF_F_MMAPABLE);
 
 #[map]
 pub static CONN_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);

@@ -13,9 +13,10 @@ use std::mem::size_of;
 use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
     BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, EVENT_STATE,
-    EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, GEO_CAPACITY, GEO4, GEO6, GeoEntry,
-    MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4,
-    RULES6, RateState, Rule,
+    EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, GEO4, GEO4_BLOCK, GEO4_BLOCKS,
+    GEO4_LONG_CAPACITY, GEO4L, GEO6, GEO6_BLOCKS, GEOPAL, GEOPAL_LEN, Geo6Block, MODE_BY_CG,
+    MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4, RULES6,
+    RateState, Rule,
 };
 
 use super::DatapathError;
@@ -75,6 +76,7 @@ fn expected() -> Vec<Expected> {
             1,
         ),
         e(EVENT_STATS, MapType::PerCpuArray, 4, 8, EVENT_STATS_LEN),
+        e(GEOPAL, MapType::Array, 4, 2, GEOPAL_LEN),
     ];
     for slot in 0..2 {
         v.push(e(
@@ -91,19 +93,14 @@ fn expected() -> Vec<Expected> {
             size_of::<Rule>(),
             RULES_CAPACITY,
         ));
-        v.push(e(
-            GEO4[slot],
-            MapType::LpmTrie,
-            lpm4,
-            size_of::<GeoEntry>(),
-            GEO_CAPACITY,
-        ));
+        v.push(e(GEO4[slot], MapType::Array, 4, GEO4_BLOCK, GEO4_BLOCKS));
+        v.push(e(GEO4L[slot], MapType::Hash, 4, 256, GEO4_LONG_CAPACITY));
         v.push(e(
             GEO6[slot],
-            MapType::LpmTrie,
-            lpm6,
-            size_of::<GeoEntry>(),
-            GEO_CAPACITY,
+            MapType::Array,
+            4,
+            size_of::<Geo6Block>(),
+            GEO6_BLOCKS,
         ));
     }
     v

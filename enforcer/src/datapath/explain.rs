@@ -15,14 +15,14 @@
 //! # The matched prefix
 //!
 //! A userspace lookup in an LPM trie returns the value of the longest
-//! matching key, not the key. Both value types carry the length of what
-//! they stand for, written by the agent with the key: a GeoIP entry
-//! (`GeoEntry::prefix_len`) the length of its own key, so the matched
-//! prefix is the address masked to it; an exception rule
-//! (`Rule::prefix_len`) the length of the configured CIDR that won there
-//! (the agent stores the winning rule at more specific keys too, see
-//! `policy::fold_rules`), so the prefix reported is that configured CIDR,
-//! the one an operator finds in the config. Nothing is probed or guessed.
+//! matching key, not the key. An exception rule carries the length of the
+//! configured CIDR that won there (`Rule::prefix_len`; the agent stores the
+//! winning rule at more specific keys too, see `policy::fold_rules`), so the
+//! prefix reported is that configured CIDR, the one an operator finds in
+//! the config. The GeoIP flat tables store no prefixes, only a country per
+//! address: the prefix reported is the one of the minimal CIDR cover of the
+//! same-country range around the address, read from the same tables, which
+//! is what the `geoip` crate's lookup answers for the aggregated table.
 //!
 //! # Consistency
 //!
@@ -46,9 +46,10 @@ use aya::{
     },
 };
 use enforcer_common::{
-    APPROVED, CFG_GENERATION, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG, COUNTRY_SLOTS, Family,
-    GEO4, GEO6, GeoEntry, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY,
-    RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    APPROVED, CFG_GENERATION, CFG_GEO6_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
+    COUNTRY_SLOTS, Family, GEO4, GEO4_BLOCK, GEO4_LONG, GEO4L, GEO6, GEO6_BLOCK, GEO6_STEPS,
+    GEOPAL, Geo6Block, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4,
+    RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
@@ -175,8 +176,10 @@ pub struct Explainer {
     policy: Array<MapData, u32>,
     rules4: [LpmTrie<MapData, [u8; 4], Rule>; 2],
     rules6: [LpmTrie<MapData, [u8; 16], Rule>; 2],
-    geo4: [LpmTrie<MapData, [u8; 4], GeoEntry>; 2],
-    geo6: [LpmTrie<MapData, [u8; 16], GeoEntry>; 2],
+    geo4: [Array<MapData, [u8; GEO4_BLOCK]>; 2],
+    geo4l: [HashMap<MapData, u32, [u8; 256]>; 2],
+    geopal: Array<MapData, u16>,
+    geo6: [Array<MapData, Geo6Block>; 2],
     overrides: HashMap<MapData, u64, u32>,
 }
 
@@ -200,6 +203,137 @@ fn trie<K: Pod, V: Pod>(
     name: &'static str,
 ) -> Result<LpmTrie<MapData, K, V>, DatapathError> {
     LpmTrie::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
+}
+
+fn array<V: Pod>(pin_dir: &Path, name: &'static str) -> Result<Array<MapData, V>, DatapathError> {
+    Array::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
+}
+
+fn hash<K: Pod, V: Pod>(
+    pin_dir: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DatapathError> {
+    HashMap::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
+}
+
+/// The largest aligned block of a `bits`-wide family that contains `a` and
+/// lies inside `start..=end`: the prefix of the minimal CIDR cover of that
+/// range which holds `a` (what the geoip crate's lookup answers).
+fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
+    (0..=bits)
+        .find(|&len| {
+            let host = bits - len;
+            let size_mask = if host >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << host) - 1
+            };
+            let net = a & !size_mask;
+            net >= start && (net | size_mask) <= end
+        })
+        .unwrap_or(bits as u8 as u32) as u8
+}
+
+/// geo.rs `country4`, for one slot, with the blocks it reads kept for the
+/// walk along the range.
+struct V4Reader<'a> {
+    ex: &'a Explainer,
+    slot: u32,
+    blocks: std::collections::HashMap<u32, [u8; GEO4_BLOCK]>,
+    chunks: std::collections::HashMap<u32, Option<[u8; 256]>>,
+}
+
+impl V4Reader<'_> {
+    fn code24(&mut self, index24: u32) -> Result<u8, DatapathError> {
+        let s = self.slot as usize;
+        let b = index24 / GEO4_BLOCK as u32;
+        if !self.blocks.contains_key(&b) {
+            let block = self.ex.geo4[s].get(&b, 0).map_err(map_err(GEO4[s]))?;
+            self.blocks.insert(b, block);
+        }
+        Ok(self.blocks[&b][index24 as usize % GEO4_BLOCK])
+    }
+
+    fn palette(&self, code: u8) -> Result<u16, DatapathError> {
+        if code == 0 || code == GEO4_LONG {
+            return Ok(UNKNOWN_COUNTRY);
+        }
+        let c = self
+            .ex
+            .geopal
+            .get(&((self.slot & 1) * 256 + u32::from(code)), 0)
+            .map_err(map_err(GEOPAL))?;
+        Ok(if (c as usize) < COUNTRY_SLOTS {
+            c
+        } else {
+            UNKNOWN_COUNTRY
+        })
+    }
+
+    fn country(&mut self, ip: u32) -> Result<u16, DatapathError> {
+        let s = self.slot as usize;
+        let index24 = ip >> 8;
+        let mut code = self.code24(index24)?;
+        if code == GEO4_LONG {
+            if !self.chunks.contains_key(&index24) {
+                let chunk = match self.ex.geo4l[s].get(&index24, 0) {
+                    Ok(c) => Some(c),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(e) => return Err(map_err(GEO4L[s])(e)),
+                };
+                self.chunks.insert(index24, chunk);
+            }
+            code = self.chunks[&index24].map_or(0, |c| c[(ip & 0xff) as usize]);
+        }
+        self.palette(code)
+    }
+
+    /// The country of every address of the /24, when it has one code.
+    fn uniform24(&mut self, index24: u32) -> Result<Option<u16>, DatapathError> {
+        let code = self.code24(index24)?;
+        if code == GEO4_LONG {
+            return Ok(None);
+        }
+        self.palette(code).map(Some)
+    }
+
+    /// The maximal range around `a` whose addresses all have country `c`.
+    fn run(&mut self, a: u32, c: u16) -> Result<(u32, u32), DatapathError> {
+        let mut start = a;
+        while start > 0 {
+            if start & 0xff == 0
+                && let Some(u) = self.uniform24((start >> 8) - 1)?
+            {
+                if u != c {
+                    break;
+                }
+                start -= 256;
+                continue;
+            }
+            if self.country(start - 1)? != c {
+                break;
+            }
+            start -= 1;
+        }
+        let mut end = a;
+        while end < u32::MAX {
+            let next = end + 1;
+            if next & 0xff == 0
+                && let Some(u) = self.uniform24(next >> 8)?
+            {
+                if u != c {
+                    break;
+                }
+                end = next + 255;
+                continue;
+            }
+            if self.country(next)? != c {
+                break;
+            }
+            end = next;
+        }
+        Ok((start, end))
+    }
 }
 
 /// A longest-prefix-match lookup of a full-length key; `None` when nothing
@@ -320,8 +454,10 @@ impl Explainer {
             policy: Array::try_from(open_read_only(pin_dir, POLICY)?).map_err(map_err(POLICY))?,
             rules4: [trie(pin_dir, RULES4[0])?, trie(pin_dir, RULES4[1])?],
             rules6: [trie(pin_dir, RULES6[0])?, trie(pin_dir, RULES6[1])?],
-            geo4: [trie(pin_dir, GEO4[0])?, trie(pin_dir, GEO4[1])?],
-            geo6: [trie(pin_dir, GEO6[0])?, trie(pin_dir, GEO6[1])?],
+            geo4: [array(pin_dir, GEO4[0])?, array(pin_dir, GEO4[1])?],
+            geo4l: [hash(pin_dir, GEO4L[0])?, hash(pin_dir, GEO4L[1])?],
+            geopal: array(pin_dir, GEOPAL)?,
+            geo6: [array(pin_dir, GEO6[0])?, array(pin_dir, GEO6[1])?],
             overrides: HashMap::try_from(open_read_only(pin_dir, MODE_BY_CG)?)
                 .map_err(map_err(MODE_BY_CG))?,
         })
@@ -494,26 +630,82 @@ impl Explainer {
         })
     }
 
-    /// decide_in's `geo_country`: the GeoIP table of `slot`; an entry with
-    /// an out-of-range country is unknown. The one place that knows the
-    /// GeoIP table's kernel layout (LPM tries today), so a new layout
-    /// changes this function and the ebpf lookup together.
+    /// decide_in's `geo_country` (enforcer-ebpf geo.rs): the GeoIP flat
+    /// tables of `slot`; an out-of-range country is unknown. The one place
+    /// that knows the tables' kernel layout besides the writer (geo.rs) and
+    /// the ebpf lookup. The kernel stores no prefixes: the prefix reported
+    /// is the one of the minimal CIDR cover of the same-country range
+    /// around the address, read from the same tables.
     fn geoip(&self, slot: u32, dest: Dest) -> Result<GeoHit, DatapathError> {
-        let s = slot as usize;
-        let entry = match dest {
-            Dest::V4(a) => lpm(&self.geo4[s], GEO4[s], a)?,
-            Dest::V6(a) => lpm(&self.geo6[s], GEO6[s], a)?,
+        let unknown = GeoHit {
+            country: UNKNOWN_COUNTRY,
+            prefix: None,
         };
-        Ok(match entry {
-            Some(e) if (e.country as usize) < COUNTRY_SLOTS => GeoHit {
-                country: e.country,
-                prefix: dest.prefix(e.prefix_len),
-            },
-            _ => GeoHit {
-                country: UNKNOWN_COUNTRY,
-                prefix: None,
-            },
-        })
+        match dest {
+            Dest::V4(a) => {
+                let mut r = V4Reader {
+                    ex: self,
+                    slot,
+                    blocks: Default::default(),
+                    chunks: Default::default(),
+                };
+                let ip = u32::from_be_bytes(a);
+                let country = r.country(ip)?;
+                if country == UNKNOWN_COUNTRY {
+                    return Ok(unknown);
+                }
+                let (start, end) = r.run(ip, country)?;
+                let len = cover_prefix(ip.into(), start.into(), end.into(), 32);
+                Ok(GeoHit {
+                    country,
+                    prefix: dest.prefix(len.into()),
+                })
+            }
+            Dest::V6(a) => {
+                let s = slot as usize;
+                let addr = u128::from_be_bytes(a);
+                let len = self.word(CFG_GEO6_LEN[s])?;
+                let entry = |i: u32| -> Result<(u128, u16), DatapathError> {
+                    let block = self.geo6[s]
+                        .get(&(i / GEO6_BLOCK as u32), 0)
+                        .map_err(map_err(GEO6[s]))?;
+                    let j = i as usize % GEO6_BLOCK;
+                    Ok((
+                        (u128::from(block.hi[j]) << 64) | u128::from(block.lo[j]),
+                        block.country[j],
+                    ))
+                };
+                if len == 0 {
+                    return Ok(unknown);
+                }
+                // The kernel's search, step for step.
+                let (mut base, mut n) = (0u32, len);
+                for _ in 0..GEO6_STEPS {
+                    if n <= 1 {
+                        break;
+                    }
+                    let half = n / 2;
+                    if entry(base + half)?.0 <= addr {
+                        base += half;
+                    }
+                    n -= half;
+                }
+                let (start, country) = entry(base)?;
+                if country == UNKNOWN_COUNTRY || country as usize >= COUNTRY_SLOTS {
+                    return Ok(unknown);
+                }
+                let end = if base + 1 < len {
+                    entry(base + 1)?.0.saturating_sub(1)
+                } else {
+                    u128::MAX
+                };
+                let plen = cover_prefix(addr, start, end, 128);
+                Ok(GeoHit {
+                    country,
+                    prefix: dest.prefix(plen.into()),
+                })
+            }
+        }
     }
 
     /// decide.rs `approved`: `POLICY[slot * COUNTRY_SLOTS + country] ==

@@ -17,6 +17,7 @@ mod compat;
 pub mod counters;
 mod detach;
 pub mod explain;
+mod geo;
 mod links;
 mod slots;
 
@@ -42,8 +43,6 @@ pub use self::{
     links::{AttachReport, Staged, UninstallReport, uninstall},
     slots::{SlotReport, check_capacity, map_fill},
 };
-use geoip::GeoTable;
-
 use crate::{
     paths::PinLayout,
     policy::CompiledPolicy,
@@ -131,9 +130,6 @@ pub struct Datapath {
     ebpf: Ebpf,
     pins: PinLayout,
     adopted: bool,
-    /// The GeoIP table this process last wrote into each slot (`None`:
-    /// unknown, e.g. written by an earlier agent).
-    held: [Option<GeoTable>; 2],
     /// Links this process attached and pinned (pin names).
     owned: BTreeSet<String>,
     /// What this process created, so a failed first install removes that
@@ -170,7 +166,6 @@ impl Datapath {
                 ebpf,
                 pins,
                 adopted: !fresh,
-                held: [None, None],
                 owned: BTreeSet::new(),
                 created_root,
                 created_versioned,
@@ -303,13 +298,12 @@ impl Datapath {
     ) -> Result<SlotReport, DatapathError> {
         slots::check_capacity(policy)?;
         let target = 1 - self.active_slot()?;
-        let contents = slots::SlotContents::new(policy);
-        // Forget what the slot held before touching it: a failure part-way
-        // leaves it unknown, and the next install reads it back.
-        let held = self.held[target as usize].take();
-        let mut report = slots::write(&mut self.ebpf, target, &contents, held.as_ref())?;
+        let contents = slots::SlotContents::new(&self.ebpf, target, policy)?;
+        let mut report = slots::write(&mut self.ebpf, target, &contents)?;
         self.set_config_word(cfg_mode(target), mode as u32)?;
+        let verifying = std::time::Instant::now();
         slots::verify(&mut self.ebpf, target, &contents)?;
+        report.geo_verify_seconds = verifying.elapsed().as_secs_f64();
         let written = self.config_word(cfg_mode(target))?;
         if written != mode as u32 {
             return Err(DatapathError::Verify {
@@ -317,7 +311,6 @@ impl Datapath {
                 detail: format!("mode word is {written}, expected {}", mode as u32),
             });
         }
-        self.held[target as usize] = Some(policy.geo.clone());
         // The flip: one aligned 32-bit store into an array map.
         self.set_config_word(CFG_SLOT, target)?;
         report.generation = self.bump_generation()?;
@@ -429,6 +422,39 @@ fn remove_pins(dir: &Path) {
     if let Err(e) = fs::remove_dir_all(dir) {
         tracing::warn!(path = %dir.display(), error = %e, "cannot remove pins after a failed install");
     }
+}
+
+/// The kernel's own accounting of each pinned map's memory, in bytes, by
+/// map name: the `memlock:` line of the map fd's fdinfo, which since Linux
+/// 6.5 is the map's `map_mem_usage`
+/// (<https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/syscall.c#L1004>).
+pub fn map_memory(pin_dir: &Path) -> Result<BTreeMap<String, u64>, DatapathError> {
+    let dir = PinLayout::new(pin_dir).maps;
+    let io = |path: &Path, e: std::io::Error| DatapathError::Pin {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        let path = entry.map_err(|e| io(&dir, e))?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map {
+            name: "pinned map",
+            source,
+        })?;
+        use std::os::fd::{AsFd, AsRawFd};
+        let fdinfo = format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd());
+        let text = fs::read_to_string(&fdinfo).map_err(|e| io(Path::new(&fdinfo), e))?;
+        let bytes = text
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.insert(name, bytes);
+    }
+    Ok(out)
 }
 
 /// The `CONFIG` words of an installed datapath, read from its pin.

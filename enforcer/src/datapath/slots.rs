@@ -1,6 +1,6 @@
-//! Writing one policy slot: rules and GeoIP tries per family and the
-//! approval table, as a diff against what the slot holds, then a read-back
-//! verification before the caller flips the slot.
+//! Writing one policy slot: rules tries per family, the GeoIP flat tables
+//! (`geo.rs`) and the approval table, as a diff against what the slot holds,
+//! then a read-back verification before the caller flips the slot.
 
 use std::{collections::BTreeMap, time::Instant};
 
@@ -11,14 +11,14 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{
-    COUNTRY_SLOTS, GEO_CAPACITY, GEO4, GEO6, GeoEntry, POLICY, RULES_CAPACITY, RULES4, RULES6, Rule,
-};
-use geoip::{CountryCode, Diff, GeoTable, Table};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use enforcer_common::{COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULES_CAPACITY, RULES4, RULES6, Rule};
 
-use super::{DatapathError, map_err};
-use crate::policy::{CompiledPolicy, country_index};
+use super::{
+    DatapathError,
+    geo::{self, Flat, FlatDelta},
+    map_err,
+};
+use crate::policy::CompiledPolicy;
 
 /// What writing one table changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,8 +36,13 @@ pub struct SlotReport {
     pub generation: u32,
     pub rules_v4: TableDelta,
     pub rules_v6: TableDelta,
-    pub geo_v4: TableDelta,
-    pub geo_v6: TableDelta,
+    /// GeoIP prefixes per family (what the flat tables encode).
+    pub geo_v4: usize,
+    pub geo_v6: usize,
+    /// What writing the flat tables changed, and how long it took.
+    pub geo: FlatDelta,
+    pub geo_build_seconds: f64,
+    pub geo_verify_seconds: f64,
     pub seconds: f64,
 }
 
@@ -97,49 +102,29 @@ type Desired<K, V> = BTreeMap<(K, u32), V>;
 
 /// What a slot must hold, computed once per install and used both to write
 /// and to verify. The exception rules are small and keyed as the kernel
-/// keys them; the GeoIP tables stay in their compact form.
+/// keys them; the GeoIP tables as the kernel holds them.
 pub struct SlotContents<'a> {
     rules_v4: Desired<[u8; 4], Rule>,
     rules_v6: Desired<[u8; 16], Rule>,
-    geo: &'a GeoTable,
+    geo: Flat,
+    geo_v4: usize,
+    geo_v6: usize,
     approval: &'a [u32],
 }
 
 impl<'a> SlotContents<'a> {
-    pub fn new(p: &'a CompiledPolicy) -> Self {
-        Self {
+    /// Builds the flat tables for `slot` (reusing the palette codes it
+    /// holds); a table that does not fit is refused here, before anything
+    /// is written.
+    pub fn new(ebpf: &Ebpf, slot: u32, p: &'a CompiledPolicy) -> Result<Self, DatapathError> {
+        Ok(Self {
             rules_v4: rules_v4(p),
             rules_v6: rules_v6(p),
-            geo: &p.geo,
+            geo: geo::build_for(ebpf, slot, &p.geo)?,
+            geo_v4: p.geo.v4.len(),
+            geo_v6: p.geo.v6.len(),
             approval: &p.approval,
-        }
-    }
-}
-
-/// An LPM key of one family, from a prefix.
-trait LpmKey: Copy {
-    type Data: Pod + Ord + std::fmt::Debug;
-    fn key(&self) -> (Self::Data, u32);
-}
-
-impl LpmKey for Ipv4Network {
-    type Data = [u8; 4];
-    fn key(&self) -> ([u8; 4], u32) {
-        (self.network().octets(), self.prefix() as u32)
-    }
-}
-
-impl LpmKey for Ipv6Network {
-    type Data = [u8; 16];
-    fn key(&self) -> ([u8; 16], u32) {
-        (self.network().octets(), self.prefix() as u32)
-    }
-}
-
-fn geo_entry(prefix_len: u32, country: CountryCode) -> GeoEntry {
-    GeoEntry {
-        country: country_index(country),
-        prefix_len: prefix_len as u16,
+        })
     }
 }
 
@@ -197,76 +182,13 @@ fn write_trie<K: Pod + Ord, V: Pod + PartialEq>(
     Ok(delta)
 }
 
-/// Makes a GeoIP trie hold `new`: by applying `held.diff(new)` when the
-/// trie is known to hold `held`, else by reading it back.
-fn write_geo<A>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    new: &Table<A>,
-    held: Option<&Table<A>>,
-) -> Result<TableDelta, DatapathError>
-where
-    A: geoip::Family,
-    A::Net: LpmKey,
-{
-    if let Some(held) = held {
-        let diff = held.diff(new);
-        match apply_diff::<A>(ebpf, name, &diff) {
-            Ok(()) => {
-                return Ok(TableDelta {
-                    removed: diff.removed.len(),
-                    upserted: diff.upserted.len(),
-                    total: new.len(),
-                });
-            }
-            // The trie is not what this agent believes it wrote: recover by
-            // reading it back, which is slower but exact.
-            Err(e) => {
-                tracing::warn!(map = name, error = %e, "slot differs from what was written; rewriting it from a read-back")
-            }
-        }
-    }
-    let desired: Desired<<A::Net as LpmKey>::Data, GeoEntry> = new
-        .prefixes()
-        .map(|(n, c)| {
-            let (data, len) = n.key();
-            ((data, len), geo_entry(len, c))
-        })
-        .collect();
-    write_trie(ebpf, name, &desired)
-}
-
-fn apply_diff<A>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    diff: &Diff<A::Net>,
-) -> Result<(), DatapathError>
-where
-    A: geoip::Family,
-    A::Net: LpmKey,
-{
-    let mut trie = trie::<<A::Net as LpmKey>::Data, GeoEntry>(ebpf, name)?;
-    for n in &diff.removed {
-        let (data, len) = n.key();
-        trie.remove(&Key::new(len, data)).map_err(map_err(name))?;
-    }
-    for (n, c) in &diff.upserted {
-        let (data, len) = n.key();
-        trie.insert(&Key::new(len, data), geo_entry(len, *c), 0)
-            .map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
-/// Writes a whole policy into `slot` (which must not be active). `held` is
-/// the GeoIP table this agent last wrote into the slot, when it knows it:
-/// then only the difference is written (a daily refresh costs what changed);
-/// otherwise (an adopted slot) the slot is read back and diffed.
+/// Writes a whole policy into `slot` (which must not be active), each table
+/// as a diff against what the slot holds (a daily refresh costs what
+/// changed).
 pub fn write(
     ebpf: &mut Ebpf,
     slot: u32,
     c: &SlotContents<'_>,
-    held: Option<&GeoTable>,
 ) -> Result<SlotReport, DatapathError> {
     let started = Instant::now();
     let s = slot as usize;
@@ -274,8 +196,10 @@ pub fn write(
         slot,
         rules_v4: write_trie(ebpf, RULES4[s], &c.rules_v4)?,
         rules_v6: write_trie(ebpf, RULES6[s], &c.rules_v6)?,
-        geo_v4: write_geo(ebpf, GEO4[s], &c.geo.v4, held.map(|h| &h.v4))?,
-        geo_v6: write_geo(ebpf, GEO6[s], &c.geo.v6, held.map(|h| &h.v6))?,
+        geo: geo::write(ebpf, slot, &c.geo)?,
+        geo_v4: c.geo_v4,
+        geo_v6: c.geo_v6,
+        geo_build_seconds: c.geo.build_seconds,
         ..SlotReport::default()
     };
     let map = ebpf
@@ -290,11 +214,7 @@ pub fn write(
     Ok(report)
 }
 
-/// How many GeoIP prefixes per family are read back to verify a slot.
-const VERIFY_SAMPLES: usize = 2048;
-
-/// Reads the slot back: the whole approval table and rules, and an evenly
-/// spaced sample of each GeoIP table (exact-prefix lookups).
+/// Reads the slot back: the whole approval table, rules and GeoIP tables.
 pub fn verify(ebpf: &mut Ebpf, slot: u32, c: &SlotContents<'_>) -> Result<(), DatapathError> {
     let fail = |detail: String| DatapathError::Verify { slot, detail };
     {
@@ -313,8 +233,7 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, c: &SlotContents<'_>) -> Result<(), Da
     let s = slot as usize;
     verify_trie(ebpf, RULES4[s], &c.rules_v4).map_err(fail)?;
     verify_trie(ebpf, RULES6[s], &c.rules_v6).map_err(fail)?;
-    verify_geo(ebpf, GEO4[s], &c.geo.v4).map_err(fail)?;
-    verify_geo(ebpf, GEO6[s], &c.geo.v6).map_err(fail)?;
+    geo::verify(ebpf, slot, &c.geo).map_err(fail)?;
     Ok(())
 }
 
@@ -345,18 +264,4 @@ fn verify_trie<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq + std::fmt::De
     desired: &Desired<K, V>,
 ) -> Result<(), String> {
     verify_entries(ebpf, name, desired.iter().map(|(k, v)| (*k, *v)))
-}
-
-/// An evenly spaced sample of [`VERIFY_SAMPLES`] prefixes of the table.
-fn verify_geo<A>(ebpf: &mut Ebpf, name: &'static str, table: &Table<A>) -> Result<(), String>
-where
-    A: geoip::Family,
-    A::Net: LpmKey,
-{
-    let step = (table.len() / VERIFY_SAMPLES).max(1);
-    let sample = table.prefixes().step_by(step).map(|(n, c)| {
-        let (data, len) = n.key();
-        ((data, len), geo_entry(len, c))
-    });
-    verify_entries(ebpf, name, sample)
 }

@@ -1,0 +1,99 @@
+//! The GeoIP lookup: address -> country index (0 when not located), in the
+//! flat tables of one slot (layout in `enforcer_common::layout`; the agent
+//! writes them in `enforcer/src/datapath/geo.rs`, and `explain.rs` mirrors
+//! this lookup).
+//!
+//! - IPv4, DIR-24-8: one byte per /24 (a palette code), and for the few
+//!   /24s that longer prefixes split, 256 codes in a hash keyed by the /24;
+//!   the palette turns the code into the country index.
+//! - IPv6: a sorted array of range starts, searched with a fixed number of
+//!   binary search steps (a bounded loop the verifier accepts).
+
+use enforcer_common::{
+    CFG_GEO6_LEN, COUNTRY_SLOTS, GEO4_BLOCK, GEO4_LONG, GEO6_BLOCK, GEO6_STEPS, UNKNOWN_COUNTRY,
+};
+
+use crate::maps::{GEO4_0, GEO4_1, GEO4L_0, GEO4L_1, GEO6_0, GEO6_1, GEOPAL, config};
+
+/// The country of an IPv4 address (bytes in network order) in `slot`.
+#[inline(always)]
+pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
+    let ip = u32::from_be_bytes(a);
+    let index24 = ip >> 8;
+    let (tbl24, long) = if slot == 0 {
+        (&GEO4_0, &GEO4L_0)
+    } else {
+        (&GEO4_1, &GEO4L_1)
+    };
+    let Some(block) = tbl24.get(index24 / GEO4_BLOCK as u32) else {
+        return UNKNOWN_COUNTRY;
+    };
+    let mut code = block[(index24 as usize) % GEO4_BLOCK];
+    if code == GEO4_LONG {
+        // SAFETY: the value is only read, by value, here; the agent writes
+        // the inactive slot only, so the entry is not being changed.
+        code = match unsafe { long.get(index24) } {
+            Some(chunk) => chunk[(ip & 0xff) as usize],
+            None => 0,
+        };
+    }
+    if code == 0 || code == GEO4_LONG {
+        return UNKNOWN_COUNTRY;
+    }
+    palette(slot, code)
+}
+
+/// The palette entry of `code` in `slot`; an out-of-range country (a
+/// corrupt value) is unknown, as it would read the other slot's policy.
+#[inline(always)]
+fn palette(slot: u32, code: u8) -> u16 {
+    match GEOPAL.get((slot & 1) * 256 + code as u32) {
+        Some(&c) if (c as usize) < COUNTRY_SLOTS => c,
+        _ => UNKNOWN_COUNTRY,
+    }
+}
+
+/// The country of an IPv6 address (bytes in network order) in `slot`.
+#[inline(always)]
+pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
+    let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let table = if slot == 0 { &GEO6_0 } else { &GEO6_1 };
+    let len = config(if slot == 0 {
+        CFG_GEO6_LEN[0]
+    } else {
+        CFG_GEO6_LEN[1]
+    });
+    if len == 0 {
+        return UNKNOWN_COUNTRY;
+    }
+    // Invariant: entry `base` starts at or below the address (entry 0 starts
+    // at `::`), and the answer is in base..base + n.
+    let mut base: u32 = 0;
+    let mut n: u32 = len;
+    for _ in 0..GEO6_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        let mid = base + half;
+        let Some(block) = table.get(mid / GEO6_BLOCK as u32) else {
+            return UNKNOWN_COUNTRY;
+        };
+        let i = (mid as usize) % GEO6_BLOCK;
+        let (shi, slo) = (block.hi[i], block.lo[i]);
+        if shi < hi || (shi == hi && slo <= lo) {
+            base = mid;
+        }
+        n -= half;
+    }
+    let Some(block) = table.get(base / GEO6_BLOCK as u32) else {
+        return UNKNOWN_COUNTRY;
+    };
+    let country = block.country[(base as usize) % GEO6_BLOCK];
+    if (country as usize) < COUNTRY_SLOTS {
+        country
+    } else {
+        UNKNOWN_COUNTRY
+    }
+}

@@ -1,0 +1,386 @@
+//! The GeoIP flat tables in the kernel against the `geoip` crate's lookup
+//! (issue 5: the fast decision keeps the exact same verdicts).
+//!
+//! The datapath is loaded through the agent library into a private pin
+//! directory, and each real database (GeoLite2-Country, then
+//! geo-whois-asn-country into the other slot, then GeoLite2 again) is
+//! installed with every country not approved, `unknown = deny` and events
+//! unlimited, so the kernel emits one event per packet carrying the country
+//! index it found. For each family, 50k addresses drawn uniformly, 50k from
+//! inside random prefixes and both ends ±1 of 2000 random prefixes go
+//! through `skb_egress` under BPF_PROG_TEST_RUN; the event's country is
+//! compared with `GeoTable::lookup` of the same address. Addresses in the
+//! built-in never-geolocated ranges are skipped (the exception trie decides
+//! them before any GeoIP lookup).
+//!
+//! The third install writes into a slot that already holds GeoLite2: it
+//! must change no block of the flat tables (a refresh costs what changed).
+//! Finally the kernel's memory accounting of every map (both slots full)
+//! is printed.
+
+use std::{
+    fs,
+    mem::offset_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::{CgroupSkb, TestRun, TestRunOptions},
+};
+use enforcer::{
+    config::Config,
+    datapath::{Datapath, map_memory, open_pinned},
+    policy::{BUILTIN_RANGES, CompiledPolicy, country_index},
+};
+use enforcer_common::{EVENTS, Event, Mode, NOT_APPROVED, UNKNOWN_COUNTRY};
+use enforcer_tests::{
+    privileged,
+    sandbox::{PREFIX, addr, sweep_stale},
+    scenario::real_geoip,
+    skip_unless,
+};
+use geoip::GeoTable;
+use ipnetwork::IpNetwork;
+
+const UNIFORM: usize = 50_000;
+const INSIDE: usize = 50_000;
+/// Prefixes whose first and last address, and the ones just outside, are
+/// tested.
+const BOUNDARY_PREFIXES: usize = 2_000;
+/// test_runs between two reads of the ring buffer: fewer than the 1 MiB
+/// ring holds (88 bytes per record).
+const BATCH: usize = 8_000;
+const ETH_HLEN: usize = 14;
+
+/// The pin directory, removed on drop, also when the test panics.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.0.exists()
+            && let Err(e) = fs::remove_dir_all(&self.0)
+        {
+            eprintln!("warning: cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// splitmix64: reproducible from a printed seed, without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn u128(&mut self) -> u128 {
+        (u128::from(self.next()) << 64) | u128::from(self.next())
+    }
+}
+
+/// A UDP packet to `dest` in an Ethernet frame (test_run hands the
+/// program the packet from the IP header on).
+fn frame(dest: IpAddr) -> Vec<u8> {
+    let udp_len: u16 = 8 + 4;
+    let mut f = Vec::with_capacity(ETH_HLEN + 40 + udp_len as usize);
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+    match dest {
+        IpAddr::V4(d) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+            h[6] = 0x40;
+            h[8] = 64;
+            h[9] = 17;
+            h[12..16].copy_from_slice(&addr::CLIENT_V4.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            f.extend_from_slice(&h);
+        }
+        IpAddr::V6(d) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut h = [0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            h[6] = 17;
+            h[7] = 64;
+            h[8..24].copy_from_slice(&addr::CLIENT_V6.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            f.extend_from_slice(&h);
+        }
+    }
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&53u16.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
+    f
+}
+
+fn builtin() -> Vec<IpNetwork> {
+    BUILTIN_RANGES
+        .iter()
+        .map(|(net, _)| net.parse().expect("built-in range"))
+        .collect()
+}
+
+/// The test addresses of one family.
+fn addresses(rng: &mut Rng, geo: &GeoTable, v6: bool) -> Vec<IpAddr> {
+    let bits: u32 = if v6 { 128 } else { 32 };
+    let make = |v: u128| -> IpAddr {
+        if v6 {
+            IpAddr::V6(Ipv6Addr::from(v))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(v as u32))
+        }
+    };
+    let max = if v6 { u128::MAX } else { u128::from(u32::MAX) };
+    let prefixes: Vec<(u128, u32)> = if v6 {
+        geo.v6
+            .prefixes()
+            .map(|(n, _)| (u128::from(n.network()), u32::from(n.prefix())))
+            .collect()
+    } else {
+        geo.v4
+            .prefixes()
+            .map(|(n, _)| (u128::from(u32::from(n.network())), u32::from(n.prefix())))
+            .collect()
+    };
+    let end = |(s, p): (u128, u32)| s | (u128::MAX.checked_shr(128 - (bits - p)).unwrap_or(0));
+    let mut out = Vec::with_capacity(UNIFORM + INSIDE + 4 * BOUNDARY_PREFIXES);
+    for _ in 0..UNIFORM {
+        out.push(make(rng.u128() & max));
+    }
+    for _ in 0..INSIDE {
+        let (s, p) = prefixes[(rng.next() % prefixes.len() as u64) as usize];
+        let host = (rng.u128() & max).checked_shr(p + 128 - bits).unwrap_or(0);
+        out.push(make(s | host));
+    }
+    for _ in 0..BOUNDARY_PREFIXES {
+        let (s, p) = prefixes[(rng.next() % prefixes.len() as u64) as usize];
+        let e = end((s, p));
+        out.push(make(s));
+        out.push(make(e));
+        if let Some(before) = s.checked_sub(1) {
+            out.push(make(before));
+        }
+        if e < max {
+            out.push(make(e + 1));
+        }
+    }
+    // IPv4-mapped addresses are decided as IPv4 (check.rs covers them); the
+    // built-in ranges are decided by the exception trie.
+    let builtin = builtin();
+    out.retain(|ip| {
+        let mapped = matches!(ip, IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+        !mapped && !builtin.iter().any(|n| n.contains(*ip))
+    });
+    out
+}
+
+fn skb_egress(dp: &Datapath) -> &CgroupSkb {
+    dp.program("skb_egress")
+        .expect("skb_egress is in the datapath")
+        .try_into()
+        .unwrap_or_else(|e| panic!("skb_egress is not cgroup_skb: {e}"))
+}
+
+/// The country index the kernel found for each address, from the events.
+fn kernel_countries(prog: &CgroupSkb, ring: &mut RingBuf<MapData>, addrs: &[IpAddr]) -> Vec<u16> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for batch in addrs.chunks(BATCH) {
+        for ip in batch {
+            prog.test_run(TestRunOptions {
+                data_in: Some(&frame(*ip)),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run to {ip}: {e}"));
+        }
+        let mut got = 0;
+        while let Some(item) = ring.next() {
+            let bytes: &[u8] = &item;
+            assert!(bytes.len() >= size_of::<Event>(), "short event record");
+            let daddr = &bytes[offset_of!(Event, daddr)..offset_of!(Event, daddr) + 16];
+            let c = offset_of!(Event, country);
+            let country = u16::from_ne_bytes([bytes[c], bytes[c + 1]]);
+            let ip = batch
+                .get(got)
+                .unwrap_or_else(|| panic!("more events than packets"));
+            let want: [u8; 16] = match ip {
+                IpAddr::V4(a) => {
+                    let mut b = [0u8; 16];
+                    b[..4].copy_from_slice(&a.octets());
+                    b
+                }
+                IpAddr::V6(a) => a.octets(),
+            };
+            assert_eq!(daddr, want, "event {got} of the batch is not for {ip}");
+            out.push(country);
+            got += 1;
+        }
+        assert_eq!(
+            got,
+            batch.len(),
+            "every packet is refused and must be reported (rate limit or ring full?)"
+        );
+    }
+    out
+}
+
+fn config_text(pin_dir: &Path, id: &str, source: &Path) -> String {
+    format!(
+        "mode = \"enforce\"\n\
+         approved = [\"EEA\"]\n\
+         unknown = \"deny\"\n\
+         [geoip]\n\
+         sources = [{:?}]\n\
+         [scope]\n\
+         cgroups = [\"{id}-never-attached\"]\n\
+         [agent]\n\
+         pin_dir = {:?}\n",
+        source.display().to_string(),
+        pin_dir.display().to_string(),
+    )
+}
+
+#[test]
+fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
+    skip_unless!(privileged(), "needs root to load BPF programs");
+    let geolite = real_geoip("GeoLite2-Country.mmdb");
+    let whois = real_geoip("geo-whois-asn-country.mmdb");
+    skip_unless!(
+        geolite.is_some() && whois.is_some(),
+        "EE_GEOIP_DIR lacks GeoLite2-Country.mmdb or geo-whois-asn-country.mmdb (run `cargo xtask geoip fetch`)"
+    );
+    let (geolite, whois) = (geolite.expect("checked"), whois.expect("checked"));
+    sweep_stale();
+    let id = format!("{PREFIX}{}x0-flat", std::process::id());
+    let pins = PinDir(PathBuf::from(enforcer::paths::BPFFS).join(&id));
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .tempdir()
+        .expect("scratch directory");
+    let seed = std::env::var("EE_FLAT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    println!("seed {seed} (EE_FLAT_SEED={seed} repeats this run)");
+    let mut rng = Rng(seed);
+
+    let mut dp: Option<Datapath> = None;
+    let mut mismatches: Vec<String> = Vec::new();
+    let mut compared = 0usize;
+    let phases = [
+        ("GeoLite2", &geolite),
+        ("geo-whois", &whois),
+        ("GeoLite2 again", &geolite),
+    ];
+    for (phase, (name, source)) in phases.into_iter().enumerate() {
+        let path = dir.path().join(format!("{phase}.toml"));
+        fs::write(&path, config_text(&pins.0, &id, source)).expect("write config");
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
+        let dp = dp.get_or_insert_with(|| {
+            let mut dp = Datapath::load(&config.pin_dir).unwrap_or_else(|e| panic!("load: {e}"));
+            dp.set_event_limits(1_000_000, 1_000_000)
+                .expect("event limits");
+            dp
+        });
+        let mut policy =
+            CompiledPolicy::compile(&config).unwrap_or_else(|e| panic!("{name}: policy: {e}"));
+        // Nothing approved: every packet is refused and reported, with the
+        // country the kernel found.
+        policy.approval.iter_mut().for_each(|v| *v = NOT_APPROVED);
+        let report = dp
+            .install(&policy, Mode::Enforce)
+            .unwrap_or_else(|e| panic!("{name}: install: {e}"));
+        println!(
+            "{name}: slot {} {} IPv4 + {} IPv6 prefixes; {} /24s split, {} IPv6 entries; \
+             build {:.3}s write {:.3}s verify {:.3}s; written: {} IPv4 blocks, {} /24 chunks \
+             (+{} removed), {} IPv6 blocks",
+            report.slot,
+            report.geo_v4,
+            report.geo_v6,
+            report.geo.v4_long,
+            report.geo.v6_entries,
+            report.geo_build_seconds,
+            report.geo.write_seconds,
+            report.geo_verify_seconds,
+            report.geo.v4_blocks,
+            report.geo.v4_long_written,
+            report.geo.v4_long_removed,
+            report.geo.v6_blocks,
+        );
+        if phase == 2 {
+            assert_eq!(
+                (
+                    report.geo.v4_blocks,
+                    report.geo.v4_long_written,
+                    report.geo.v4_long_removed,
+                    report.geo.v6_blocks
+                ),
+                (0, 0, 0, 0),
+                "rewriting the table a slot already holds must change nothing"
+            );
+            continue;
+        }
+        let mut ring: RingBuf<MapData> = RingBuf::try_from(
+            open_pinned(&config.pin_dir, EVENTS).unwrap_or_else(|e| panic!("events: {e}")),
+        )
+        .unwrap_or_else(|e| panic!("events: {e}"));
+        while ring.next().is_some() {}
+        let prog = skb_egress(dp);
+        for v6 in [false, true] {
+            let addrs = addresses(&mut rng, &policy.geo, v6);
+            let started = Instant::now();
+            let got = kernel_countries(prog, &mut ring, &addrs);
+            let seconds = started.elapsed().as_secs_f64();
+            let mut located = 0;
+            for (ip, kernel) in addrs.iter().zip(&got) {
+                let want = policy
+                    .geo
+                    .lookup(*ip)
+                    .map_or(UNKNOWN_COUNTRY, |(_, c)| country_index(c));
+                located += usize::from(want != UNKNOWN_COUNTRY);
+                if *kernel != want {
+                    mismatches.push(format!(
+                        "{name} {ip}: kernel {kernel}, geoip {want} ({:?})",
+                        policy.geo.lookup(*ip)
+                    ));
+                }
+            }
+            compared += addrs.len();
+            println!(
+                "{name} {}: {} addresses ({located} located) compared in {seconds:.1}s",
+                if v6 { "IPv6" } else { "IPv4" },
+                addrs.len()
+            );
+        }
+    }
+
+    let memory = map_memory(&pins.0).unwrap_or_else(|e| panic!("map memory: {e}"));
+    let total: u64 = memory.values().sum();
+    for (map, bytes) in &memory {
+        println!("memory {map:<12} {:>10.2} MiB", *bytes as f64 / 1048576.0);
+    }
+    println!(
+        "memory of all maps (both slots): {:.2} MiB",
+        total as f64 / 1048576.0
+    );
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} addresses disagree (seed {seed}); first ones:\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(20)].join("\n")
+    );
+    println!("{compared} addresses, no disagreement");
+}
