@@ -241,6 +241,9 @@ struct V4Reader<'a> {
     slot: u32,
     blocks: std::collections::HashMap<u32, [u8; GEO4_BLOCK]>,
     chunks: std::collections::HashMap<u32, Option<[u8; 256]>>,
+    /// The slot's palette, read once: the walk along a range asks it for
+    /// every /24, and one map read each made a long run cost milliseconds.
+    palette: Option<[u16; 256]>,
 }
 
 impl V4Reader<'_> {
@@ -254,15 +257,22 @@ impl V4Reader<'_> {
         Ok(self.blocks[&b][index24 as usize % GEO4_BLOCK])
     }
 
-    fn palette(&self, code: u8) -> Result<u16, DatapathError> {
+    fn palette(&mut self, code: u8) -> Result<u16, DatapathError> {
         if code == 0 || code == GEO4_LONG {
             return Ok(UNKNOWN_COUNTRY);
         }
-        let c = self
-            .ex
-            .geopal
-            .get(&((self.slot & 1) * 256 + u32::from(code)), 0)
-            .map_err(map_err(GEOPAL))?;
+        if self.palette.is_none() {
+            let mut all = [0u16; 256];
+            for (i, entry) in all.iter_mut().enumerate() {
+                *entry = self
+                    .ex
+                    .geopal
+                    .get(&((self.slot & 1) * 256 + i as u32), 0)
+                    .map_err(map_err(GEOPAL))?;
+            }
+            self.palette = Some(all);
+        }
+        let c = self.palette.map_or(0, |p| p[usize::from(code)]);
         Ok(if (c as usize) < COUNTRY_SLOTS {
             c
         } else {
@@ -648,6 +658,7 @@ impl Explainer {
                     slot,
                     blocks: Default::default(),
                     chunks: Default::default(),
+                    palette: None,
                 };
                 let ip = u32::from_be_bytes(a);
                 let country = r.country(ip)?;
