@@ -44,6 +44,10 @@ pub struct AgentStatus {
     pub adopted: bool,
     /// The GeoIP sources of the policy in force.
     pub sources: Vec<geoip::SourceInfo>,
+    /// The flat GeoIP tables' fill: IPv4 /24s split by longer prefixes,
+    /// and IPv6 ranges.
+    pub geo_split24: usize,
+    pub geo_v6_ranges: usize,
     /// Exception and site rules in force, per family.
     pub rules_v4: usize,
     pub rules_v6: usize,
@@ -311,40 +315,14 @@ impl Collector for EnforcerCollector {
             }
         }
         {
-            let maps = [
-                (
-                    "geo_ipv4",
-                    status.prefixes_v4,
-                    enforcer_common::GEO_CAPACITY,
-                ),
-                (
-                    "geo_ipv6",
-                    status.prefixes_v6,
-                    enforcer_common::GEO_CAPACITY,
-                ),
-                (
-                    "rules_ipv4",
-                    status.rules_v4,
-                    enforcer_common::RULES_CAPACITY,
-                ),
-                (
-                    "rules_ipv6",
-                    status.rules_v6,
-                    enforcer_common::RULES_CAPACITY,
-                ),
-                (
-                    "mode_overrides",
-                    status.overrides.len(),
-                    enforcer_common::MODE_OVERRIDES_CAPACITY,
-                ),
-            ];
+            let maps = crate::datapath::map_fill_table(&status);
             let mut entries = encoder.encode_descriptor(
                 "enforcer_map_entries",
                 "Entries in the active policy slot's maps (each of the two slots has its own maps of the same capacity).",
                 None,
                 MetricType::Gauge,
             )?;
-            for (map, n, _) in maps {
+            for &(map, n, _) in &maps {
                 let labels = [("map", map)];
                 ConstGauge::new(n as i64).encode(entries.encode_family(&labels)?)?;
             }
@@ -354,7 +332,7 @@ impl Collector for EnforcerCollector {
                 None,
                 MetricType::Gauge,
             )?;
-            for (map, _, c) in maps {
+            for &(map, _, c) in &maps {
                 let labels = [("map", map)];
                 ConstGauge::new(i64::from(c)).encode(capacity.encode_family(&labels)?)?;
             }

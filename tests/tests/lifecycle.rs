@@ -157,11 +157,20 @@ fn real_database_layered_under_the_test_database() {
         "age {age} is now - build time ({})",
         now - epoch
     );
-    assert_eq!(m.sum("enforcer_map_entries", &[("map", "geo_ipv4")]), v4);
-    assert_eq!(m.sum("enforcer_map_entries", &[("map", "geo_ipv6")]), v6);
+    // The flat tables' own limits: split /24s and IPv6 ranges.
+    let split = m.sum("enforcer_map_entries", &[("map", "geo_ipv4_split24")]);
+    let ranges = m.sum("enforcer_map_entries", &[("map", "geo_ipv6_ranges")]);
+    assert!(
+        split > 1000.0 && ranges > 10_000.0,
+        "a world database splits many /24s ({split}) and has many IPv6 ranges ({ranges}; {v6} prefixes)"
+    );
     assert_eq!(
-        m.sum("enforcer_map_capacity", &[("map", "geo_ipv4")]),
-        f64::from(enforcer_common::GEO_CAPACITY)
+        m.sum("enforcer_map_capacity", &[("map", "geo_ipv4_split24")]),
+        f64::from(enforcer_common::GEO4_LONG_CAPACITY)
+    );
+    assert_eq!(
+        m.sum("enforcer_map_capacity", &[("map", "geo_ipv6_ranges")]),
+        f64::from(enforcer_common::GEO6_CAPACITY)
     );
     for hook in ["connect4", "connect6", "sendmsg4", "sendmsg6", "skb_egress"] {
         assert_eq!(

@@ -41,7 +41,7 @@ pub use self::{
     bpffs::BpffsError,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
     links::{AttachReport, Staged, UninstallReport, uninstall},
-    slots::{SlotReport, check_capacity, map_fill},
+    slots::{SlotReport, check_capacity, map_fill, map_fill_table},
 };
 use crate::{
     paths::PinLayout,

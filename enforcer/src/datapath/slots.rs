@@ -46,28 +46,46 @@ pub struct SlotReport {
     pub seconds: f64,
 }
 
-/// How full the per-slot maps are for a policy of these sizes: entries,
-/// capacity and the fraction, per map (each of the two slots has its own
-/// maps of this capacity).
-pub fn map_fill(
-    geo_v4: usize,
-    geo_v6: usize,
-    rules_v4: usize,
-    rules_v6: usize,
-) -> serde_json::Value {
-    let one = |entries: usize, capacity: u32| {
-        serde_json::json!({
-            "entries": entries,
-            "capacity": capacity,
-            "fill": entries as f64 / f64::from(capacity),
-        })
-    };
-    serde_json::json!({
-        "geo_ipv4": one(geo_v4, GEO_CAPACITY),
-        "geo_ipv6": one(geo_v6, GEO_CAPACITY),
-        "rules_ipv4": one(rules_v4, RULES_CAPACITY),
-        "rules_ipv6": one(rules_v6, RULES_CAPACITY),
-    })
+/// How full the per-slot maps are: (map, entries, capacity). Each of the
+/// two slots has its own maps of this capacity. For GeoIP the limits are
+/// the flat tables' own: /24s split by longer prefixes (their 256-address
+/// chunks) and IPv6 ranges; the IPv4 first level always covers every /24.
+pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 5] {
+    [
+        (
+            "geo_ipv4_split24",
+            s.geo_split24,
+            enforcer_common::GEO4_LONG_CAPACITY,
+        ),
+        (
+            "geo_ipv6_ranges",
+            s.geo_v6_ranges,
+            enforcer_common::GEO6_CAPACITY,
+        ),
+        ("rules_ipv4", s.rules_v4, RULES_CAPACITY),
+        ("rules_ipv6", s.rules_v6, RULES_CAPACITY),
+        (
+            "mode_overrides",
+            s.overrides.len(),
+            enforcer_common::MODE_OVERRIDES_CAPACITY,
+        ),
+    ]
+}
+
+/// [`map_fill_table`] as JSON, with the fraction.
+pub fn map_fill(s: &crate::metrics::AgentStatus) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (map, entries, capacity) in map_fill_table(s) {
+        out.insert(
+            map.to_owned(),
+            serde_json::json!({
+                "entries": entries,
+                "capacity": capacity,
+                "fill": entries as f64 / f64::from(capacity),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
 }
 
 /// Refuses a policy that does not fit the maps, before anything is written.

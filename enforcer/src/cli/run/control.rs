@@ -115,7 +115,7 @@ impl AgentHandler {
             })).collect::<Vec<_>>(),
             "prefixes": { "ipv4": s.prefixes_v4, "ipv6": s.prefixes_v6 },
             "rules": { "ipv4": s.rules_v4, "ipv6": s.rules_v6 },
-            "map_fill": crate::datapath::map_fill(s.prefixes_v4, s.prefixes_v6, s.rules_v4, s.rules_v6),
+            "map_fill": crate::datapath::map_fill(&s),
             "approved_countries": s.approved_countries,
             "policy_loads": { "ok": s.policy_loads_ok, "failed": s.policy_loads_failed },
             "last_error": s.last_error,

@@ -275,6 +275,8 @@ fn apply(
     s.mode_from_runtime = mode_from_runtime;
     s.overrides = shown_overrides;
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    s.geo_split24 = report.geo.v4_long;
+    s.geo_v6_ranges = report.geo.v6_entries;
     s.rules_v4 = p.policy.rules_v4.len();
     s.rules_v6 = p.policy.rules_v6.len();
     s.scope = p
