@@ -27,6 +27,7 @@ pub mod probe;
 pub mod router;
 pub mod sandbox;
 pub mod scenario;
+pub mod testrun;
 
 /// Whether the tests run in CI, where a skipped kernel test is a failure.
 pub fn in_ci() -> bool {

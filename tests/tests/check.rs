@@ -61,6 +61,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, remove_cgroup, sweep_stale},
     scenario::{TEST_DB_CSV, real_geoip},
     skip_unless,
+    testrun::{PinDir, Rng},
 };
 use geoip::{CountryCode, GeoTable};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -79,19 +80,6 @@ const ETH_HLEN: usize = 14;
 const PASS: u32 = 1;
 const DROP: u32 = 0;
 
-/// The pin directory, removed on drop, also when the test panics.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
 /// A cgroup made by the test (no process in it, nothing attached), removed
 /// on drop.
 struct TestCgroup(PathBuf);
@@ -99,44 +87,6 @@ struct TestCgroup(PathBuf);
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         remove_cgroup(&self.0);
-    }
-}
-
-/// splitmix64: a reproducible stream from a printed seed, without a
-/// dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-
-    /// A random address inside `net`.
-    fn inside(&mut self, net: IpNetwork) -> IpAddr {
-        match net {
-            IpNetwork::V4(n) => {
-                let host = (self.next() as u32)
-                    .checked_shr(u32::from(n.prefix()))
-                    .unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | host))
-            }
-            IpNetwork::V6(n) => {
-                let host = self.u128().checked_shr(u32::from(n.prefix())).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
-            }
-        }
     }
 }
 
@@ -579,7 +529,7 @@ fn addresses(rng: &mut Rng, geo: &GeoTable, rules: &Rules) -> Vec<IpAddr> {
         }
     }
     for _ in 0..PER_SOURCE {
-        out.push(IpAddr::V4(Ipv4Addr::from(rng.next() as u32)));
+        out.push(IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32)));
     }
     // Half over all of IPv6 (nearly all unknown or built-in), half over the
     // global unicast 2000::/3 where databases have entries.

@@ -41,6 +41,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, sweep_stale},
     scenario::real_geoip,
     skip_unless,
+    testrun::{PinDir, Rng},
 };
 use geoip::GeoTable;
 use ipnetwork::IpNetwork;
@@ -54,36 +55,6 @@ const BOUNDARY_PREFIXES: usize = 2_000;
 /// ring holds (88 bytes per record).
 const BATCH: usize = 8_000;
 const ETH_HLEN: usize = 14;
-
-/// The pin directory, removed on drop, also when the test panics.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
-
-/// splitmix64: reproducible from a printed seed, without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn u128(&mut self) -> u128 {
-        (u128::from(self.next()) << 64) | u128::from(self.next())
-    }
-}
 
 /// A UDP packet to `dest` in an Ethernet frame (test_run hands the
 /// program the packet from the IP header on).
@@ -158,12 +129,12 @@ fn addresses(rng: &mut Rng, geo: &GeoTable, v6: bool) -> Vec<IpAddr> {
         out.push(make(rng.u128() & max));
     }
     for _ in 0..INSIDE {
-        let (s, p) = prefixes[(rng.next() % prefixes.len() as u64) as usize];
+        let (s, p) = prefixes[(rng.next_u64() % prefixes.len() as u64) as usize];
         let host = (rng.u128() & max).checked_shr(p + 128 - bits).unwrap_or(0);
         out.push(make(s | host));
     }
     for _ in 0..BOUNDARY_PREFIXES {
-        let (s, p) = prefixes[(rng.next() % prefixes.len() as u64) as usize];
+        let (s, p) = prefixes[(rng.next_u64() % prefixes.len() as u64) as usize];
         let e = end((s, p));
         out.push(make(s));
         out.push(make(e));

@@ -44,6 +44,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, sweep_stale},
     scenario::TEST_DB_CSV,
     skip_unless,
+    testrun::PinDir,
 };
 
 /// `BPF_PROG_TEST_RUN` for skb programs (net/bpf/test_run.c,
@@ -423,20 +424,6 @@ fn skb_egress(dp: &Datapath) -> &CgroupSkb {
         .unwrap_or_else(|| panic!("{PROGRAM} is not in the datapath"))
         .try_into()
         .unwrap_or_else(|e| panic!("{PROGRAM} is not cgroup_skb: {e}"))
-}
-
-/// The pin directory, removed on drop, also when the test panics. bpffs
-/// itself is left mounted.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: cannot remove {}: {e}", self.0.display());
-        }
-    }
 }
 
 /// Pins this thread to one CPU: the event token bucket is per CPU, and the
