@@ -56,10 +56,23 @@ struct Args {
     out: PathBuf,
     runs: usize,
     packets: usize,
-    /// `--connect-only`: skip everything before the connect rate (for
-    /// working on that part).
-    connect_only: bool,
+    /// `--only a,b`: run only these sections (for working on one part;
+    /// the table then lacks the others). All when empty.
+    only: Vec<String>,
 }
+
+/// The sections `--only` can name, in the order they run.
+const SECTIONS: [&str; 5] = ["load", "decision", "memory", "firewalls", "connect"];
+
+impl Args {
+    /// Whether `section` runs.
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+const USAGE: &str =
+    "usage: ee-bench --db PATH [--out DIR] [--runs N] [--packets N] [--only SECTION,...]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
@@ -67,7 +80,7 @@ fn args() -> Result<Args> {
         out: PathBuf::from("bench/results"),
         runs: 5,
         packets: 100_000,
-        connect_only: false,
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -77,14 +90,22 @@ fn args() -> Result<Args> {
             "--out" => a.out = PathBuf::from(v()?),
             "--runs" => a.runs = v()?.parse().context("--runs")?,
             "--packets" => a.packets = v()?.parse().context("--packets")?,
-            "--connect-only" => a.connect_only = true,
-            other => bail!(
-                "unknown argument {other}; usage: ee-bench --db PATH [--out DIR] [--runs N] [--packets N]"
-            ),
+            "--only" => {
+                for s in v()?.split(',') {
+                    if !SECTIONS.contains(&s) {
+                        bail!(
+                            "--only: unknown section {s:?}; the sections are {}",
+                            SECTIONS.join(", ")
+                        );
+                    }
+                    a.only.push(s.to_owned());
+                }
+            }
+            other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
     if a.db.as_os_str().is_empty() {
-        bail!("usage: ee-bench --db PATH [--out DIR] [--runs N] [--packets N]");
+        bail!("{USAGE}");
     }
     Ok(a)
 }
@@ -150,23 +171,29 @@ fn run() -> Result<()> {
         enforcer::policy::CompiledPolicy::compile(&cfg)
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?
     };
-    if !args.connect_only {
-        measure_kernel(&args, &id, scratch.path(), &policy, &mut rep, &elapsed)?;
-    }
+    measure_kernel(&args, &id, scratch.path(), &policy, &mut rep, &elapsed)?;
 
     // (2) connect() rate and (5) the agent's peak RSS.
-    println!(
-        "{} connect()+close() rate and the agent's peak RSS",
-        elapsed()
-    );
-    match connect::measure(&args.db, &policy, args.runs, &mut rep) {
-        Ok(()) => {}
-        Err(e) => {
-            println!("  connect rate failed: {e:#}");
-            rep.not_measured.push(format!(
-                "connect()+close() rate and agent RSS: the run failed: {e:#}"
-            ));
+    if args.wants("connect") {
+        println!(
+            "{} connect()+close() rate and the agent's peak RSS",
+            elapsed()
+        );
+        match connect::measure(&args.db, &policy, args.runs, &mut rep) {
+            Ok(()) => {}
+            Err(e) => {
+                println!("  connect rate failed: {e:#}");
+                rep.not_measured.push(format!(
+                    "connect()+close() rate and agent RSS: the run failed: {e:#}"
+                ));
+            }
         }
+    }
+    if !args.only.is_empty() {
+        rep.not_measured.push(format!(
+            "this run measured only: {} (ee-bench --only)",
+            args.only.join(", ")
+        ));
     }
 
     rep.notes.push(
@@ -194,75 +221,102 @@ fn measure_kernel(
     elapsed: &dyn Fn() -> String,
 ) -> Result<()> {
     // (4) Load time, which also leaves the live datapath for (1) and (5).
-    println!(
-        "{} load time: the agent's path from .mmdb to live",
-        elapsed()
-    );
-    let (rows, live) = load::enforcer(scratch, &args.db, id, args.runs, &mut rep.notes)?;
-    rep.rows.extend(rows);
-
-    // (1) Decision cost.
-    println!(
-        "{} decision cost: building the LPM trie baseline",
-        elapsed()
-    );
-    let progs = decision::prepare(&live.policy)?;
-    let skb = live
-        .dp
-        .program("skb_egress")
-        .context("skb_egress is not in the datapath")?;
-    let skb_fd = skb
-        .fd()
-        .map_err(|e| anyhow::anyhow!("skb_egress fd: {e}"))?
-        .as_fd()
-        .as_raw_fd();
-    println!(
-        "{} decision cost: {} packets per family per run",
-        elapsed(),
-        args.packets
-    );
-    let rows = on_one_cpu(|| {
-        decision::measure(
-            skb_fd,
-            &progs,
-            &live.policy,
-            args.runs,
-            args.packets,
-            &mut rep.notes,
-        )
-    })?;
-    rep.rows.extend(rows);
-    rep.notes.push(
-        "decision: BPF_PROG_TEST_RUN with repeat = 1 per packet (a fresh dummy socket each time, so skb_egress's per-socket verdict cache never answers), the kernel's own duration, mean per run; the empty program's time is subtracted; process pinned to one CPU"
-            .into(),
-    );
-
-    // (5) Kernel memory of every map: the enforcer's (both slots hold the
-    // full table) and the LPM trie baseline's.
-    println!("{} kernel memory of every map", elapsed());
-    rep.maps = memory::maps();
-    let total = |owner: &str| {
-        rep.maps
-            .iter()
-            .filter(|m| m.owner == owner)
-            .map(|m| m.bytes)
-            .sum::<u64>() as f64
-            / 1048576.0
+    let live = if ["load", "decision", "memory"].iter().any(|s| args.wants(s)) {
+        println!(
+            "{} load time: the agent's path from .mmdb to live",
+            elapsed()
+        );
+        let (rows, live) = load::enforcer(scratch, &args.db, id, args.runs, &mut rep.notes)?;
+        rep.rows.extend(rows);
+        Some(live)
+    } else {
+        None
     };
-    let mut enf = Row::new("memory", "enforcer: all maps, both slots full", "MiB")
-        .vs("LPM trie", "LPM trie baseline: both tries");
-    enf.samples.push(total("enforcer"));
-    let mut lpm = Row::new("memory", "LPM trie baseline: both tries", "MiB");
-    lpm.samples.push(total("LPM trie baseline"));
-    rep.push(enf);
-    rep.push(lpm);
-    drop(progs);
-    drop(live);
+    if let Some(live) = live {
+        measure_live(args, live, rep, elapsed)?;
+    }
 
     // (4) continued: nftables and ipset loading the same prefixes.
-    println!("{} load time: nft -f and ipset restore", elapsed());
-    let ns = load::Netns::new(format!("{id}fw"))?;
-    let rows = load::firewalls(scratch, &ns.0, policy, args.runs, &mut rep.notes)?;
-    rep.rows.extend(rows);
+    if args.wants("firewalls") {
+        println!("{} load time: nft -f and ipset restore", elapsed());
+        let ns = load::Netns::new(format!("{id}fw"))?;
+        let rows = load::firewalls(scratch, &ns.0, policy, args.runs, &mut rep.notes)?;
+        rep.rows.extend(rows);
+    }
+    Ok(())
+}
+
+/// (1) decision cost and (5) map memory, on the datapath the load left.
+fn measure_live(
+    args: &Args,
+    live: load::Live,
+    rep: &mut Report,
+    elapsed: &dyn Fn() -> String,
+) -> Result<()> {
+    // (1) Decision cost.
+    let progs = if args.wants("decision") || args.wants("memory") {
+        println!(
+            "{} decision cost: building the LPM trie baseline",
+            elapsed()
+        );
+        Some(decision::prepare(&live.policy)?)
+    } else {
+        None
+    };
+    if let Some(progs) = progs.as_ref().filter(|_| args.wants("decision")) {
+        let skb = live
+            .dp
+            .program("skb_egress")
+            .context("skb_egress is not in the datapath")?;
+        let skb_fd = skb
+            .fd()
+            .map_err(|e| anyhow::anyhow!("skb_egress fd: {e}"))?
+            .as_fd()
+            .as_raw_fd();
+        println!(
+            "{} decision cost: {} packets per family per run",
+            elapsed(),
+            args.packets
+        );
+        let rows = on_one_cpu(|| {
+            decision::measure(
+                skb_fd,
+                progs,
+                &live.policy,
+                args.runs,
+                args.packets,
+                &mut rep.notes,
+            )
+        })?;
+        rep.rows.extend(rows);
+        rep.notes.push(
+            "decision: BPF_PROG_TEST_RUN with repeat = 1 per packet (a fresh dummy socket each time, so skb_egress's per-socket verdict cache never answers), the kernel's own duration, mean per run; the empty program's time is subtracted; process pinned to one CPU"
+                .into(),
+        );
+    }
+
+    if args.wants("memory") {
+        // (5) Kernel memory of every map: the enforcer's (both slots hold the
+        // full table) and the LPM trie baseline's.
+        println!("{} kernel memory of every map", elapsed());
+        rep.maps = memory::maps();
+        let total = |owner: &str| {
+            rep.maps
+                .iter()
+                .filter(|m| m.owner == owner)
+                .map(|m| m.bytes)
+                .sum::<u64>() as f64
+                / 1048576.0
+        };
+        let mut enf = Row::new("memory", "enforcer: all maps, both slots full", "MiB")
+            .vs("LPM trie", "LPM trie baseline: both tries");
+        enf.samples.push(total("enforcer"));
+        let mut lpm = Row::new("memory", "LPM trie baseline: both tries", "MiB");
+        lpm.samples.push(total("LPM trie baseline"));
+        rep.push(enf);
+        rep.push(lpm);
+    }
+    drop(progs);
+    drop(live);
     Ok(())
 }
