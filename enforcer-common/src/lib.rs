@@ -12,6 +12,7 @@
 //! - the `user` feature adds `aya::Pod` so the agent can use them in maps.
 #![no_std]
 
+pub mod bench;
 pub mod country;
 pub mod layout;
 pub mod verdict;

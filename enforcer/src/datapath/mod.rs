@@ -52,6 +52,12 @@ use crate::{
 /// The compiled datapath object, built by build.rs with aya-build.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-ebpf"));
 
+/// The benchmark's own object (`enforcer-ebpf/src/bench.rs`), built beside
+/// [`OBJECT`] from the same decision code. Only `ee-bench` loads it; the
+/// agent binary never references it, so the linker leaves it out.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer-bench"));
+
 /// How a cgroup program is loaded and attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {

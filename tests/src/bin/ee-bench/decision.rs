@@ -1,82 +1,158 @@
-//! Per-decision cost with `BPF_PROG_TEST_RUN`: the empty program, the
-//! agent's `skb_egress` and a plain LPM trie of the same prefixes, on random
-//! destinations drawn from the database.
+//! Per-decision cost with `BPF_PROG_TEST_RUN`, on random destinations drawn
+//! from the database, for the empty program, the enforcer's decision and a
+//! plain LPM trie of the same prefixes, and what `skb_egress` costs a packet
+//! around the decision.
 //!
-//! `repeat` = 1 on many distinct packets, not `repeat` >= 1e6 on one: the
-//! kernel runs every repeat on the same skb and the same dummy socket
-//! (net/bpf/test_run.c, `bpf_prog_test_run_skb`), and `skb_egress` caches
-//! its verdict in socket storage, so repeats 2..n would measure the cache,
-//! not the decision. Each call makes a fresh dummy socket: every run below
-//! decides from scratch. The kernel times the run itself (`duration`, ns,
-//! `bpf_test_timer_enter`..`leave` around `bpf_prog_run`), so the syscall
-//! does not count; the empty program's time (timer and run overhead) is
-//! subtracted. The three programs are run on each packet in turn, so cache
+//! The decision rows run the bench object (`enforcer-ebpf/src/bench.rs`):
+//! its programs call the datapath's own `decide()` on the maps the agent
+//! filled (loaded with the live datapath's pin directory), or look the
+//! address up in an LPM trie, or do nothing, each taking the next of 1 Mi
+//! random destinations per run, so `repeat` = 1e6 decides 1e6 different
+//! addresses and the empty program's time is exactly the walk they share.
+//! The kernel times the runs itself (`duration`: ns per run,
+//! `bpf_test_timer_leave` in net/bpf/test_run.c), so the syscall does not
+//! count. The three programs run in turn, order rotated per run, so cache
 //! and frequency effects fall on all three alike.
+//!
+//! The `skb_egress` rows are the whole packet hook: on the first packet of
+//! a socket (`repeat` = 1 on many packets: each call makes a fresh dummy
+//! socket, so the hook decides, creates the socket's verdict storage,
+//! counts and, for a refused destination, emits an event) and on a packet
+//! of a socket already decided (`repeat` = 1e6 on one packet: the kernel
+//! reuses the skb and its socket, so every run after the first answers
+//! from the verdict cache and counts), each minus an empty program run the
+//! same way.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+    path::Path,
 };
 
-use anyhow::{Context as _, Result};
-use enforcer::policy::{CompiledPolicy, country_index};
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, lpm_trie::Key},
+    programs::CgroupSkb,
+};
+use enforcer::{
+    datapath::BENCH_OBJECT,
+    paths::PinLayout,
+    policy::{CompiledPolicy, country_index},
+};
+use enforcer_common::bench::{
+    BENCH_DESTS, BENCH_DST4, BENCH_DST6, BENCH_LPM4, BENCH_LPM6, BENCH_PROGRAMS,
+};
 
 use crate::{Rng, bpf, report::Row};
 
-/// The bench-only programs and the LPM trie maps they read.
+/// Repeats per `BPF_PROG_TEST_RUN` call of the decision programs.
+pub const REPEAT: u32 = 1_000_000;
+
+/// The bench object (its programs loaded, its LPM tries and destinations
+/// filled) and an empty program for the `skb_egress` rows.
 pub struct Programs {
-    pub empty: OwnedFd,
-    pub lpm: OwnedFd,
-    /// Kept open: the LPM program holds them too, but the memory table
-    /// reads them from this process's fds.
-    _maps: [OwnedFd; 2],
+    ebpf: Ebpf,
+    empty_skb: OwnedFd,
 }
 
-/// Creates both LPM tries with every GeoIP prefix of `policy` (value: the
-/// country index, as the agent stores it) and loads both programs.
-pub fn prepare(policy: &CompiledPolicy) -> Result<Programs> {
-    let (n4, n6) = policy.geo_len();
-    let v4 =
-        bpf::create_lpm("bench_lpm4", 4, n4.max(1) as u32).context("creating the IPv4 LPM trie")?;
-    let v6 = bpf::create_lpm("bench_lpm6", 16, n6.max(1) as u32)
-        .context("creating the IPv6 LPM trie")?;
-    for (net, cc) in policy.geo.v4.prefixes() {
-        bpf::lpm_insert(
-            &v4,
-            net.prefix().into(),
-            &net.network().octets(),
-            country_index(cc).into(),
-        )
-        .with_context(|| format!("inserting {net}"))?;
+/// Loads the bench object against the live datapath's maps (`pin_dir`, the
+/// agent's configured pin directory), fills both LPM tries with every GeoIP
+/// prefix of `policy` (value: the country index, as the agent stores it)
+/// and the destination arrays with random addresses.
+pub fn prepare(pin_dir: &Path, policy: &CompiledPolicy) -> Result<Programs> {
+    let pins = PinLayout::new(pin_dir);
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(&pins.maps)
+        .load(BENCH_OBJECT)
+        .context("loading the bench object")?;
+    for name in BENCH_PROGRAMS.as_flattened() {
+        let p: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} is not in the bench object"))?
+            .try_into()
+            .with_context(|| format!("{name}"))?;
+        p.load().with_context(|| format!("loading {name}"))?;
     }
-    for (net, cc) in policy.geo.v6.prefixes() {
-        bpf::lpm_insert(
-            &v6,
-            net.prefix().into(),
-            &net.network().octets(),
-            country_index(cc).into(),
-        )
-        .with_context(|| format!("inserting {net}"))?;
+    {
+        let mut v4: LpmTrie<&mut MapData, [u8; 4], u32> = lpm(&mut ebpf, BENCH_LPM4)?;
+        for (net, cc) in policy.geo.v4.prefixes() {
+            v4.insert(
+                &Key::new(net.prefix().into(), net.network().octets()),
+                u32::from(country_index(cc)),
+                0,
+            )
+            .with_context(|| format!("inserting {net}"))?;
+        }
     }
-    let empty = bpf::load_program(
+    {
+        let mut v6: LpmTrie<&mut MapData, [u8; 16], u32> = lpm(&mut ebpf, BENCH_LPM6)?;
+        for (net, cc) in policy.geo.v6.prefixes() {
+            v6.insert(
+                &Key::new(net.prefix().into(), net.network().octets()),
+                u32::from(country_index(cc)),
+                0,
+            )
+            .with_context(|| format!("inserting {net}"))?;
+        }
+    }
+    let (d4, d6) = destinations(policy, &mut Rng::new(0x5eed_0001), BENCH_DESTS as usize);
+    {
+        let mut a: Array<&mut MapData, [u8; 4]> = array(&mut ebpf, BENCH_DST4)?;
+        for (i, d) in d4.iter().enumerate() {
+            if let IpAddr::V4(d) = d {
+                a.set(i as u32, d.octets(), 0).context(BENCH_DST4)?;
+            }
+        }
+    }
+    {
+        let mut a: Array<&mut MapData, [u8; 16]> = array(&mut ebpf, BENCH_DST6)?;
+        for (i, d) in d6.iter().enumerate() {
+            if let IpAddr::V6(d) = d {
+                a.set(i as u32, d.octets(), 0).context(BENCH_DST6)?;
+            }
+        }
+    }
+    let empty_skb = bpf::load_program(
         bpf::BPF_PROG_TYPE_CGROUP_SKB,
         bpf::BPF_CGROUP_INET_EGRESS,
         "bench_empty",
         &bpf::empty_program(),
     )
     .context("loading the empty program")?;
-    let lpm = bpf::load_program(
-        bpf::BPF_PROG_TYPE_CGROUP_SKB,
-        bpf::BPF_CGROUP_INET_EGRESS,
-        "bench_lpm",
-        &bpf::lpm_program(&v4, &v6),
-    )
-    .context("loading the LPM trie program")?;
-    Ok(Programs {
-        empty,
-        lpm,
-        _maps: [v4, v6],
-    })
+    Ok(Programs { ebpf, empty_skb })
+}
+
+fn lpm<'a, K: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<LpmTrie<&'a mut MapData, K, u32>> {
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("{name} is not in the bench object"))?;
+    LpmTrie::try_from(map).with_context(|| format!("{name}"))
+}
+
+fn array<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<Array<&'a mut MapData, V>> {
+    let map = ebpf
+        .map_mut(name)
+        .with_context(|| format!("{name} is not in the bench object"))?;
+    Array::try_from(map).with_context(|| format!("{name}"))
+}
+
+impl Programs {
+    fn fd(&self, name: &str) -> Result<RawFd> {
+        let p: &CgroupSkb = self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("{name} is not in the bench object"))?
+            .try_into()
+            .with_context(|| format!("{name}"))?;
+        Ok(p.fd()
+            .map_err(|e| anyhow!("{name}: {e}"))?
+            .as_fd()
+            .as_raw_fd())
+    }
 }
 
 /// Random destinations: a prefix drawn uniformly from the table, then a
@@ -160,64 +236,120 @@ pub fn frame(dest: IpAddr) -> Vec<u8> {
     f
 }
 
-/// Mean kernel-measured ns per run of each program over `dests`, and how
-/// many of them `skb_egress` dropped.
-fn one_pass(progs: [RawFd; 3], dests: &[IpAddr]) -> Result<([f64; 3], usize)> {
-    let mut sum = [0u64; 3];
-    let mut dropped = 0;
+/// Mean kernel-measured ns per run of `prog` over `repeat` runs on `data`,
+/// and its return value.
+fn timed(prog: RawFd, data: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let (ret, ns) = bpf::test_run(prog, data, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok((ret, f64::from(ns)))
+}
+
+/// `skb_egress` and the empty program on the first packet of a fresh
+/// socket for each of `dests`: mean ns of each, and how many were dropped.
+fn first_packets(skb_egress: RawFd, empty: RawFd, dests: &[IpAddr]) -> Result<(f64, f64, usize)> {
+    let (mut enf, mut base, mut dropped) = (0.0, 0.0, 0);
     for (i, d) in dests.iter().enumerate() {
         let data = frame(*d);
-        for k in 0..3 {
-            // Rotate which program goes first.
-            let p = (i + k) % 3;
-            let (ret, ns) = bpf::test_run(progs[p], &data)
-                .with_context(|| format!("BPF_PROG_TEST_RUN on {d}"))?;
-            sum[p] += u64::from(ns);
-            if p == 1 && ret == 0 {
-                dropped += 1;
+        let order = if i % 2 == 0 {
+            [skb_egress, empty]
+        } else {
+            [empty, skb_egress]
+        };
+        for p in order {
+            let (ret, ns) = timed(p, &data, 1).with_context(|| format!("on {d}"))?;
+            if p == skb_egress {
+                enf += ns;
+                dropped += usize::from(ret == 0);
+            } else {
+                base += ns;
             }
         }
     }
     let n = dests.len().max(1) as f64;
-    Ok((sum.map(|s| s as f64 / n), dropped))
+    Ok((enf / n, base / n, dropped))
 }
 
-/// The decision rows: `runs` passes of `n` fresh destinations per family.
+/// The decision rows: `runs` rounds; each runs every decision program with
+/// `REPEAT` repeats and `skb_egress` on `packets` fresh destinations per
+/// family.
 pub fn measure(
     skb_egress: RawFd,
     progs: &Programs,
     policy: &CompiledPolicy,
     runs: usize,
-    n: usize,
+    packets: usize,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Row>> {
     const S: &str = "decision (BPF_PROG_TEST_RUN)";
+    const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
     let mut rows = Vec::new();
-    for fam in ["IPv4", "IPv6"] {
+    for fam in FAMILIES {
         rows.push(Row::new(
             S,
-            format!("empty program, {fam} (baseline)"),
+            format!("empty program walking the destinations, {fam} (baseline)"),
             "ns/run",
         ));
         rows.push(
-            Row::new(S, format!("enforcer skb_egress, {fam}, minus empty"), "ns")
+            Row::new(S, format!("enforcer decision, {fam}, minus empty"), "ns")
                 .vs("LPM trie", format!("LPM trie, {fam}, minus empty")),
         );
         rows.push(Row::new(S, format!("LPM trie, {fam}, minus empty"), "ns"));
+        rows.push(Row::new(
+            S,
+            format!("of the decision: exception rules lookup alone, {fam}, minus empty"),
+            "ns",
+        ));
+        rows.push(Row::new(
+            S,
+            format!("of the decision: GeoIP flat table lookup alone, {fam}, minus empty"),
+            "ns",
+        ));
+        rows.push(Row::new(
+            S,
+            format!("skb_egress, first packet of a socket, {fam}, minus empty"),
+            "ns",
+        ));
+        rows.push(Row::new(
+            S,
+            format!("skb_egress, packet of a decided socket, {fam}, minus empty"),
+            "ns",
+        ));
     }
-    let mut rng = Rng::new(0x5eed_0001);
-    let fds = [progs.empty.as_raw_fd(), skb_egress, progs.lpm.as_raw_fd()];
+    let fds = BENCH_PROGRAMS
+        .iter()
+        .map(|names| -> Result<Vec<RawFd>> { names.iter().map(|n| progs.fd(n)).collect() })
+        .collect::<Result<Vec<_>>>()?;
+    let empty_skb = progs.empty_skb.as_raw_fd();
+    let mut rng = Rng::new(0x5eed_0002);
     for run in 0..runs {
-        let (d4, d6) = destinations(policy, &mut rng, n);
+        let (d4, d6) = destinations(policy, &mut rng, packets);
         for (f, dests) in [d4, d6].iter().enumerate() {
-            let ([empty, enf, lpm], dropped) = one_pass(fds, dests)?;
-            rows[3 * f].samples.push(empty);
-            rows[3 * f + 1].samples.push(enf - empty);
-            rows[3 * f + 2].samples.push(lpm - empty);
+            const N: usize = BENCH_PROGRAMS[0].len();
+            let r = (N + 2) * f;
+            // The bench programs read their destination from the map; the
+            // packet only has to be one the kernel accepts.
+            let data = frame(dests[0]);
+            let mut ns = [0.0; N];
+            for k in 0..N {
+                let p = (run + k) % N;
+                ns[p] = timed(fds[f][p], &data, REPEAT)
+                    .with_context(|| BENCH_PROGRAMS[f][p])?
+                    .1;
+            }
+            rows[r].samples.push(ns[0]);
+            for p in 1..N {
+                rows[r + p].samples.push(ns[p] - ns[0]);
+            }
+            let skb = r + N;
+
+            let (enf, base, dropped) = first_packets(skb_egress, empty_skb, dests)?;
+            rows[skb].samples.push(enf - base);
+            let (_, cached) = timed(skb_egress, &data, REPEAT).context("skb_egress")?;
+            let (_, base) = timed(empty_skb, &data, REPEAT).context("empty program")?;
+            rows[skb + 1].samples.push(cached - base);
             if run == 0 {
                 notes.push(format!(
-                    "decision, {}: {n} random destinations per run, {dropped} of them refused by skb_egress (enforce mode, EEA approved)",
-                    if f == 0 { "IPv4" } else { "IPv6" }
+                    "decision, {}: {} random destinations walked by the bench programs ({REPEAT} runs per measurement); skb_egress first packets: {packets} random destinations per run, {dropped} of them refused (enforce mode, EEA approved)",
+                    FAMILIES[f], BENCH_DESTS
                 ));
             }
         }

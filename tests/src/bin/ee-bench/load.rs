@@ -43,7 +43,7 @@ pub struct Live {
     pub dp: Datapath,
     pub policy: CompiledPolicy,
     // Dropped after `dp`: the pins go once nothing uses them.
-    pub _pins: PinDir,
+    pub pins: PinDir,
 }
 
 /// The config, parsed by the agent's own parser: the real database, the EEA
@@ -190,7 +190,7 @@ pub fn enforcer(
         live = Some(Live {
             dp,
             policy,
-            _pins: pins,
+            pins,
         });
     }
     let live = live.context("no load run")?;

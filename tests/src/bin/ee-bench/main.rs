@@ -256,10 +256,10 @@ fn measure_live(
     // (1) Decision cost.
     let progs = if args.wants("decision") || args.wants("memory") {
         println!(
-            "{} decision cost: building the LPM trie baseline",
+            "{} decision cost: loading the bench object, filling the LPM trie baseline",
             elapsed()
         );
-        Some(decision::prepare(&live.policy)?)
+        Some(decision::prepare(&live.pins.0, &live.policy)?)
     } else {
         None
     };
@@ -290,8 +290,7 @@ fn measure_live(
         })?;
         rep.rows.extend(rows);
         rep.notes.push(
-            "decision: BPF_PROG_TEST_RUN with repeat = 1 per packet (a fresh dummy socket each time, so skb_egress's per-socket verdict cache never answers), the kernel's own duration, mean per run; the empty program's time is subtracted; process pinned to one CPU"
-                .into(),
+            format!("decision: BPF_PROG_TEST_RUN, the kernel's own duration, mean per run, process pinned to one CPU; the decision, LPM and empty programs (bench object, enforcer-ebpf/src/bench.rs: the datapath's own decide() on the agent's maps) walk the random destinations, {} runs per measurement, the empty program's time subtracted; skb_egress first packet: repeat = 1 per packet (a fresh dummy socket each time: decision, socket storage, counters, event when refused); skb_egress decided socket: repeat = {} on one packet (the verdict cache answers); both minus an empty program run the same way", decision::REPEAT, decision::REPEAT),
         );
     }
 

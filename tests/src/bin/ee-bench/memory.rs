@@ -11,8 +11,10 @@ use std::{collections::BTreeSet, fs};
 use crate::report::MapMemory;
 
 /// Every BPF map reachable through this process's fds, once per map id.
-/// `owner` says which side a map belongs to: the bench's own maps are
-/// named `bench_*`.
+/// `owner` says which side a map belongs to: the bench object's LPM tries
+/// are the baseline, its other `BENCH_*` maps the harness; the rest are the
+/// enforcer's (the bench object shares them, so each is listed once: the
+/// object's own unpinned socket storage has the same name as the agent's).
 pub fn maps() -> Vec<MapMemory> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -47,12 +49,21 @@ pub fn maps() -> Vec<MapMemory> {
             .ok()
             .and_then(|m| m.name_as_str().map(str::to_owned))
             .unwrap_or_else(|| format!("map {id}"));
+        let owner = if name.starts_with("BENCH_LPM") {
+            "LPM trie baseline"
+        } else if name.starts_with("BENCH_") {
+            "bench harness"
+        } else {
+            "enforcer"
+        };
+        if out
+            .iter()
+            .any(|m: &MapMemory| m.owner == owner && m.name == name)
+        {
+            continue;
+        }
         out.push(MapMemory {
-            owner: if name.starts_with("bench_") {
-                "LPM trie baseline"
-            } else {
-                "enforcer"
-            },
+            owner,
             name,
             map_type: field("map_type").unwrap_or(0) as u32,
             max_entries: field("max_entries").unwrap_or(0),
