@@ -24,8 +24,11 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 /// - 2: the mode word moved beside each policy slot ([`CFG_MODE`]), so a v1
 ///   `CONFIG` map would be misread;
 /// - 3: the GeoIP LPM tries became flat tables ([`GEO4`], [`GEO4L`],
-///   [`GEOPAL`], [`GEO6`], [`CFG_GEO6_LEN`]).
-pub const LAYOUT_VERSION: u32 = 3;
+///   [`GEOPAL`], [`GEO6`], [`CFG_GEO6_LEN`]);
+/// - 4: the IPv6 table became a static search tree ([`GEO6I`], [`GEO6`]
+///   leaves) over /64s plus a fine table for split /64s ([`GEO6F`],
+///   [`CFG_GEO6F_LEN`]).
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -57,9 +60,9 @@ pub const CFG_EVENT_BURST: u32 = 5;
 /// `CONFIG[CFG_OVERRIDES]`: number of entries in `MODE_BY_CG`; 0 spares the
 /// datapath the walk up the cgroup tree.
 pub const CFG_OVERRIDES: u32 = 6;
-/// `CONFIG[CFG_GEO6_LEN[slot]]`: how many entries of `GEO6_<slot>` are in
-/// use (the binary search's upper bound).
-pub const CFG_GEO6_LEN: [u32; 2] = [8, 9];
+/// `CONFIG[CFG_GEO6F_LEN[slot]]`: how many entries of `GEO6F_<slot>` are
+/// in use (the binary search's upper bound).
+pub const CFG_GEO6F_LEN: [u32; 2] = [8, 9];
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -114,20 +117,96 @@ pub const GEOPAL_LEN: u32 = SLOTS * 256;
 /// Country codes 1..=254.
 pub const GEO_PALETTE_CODES: usize = 254;
 
-/// IPv6 GeoIP table, one per slot: `Array<Geo6Block>`, `BPF_F_MMAPABLE`,
-/// a sorted array of range starts, entry `i` in block `i / GEO6_BLOCK`.
-/// The entry with the largest start `<= addr` holds the country of `addr`
-/// (0 for a gap: not located); entry 0 starts at `::`. Only the first
-/// `CONFIG[CFG_GEO6_LEN[slot]]` entries are in use.
+/// IPv6 GeoIP table, one per slot, in two parts.
+///
+/// The coarse part answers for whole /64s: the sorted starts of the
+/// maximal same-country ranges and the gaps between them, compared on their
+/// first 64 bits (`hi`), as a static search tree with one cache line per
+/// node, so a lookup costs about one memory access per level instead of one
+/// per binary search step. `GEO6_<slot>`: `Array<Geo6Leaf>`,
+/// `BPF_F_MMAPABLE`, the leaves: [`GEO6_LEAF_KEYS`] starts each, in order,
+/// with their countries; entry 0 starts at `::`. `GEO6I_<slot>`:
+/// `Array<[u64; 8]>`, `BPF_F_MMAPABLE`, the index: [`GEO6I_LEVELS`] levels,
+/// top first, level `l` at node [`GEO6I_OFFSET`]`[l]`; key `k` of node `i`
+/// is the first start under its child `8 * i + k` (a node of the level
+/// below, or a leaf under the last level). A lookup takes, at each level,
+/// the last key `<= hi`; unused keys and leaves hold `u64::MAX` (a padding
+/// leaf repeats the last country, so `hi == u64::MAX` still finds it).
+///
+/// A /64 that holds a range boundary other than at its start (a prefix
+/// longer than /64) has the coarse country [`GEO6_SPLIT`]: its starts, full
+/// 128 bits, are in `GEO6F_<slot>` (`Array<Geo6Block>`, the first
+/// `CONFIG[CFG_GEO6F_LEN[slot]]` entries in use, sorted), beginning with one
+/// at the /64's start, searched by a bounded binary search.
 pub const GEO6: [&str; 2] = ["GEO6_0", "GEO6_1"];
+pub const GEO6I: [&str; 2] = ["GEO6I_0", "GEO6I_1"];
+pub const GEO6F: [&str; 2] = ["GEO6F_0", "GEO6F_1"];
+/// Starts per leaf: six keys and six countries fill a 64-byte line.
+pub const GEO6_LEAF_KEYS: usize = 6;
+/// Leaves per slot; the index above them has [`GEO6I_LEVELS`] levels of
+/// fan-out 8 (8^6 = 262,144 >= 65,536).
+pub const GEO6_LEAVES: u32 = 65_536;
+/// Coarse entries per slot (393,216): the geo-whois-asn-country database
+/// needs about 268k (ranges, gaps and split /64s), GeoLite2 about 103k.
+pub const GEO6_CAPACITY: u32 = GEO6_LEAVES * GEO6_LEAF_KEYS as u32;
+pub const GEO6I_LEVELS: usize = 6;
+/// Nodes per index level, top first: each level indexes the one below
+/// (the last level indexes the leaves), eight children per node.
+pub const GEO6I_NODES: [u32; GEO6I_LEVELS] = index_nodes();
+/// First node of each index level in `GEO6I_<slot>`.
+pub const GEO6I_OFFSET: [u32; GEO6I_LEVELS] = index_offsets();
+/// Nodes in `GEO6I_<slot>`.
+pub const GEO6I_LEN: u32 = GEO6I_OFFSET[GEO6I_LEVELS - 1] + GEO6I_NODES[GEO6I_LEVELS - 1];
+/// How many children the nodes of each level have in all (the next level's
+/// nodes, or the leaves under the last): a descent is clamped to these.
+pub const GEO6I_CHILDREN: [u32; GEO6I_LEVELS] = index_children();
+/// The coarse country of a split /64: see [`GEO6F`].
+pub const GEO6_SPLIT: u16 = 0xFFFF;
+/// Blocks of the fine table, and its entries (16,384): the
+/// geo-whois-asn-country database needs about 8.9k, GeoLite2 about 700.
+pub const GEO6F_BLOCKS: u32 = 64;
+pub const GEO6F_CAPACITY: u32 = GEO6F_BLOCKS * GEO6_BLOCK as u32;
+/// Binary search steps: enough for [`GEO6F_CAPACITY`] entries.
+pub const GEO6F_STEPS: u32 = 14;
+const _: () = assert!(1u64 << GEO6F_STEPS >= GEO6F_CAPACITY as u64);
 pub const GEO6_BLOCK: usize = 256;
-pub const GEO6_BLOCKS: u32 = 1536;
-/// Entries per IPv6 table (393,216): the geo-whois-asn-country database
-/// needs 275k (ranges and the gaps between them), GeoLite2 103k.
-pub const GEO6_CAPACITY: u32 = GEO6_BLOCKS * GEO6_BLOCK as u32;
-/// Binary search steps: enough for [`GEO6_CAPACITY`] entries.
-pub const GEO6_STEPS: u32 = 20;
-const _: () = assert!(1u64 << GEO6_STEPS >= GEO6_CAPACITY as u64);
+
+const fn index_nodes() -> [u32; GEO6I_LEVELS] {
+    let mut out = [0; GEO6I_LEVELS];
+    let mut below = GEO6_LEAVES;
+    let mut l = GEO6I_LEVELS;
+    while l > 0 {
+        l -= 1;
+        below = below.div_ceil(8);
+        out[l] = below;
+    }
+    out
+}
+
+const fn index_offsets() -> [u32; GEO6I_LEVELS] {
+    let nodes = index_nodes();
+    let mut out = [0; GEO6I_LEVELS];
+    let mut l = 1;
+    while l < GEO6I_LEVELS {
+        out[l] = out[l - 1] + nodes[l - 1];
+        l += 1;
+    }
+    out
+}
+
+const fn index_children() -> [u32; GEO6I_LEVELS] {
+    let nodes = index_nodes();
+    let mut out = [GEO6_LEAVES; GEO6I_LEVELS];
+    let mut l = 0;
+    while l + 1 < GEO6I_LEVELS {
+        out[l] = nodes[l + 1];
+        l += 1;
+    }
+    out
+}
+
+// One root: the descent starts at node 0 of level 0.
+const _: () = assert!(GEO6I_NODES[0] == 1);
 
 /// `BPF_F_MMAPABLE`: the agent maps the flat tables and writes them with
 /// plain stores
@@ -194,8 +273,19 @@ pub struct Rule {
     pub id: u16,
 }
 
-/// A block of the IPv6 GeoIP table: range starts as big-endian halves
-/// (`hi` the first 8 bytes of the address) and the country index of each.
+/// A leaf of the IPv6 coarse table ([`GEO6`]): the first 64 bits of
+/// [`GEO6_LEAF_KEYS`] range starts, in order, and the country index of
+/// each ([`GEO6_SPLIT`] for a split /64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geo6Leaf {
+    pub hi: [u64; GEO6_LEAF_KEYS],
+    pub country: [u16; GEO6_LEAF_KEYS],
+    pub _pad: [u8; 4],
+}
+
+/// A block of the IPv6 fine table ([`GEO6F`]): range starts as big-endian
+/// halves (`hi` the first 8 bytes of the address) and the country of each.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geo6Block {
@@ -282,6 +372,7 @@ pub struct CounterBlock {
 // stack bytes, and both sides must agree on every byte.
 const _: () = assert!(core::mem::size_of::<Rule>() == 8);
 const _: () = assert!(core::mem::size_of::<Geo6Block>() == 18 * GEO6_BLOCK);
+const _: () = assert!(core::mem::size_of::<Geo6Leaf>() == 64);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
@@ -297,6 +388,7 @@ mod pod {
     // is a valid value.
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::Geo6Block {}
+    unsafe impl aya::Pod for super::Geo6Leaf {}
     unsafe impl aya::Pod for super::CounterBlock {}
     unsafe impl aya::Pod for super::SockVerdict {}
     unsafe impl aya::Pod for super::Event {}

@@ -6,14 +6,23 @@
 //! - IPv4, DIR-24-8: one byte per /24 (a palette code), and for the few
 //!   /24s that longer prefixes split, 256 codes in a hash keyed by the /24;
 //!   the palette turns the code into the country index.
-//! - IPv6: a sorted array of range starts, searched with a fixed number of
-//!   binary search steps (a bounded loop the verifier accepts).
+//! - IPv6: a static search tree over the range starts' first 64 bits (one
+//!   cache line per level), and for the few /64s that longer prefixes split
+//!   a sorted array of full starts, searched with a fixed number of binary
+//!   search steps (a bounded loop the verifier accepts).
 
+use core::hint::black_box;
+
+use aya_ebpf::maps::Array;
 use enforcer_common::{
-    CFG_GEO6_LEN, COUNTRY_SLOTS, GEO4_BLOCK, GEO4_LONG, GEO6_BLOCK, GEO6_STEPS, UNKNOWN_COUNTRY,
+    CFG_GEO6F_LEN, COUNTRY_SLOTS, GEO4_BLOCK, GEO4_LONG, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_SPLIT,
+    GEO6F_STEPS, GEO6I_CHILDREN, GEO6I_OFFSET, UNKNOWN_COUNTRY,
 };
 
-use crate::maps::{GEO4_0, GEO4_1, GEO4L_0, GEO4L_1, GEO6_0, GEO6_1, GEOPAL, config};
+use crate::maps::{
+    GEO4_0, GEO4_1, GEO4L_0, GEO4L_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1, GEOPAL,
+    config,
+};
 
 /// The country of an IPv4 address (bytes in network order) in `slot`.
 #[inline(always)]
@@ -57,21 +66,82 @@ fn palette(slot: u32, code: u8) -> u16 {
 #[inline(always)]
 pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
     let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let table = if slot == 0 { &GEO6_0 } else { &GEO6_1 };
-    let len = config(if slot == 0 {
-        CFG_GEO6_LEN[0]
+    let (index, leaves) = if slot == 0 {
+        (&GEO6I_0, &GEO6_0)
     } else {
-        CFG_GEO6_LEN[1]
+        (&GEO6I_1, &GEO6_1)
+    };
+    // The descent, one level at a time (written out: each level's offset
+    // and size are constants, so nothing is read from .rodata). Invariant:
+    // the first key of node `i` is <= `hi` (entry 0 starts at `::`).
+    let mut i = 0;
+    i = descend(index, 0, i, hi);
+    i = descend(index, 1, i, hi);
+    i = descend(index, 2, i, hi);
+    i = descend(index, 3, i, hi);
+    i = descend(index, 4, i, hi);
+    i = descend(index, 5, i, hi);
+    let Some(leaf) = leaves.get(i) else {
+        return UNKNOWN_COUNTRY;
+    };
+    let k = leaf.hi[1..].iter().map(|&key| le(key, hi)).sum::<u64>() as usize;
+    let country = leaf.country[k.min(GEO6_LEAF_KEYS - 1)];
+    let country = if country == GEO6_SPLIT {
+        fine6(slot, hi, a)
+    } else {
+        country
+    };
+    if (country as usize) < COUNTRY_SLOTS {
+        country
+    } else {
+        UNKNOWN_COUNTRY
+    }
+}
+
+/// One level of the index: the child of node `i` of `level` under which
+/// `hi` falls (the last key `<= hi`), clamped to the level's children so a
+/// padded node never leads outside the next level.
+#[inline(always)]
+fn descend(index: &Array<[u64; 8]>, level: usize, i: u32, hi: u64) -> u32 {
+    let Some(node) = index.get(GEO6I_OFFSET[level] + i) else {
+        return 0;
+    };
+    let k = node[1..].iter().map(|&key| le(key, hi)).sum::<u64>() as u32;
+    (i * 8 + k).min(GEO6I_CHILDREN[level] - 1)
+}
+
+/// 1 when `key <= x`, else 0, computed without a branch: the borrow out of
+/// `x - key` (Hacker's Delight, 2-13), inverted. A compare would make the
+/// verifier walk both outcomes of every key of every level, each with a
+/// different known child index, past its 1M-instruction limit; arithmetic
+/// gives it one path with the count bounded by its range. `black_box`
+/// keeps LLVM from turning the shifted sign bit back into a compare and a
+/// jump.
+#[inline(always)]
+fn le(key: u64, x: u64) -> u64 {
+    let borrow = black_box(((!x & key) | (!(x ^ key) & x.wrapping_sub(key))) >> 63);
+    borrow ^ 1
+}
+
+/// The country of an address in a split /64: the fine table's last start
+/// `<=` the address, by a bounded binary search.
+#[inline(always)]
+fn fine6(slot: u32, hi: u64, a: &[u8; 16]) -> u16 {
+    let lo = u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let table = if slot == 0 { &GEO6F_0 } else { &GEO6F_1 };
+    let len = config(if slot == 0 {
+        CFG_GEO6F_LEN[0]
+    } else {
+        CFG_GEO6F_LEN[1]
     });
     if len == 0 {
         return UNKNOWN_COUNTRY;
     }
-    // Invariant: entry `base` starts at or below the address (entry 0 starts
-    // at `::`), and the answer is in base..base + n.
+    // Invariant: entry `base` starts at or below the address (the /64's own
+    // start is an entry), and the answer is in base..base + n.
     let mut base: u32 = 0;
     let mut n: u32 = len;
-    for _ in 0..GEO6_STEPS {
+    for _ in 0..GEO6F_STEPS {
         if n <= 1 {
             break;
         }
@@ -90,10 +160,5 @@ pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
     let Some(block) = table.get(base / GEO6_BLOCK as u32) else {
         return UNKNOWN_COUNTRY;
     };
-    let country = block.country[(base as usize) % GEO6_BLOCK];
-    if (country as usize) < COUNTRY_SLOTS {
-        country
-    } else {
-        UNKNOWN_COUNTRY
-    }
+    block.country[(base as usize) % GEO6_BLOCK]
 }

@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, EVENT_STATS_LEN, EVENTS_BYTES,
-    GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_BLOCKS, GEOPAL_LEN, Geo6Block,
-    MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule, SockVerdict,
+    GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN, GEOPAL_LEN,
+    Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule,
+    SockVerdict,
 };
 
 #[map]
@@ -40,9 +41,17 @@ pub static GEO4L_1: HashMap<u32, [u8; 256]> = HashMap::pinned(GEO4_LONG_CAPACITY
 #[map]
 pub static GEOPAL: Array<u16> = Array::pinned(GEOPAL_LEN, 0);
 #[map]
-pub static GEO6_0: Array<Geo6Block> = Array::pinned(GEO6_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO6_0: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_1: Array<Geo6Block> = Array::pinned(GEO6_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO6_1: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
+#[map]
+pub static GEO6I_0: Array<[u64; 8]> = Array::pinned(GEO6I_LEN, BPF_F_MMAPABLE);
+#[map]
+pub static GEO6I_1: Array<[u64; 8]> = Array::pinned(GEO6I_LEN, BPF_F_MMAPABLE);
+#[map]
+pub static GEO6F_0: Array<Geo6Block> = Array::pinned(GEO6F_BLOCKS, BPF_F_MMAPABLE);
+#[map]
+pub static GEO6F_1: Array<Geo6Block> = Array::pinned(GEO6F_BLOCKS, BPF_F_MMAPABLE);
 
 #[map]
 pub static CONN_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);

@@ -45,9 +45,11 @@ pub struct AgentStatus {
     /// The GeoIP sources of the policy in force.
     pub sources: Vec<geoip::SourceInfo>,
     /// The flat GeoIP tables' fill: IPv4 /24s split by longer prefixes,
-    /// and IPv6 ranges.
+    /// and IPv6 ranges (by /64).
     pub geo_split24: usize,
     pub geo_v6_ranges: usize,
+    /// Full starts inside /64s that longer prefixes split (IPv6 fine table).
+    pub geo_v6_split64: usize,
     /// Exception and site rules in force, per family.
     pub rules_v4: usize,
     pub rules_v6: usize,

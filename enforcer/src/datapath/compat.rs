@@ -14,9 +14,9 @@ use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
     BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, EVENT_STATE,
     EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, GEO4, GEO4_BLOCK, GEO4_BLOCKS,
-    GEO4_LONG_CAPACITY, GEO4L, GEO6, GEO6_BLOCKS, GEOPAL, GEOPAL_LEN, Geo6Block, MODE_BY_CG,
-    MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4, RULES6,
-    RateState, Rule,
+    GEO4_LONG_CAPACITY, GEO4L, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS, GEO6I, GEO6I_LEN, GEOPAL,
+    GEOPAL_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY,
+    POLICY_LEN, RULES_CAPACITY, RULES4, RULES6, RateState, Rule,
 };
 
 use super::DatapathError;
@@ -99,8 +99,16 @@ fn expected() -> Vec<Expected> {
             GEO6[slot],
             MapType::Array,
             4,
+            size_of::<Geo6Leaf>(),
+            GEO6_LEAVES,
+        ));
+        v.push(e(GEO6I[slot], MapType::Array, 4, 64, GEO6I_LEN));
+        v.push(e(
+            GEO6F[slot],
+            MapType::Array,
+            4,
             size_of::<Geo6Block>(),
-            GEO6_BLOCKS,
+            GEO6F_BLOCKS,
         ));
     }
     v

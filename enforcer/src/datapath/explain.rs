@@ -46,16 +46,16 @@ use aya::{
     },
 };
 use enforcer_common::{
-    APPROVED, CFG_GENERATION, CFG_GEO6_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4_BLOCK, GEO4_LONG, GEO4L, GEO6, GEO6_BLOCK, GEO6_STEPS,
-    GEOPAL, Geo6Block, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4,
-    RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
+    COUNTRY_SLOTS, Family, GEO4, GEO4_BLOCK, GEO4_LONG, GEO4L, GEO6, GEO6_BLOCK, GEO6F, GEO6I,
+    GEOPAL, Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome,
+    POLICY, RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{DatapathError, detach, map_err};
+use super::{DatapathError, detach, geo6, map_err};
 use crate::{paths, policy::CompiledPolicy};
 
 /// The id of the root cgroup of the cgroup2 hierarchy (its kernfs inode).
@@ -179,7 +179,9 @@ pub struct Explainer {
     geo4: [Array<MapData, [u8; GEO4_BLOCK]>; 2],
     geo4l: [HashMap<MapData, u32, [u8; 256]>; 2],
     geopal: Array<MapData, u16>,
-    geo6: [Array<MapData, Geo6Block>; 2],
+    geo6i: [Array<MapData, [u64; 8]>; 2],
+    geo6: [Array<MapData, Geo6Leaf>; 2],
+    geo6f: [Array<MapData, Geo6Block>; 2],
     overrides: HashMap<MapData, u64, u32>,
 }
 
@@ -441,6 +443,44 @@ struct AppliedMode {
     from: ModeFrom,
 }
 
+/// One slot's IPv6 tables, read from the pinned maps one element at a
+/// time, for [`geo6::lookup`].
+struct SlotV6<'a> {
+    explainer: &'a Explainer,
+    slot: usize,
+}
+
+impl geo6::Tables for SlotV6<'_> {
+    type Error = DatapathError;
+
+    fn node(&self, i: u32) -> Result<[u64; 8], DatapathError> {
+        self.explainer.geo6i[self.slot]
+            .get(&i, 0)
+            .map_err(map_err(GEO6I[self.slot]))
+    }
+
+    fn leaf(&self, i: u32) -> Result<Geo6Leaf, DatapathError> {
+        self.explainer.geo6[self.slot]
+            .get(&i, 0)
+            .map_err(map_err(GEO6[self.slot]))
+    }
+
+    fn fine(&self, i: u32) -> Result<(u128, u16), DatapathError> {
+        let block = self.explainer.geo6f[self.slot]
+            .get(&(i / GEO6_BLOCK as u32), 0)
+            .map_err(map_err(GEO6F[self.slot]))?;
+        let j = i as usize % GEO6_BLOCK;
+        Ok((
+            (u128::from(block.hi[j]) << 64) | u128::from(block.lo[j]),
+            block.country[j],
+        ))
+    }
+
+    fn fine_len(&self) -> Result<u32, DatapathError> {
+        self.explainer.word(CFG_GEO6F_LEN[self.slot])
+    }
+}
+
 impl Explainer {
     /// Opens the maps of the datapath pinned under `pin_dir` (the agent's
     /// `agent.pin_dir`). Nothing pinned there: [`DatapathError::NotInstalled`].
@@ -467,7 +507,9 @@ impl Explainer {
             geo4: [array(pin_dir, GEO4[0])?, array(pin_dir, GEO4[1])?],
             geo4l: [hash(pin_dir, GEO4L[0])?, hash(pin_dir, GEO4L[1])?],
             geopal: array(pin_dir, GEOPAL)?,
+            geo6i: [array(pin_dir, GEO6I[0])?, array(pin_dir, GEO6I[1])?],
             geo6: [array(pin_dir, GEO6[0])?, array(pin_dir, GEO6[1])?],
+            geo6f: [array(pin_dir, GEO6F[0])?, array(pin_dir, GEO6F[1])?],
             overrides: HashMap::try_from(open_read_only(pin_dir, MODE_BY_CG)?)
                 .map_err(map_err(MODE_BY_CG))?,
         })
@@ -673,43 +715,19 @@ impl Explainer {
                 })
             }
             Dest::V6(a) => {
-                let s = slot as usize;
                 let addr = u128::from_be_bytes(a);
-                let len = self.word(CFG_GEO6_LEN[s])?;
-                let entry = |i: u32| -> Result<(u128, u16), DatapathError> {
-                    let block = self.geo6[s]
-                        .get(&(i / GEO6_BLOCK as u32), 0)
-                        .map_err(map_err(GEO6[s]))?;
-                    let j = i as usize % GEO6_BLOCK;
-                    Ok((
-                        (u128::from(block.hi[j]) << 64) | u128::from(block.lo[j]),
-                        block.country[j],
-                    ))
-                };
-                if len == 0 {
-                    return Ok(unknown);
-                }
-                // The kernel's search, step for step.
-                let (mut base, mut n) = (0u32, len);
-                for _ in 0..GEO6_STEPS {
-                    if n <= 1 {
-                        break;
-                    }
-                    let half = n / 2;
-                    if entry(base + half)?.0 <= addr {
-                        base += half;
-                    }
-                    n -= half;
-                }
-                let (start, country) = entry(base)?;
+                // The kernel's search, step for step (geo6.rs).
+                let found = geo6::lookup(
+                    &SlotV6 {
+                        explainer: self,
+                        slot: slot as usize,
+                    },
+                    addr,
+                )?;
+                let (country, start, end) = (found.country, found.start, found.end);
                 if country == UNKNOWN_COUNTRY || country as usize >= COUNTRY_SLOTS {
                     return Ok(unknown);
                 }
-                let end = if base + 1 < len {
-                    entry(base + 1)?.0.saturating_sub(1)
-                } else {
-                    u128::MAX
-                };
                 let plen = cover_prefix(addr, start, end, 128);
                 Ok(GeoHit {
                     country,

@@ -9,13 +9,14 @@
 //!   indices. Codes are kept stable across reloads (a country keeps the code
 //!   the slot already gave it), so a database refresh rewrites only the
 //!   blocks whose countries changed.
-//! - IPv6: `GEO6_<slot>` is a sorted array of range starts (maximal
-//!   same-country ranges and the gaps between them), and
-//!   `CONFIG[CFG_GEO6_LEN[slot]]` says how many are in use.
+//! - IPv6: the sorted starts of the maximal same-country ranges and the
+//!   gaps between them, as a search tree over /64s (`GEO6I_<slot>`,
+//!   `GEO6_<slot>`) and a fine table for split /64s (`GEO6F_<slot>`,
+//!   `CONFIG[CFG_GEO6F_LEN[slot]]` entries in use): `geo6.rs`.
 //!
 //! The big arrays are `BPF_F_MMAPABLE`: the agent maps them and copies only
-//! the 4 KiB blocks that differ, so writing costs a compare of about 25 MiB
-//! plus what changed, with no syscall per entry.
+//! the blocks that differ, so writing costs a compare of about 21 MiB plus
+//! what changed, with no syscall per entry.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,19 +30,20 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError},
 };
 use enforcer_common::{
-    CFG_GEO6_LEN, GEO_PALETTE_CODES, GEO4, GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG, GEO4_LONG_CAPACITY,
-    GEO4L, GEO6, GEO6_BLOCK, GEO6_BLOCKS, GEO6_CAPACITY, GEOPAL, Geo6Block,
+    CFG_GEO6F_LEN, GEO_PALETTE_CODES, GEO4, GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG, GEO4_LONG_CAPACITY,
+    GEO4L, GEO6, GEO6F, GEO6I, GEOPAL,
 };
 use geoip::GeoTable;
 
-use super::{DatapathError, map_err};
+use super::{
+    DatapathError,
+    geo6::{self, FINE_BLOCK_BYTES, LEAF_BYTES, NODE_BYTES, V6},
+    map_err,
+};
 use crate::policy::country_index;
 
 /// Bytes of the whole IPv4 first level.
 const TBL24_BYTES: usize = GEO4_BLOCK * GEO4_BLOCKS as usize;
-/// Bytes of one IPv6 block and of the whole IPv6 table.
-const V6_BLOCK_BYTES: usize = size_of::<Geo6Block>();
-const V6_BYTES: usize = V6_BLOCK_BYTES * GEO6_BLOCKS as usize;
 
 /// The tables one slot must hold.
 pub struct Flat {
@@ -51,10 +53,8 @@ pub struct Flat {
     long: BTreeMap<u32, [u8; 256]>,
     /// Code -> country index (0 for unused codes).
     palette: [u16; 256],
-    /// The IPv6 table as the kernel holds it, [`V6_BYTES`] long.
-    v6: Vec<u8>,
-    /// Entries in use in `v6`.
-    v6_len: u32,
+    /// The IPv6 tables as the kernel holds them.
+    v6: V6,
     /// Time spent building.
     pub build_seconds: f64,
 }
@@ -69,8 +69,10 @@ pub struct FlatDelta {
     /// /24s split by longer prefixes, after the write.
     pub v4_long: usize,
     pub v6_blocks: usize,
-    /// IPv6 entries in use after the write.
+    /// IPv6 coarse entries (by /64) in use after the write.
     pub v6_entries: usize,
+    /// IPv6 fine entries (inside split /64s) in use after the write.
+    pub v6_fine_entries: usize,
     pub write_seconds: f64,
 }
 
@@ -179,30 +181,12 @@ pub fn build(geo: &GeoTable, held: &[u16; 256]) -> Result<Flat, DatapathError> {
     if let Some(n) = next {
         entries.push((n, 0));
     }
-    if entries.len() > GEO6_CAPACITY as usize {
-        return Err(DatapathError::Capacity {
-            what: "GeoIP IPv6 ranges and gaps".to_owned(),
-            need: entries.len(),
-            capacity: GEO6_CAPACITY,
-        });
-    }
-    let mut v6 = vec![0u8; V6_BYTES];
-    for (i, &(start, country)) in entries.iter().enumerate() {
-        let (block, j) = (i / GEO6_BLOCK, i % GEO6_BLOCK);
-        let b = &mut v6[block * V6_BLOCK_BYTES..(block + 1) * V6_BLOCK_BYTES];
-        // Native byte order: the kernel reads these as u64 and u16.
-        b[8 * j..8 * j + 8].copy_from_slice(&((start >> 64) as u64).to_ne_bytes());
-        let lo = 8 * GEO6_BLOCK + 8 * j;
-        b[lo..lo + 8].copy_from_slice(&(start as u64).to_ne_bytes());
-        let c = 16 * GEO6_BLOCK + 2 * j;
-        b[c..c + 2].copy_from_slice(&country.to_ne_bytes());
-    }
+    let v6 = geo6::build(&entries)?;
     Ok(Flat {
         tbl24,
         long,
         palette,
         v6,
-        v6_len: entries.len() as u32,
         build_seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -315,13 +299,16 @@ pub fn write(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<FlatDelta, Datap
     let s = slot as usize;
     let mut delta = FlatDelta {
         v4_long: flat.long.len(),
-        v6_entries: flat.v6_len as usize,
+        v6_entries: flat.v6.coarse_len,
+        v6_fine_entries: flat.v6.fine_len as usize,
         ..FlatDelta::default()
     };
     // The IPv6 length last but one and the palette last: until then a
     // reader of this (inactive) slot sees an older, consistent table or a
     // shorter search, never a code without its country.
-    delta.v6_blocks = sync_blocks(ebpf, GEO6[s], &flat.v6, V6_BLOCK_BYTES)?;
+    delta.v6_blocks = sync_blocks(ebpf, GEO6F[s], &flat.v6.fine, FINE_BLOCK_BYTES)?
+        + sync_blocks(ebpf, GEO6[s], &flat.v6.leaves, 64 * LEAF_BYTES)?
+        + sync_blocks(ebpf, GEO6I[s], &flat.v6.index, 64 * NODE_BYTES)?;
     {
         let name = GEO4L[s];
         let mut map = long_map(ebpf, name)?;
@@ -338,7 +325,7 @@ pub fn write(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<FlatDelta, Datap
         }
     }
     delta.v4_blocks = sync_blocks(ebpf, GEO4[s], &flat.tbl24, GEO4_BLOCK)?;
-    super::set_config_word(ebpf, CFG_GEO6_LEN[s], flat.v6_len)?;
+    super::set_config_word(ebpf, CFG_GEO6F_LEN[s], flat.v6.fine_len)?;
     {
         let map = ebpf
             .map_mut(GEOPAL)
@@ -364,7 +351,12 @@ fn checksum(bytes: &[u8]) -> u64 {
 /// chunk, the palette and the IPv6 length.
 pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
     let s = slot as usize;
-    for (name, want) in [(GEO4[s], &flat.tbl24), (GEO6[s], &flat.v6)] {
+    for (name, want) in [
+        (GEO4[s], &flat.tbl24),
+        (GEO6I[s], &flat.v6.index),
+        (GEO6[s], &flat.v6.leaves),
+        (GEO6F[s], &flat.v6.fine),
+    ] {
         let data = map_data(ebpf, name).map_err(|e| e.to_string())?;
         let mut mapping =
             Mapping::new(data.fd().as_fd(), want.len(), name).map_err(|e| e.to_string())?;
@@ -393,11 +385,11 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
             "{GEOPAL} of slot {slot} differs from what was written"
         ));
     }
-    let len = super::config_word(ebpf, CFG_GEO6_LEN[s]).map_err(|e| e.to_string())?;
-    if len != flat.v6_len {
+    let len = super::config_word(ebpf, CFG_GEO6F_LEN[s]).map_err(|e| e.to_string())?;
+    if len != flat.v6.fine_len {
         return Err(format!(
-            "the IPv6 table length is {len}, expected {}",
-            flat.v6_len
+            "the IPv6 fine table length is {len}, expected {}",
+            flat.v6.fine_len
         ));
     }
     Ok(())
@@ -450,8 +442,10 @@ mod tests {
         assert_eq!(code4(&f, "11.0.0.128".parse().expect("ip")), 0);
         assert_eq!(code4(&f, "9.255.255.255".parse().expect("ip")), 0);
         assert_eq!(f.long.len(), 2);
-        // ::, 2a00::, 2a01::, 2a01::1, 2a01::2.
-        assert_eq!(f.v6_len, 5);
+        // Coarse: ::, 2a00::, 2a01:: (split), 2a01:0:0:1::; fine: 2a01::,
+        // 2a01::1, 2a01::2.
+        assert_eq!(f.v6.coarse_len, 4);
+        assert_eq!(f.v6.fine_len, 3);
 
         // A country keeps its code when the palette is reused.
         let again = build(&geo, &f.palette).expect("build");

@@ -18,6 +18,7 @@ pub mod counters;
 mod detach;
 pub mod explain;
 mod geo;
+mod geo6;
 mod links;
 mod slots;
 

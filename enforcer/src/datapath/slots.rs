@@ -50,7 +50,7 @@ pub struct SlotReport {
 /// two slots has its own maps of this capacity. For GeoIP the limits are
 /// the flat tables' own: /24s split by longer prefixes (their 256-address
 /// chunks) and IPv6 ranges; the IPv4 first level always covers every /24.
-pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 5] {
+pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 6] {
     [
         (
             "geo_ipv4_split24",
@@ -61,6 +61,11 @@ pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize,
             "geo_ipv6_ranges",
             s.geo_v6_ranges,
             enforcer_common::GEO6_CAPACITY,
+        ),
+        (
+            "geo_ipv6_split64",
+            s.geo_v6_split64,
+            enforcer_common::GEO6F_CAPACITY,
         ),
         ("rules_ipv4", s.rules_v4, RULES_CAPACITY),
         ("rules_ipv6", s.rules_v6, RULES_CAPACITY),

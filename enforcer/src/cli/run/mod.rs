@@ -277,6 +277,7 @@ fn apply(
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
     s.geo_split24 = report.geo.v4_long;
     s.geo_v6_ranges = report.geo.v6_entries;
+    s.geo_v6_split64 = report.geo.v6_fine_entries;
     s.rules_v4 = p.policy.rules_v4.len();
     s.rules_v6 = p.policy.rules_v6.len();
     s.scope = p

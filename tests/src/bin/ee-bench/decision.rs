@@ -71,7 +71,7 @@ pub fn prepare(pin_dir: &Path, policy: &CompiledPolicy) -> Result<Programs> {
             .program_mut(name)
             .with_context(|| format!("{name} is not in the bench object"))?
             .try_into()
-            .with_context(|| format!("{name}"))?;
+            .with_context(|| name.to_owned())?;
         p.load().with_context(|| format!("loading {name}"))?;
     }
     {
@@ -130,14 +130,14 @@ fn lpm<'a, K: aya::Pod>(
     let map = ebpf
         .map_mut(name)
         .with_context(|| format!("{name} is not in the bench object"))?;
-    LpmTrie::try_from(map).with_context(|| format!("{name}"))
+    LpmTrie::try_from(map).with_context(|| name.to_owned())
 }
 
 fn array<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<Array<&'a mut MapData, V>> {
     let map = ebpf
         .map_mut(name)
         .with_context(|| format!("{name} is not in the bench object"))?;
-    Array::try_from(map).with_context(|| format!("{name}"))
+    Array::try_from(map).with_context(|| name.to_owned())
 }
 
 impl Programs {
@@ -147,7 +147,7 @@ impl Programs {
             .program(name)
             .with_context(|| format!("{name} is not in the bench object"))?
             .try_into()
-            .with_context(|| format!("{name}"))?;
+            .with_context(|| name.to_owned())?;
         Ok(p.fd()
             .map_err(|e| anyhow!("{name}: {e}"))?
             .as_fd()

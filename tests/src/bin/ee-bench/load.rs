@@ -187,11 +187,7 @@ pub fn enforcer(
             install * 1e3,
             reload * 1e3
         );
-        live = Some(Live {
-            dp,
-            policy,
-            pins,
-        });
+        live = Some(Live { dp, policy, pins });
     }
     let live = live.context("no load run")?;
     Ok((rows, live))

@@ -1,0 +1,414 @@
+//! The IPv6 GeoIP table from the agent's side: the sorted range starts
+//! (ranges and the gaps between them) turned into the kernel's layout, a
+//! static search tree over /64s plus a fine table for the /64s that longer
+//! prefixes split (layout and the reason for it: `enforcer_common::layout`,
+//! [`enforcer_common::GEO6`]). The kernel's lookup is `enforcer-ebpf/src/geo.rs`;
+//! [`V6::lookup`] here and `explain.rs` follow it step for step.
+//!
+//! Why a tree and not the plain sorted array searched by bisection: at
+//! 275k entries a bisection takes 19 steps, and the last ten or so each
+//! touch a cache line no other lookup shares, about a memory latency
+//! apiece (862 ns per lookup measured by `cargo xtask bench`); with eight
+//! keys per cache line the descent touches one line per level, and the
+//! upper levels are small enough to stay cached.
+
+use enforcer_common::{
+    GEO6_BLOCK, GEO6_CAPACITY, GEO6_LEAF_KEYS, GEO6_LEAVES, GEO6_SPLIT, GEO6F_BLOCKS,
+    GEO6F_CAPACITY, GEO6F_STEPS, GEO6I_CHILDREN, GEO6I_LEN, GEO6I_LEVELS, GEO6I_NODES,
+    GEO6I_OFFSET, Geo6Block, Geo6Leaf,
+};
+
+use super::DatapathError;
+
+/// Bytes of one index node, one leaf and one fine block.
+pub const NODE_BYTES: usize = 64;
+pub const LEAF_BYTES: usize = size_of::<Geo6Leaf>();
+pub const FINE_BLOCK_BYTES: usize = size_of::<Geo6Block>();
+
+/// The three tables of one slot, as the kernel holds them (native byte
+/// order: the kernel reads them as u64 and u16).
+pub struct V6 {
+    /// `GEO6I_<slot>`: [`GEO6I_LEN`] nodes of eight keys.
+    pub index: Vec<u8>,
+    /// `GEO6_<slot>`: [`GEO6_LEAVES`] leaves.
+    pub leaves: Vec<u8>,
+    /// `GEO6F_<slot>`: [`GEO6F_BLOCKS`] blocks.
+    pub fine: Vec<u8>,
+    /// Coarse entries in use (the rest of the leaves is padding).
+    pub coarse_len: usize,
+    /// Fine entries in use (`CONFIG[CFG_GEO6F_LEN[slot]]`).
+    pub fine_len: u32,
+}
+
+fn hi(a: u128) -> u64 {
+    (a >> 64) as u64
+}
+
+fn lo(a: u128) -> u64 {
+    a as u64
+}
+
+/// A coarse entry: the first 64 bits of a start and its country (or
+/// [`GEO6_SPLIT`]).
+type Coarse = (u64, u16);
+/// A full start and its country.
+type Start = (u128, u16);
+
+/// Splits the sorted starts into coarse entries and the fine entries of
+/// the split /64s.
+fn split(entries: &[Start]) -> (Vec<Coarse>, Vec<Start>) {
+    let mut coarse = Vec::with_capacity(entries.len());
+    let mut fine = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        let h = hi(entries[i].0);
+        let j = i + entries[i..].partition_point(|e| hi(e.0) == h);
+        let group = &entries[i..j];
+        if group.len() == 1 && lo(group[0].0) == 0 {
+            coarse.push((h, group[0].1));
+        } else {
+            coarse.push((h, GEO6_SPLIT));
+            // The fine table holds the /64's own start, so its search
+            // never has to look before it.
+            if lo(group[0].0) != 0 {
+                let before = if i > 0 { entries[i - 1].1 } else { 0 };
+                fine.push((u128::from(h) << 64, before));
+            }
+            fine.extend_from_slice(group);
+            // The last range of the /64 goes on into the next /64s until
+            // the next start: a coarse entry for that, unless the next
+            // group begins right there.
+            if let Some(next) = h.checked_add(1)
+                && entries.get(j).is_none_or(|e| hi(e.0) != next)
+                && let Some(&(_, last)) = group.last()
+            {
+                coarse.push((next, last));
+            }
+        }
+        i = j;
+    }
+    (coarse, fine)
+}
+
+/// Builds the tables from `entries`: sorted, strictly increasing starts,
+/// the first at `::`, each with its country index (0 for a gap).
+pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
+    let (coarse, fine) = split(entries);
+    if coarse.len() > GEO6_CAPACITY as usize {
+        return Err(DatapathError::Capacity {
+            what: "GeoIP IPv6 ranges and gaps (by /64)".to_owned(),
+            need: coarse.len(),
+            capacity: GEO6_CAPACITY,
+        });
+    }
+    if fine.len() > GEO6F_CAPACITY as usize {
+        return Err(DatapathError::Capacity {
+            what: "GeoIP IPv6 starts inside /64s split by longer prefixes".to_owned(),
+            need: fine.len(),
+            capacity: GEO6F_CAPACITY,
+        });
+    }
+
+    // Leaves: six starts each; padding keys are u64::MAX and repeat the last
+    // country (see the layout).
+    let pad_country = coarse.last().map_or(0, |&(_, c)| c);
+    let mut leaves = vec![0u8; GEO6_LEAVES as usize * LEAF_BYTES];
+    // First key of every leaf, for the index.
+    let mut firsts = vec![u64::MAX; GEO6_LEAVES as usize];
+    for (l, leaf) in leaves.chunks_mut(LEAF_BYTES).enumerate() {
+        for k in 0..GEO6_LEAF_KEYS {
+            let (key, country) = coarse
+                .get(l * GEO6_LEAF_KEYS + k)
+                .copied()
+                .unwrap_or((u64::MAX, pad_country));
+            leaf[8 * k..8 * k + 8].copy_from_slice(&key.to_ne_bytes());
+            let c = 8 * GEO6_LEAF_KEYS + 2 * k;
+            leaf[c..c + 2].copy_from_slice(&country.to_ne_bytes());
+            if k == 0 {
+                firsts[l] = key;
+            }
+        }
+    }
+
+    // The index, bottom level first: a node's key k is the first key of its
+    // child 8 * i + k.
+    let mut index = vec![0u8; GEO6I_LEN as usize * NODE_BYTES];
+    let mut below = firsts;
+    for level in (0..GEO6I_LEVELS).rev() {
+        let nodes = GEO6I_NODES[level] as usize;
+        let mut own = Vec::with_capacity(nodes);
+        for i in 0..nodes {
+            let at = (GEO6I_OFFSET[level] as usize + i) * NODE_BYTES;
+            for k in 0..8 {
+                let key = below.get(8 * i + k).copied().unwrap_or(u64::MAX);
+                index[at + 8 * k..at + 8 * k + 8].copy_from_slice(&key.to_ne_bytes());
+            }
+            own.push(below.get(8 * i).copied().unwrap_or(u64::MAX));
+        }
+        below = own;
+    }
+
+    let mut fine_bytes = vec![0u8; GEO6F_BLOCKS as usize * FINE_BLOCK_BYTES];
+    for (i, &(start, country)) in fine.iter().enumerate() {
+        let (block, j) = (i / GEO6_BLOCK, i % GEO6_BLOCK);
+        let b = &mut fine_bytes[block * FINE_BLOCK_BYTES..(block + 1) * FINE_BLOCK_BYTES];
+        b[8 * j..8 * j + 8].copy_from_slice(&hi(start).to_ne_bytes());
+        let l = 8 * GEO6_BLOCK + 8 * j;
+        b[l..l + 8].copy_from_slice(&lo(start).to_ne_bytes());
+        let c = 16 * GEO6_BLOCK + 2 * j;
+        b[c..c + 2].copy_from_slice(&country.to_ne_bytes());
+    }
+    Ok(V6 {
+        index,
+        leaves,
+        fine: fine_bytes,
+        coarse_len: coarse.len(),
+        fine_len: fine.len() as u32,
+    })
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// Reads the tables one element at a time, as the kernel does: what
+/// [`lookup`] needs from the maps (or from [`V6`]'s bytes).
+pub trait Tables {
+    type Error;
+    /// Index node `i` (its eight keys).
+    fn node(&self, i: u32) -> Result<[u64; 8], Self::Error>;
+    /// Leaf `i`.
+    fn leaf(&self, i: u32) -> Result<Geo6Leaf, Self::Error>;
+    /// Fine entry `i`: (start, country).
+    fn fine(&self, i: u32) -> Result<(u128, u16), Self::Error>;
+    /// Fine entries in use.
+    fn fine_len(&self) -> Result<u32, Self::Error>;
+}
+
+/// Where a lookup ended: the range of starts around the address (for
+/// `explain`, which names the covering prefix) and its country.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The country index, or [`enforcer_common::UNKNOWN_COUNTRY`].
+    pub country: u16,
+    /// First and last address of the uniform range the address is in, as
+    /// far as the tables tell.
+    pub start: u128,
+    pub end: u128,
+}
+
+/// The kernel's lookup of `addr`, step for step.
+pub fn lookup<T: Tables>(t: &T, addr: u128) -> Result<Found, T::Error> {
+    let h = hi(addr);
+    let mut i = 0u32;
+    for level in 0..GEO6I_LEVELS {
+        let node = t.node(GEO6I_OFFSET[level] + i)?;
+        let k = node[1..].iter().filter(|&&key| key <= h).count() as u32;
+        i = (i * 8 + k).min(GEO6I_CHILDREN[level] - 1);
+    }
+    let leaf = t.leaf(i)?;
+    let k = leaf.hi[1..].iter().filter(|&&key| key <= h).count();
+    let country = leaf.country[k];
+    if country != GEO6_SPLIT {
+        // The next start ends the range: the next key of this leaf or the
+        // first of the next one. A u64::MAX key repeating this country is
+        // padding (ranges are maximal, so a real next start has another
+        // country): no next start.
+        let next = if k + 1 < GEO6_LEAF_KEYS {
+            Some((leaf.hi[k + 1], leaf.country[k + 1]))
+        } else if i + 1 < GEO6_LEAVES {
+            let l = t.leaf(i + 1)?;
+            Some((l.hi[0], l.country[0]))
+        } else {
+            None
+        };
+        let end = match next {
+            Some((key, c)) if key > leaf.hi[k] && !(key == u64::MAX && c == country) => {
+                (u128::from(key) << 64) - 1
+            }
+            _ => u128::MAX,
+        };
+        return Ok(Found {
+            country,
+            start: u128::from(leaf.hi[k]) << 64,
+            end,
+        });
+    }
+    // A split /64: the fine table's last start <= addr.
+    let len = t.fine_len()?;
+    if len == 0 {
+        return Ok(Found {
+            country: enforcer_common::UNKNOWN_COUNTRY,
+            start: addr,
+            end: addr,
+        });
+    }
+    let (mut base, mut n) = (0u32, len);
+    for _ in 0..GEO6F_STEPS {
+        if n <= 1 {
+            break;
+        }
+        let half = n / 2;
+        if t.fine(base + half)?.0 <= addr {
+            base += half;
+        }
+        n -= half;
+    }
+    let (start, country) = t.fine(base)?;
+    let last_of_64 = (u128::from(h) << 64) | u128::from(u64::MAX);
+    let end = if base + 1 < len {
+        t.fine(base + 1)?.0.saturating_sub(1).min(last_of_64)
+    } else {
+        last_of_64
+    };
+    Ok(Found {
+        country,
+        start,
+        end,
+    })
+}
+
+impl Tables for V6 {
+    type Error = std::convert::Infallible;
+
+    fn node(&self, i: u32) -> Result<[u64; 8], Self::Error> {
+        let at = i as usize * NODE_BYTES;
+        Ok(std::array::from_fn(|k| u64_at(&self.index, at + 8 * k)))
+    }
+
+    fn leaf(&self, i: u32) -> Result<Geo6Leaf, Self::Error> {
+        let at = i as usize * LEAF_BYTES;
+        Ok(Geo6Leaf {
+            hi: std::array::from_fn(|k| u64_at(&self.leaves, at + 8 * k)),
+            country: std::array::from_fn(|k| u16_at(&self.leaves, at + 8 * GEO6_LEAF_KEYS + 2 * k)),
+            _pad: [0; 4],
+        })
+    }
+
+    fn fine(&self, i: u32) -> Result<(u128, u16), Self::Error> {
+        let (block, j) = (i as usize / GEO6_BLOCK, i as usize % GEO6_BLOCK);
+        let b = &self.fine[block * FINE_BLOCK_BYTES..];
+        let h = u64_at(b, 8 * j);
+        let l = u64_at(b, 8 * GEO6_BLOCK + 8 * j);
+        Ok((
+            (u128::from(h) << 64) | u128::from(l),
+            u16_at(b, 16 * GEO6_BLOCK + 2 * j),
+        ))
+    }
+
+    fn fine_len(&self) -> Result<u32, Self::Error> {
+        Ok(self.fine_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference: the last entry whose start is <= addr.
+    fn reference(entries: &[(u128, u16)], addr: u128) -> u16 {
+        let i = entries.partition_point(|e| e.0 <= addr);
+        entries[i - 1].1
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    /// Random starts: mostly /32../64 boundaries, some inside /64s (split),
+    /// clusters of many in one /64, and starts at the very top.
+    fn entries(rng: &mut Rng, n: usize) -> Vec<(u128, u16)> {
+        let mut starts = std::collections::BTreeSet::new();
+        starts.insert(0u128);
+        while starts.len() < n {
+            let r = rng.next();
+            // Random first 64 bits with the low r % 32 bits clear.
+            let h = rng.next() & !((1u64 << (r % 32)) - 1);
+            let s = match r % 1000 {
+                0..=949 => u128::from(h) << 64,
+                950..=979 => (u128::from(h) << 64) | u128::from(rng.next()),
+                980 => {
+                    // A cluster in one /64.
+                    for _ in 0..(r % 100) {
+                        starts.insert((u128::from(h) << 64) | u128::from(rng.next() >> 8));
+                    }
+                    u128::from(h) << 64 | 1
+                }
+                _ => u128::MAX - u128::from(rng.next() % 4) * (1u128 << 64) - u128::from(r % 3),
+            };
+            starts.insert(s);
+        }
+        let mut prev = u16::MAX;
+        starts
+            .into_iter()
+            .map(|s| {
+                let mut c = (rng.next() % 40) as u16;
+                if c == prev {
+                    c = (c + 1) % 40;
+                }
+                prev = c;
+                (s, c)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tree_lookup_matches_the_sorted_starts() {
+        let mut rng = Rng(7);
+        for round in 0..6 {
+            let entries = entries(&mut rng, [1, 2, 7, 100, 5_000, 60_000][round]);
+            let v6 = build(&entries).expect("build");
+            let mut probes: Vec<u128> = Vec::new();
+            for &(s, _) in &entries {
+                probes.extend([s, s.wrapping_sub(1), s.saturating_add(1)]);
+                probes.push(s | u128::from(u64::MAX));
+            }
+            for _ in 0..20_000 {
+                probes.push((u128::from(rng.next()) << 64) | u128::from(rng.next()));
+            }
+            probes.extend([0, u128::MAX, u128::MAX - 1, 1u128 << 127]);
+            for addr in probes {
+                let Ok(found) = lookup(&v6, addr);
+                assert_eq!(
+                    found.country,
+                    reference(&entries, addr),
+                    "round {round}: {addr:#034x}"
+                );
+                assert!(
+                    found.start <= addr && addr <= found.end,
+                    "{addr:#x} {found:?}"
+                );
+                // The range is uniform: both ends have the same country.
+                assert_eq!(reference(&entries, found.start), found.country);
+                assert_eq!(reference(&entries, found.end), found.country);
+            }
+        }
+    }
+
+    #[test]
+    fn capacity_errors_name_the_table() {
+        let entries: Vec<(u128, u16)> = (0..=u128::from(GEO6F_CAPACITY))
+            .map(|i| ((1u128 << 64) | i, (i % 2) as u16))
+            .chain([(0, 0)])
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        let Err(e) = build(&entries) else {
+            panic!("a /64 split beyond the fine table's capacity was accepted")
+        };
+        assert!(e.to_string().contains("split"), "{e}");
+    }
+}
