@@ -18,17 +18,18 @@ pub const BENCH_LPM6: &str = "BENCH_LPM6";
 pub const BENCH_LPM_CAPACITY: u32 = 1 << 20;
 
 /// The bench programs, by family: empty, the decision, the LPM trie
-/// baseline, and the decision's two lookups alone (exception rules, GeoIP
-/// flat table). Each walks the destinations the same way (a per-CPU cursor,
+/// baseline, the decision's two lookups alone (exception rules, GeoIP flat
+/// table), and the decision on one destination repeated (warm caches). Each walks the destinations the same way (a per-CPU cursor,
 /// one destination per run), so the empty program's time is exactly what
 /// the others share.
-pub const BENCH_PROGRAMS: [[&str; 5]; 2] = [
+pub const BENCH_PROGRAMS: [[&str; 6]; 2] = [
     [
         "bench_empty4",
         "bench_decide4",
         "bench_lpm4",
         "bench_rules4",
         "bench_geo4",
+        "bench_hot4",
     ],
     [
         "bench_empty6",
@@ -36,5 +37,6 @@ pub const BENCH_PROGRAMS: [[&str; 5]; 2] = [
         "bench_lpm6",
         "bench_rules6",
         "bench_geo6",
+        "bench_hot6",
     ],
 ];

@@ -120,6 +120,24 @@ pub fn bench_decide6(_ctx: SkBuffContext) -> i32 {
     bit(d.outcome as u32)
 }
 
+/// The decision on one destination over and over (the first of the
+/// array, the cursor still advanced): caches and TLB warm, so what is left
+/// is the instructions; against the random walk it shows what memory
+/// latency costs.
+#[cgroup_skb]
+pub fn bench_hot4(_ctx: SkBuffContext) -> i32 {
+    let _ = next();
+    let a = BENCH_DST4.get(0).copied().unwrap_or([0; 4]);
+    bit(decide(Dest::V4(a), mode::global).outcome as u32)
+}
+
+#[cgroup_skb]
+pub fn bench_hot6(_ctx: SkBuffContext) -> i32 {
+    let _ = next();
+    let a = BENCH_DST6.get(0).copied().unwrap_or([0; 16]);
+    bit(decide(Dest::from_v6(a), mode::global).outcome as u32)
+}
+
 /// The two lookups `decide` makes, alone: the exception rules of the active
 /// slot (an LPM trie) and the GeoIP flat table.
 #[cgroup_skb]

@@ -84,8 +84,14 @@ pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
     let Some(leaf) = leaves.get(i) else {
         return UNKNOWN_COUNTRY;
     };
-    let k = leaf.hi[1..].iter().map(|&key| le(key, hi)).sum::<u64>() as usize;
-    let country = leaf.country[k.min(GEO6_LEAF_KEYS - 1)];
+    // Opaque, then checked: LLVM would otherwise fold the subtraction into
+    // forms whose bounds the verifier cannot follow into the array index.
+    let k = black_box(
+        GEO6_LEAF_KEYS - 1 - leaf.hi[1..].iter().map(|&key| lt(hi, key)).sum::<u64>() as usize,
+    );
+    let Some(&country) = leaf.country.get(k) else {
+        return UNKNOWN_COUNTRY;
+    };
     let country = if country == GEO6_SPLIT {
         fine6(slot, hi, a)
     } else {
@@ -106,21 +112,19 @@ fn descend(index: &Array<[u64; 8]>, level: usize, i: u32, hi: u64) -> u32 {
     let Some(node) = index.get(GEO6I_OFFSET[level] + i) else {
         return 0;
     };
-    let k = node[1..].iter().map(|&key| le(key, hi)).sum::<u64>() as u32;
+    let k = 7 - node[1..].iter().map(|&key| lt(hi, key)).sum::<u64>() as u32;
     (i * 8 + k).min(GEO6I_CHILDREN[level] - 1)
 }
 
-/// 1 when `key <= x`, else 0, computed without a branch: the borrow out of
-/// `x - key` (Hacker's Delight, 2-13), inverted. A compare would make the
-/// verifier walk both outcomes of every key of every level, each with a
-/// different known child index, past its 1M-instruction limit; arithmetic
-/// gives it one path with the count bounded by its range. `black_box`
-/// keeps LLVM from turning the shifted sign bit back into a compare and a
-/// jump.
+/// 1 when `x < key`, else 0, computed without a branch: the borrow out of
+/// `x - key` (Hacker's Delight, 2-13). A compare would make the verifier
+/// walk both outcomes of every key of every level, each with a different
+/// known child index, past its 1M-instruction limit; arithmetic gives it
+/// one path with the count bounded by its range. (Inverting the bit here,
+/// `^ 1`, lets LLVM turn it back into a compare and a jump.)
 #[inline(always)]
-fn le(key: u64, x: u64) -> u64 {
-    let borrow = black_box(((!x & key) | (!(x ^ key) & x.wrapping_sub(key))) >> 63);
-    borrow ^ 1
+fn lt(x: u64, key: u64) -> u64 {
+    ((!x & key) | (!(x ^ key) & x.wrapping_sub(key))) >> 63
 }
 
 /// The country of an address in a split /64: the fine table's last start

@@ -3,10 +3,12 @@
 //! It sees every packet the sockets of the scope cgroups send, so it catches
 //! what the socket hooks cannot: sockets connected before the agent
 //! attached, raw sockets (ICMP), anything that bypasses connect/sendmsg.
-//! It decides once per socket and destination: the verdict is cached in
-//! the socket's storage with the policy generation it was made under (the
-//! connect/sendmsg hooks fill it first), and a mode or policy change bumps
-//! the generation, so the next packet decides again. Packets and bytes are
+//! A refused or would-refuse verdict is cached in the socket's storage with
+//! the policy generation it was made under (the connect/sendmsg hooks fill
+//! it first when they see it), so such a socket is decided and reported
+//! once per generation; a mode or policy change bumps the generation, so
+//! the next packet decides again. Allowed sockets have no storage (creating
+//! it costs several decisions) and each of their packets is decided. Packets and bytes are
 //! counted per country and outcome; in enforce mode a refused packet is
 //! dropped (the sender gets EPERM where the stack reports it).
 
@@ -42,24 +44,12 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     let generation = config(CFG_GENERATION);
     let daddr = p.dest.bytes();
 
-    // SAFETY: `sk` is a context field (possibly null); bpf_sk_storage_get
-    // accepts any socket pointer and returns null for a null or non-full
-    // socket. The map pointer is the BTF map definition's address, which
-    // the loader relocates (what aya's SkStorage passes for sock_addr).
-    let sv = unsafe {
-        let sk = (*skb).__bindgen_anon_2.sk;
-        if sk.is_null() {
-            core::ptr::null_mut()
-        } else {
-            bpf_sk_storage_get(
-                core::ptr::from_ref(&SK_VERDICT).cast_mut().cast(),
-                sk.cast(),
-                core::ptr::null_mut(),
-                BPF_SK_STORAGE_GET_F_CREATE as u64,
-            )
-            .cast::<SockVerdict>()
-        }
-    };
+    // The socket's storage, if a hook stored a verdict on it (only
+    // reportable verdicts are stored: creating storage costs far more than
+    // deciding, so allowed sockets have none and are decided per packet).
+    // SAFETY: `sk` is a plain context field, possibly null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    let sv = storage(sk, 0);
     // SAFETY: non-null storage pointers point at the value.
     let cached = if sv.is_null() {
         None
@@ -91,6 +81,13 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         mode: 0,
         _pad: [0; 6],
     });
+    // A reportable verdict is stored (its storage created now if need be),
+    // so the socket's later packets neither decide nor report again.
+    let sv = if sv.is_null() && d.reportable() {
+        storage(sk, BPF_SK_STORAGE_GET_F_CREATE as u64)
+    } else {
+        sv
+    };
     if d.reportable() {
         let uid_gid = if c.pid_tgid != 0 {
             c.uid_gid
@@ -132,6 +129,27 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         }
     }
     if d.refuses() { DROP } else { PASS }
+}
+
+/// The socket's verdict storage (`flags` 0: only if it exists), or null.
+#[inline(always)]
+fn storage(sk: *mut aya_ebpf::bindings::bpf_sock, flags: u64) -> *mut SockVerdict {
+    if sk.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: `sk` is the context's socket field, non-null; bpf_sk_storage_get
+    // accepts it and returns null for a socket that is not full. The map
+    // pointer is the BTF map definition's address, which the loader
+    // relocates (what aya's SkStorage passes for sock_addr).
+    unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SK_VERDICT).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            flags,
+        )
+        .cast::<SockVerdict>()
+    }
 }
 
 /// A cached verdict, when every field of it decodes.

@@ -350,6 +350,10 @@ pub async fn run(
                 };
                 let to_wall = boot_to_wall();
                 let mut lines = String::new();
+                // (hook, outcome) of each event of the batch: counted once
+                // the batch is written, so enforcer_events_total never runs
+                // ahead of the file.
+                let mut read = Vec::new();
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     if item.len() < size_of::<Event>() {
@@ -369,7 +373,7 @@ pub async fn run(
                         continue;
                     };
                     if let (Some(h), Some(o)) = (Hook::from_raw(e.hook as u32), Outcome::from_raw(e.outcome as u32)) {
-                        counts.read[h as usize][o as usize].fetch_add(1, Ordering::Relaxed);
+                        read.push((h as usize, o as usize));
                     }
                     audit.record(crate::audit::Kind::Event((&record).into()));
                     match serde_json::to_string(&record) {
@@ -393,6 +397,9 @@ pub async fn run(
                     } else {
                         counts.write_errors.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                for (h, o) in read {
+                    counts.read[h][o].fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

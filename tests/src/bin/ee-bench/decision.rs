@@ -305,6 +305,13 @@ pub fn measure(
         ));
         rows.push(Row::new(
             S,
+            format!(
+                "enforcer decision, one destination repeated (caches warm), {fam}, minus empty"
+            ),
+            "ns",
+        ));
+        rows.push(Row::new(
+            S,
             format!("skb_egress, first packet of a socket, {fam}, minus empty"),
             "ns",
         ));
