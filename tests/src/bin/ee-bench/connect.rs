@@ -64,8 +64,14 @@ pub const SERVE_ARG: &str = "__accept-loop";
 /// overflows under a connect loop: a dropped SYN costs a 1 s retransmit).
 /// This one only accepts and closes, with a deep backlog.
 const BENCH_PORT: u16 = PORT + 100;
-/// Connections per sample.
+/// Connections per configuration, path and run (and per kernel run-time
+/// sample).
 const COUNT: u32 = 4000;
+/// Rounds per run: every round visits every configuration (order rotated
+/// per round) with `COUNT / ROUNDS` connections per path, so one run's
+/// samples of all configurations are spread over the same second or two
+/// and a burst of background load lands on all of them.
+const ROUNDS: u32 = 4;
 
 /// The child: `__connect-loop <ip> <port> <count> [rate]` prints
 /// `<ok> <failed> <seconds>`; with a rate, attempt i starts no earlier than
@@ -441,11 +447,13 @@ impl Bench<'_> {
     }
 
     /// One connect sample of `c` on `path`, checked against what `c` does.
-    fn connects(&self, c: Cfg, cgroup: &Path, path: &str, ip: Ipv4Addr) -> Result<f64> {
-        let (rate, ok, failed) = run_loop(self.scn, cgroup, ip.into(), COUNT, None)?;
+    /// `count` connects under `c` on `path`, checked against what `c`
+    /// does: their rate.
+    fn connects(&self, c: Cfg, cgroup: &Path, path: &str, ip: Ipv4Addr, count: u32) -> Result<f64> {
+        let (rate, ok, failed) = run_loop(self.scn, cgroup, ip.into(), count, None)?;
         let expect_fail = c.refuses() && path == "refused";
-        let all_failed = failed == COUNT && ok == 0;
-        if (expect_fail && !all_failed) || (!expect_fail && ok != COUNT) {
+        let all_failed = failed == count && ok == 0;
+        if (expect_fail && !all_failed) || (!expect_fail && ok != count) {
             bail!(
                 "{}, {path} path to {ip}: {ok} connected, {failed} failed, which is not what this configuration does",
                 c.name()
@@ -508,7 +516,10 @@ pub fn paced(scn: &Scenario, ip: IpAddr, count: u32, rate: u32) -> Result<(f64, 
 /// iperf3's port in the server namespace.
 const IPERF_PORT: u16 = 5211;
 /// Seconds per iperf3 rate sample.
-const IPERF_SECS: u32 = 2;
+const IPERF_SECS: u32 = 1;
+/// Rounds per run, each visiting every configuration (order rotated per
+/// round), for the reason of [`ROUNDS`].
+const IPERF_ROUNDS: usize = 2;
 /// Seconds per iperf3 sample taken for the kernel's run time only.
 const IPERF_STATS_SECS: u32 = 1;
 
@@ -696,29 +707,37 @@ fn set_up<'a>(scn: &'a Scenario, db: &Path, policy: &CompiledPolicy) -> Result<B
 fn interleaved(b: &mut Bench, runs: usize) -> Result<(Samples, Kernel, Samples, Kernel)> {
     let (mut conn, mut conn_k) = (Samples::new(), Kernel::new());
     for run in 0..runs {
-        let order = rotated(CONNECT_CFGS, run);
-        for &c in &order {
-            let cg = b.select(c)?;
-            for (path, ip) in PATHS {
-                conn.entry((c, path))
-                    .or_default()
-                    .push(b.connects(c, &cg, path, ip)?);
-            }
-            if c.bpf() {
+        // Seconds spent per (configuration, path) over the run's rounds.
+        let mut secs: HashMap<(Cfg, &'static str), f64> = HashMap::new();
+        let per_round = COUNT / ROUNDS;
+        for round in 0..ROUNDS {
+            for c in rotated(CONNECT_CFGS, run * ROUNDS as usize + round as usize) {
+                let cg = b.select(c)?;
                 for (path, ip) in PATHS {
-                    let (_, d) = b.timed(c, || b.connects(c, &cg, path, ip))?;
-                    conn_k.entry((c, path)).or_default().push(d);
+                    let rate = b.connects(c, &cg, path, ip, per_round)?;
+                    *secs.entry((c, path)).or_default() += f64::from(per_round) / rate;
                 }
             }
         }
+        for (k, t) in secs {
+            conn.entry(k)
+                .or_default()
+                .push(f64::from(per_round * ROUNDS) / t);
+        }
+        let bpf_order: Vec<Cfg> = rotated(CONNECT_CFGS, run)
+            .into_iter()
+            .filter(|c| c.bpf())
+            .collect();
+        for &c in &bpf_order {
+            let cg = b.select(c)?;
+            for (path, ip) in PATHS {
+                let (_, d) = b.timed(c, || b.connects(c, &cg, path, ip, COUNT))?;
+                conn_k.entry((c, path)).or_default().push(d);
+            }
+        }
         println!(
-            "  connect run {}/{runs} ({}): {}",
+            "  connect run {}/{runs}: {}",
             run + 1,
-            order
-                .iter()
-                .map(|c| c.name())
-                .collect::<Vec<_>>()
-                .join(" > "),
             CONNECT_CFGS
                 .iter()
                 .map(|&c| format!(
@@ -732,19 +751,28 @@ fn interleaved(b: &mut Bench, runs: usize) -> Result<(Samples, Kernel, Samples, 
     }
     let (mut thr, mut thr_k) = (Samples::new(), Kernel::new());
     for run in 0..runs {
-        let order = rotated(THROUGHPUT_CFGS, run);
-        for &c in &order {
+        // Sum of the rounds' results per (configuration, test): equal
+        // durations, so their mean is the run's rate.
+        let mut sum: HashMap<(Cfg, &'static str), f64> = HashMap::new();
+        for round in 0..IPERF_ROUNDS {
+            for c in rotated(THROUGHPUT_CFGS, run * IPERF_ROUNDS + round) {
+                let cg = b.select(c)?;
+                for (udp, test, _, _) in TESTS {
+                    *sum.entry((c, test)).or_default() += iperf(b.scn, &cg, udp, IPERF_SECS)?;
+                }
+            }
+        }
+        for (k, v) in sum {
+            thr.entry(k).or_default().push(v / IPERF_ROUNDS as f64);
+        }
+        for c in rotated(THROUGHPUT_CFGS, run)
+            .into_iter()
+            .filter(|c| c.bpf())
+        {
             let cg = b.select(c)?;
             for (udp, test, _, _) in TESTS {
-                thr.entry((c, test))
-                    .or_default()
-                    .push(iperf(b.scn, &cg, udp, IPERF_SECS)?);
-            }
-            if c.bpf() {
-                for (udp, test, _, _) in TESTS {
-                    let (_, d) = b.timed(c, || iperf(b.scn, &cg, udp, IPERF_STATS_SECS))?;
-                    thr_k.entry((c, test)).or_default().push(d);
-                }
+                let (_, d) = b.timed(c, || iperf(b.scn, &cg, udp, IPERF_STATS_SECS))?;
+                thr_k.entry((c, test)).or_default().push(d);
             }
         }
         println!(
@@ -1068,15 +1096,16 @@ pub fn measure(
     }
 
     rep.notes.push(format!(
-        "connect rate: {COUNT} TCP connect()+close() (SO_LINGER 0) per sample from the sandbox client to its veth peer; allowed path {} (DE in the test database), refused path {} (US; with no filter or an empty hook nothing refuses it, so that row is the same connect to another address); nftables and ipset rules live in the client namespace and reject with a TCP reset (ipset: other protocols with ICMP, after the same single set lookup)",
+        "connect rate: {COUNT} TCP connect()+close() (SO_LINGER 0) per configuration, path and run from the sandbox client to its veth peer; allowed path {} (DE in the test database), refused path {} (US; with no filter or an empty hook nothing refuses it, so that row is the same connect to another address); nftables and ipset rules live in the client namespace and reject with a TCP reset (ipset: other protocols with ICMP, after the same single set lookup)",
         addr::APPROVED_V4,
         addr::DENIED_V4
     ));
     rep.notes.push(format!(
-        "connect and throughput configurations are interleaved: each of the {runs} runs measures every configuration once, in an order rotated per run, so background load falls on all alike; the rows in the sections marked \"paired per run\" are, per run, a configuration against no filter (or the enforcer against a firewall) of the same run, and their median is the median of those per-run values, not a ratio of medians; min and max show how far single runs scatter. Switching configurations starts nothing: no filter, the empty hook and the agent are sibling cgroups (each sample's process starts in the configuration's), the one agent's global mode is switched with `enforcer mode` over its control socket, and the firewalls' sets stay loaded while only their hooked chain is added and removed (with either off, the namespace has no netfilter hook)"
+        "connect and throughput configurations are interleaved, so background load falls on all alike: in each of the {runs} runs, the connect rate of every configuration comes from {ROUNDS} rounds of {} connects per path, every round visiting every configuration in an order rotated per round, and likewise for throughput (see below); the rows in the sections marked \"paired per run\" are, per run, a configuration against no filter (or the enforcer against a firewall) of the same run, and their median is the median of those per-run values, not a ratio of medians; min and max show how far single runs scatter. Switching configurations starts nothing: no filter, the empty hook and the agent are sibling cgroups (each sample's process starts in the configuration's), the one agent's global mode is switched with `enforcer mode` over its control socket, and the firewalls' sets stay loaded while only their hooked chain is added and removed (with either off, the namespace has no netfilter hook)",
+        COUNT / ROUNDS
     ));
     rep.notes.push(format!(
-        "added time per connection over no filter, in % = (no filter's rate / the configuration's rate - 1) x 100 per run; the nftables (ipset) / enforcer ratio divides the median of those added times (allowed path) and is left out (-) when the enforcer's median is not above 0, i.e. lost in the noise; throughput samples are {IPERF_SECS} s of iperf3 each"
+        "added time per connection over no filter, in % = (no filter's rate / the configuration's rate - 1) x 100 per run; the nftables (ipset) / enforcer ratio divides the median of those added times (allowed path) and is left out (-) when the enforcer's median is not above 0, i.e. lost in the noise; throughput: per run, {IPERF_ROUNDS} rounds of {IPERF_SECS} s of iperf3 per configuration and test (order rotated per round), averaged"
     ));
     rep.notes.push(format!(
         "BPF run time: the kernel's own per-program run_time_ns and run_cnt (BPF_ENABLE_STATS, held only around extra samples: {COUNT} connects per path, {IPERF_STATS_SECS} s per iperf3 test, taken after the configuration's rate samples in every run; timing adds two clock reads per program run, which the rate samples must not pay); \"all hooks\" sums every attached program's time over the sample per connection (connect4 once, skb_egress per SYN, ACK and RST), and \"minus empty hook\" subtracts the empty programs' time of the same run: the datapath's own connect() overhead, free of the rate noise; it excludes the hook dispatch both pay alike"
