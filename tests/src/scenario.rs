@@ -68,6 +68,27 @@ impl Scenario {
         top: &str,
         tail: &str,
     ) -> String {
+        self.config_scoped(
+            mode,
+            unknown,
+            extra_sources,
+            &[self.sb.cgroup.as_path()],
+            top,
+            tail,
+        )
+    }
+
+    /// [`Scenario::config_with`] scoped to `cgroups` (e.g. child cgroups
+    /// of the sandbox's) instead of the sandbox's cgroup.
+    pub fn config_scoped(
+        &self,
+        mode: &str,
+        unknown: &str,
+        extra_sources: &[PathBuf],
+        cgroups: &[&std::path::Path],
+        top: &str,
+        tail: &str,
+    ) -> String {
         let mut sources = vec![format!("{:?}", self.db.display().to_string())];
         sources.extend(
             extra_sources
@@ -82,7 +103,7 @@ impl Scenario {
              [geoip]\n\
              sources = [{}]\n\
              [scope]\n\
-             cgroups = [{:?}]\n\
+             cgroups = [{}]\n\
              [metrics]\n\
              listen = \"127.0.0.1:0\"\n\
              [agent]\n\
@@ -92,7 +113,11 @@ impl Scenario {
              file = {:?}\n\
              {tail}\n",
             sources.join(", "),
-            self.sb.cgroup.display().to_string(),
+            cgroups
+                .iter()
+                .map(|c| format!("{:?}", c.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
             self.pin_dir.display().to_string(),
             self.run_dir().display().to_string(),
             self.audit_log().display().to_string(),

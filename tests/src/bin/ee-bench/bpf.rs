@@ -128,3 +128,69 @@ pub fn test_run(prog: RawFd, data: &[u8], repeat: u32) -> io::Result<(u32, u32)>
     bpf(BPF_PROG_TEST_RUN, &mut a)?;
     Ok((a.get_u32(4), a.get_u32(36)))
 }
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `enum bpf_stats_type`: run time and run count per program.
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// Turns on the kernel's per-program run time and run count
+/// (`run_time_ns`, `run_cnt`) for as long as the returned fd is open.
+///
+/// The fd form of `kernel.bpf_stats_enabled` (kernel/bpf/syscall.c,
+/// `bpf_enable_runtime_stats`): it takes a reference on the same static
+/// key the sysctl sets, so it never overwrites what an administrator (or a
+/// concurrent run) set, and the kernel drops the reference when the fd
+/// closes, also when this process is killed.
+pub fn enable_stats() -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, BPF_STATS_RUN_TIME);
+    let fd = bpf(BPF_ENABLE_STATS, &mut a)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The ids of the programs attached directly to `cgroup` for
+/// `attach_type` (BPF_PROG_QUERY; links included).
+pub fn cgroup_prog_ids(cgroup: &std::fs::File, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut a = Attr::new();
+    // `query`: target_fd, attach_type, query_flags, attach_flags,
+    // prog_ids (u64 at 16), prog_cnt (u32 at 24).
+    a.u32(0, cgroup.as_raw_fd() as u32)
+        .u32(4, attach_type)
+        .u64(16, ids.as_mut_ptr() as u64)
+        .u32(24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut a)?;
+    let n = (a.get_u32(24) as usize).min(ids.len());
+    Ok(ids[..n].to_vec())
+}
+
+/// A new fd for the program with id `id`.
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut a = Attr::new();
+    a.u32(0, id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// A program's cumulative (`run_time_ns`, `run_cnt`) from its fdinfo
+/// (kernel/bpf/syscall.c, `bpf_prog_show_fdinfo`); both only advance
+/// while stats are enabled (see [`enable_stats`]).
+pub fn prog_run_stats(prog: &OwnedFd) -> io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", prog.as_raw_fd()))?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no {key} in the program's fdinfo"),
+                )
+            })
+    };
+    Ok((field("run_time_ns:")?, field("run_cnt:")?))
+}

@@ -196,10 +196,6 @@ fn run() -> Result<()> {
         ));
     }
 
-    rep.notes.push(
-        "the configurations are measured one after the other (all runs of one, then the next), so a change in background load on a shared machine moves whole rows: compare ratios across runs of the benchmark with that in mind; the connect and UDP rows are the most sensitive"
-            .into(),
-    );
     println!("\n{}", rep.table());
     rep.write(&args.out, &machine)?;
     println!(

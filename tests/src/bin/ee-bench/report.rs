@@ -15,6 +15,10 @@ pub struct Row {
     /// Ratios printed beside this row: (label, name of the other row);
     /// the ratio is this row's median over the other's.
     pub versus: Vec<(&'static str, String)>,
+    /// Targets of issue 5 printed beside this row: (`"<="` or `">="`,
+    /// value in the row's unit); shown as the median over the target and
+    /// whether the median meets it.
+    pub targets: Vec<(&'static str, f64)>,
 }
 
 impl Row {
@@ -25,7 +29,14 @@ impl Row {
             unit,
             samples: Vec::new(),
             versus: Vec::new(),
+            targets: Vec::new(),
         }
+    }
+
+    /// A target this row is held to: `op` is `"<="` or `">="`.
+    pub fn target(mut self, op: &'static str, value: f64) -> Row {
+        self.targets.push((op, value));
+        self
     }
 
     pub fn vs(mut self, label: &'static str, other: impl Into<String>) -> Row {
@@ -110,6 +121,30 @@ impl Report {
                 (o.is_finite() && o != 0.0 && m.is_finite())
                     .then(|| format!("{:.3}x {label}", m / o))
             })
+            .chain(row.targets.iter().map(|&(op, t)| {
+                let m = row.median();
+                // The worst run: a median that meets the target while
+                // single runs do not is said so (noise, not a margin).
+                let (met, every) = match op {
+                    "<=" => (m <= t, row.max() <= t),
+                    _ => (m >= t, row.min() >= t),
+                };
+                let verdict = if !m.is_finite() {
+                    "not measured"
+                } else if met && every {
+                    "met"
+                } else if met {
+                    "met by the median, not by every run"
+                } else {
+                    "not met"
+                };
+                let ratio = if t != 0.0 && m.is_finite() {
+                    format!("{:.3}x ", m / t)
+                } else {
+                    String::new()
+                };
+                format!("{ratio}target ({op} {} {}): {verdict}", fmt(t), row.unit)
+            }))
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -119,7 +154,7 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "| section | measurement | median | min | max | unit | runs | ratios (median / median) |"
+            "| section | measurement | median | min | max | unit | runs | ratios (median / median) and targets |"
         );
         let _ = writeln!(t, "|---|---|---:|---:|---:|---|---:|---|");
         for r in self.ordered() {
@@ -277,4 +312,43 @@ pub fn machine() -> String {
         "- CPU: {model}\n- cores available: {cores}\n- memory: {mem}\n- kernel: Linux {}",
         kernel.trim()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(samples: &[f64], op: &'static str, t: f64) -> String {
+        let mut row = Row::new("s", "r", "ns").target(op, t);
+        row.samples = samples.to_vec();
+        Report::default().ratios(&row)
+    }
+
+    #[test]
+    fn targets_say_whether_the_median_meets_them() {
+        assert_eq!(
+            shown(&[100.0, 120.0, 140.0], "<=", 150.0),
+            "0.800x target (<= 150 ns): met"
+        );
+        assert_eq!(
+            shown(&[100.0, 120.0, 900.0], "<=", 150.0),
+            "0.800x target (<= 150 ns): met by the median, not by every run"
+        );
+        assert_eq!(
+            shown(&[0.5, 1.0, 1.2], ">=", 0.9),
+            "1.111x target (>= 0.9000 ns): met by the median, not by every run"
+        );
+        assert_eq!(
+            shown(&[200.0], "<=", 150.0),
+            "1.333x target (<= 150 ns): not met"
+        );
+        assert_eq!(
+            shown(&[0.97], ">=", 0.98),
+            "0.990x target (>= 0.9800 ns): not met"
+        );
+        assert_eq!(
+            shown(&[f64::NAN], ">=", 3.0),
+            "target (>= 3.00 ns): not measured"
+        );
+    }
 }
