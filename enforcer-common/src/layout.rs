@@ -238,6 +238,15 @@ pub const SK_VERDICT: &str = "SK_VERDICT";
 /// while no agent runs are read by the next one.
 pub const EVENTS: &str = "EVENTS";
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// `DEST_CACHE`: `PerCpuArray<DestCacheEntry>`, [`DEST_CACHE_SLOTS`] entries
+/// per CPU, direct-mapped by a hash of the destination: the last allowed
+/// or exempt verdicts (they do not depend on the mode or the caller), each
+/// with the generation it was made under. A flow's packets and repeated
+/// connects to the same peers find their verdict in one cache line instead
+/// of deciding again; refused verdicts are never here.
+pub const DEST_CACHE: &str = "DEST_CACHE";
+pub const DEST_CACHE_SLOTS: u32 = 256;
+
 /// `EVENT_STATE`: `PerCpuArray<RateState>`, one entry: the token bucket.
 pub const EVENT_STATE: &str = "EVENT_STATE";
 /// `EVENT_STATS`: `PerCpuArray<u64>`, indices [`EVENT_SUPPRESSED_RATE`] and
@@ -318,6 +327,27 @@ pub struct SockVerdict {
     pub _pad: [u8; 6],
 }
 
+/// A [`DEST_CACHE`] entry. `seq` is odd while the entry is being written
+/// (two programs can interleave on one CPU when the kernel preempts one):
+/// a reader accepts it only if `seq` is even and the same before and after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestCacheEntry {
+    pub seq: u32,
+    /// `CONFIG[CFG_GENERATION]` when it was decided; 0 never matches (the
+    /// agent's first generation is 1).
+    pub generation: u32,
+    /// The destination's 16 bytes (IPv4 in the first four) as two
+    /// native-endian words.
+    pub daddr: [u64; 2],
+    pub country: u16,
+    /// [`crate::Outcome`], [`crate::Family`], [`crate::Source`] as `u8`.
+    pub outcome: u8,
+    pub family: u8,
+    pub source: u8,
+    pub _pad: [u8; 3],
+}
+
 /// One refused or would-refuse decision, as the ring buffer carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,6 +406,7 @@ const _: () = assert!(core::mem::size_of::<Geo6Leaf>() == 64);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
 // A per-CPU value may not exceed PCPU_MIN_UNIT_SIZE (32 KiB):
 // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L68
@@ -393,4 +424,5 @@ mod pod {
     unsafe impl aya::Pod for super::SockVerdict {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::DestCacheEntry {}
 }

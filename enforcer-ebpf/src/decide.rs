@@ -14,15 +14,17 @@
 //!    knows how to find): enforce refuses, observe lets through as "would
 //!    deny".
 
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, Family, Mode, Outcome, Rule, RuleKind, Source,
-    UNKNOWN_COUNTRY,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, Family, Mode, Outcome, Rule, RuleKind,
+    Source, UNKNOWN_COUNTRY,
 };
 
 use crate::{
     geo::{country4, country6},
-    maps::{POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config},
+    maps::{DEST_CACHE, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config},
 };
 
 /// What the datapath concluded about one destination.
@@ -85,6 +87,90 @@ impl Dest {
             Dest::V6(a) => a,
         }
     }
+}
+
+/// [`decide`], through the per-CPU cache of allowed and exempt verdicts
+/// (`DEST_CACHE`, layout in `enforcer_common::layout`): a hit costs one
+/// cache line instead of the exception trie and the GeoIP tables, which a
+/// packet between two of its flow's packets has mostly left out of the CPU
+/// caches. `generation` is `CONFIG[CFG_GENERATION]`, read by the caller
+/// before anything else (see `sock_addr.rs`); an entry made under another
+/// generation never answers. Only verdicts that do not depend on the mode
+/// or the caller are cached, so a hit is the same for every cgroup.
+#[inline(always)]
+pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode) -> Decision {
+    let (family, words) = match dest {
+        Dest::V4(a) => (Family::Ipv4, [u64::from(u32::from_ne_bytes(a)), 0]),
+        Dest::V6(a) => (
+            Family::Ipv6,
+            [
+                u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+                u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+            ],
+        ),
+    };
+    let entry = if generation == 0 {
+        None
+    } else {
+        DEST_CACHE.get_ptr_mut(cache_slot(words))
+    };
+    if let Some(e) = entry {
+        // SAFETY: a valid per-CPU entry from a successful lookup; volatile
+        // reads, so the sequence is read before and after the fields.
+        unsafe {
+            let seq = read_volatile(&(*e).seq);
+            let outcome = read_volatile(&(*e).outcome);
+            let country = read_volatile(&(*e).country);
+            let source = read_volatile(&(*e).source);
+            let same = seq & 1 == 0
+                && read_volatile(&(*e).generation) == generation
+                && read_volatile(&(*e).family) == family as u8
+                && read_volatile(&(*e).daddr[0]) == words[0]
+                && read_volatile(&(*e).daddr[1]) == words[1]
+                && read_volatile(&(*e).seq) == seq;
+            if same
+                && let Some(outcome @ (Outcome::Allowed | Outcome::Exempt)) =
+                    Outcome::from_raw(outcome as u32)
+                && let Some(source) = Source::from_raw(source as u32)
+            {
+                return Decision {
+                    outcome,
+                    country,
+                    family,
+                    source,
+                    mode: Mode::Observe,
+                };
+            }
+        }
+    }
+    let d = decide(dest, mode);
+    if let Some(e) = entry
+        && !d.reportable()
+    {
+        // SAFETY: as above; the odd sequence marks the entry as being
+        // written for a reader that preempted this program on this CPU.
+        unsafe {
+            let seq = read_volatile(&(*e).seq) | 1;
+            write_volatile(&mut (*e).seq, seq);
+            write_volatile(&mut (*e).generation, generation);
+            write_volatile(&mut (*e).daddr[0], words[0]);
+            write_volatile(&mut (*e).daddr[1], words[1]);
+            write_volatile(&mut (*e).country, d.country);
+            write_volatile(&mut (*e).outcome, d.outcome as u8);
+            write_volatile(&mut (*e).family, family as u8);
+            write_volatile(&mut (*e).source, d.source as u8);
+            write_volatile(&mut (*e).seq, seq.wrapping_add(1));
+        }
+    }
+    d
+}
+
+/// The cache entry of a destination: a multiplicative hash of its words.
+#[inline(always)]
+fn cache_slot(words: [u64; 2]) -> u32 {
+    let x = words[0] ^ words[1].rotate_left(29);
+    let x = (x ^ (x >> 32)) as u32;
+    (x.wrapping_mul(0x9e37_79b1) >> 24) & (DEST_CACHE_SLOTS - 1)
 }
 
 /// Decides a destination against the active slot. `mode(slot)` gives the

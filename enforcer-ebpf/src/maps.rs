@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, EVENT_STATS_LEN, EVENTS_BYTES,
-    GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN, GEOPAL_LEN,
-    Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RateState, Rule,
-    SockVerdict,
+    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DestCacheEntry,
+    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_LEAVES,
+    GEO6F_BLOCKS, GEO6I_LEN, GEOPAL_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN,
+    RULES_CAPACITY, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -67,6 +67,9 @@ pub static MODE_BY_CG: HashMap<u64, u32> = HashMap::pinned(MODE_OVERRIDES_CAPACI
 /// socket is simply decided again on its next packet.
 #[btf_map]
 pub static SK_VERDICT: SkStorage<SockVerdict> = SkStorage::new();
+
+#[map]
+pub static DEST_CACHE: PerCpuArray<DestCacheEntry> = PerCpuArray::pinned(DEST_CACHE_SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

@@ -22,7 +22,7 @@ use enforcer_common::{CFG_GENERATION, Family, Hook, Mode, Outcome, SockVerdict, 
 
 use crate::{
     counters::count_packet,
-    decide::{Decision, decide},
+    decide::{Decision, decide_cached},
     events,
     maps::{SK_VERDICT, config},
     mode, packet,
@@ -50,37 +50,20 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: `sk` is a plain context field, possibly null.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     let sv = storage(sk, 0);
-    // SAFETY: non-null storage pointers point at the value.
-    let cached = if sv.is_null() {
-        None
-    } else {
-        Some(unsafe { *sv })
-    };
-
-    if let Some(c) = cached
+    // Fields are read and written through the pointer, never copied whole:
+    // the program's stack (512 bytes) has no room for two more verdicts.
+    // SAFETY: a non-null storage pointer points at the value.
+    if let Some(c) = unsafe { sv.as_ref() }
         && c.generation == generation
         && c.daddr == daddr
-        && let Some(d) = from_cache(&c)
+        && let Some(d) = from_cache(c)
     {
         count_packet(Hook::SkbEgress, &d, len);
         return if d.refuses() { DROP } else { PASS };
     }
 
-    let d = decide(p.dest, |slot| mode::for_skb(skb, slot));
+    let d = decide_cached(p.dest, generation, |slot| mode::for_skb(skb, slot));
     count_packet(Hook::SkbEgress, &d, len);
-    let c = cached.unwrap_or(SockVerdict {
-        generation: 0,
-        outcome: 0,
-        family: 0,
-        country: 0,
-        daddr: [0; 16],
-        pid_tgid: 0,
-        uid_gid: 0,
-        comm: [0; 16],
-        source: 0,
-        mode: 0,
-        _pad: [0; 6],
-    });
     // A reportable verdict is stored (its storage created now if need be),
     // so the socket's later packets neither decide nor report again.
     let sv = if sv.is_null() && d.reportable() {
@@ -89,18 +72,19 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         sv
     };
     if d.reportable() {
-        let uid_gid = if c.pid_tgid != 0 {
-            c.uid_gid
-        } else {
-            ctx.get_socket_uid() as u64
+        // The process a socket hook recorded, else the socket's owner.
+        // SAFETY: as above.
+        let (pid_tgid, uid_gid, comm) = match unsafe { sv.as_ref() } {
+            Some(c) if c.pid_tgid != 0 => (c.pid_tgid, c.uid_gid, c.comm),
+            _ => (0, ctx.get_socket_uid() as u64, [0; 16]),
         };
         events::emit(|e| {
             // SAFETY: the helper reads the socket's cgroup from the context.
             e.cgroup_id = unsafe { bpf_skb_cgroup_id(skb.cast()) };
-            e.pid_tgid = c.pid_tgid;
+            e.pid_tgid = pid_tgid;
             e.uid_gid = uid_gid;
             e.daddr = daddr;
-            e.comm = c.comm;
+            e.comm = comm;
             e.bytes = len;
             e.dport = p.dport;
             e.country = d.country;
@@ -112,21 +96,16 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
             e.source = d.source as u8;
         });
     }
-    if !sv.is_null() {
-        // The process fields belong to the socket: keep what connect wrote.
-        // SAFETY: as above.
-        unsafe {
-            *sv = SockVerdict {
-                generation,
-                outcome: d.outcome as u8,
-                family: d.family as u8,
-                country: d.country,
-                daddr,
-                source: d.source as u8,
-                mode: d.mode as u8,
-                ..c
-            };
-        }
+    // The process fields belong to the socket: keep what connect wrote.
+    // SAFETY: as above.
+    if let Some(c) = unsafe { sv.as_mut() } {
+        c.generation = generation;
+        c.outcome = d.outcome as u8;
+        c.family = d.family as u8;
+        c.country = d.country;
+        c.daddr = daddr;
+        c.source = d.source as u8;
+        c.mode = d.mode as u8;
     }
     if d.refuses() { DROP } else { PASS }
 }

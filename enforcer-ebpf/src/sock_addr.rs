@@ -18,7 +18,7 @@ use enforcer_common::{CFG_GENERATION, Hook, SockVerdict};
 
 use crate::{
     counters::count_connection,
-    decide::{Decision, Dest, decide},
+    decide::{Decision, Dest, decide_cached},
     events,
     maps::{SK_VERDICT, config},
     mode,
@@ -61,7 +61,7 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     // new generation and the packet hook would trust it until the next
     // flip. (The packet hook reads it first too: skb.rs.)
     let generation = config(CFG_GENERATION);
-    let d = decide(dest, mode::for_current_task);
+    let d = decide_cached(dest, generation, mode::for_current_task);
     count_connection(hook, &d);
     if !d.reportable() {
         // Allowed or exempt: nothing is stored on the socket. Creating its

@@ -28,9 +28,9 @@
 //!   are reported as events with no process, uid or cgroup (there is none).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use enforcer_common::Hook;
+use enforcer_common::{CFG_GENERATION, Hook};
 
-use crate::{counters::count_packet, decide::decide, events, mode, packet};
+use crate::{counters::count_packet, decide::decide_cached, events, maps::config, mode, packet};
 
 /// Length of the Ethernet header before the IP header.
 const ETH_HLEN: usize = 14;
@@ -64,7 +64,7 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     let Some(p) = packet::parse(protocol, ETH_HLEN, ctx) else {
         return TCX_NEXT;
     };
-    let d = decide(p.dest, mode::global);
+    let d = decide_cached(p.dest, config(CFG_GENERATION), mode::global);
     // parse() read a whole IP header after the Ethernet header, so `len`
     // is larger than ETH_HLEN; saturating anyway, for the verifier's sake.
     let bytes = len.saturating_sub(ETH_HLEN as u32);

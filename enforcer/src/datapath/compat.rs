@@ -12,11 +12,12 @@ use std::mem::size_of;
 
 use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
-    BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, EVENT_STATE,
-    EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, GEO4, GEO4_BLOCK, GEO4_BLOCKS,
-    GEO4_LONG_CAPACITY, GEO4L, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS, GEO6I, GEO6I_LEN, GEOPAL,
-    GEOPAL_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY,
-    POLICY_LEN, RULES_CAPACITY, RULES4, RULES6, RateState, Rule,
+    BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, DEST_CACHE,
+    DEST_CACHE_SLOTS, DestCacheEntry, EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS,
+    EVENTS_BYTES, GEO4, GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO4L, GEO6, GEO6_LEAVES,
+    GEO6F, GEO6F_BLOCKS, GEO6I, GEO6I_LEN, GEOPAL, GEOPAL_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG,
+    MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4, RULES6,
+    RateState, Rule,
 };
 
 use super::DatapathError;
@@ -76,6 +77,13 @@ fn expected() -> Vec<Expected> {
             1,
         ),
         e(EVENT_STATS, MapType::PerCpuArray, 4, 8, EVENT_STATS_LEN),
+        e(
+            DEST_CACHE,
+            MapType::PerCpuArray,
+            4,
+            size_of::<DestCacheEntry>(),
+            DEST_CACHE_SLOTS,
+        ),
         e(GEOPAL, MapType::Array, 4, 2, GEOPAL_LEN),
     ];
     for slot in 0..2 {
