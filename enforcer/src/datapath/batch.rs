@@ -64,9 +64,16 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 
 /// Reads every entry of the hash map `fd` (u32 keys, [`Chunk`] values).
 pub fn read_all(fd: BorrowedFd<'_>) -> io::Result<Vec<(u32, Chunk)>> {
+    let mut out = Vec::new();
+    for_each(fd, |key, value| out.push((key, *value)))?;
+    Ok(out)
+}
+
+/// Hands every entry of the hash map `fd` to `f`, in hash order, reading
+/// [`LOOKUP_WINDOW`] entries per call into one reused buffer.
+pub fn for_each(fd: BorrowedFd<'_>, mut f: impl FnMut(u32, &Chunk)) -> io::Result<()> {
     let mut keys = vec![0u32; LOOKUP_WINDOW];
     let mut values = vec![[0u8; 256]; LOOKUP_WINDOW];
-    let mut out = Vec::new();
     // The hash map's batch cursor is a u32 bucket index
     // (htab_map_lookup_batch, kernel/bpf/hashtab.c); none to start.
     let mut cursor: Option<u32> = None;
@@ -90,9 +97,11 @@ pub fn read_all(fd: BorrowedFd<'_>) -> io::Result<Vec<(u32, Chunk)>> {
             Err(e) => return Err(e),
         };
         let n = (attr.count as usize).min(LOOKUP_WINDOW);
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        for (key, value) in keys[..n].iter().zip(&values[..n]) {
+            f(*key, value);
+        }
         if done {
-            return Ok(out);
+            return Ok(());
         }
         cursor = Some(next);
     }

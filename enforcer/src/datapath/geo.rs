@@ -210,6 +210,8 @@ pub fn build(geo: &GeoTable, held: &[u16; 256]) -> Result<Flat, DatapathError> {
         tbl24[*index as usize] = if uniform { chunk[0] } else { GEO4_LONG };
         !uniform
     });
+    // Kept after the install (what the slot holds): no spare capacity.
+    long.shrink_to_fit();
     if long.len() > GEO4_LONG_CAPACITY as usize {
         return Err(DatapathError::Capacity {
             what: "GeoIP IPv4 /24s split by longer prefixes".to_owned(),
@@ -570,11 +572,23 @@ fn verify_long(
     written: &Written,
 ) -> Result<(), String> {
     if written.read_whole || written.upserted.len() + written.removed.len() > VERIFY_BY_KEY_MAX {
-        let have = read_long(ebpf, name).map_err(|e| e.to_string())?;
-        if have != flat.long {
+        // Compared as it is read, a window at a time: the map holds each
+        // key once, so every key of `flat` found with its chunk and no
+        // other key means the same contents.
+        let (mut found, mut differ) = (0usize, 0usize);
+        let fd = long_fd(ebpf, name).map_err(|e| e.to_string())?;
+        batch::for_each(fd, |index, chunk| {
+            if chunk_of(&flat.long, index) == Some(chunk) {
+                found += 1;
+            } else {
+                differ += 1;
+            }
+        })
+        .map_err(|e| batch_err(name, "bpf_map_lookup_batch", e).to_string())?;
+        if differ != 0 || found != flat.long.len() {
             return Err(format!(
-                "{name} holds {} chunks, expected {} (or their contents differ)",
-                have.len(),
+                "{name} holds {} chunks as written of {} expected, and {differ} others",
+                found,
                 flat.long.len()
             ));
         }
