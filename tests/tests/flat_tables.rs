@@ -15,6 +15,9 @@
 //!
 //! The third install writes into a slot that already holds GeoLite2: it
 //! must change no block of the flat tables (a refresh costs what changed).
+//! The fourth writes GeoLite2 over geo-whois: the second level is diffed
+//! against what the agent kept from its own write of that slot, not read
+//! from the map, and the kernel must then answer as for a fresh slot.
 //! Finally the kernel's memory accounting of every map (both slots full)
 //! is printed.
 
@@ -255,6 +258,7 @@ fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
         ("GeoLite2", &geolite),
         ("geo-whois", &whois),
         ("GeoLite2 again", &geolite),
+        ("GeoLite2 over geo-whois", &geolite),
     ];
     for (phase, (name, source)) in phases.into_iter().enumerate() {
         let path = dir.path().join(format!("{phase}.toml"));
