@@ -118,7 +118,13 @@ impl CompiledPolicy {
             });
             layers.push(table);
         }
-        let geo = GeoTable::layered(&layers);
+        // One source is its own layering: moved, not rebuilt (a rebuild
+        // holds two more copies of the table at once).
+        let geo = if layers.len() == 1 {
+            layers.pop().unwrap_or_default()
+        } else {
+            GeoTable::layered(&layers)
+        };
         Self::from_parts(config, geo, sources)
     }
 

@@ -409,11 +409,14 @@ pub(crate) fn load(reader: &Reader<Vec<u8>>, path: &Path) -> Result<MmdbTables, 
             IpNetwork::V4(n) => {
                 let start = u128::from(u32::from(n.network()));
                 let end = u128::from(u32::from(n.broadcast()));
-                v4.push(Run {
-                    start,
-                    end,
-                    country,
-                });
+                push_run(
+                    &mut v4,
+                    Run {
+                        start,
+                        end,
+                        country,
+                    },
+                );
                 stats.raw_v4 += 1;
             }
             IpNetwork::V6(n) => {
@@ -465,6 +468,23 @@ pub(crate) fn load(reader: &Reader<Vec<u8>>, path: &Path) -> Result<MmdbTables, 
     })
 }
 
+/// Appends `r`, merged into the last run when it continues it with the
+/// same country. The tree walk yields networks in address order, so this
+/// keeps only the aggregated runs (a few hundred thousand for a world
+/// database) instead of every network (about a million, 48 bytes each),
+/// which was most of the agent's peak memory while loading. An overlap is
+/// never merged: `Table::from_disjoint` still sees and reports it.
+fn push_run(runs: &mut Vec<WideRun>, r: WideRun) {
+    if let Some(last) = runs.last_mut()
+        && last.country == r.country
+        && last.end.checked_add(1) == Some(r.start)
+    {
+        last.end = r.end;
+        return;
+    }
+    runs.push(r);
+}
+
 /// Splits an IPv6 network of an IPv6 database between the families (see
 /// the module docs). Returns whether it contributed to v4 and to v6.
 fn split_v6(
@@ -477,11 +497,14 @@ fn split_v6(
 ) -> (bool, bool) {
     let mut has_v4 = false;
     if start <= V4_IN_V6_END {
-        v4.push(Run {
-            start,
-            end: end.min(V4_IN_V6_END),
-            country,
-        });
+        push_run(
+            v4,
+            Run {
+                start,
+                end: end.min(V4_IN_V6_END),
+                country,
+            },
+        );
         has_v4 = true;
     }
     let mut pieces = vec![(start.max(V4_IN_V6_END + 1), end)];
@@ -521,11 +544,14 @@ fn split_v6(
     let mut has_v6 = false;
     for (s, e) in pieces {
         if s <= e {
-            v6.push(Run {
-                start: s,
-                end: e,
-                country,
-            });
+            push_run(
+                v6,
+                Run {
+                    start: s,
+                    end: e,
+                    country,
+                },
+            );
             has_v6 = true;
         }
     }

@@ -429,6 +429,9 @@ impl<A: Family> Table<A> {
         if let Some(p) = pending {
             flush(p, &mut out);
         }
+        // Sized for the input, which can be several times the merged runs;
+        // the table lives as long as the agent.
+        out.shrink_to_fit();
         Table {
             runs: out,
             prefixes,

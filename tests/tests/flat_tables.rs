@@ -15,6 +15,11 @@
 //!
 //! The third install writes into a slot that already holds GeoLite2: it
 //! must change no block of the flat tables (a refresh costs what changed).
+//! The fourth writes GeoLite2 over geo-whois: the second level is diffed
+//! against what the agent kept from its own write of that slot, not read
+//! from the map, and the kernel must then answer as for a fresh slot. The
+//! fifth changes the country of every 100th GeoLite2 prefix, into the slot
+//! holding GeoLite2: a small diff, read back key by key.
 //! Finally the kernel's memory accounting of every map (both slots full)
 //! is printed.
 
@@ -43,7 +48,7 @@ use enforcer_tests::{
     skip_unless,
     testrun::{PinDir, Rng},
 };
-use geoip::GeoTable;
+use geoip::{CountryCode, GeoTable, Table};
 use ipnetwork::IpNetwork;
 
 const UNIFORM: usize = 50_000;
@@ -92,6 +97,32 @@ fn frame(dest: IpAddr) -> Vec<u8> {
     f.extend_from_slice(&udp_len.to_be_bytes());
     f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
     f
+}
+
+/// `geo` with the country of every 100th prefix (per family) changed, as
+/// ee-bench's 1% reload does.
+fn perturbed(geo: &GeoTable) -> GeoTable {
+    let de: CountryCode = "DE".parse().expect("a literal country code");
+    let us: CountryCode = "US".parse().expect("a literal country code");
+    let flip = |i: usize, c: CountryCode| match (i % 100 == 7, c == us) {
+        (false, _) => c,
+        (true, true) => de,
+        (true, false) => us,
+    };
+    GeoTable {
+        v4: Table::from_entries(
+            geo.v4
+                .prefixes()
+                .enumerate()
+                .map(|(i, (n, c))| (n, flip(i, c))),
+        ),
+        v6: Table::from_entries(
+            geo.v6
+                .prefixes()
+                .enumerate()
+                .map(|(i, (n, c))| (n, flip(i, c))),
+        ),
+    }
 }
 
 fn builtin() -> Vec<IpNetwork> {
@@ -255,6 +286,8 @@ fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
         ("GeoLite2", &geolite),
         ("geo-whois", &whois),
         ("GeoLite2 again", &geolite),
+        ("GeoLite2 over geo-whois", &geolite),
+        ("GeoLite2, 1% changed", &geolite),
     ];
     for (phase, (name, source)) in phases.into_iter().enumerate() {
         let path = dir.path().join(format!("{phase}.toml"));
@@ -271,6 +304,9 @@ fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
         // Nothing approved: every packet is refused and reported, with the
         // country the kernel found.
         policy.approval.iter_mut().for_each(|v| *v = NOT_APPROVED);
+        if phase == 4 {
+            policy.geo = perturbed(&policy.geo);
+        }
         let report = dp
             .install(&policy, Mode::Enforce)
             .unwrap_or_else(|e| panic!("{name}: install: {e}"));

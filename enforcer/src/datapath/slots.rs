@@ -15,7 +15,7 @@ use enforcer_common::{COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULES_CAPACITY, RULES
 
 use super::{
     DatapathError,
-    geo::{self, Flat, FlatDelta},
+    geo::{self, Flat, FlatDelta, Written},
     map_err,
 };
 use crate::policy::CompiledPolicy;
@@ -130,6 +130,8 @@ pub struct SlotContents<'a> {
     rules_v4: Desired<[u8; 4], Rule>,
     rules_v6: Desired<[u8; 16], Rule>,
     geo: Flat,
+    /// The second-level keys [`write`] touched, for [`verify`].
+    geo_written: Written,
     geo_v4: usize,
     geo_v6: usize,
     approval: &'a [u32],
@@ -144,10 +146,17 @@ impl<'a> SlotContents<'a> {
             rules_v4: rules_v4(p),
             rules_v6: rules_v6(p),
             geo: geo::build_for(ebpf, slot, &p.geo)?,
+            geo_written: Written::default(),
             geo_v4: p.geo.v4.len(),
             geo_v6: p.geo.v6.len(),
             approval: &p.approval,
         })
+    }
+
+    /// What the slot's `GEO4L` holds once these contents are written and
+    /// verified.
+    pub fn into_geo_long(self) -> geo::Long {
+        self.geo.into_long()
     }
 }
 
@@ -207,19 +216,25 @@ fn write_trie<K: Pod + Ord, V: Pod + PartialEq>(
 
 /// Writes a whole policy into `slot` (which must not be active), each table
 /// as a diff against what the slot holds (a daily refresh costs what
-/// changed).
+/// changed); `geo_long_held` is what the slot's GeoIP second level holds,
+/// when the caller knows it (see `geo::write`).
 pub fn write(
     ebpf: &mut Ebpf,
     slot: u32,
-    c: &SlotContents<'_>,
+    c: &mut SlotContents<'_>,
+    geo_long_held: Option<&geo::Long>,
 ) -> Result<SlotReport, DatapathError> {
     let started = Instant::now();
     let s = slot as usize;
+    let rules_v4 = write_trie(ebpf, RULES4[s], &c.rules_v4)?;
+    let rules_v6 = write_trie(ebpf, RULES6[s], &c.rules_v6)?;
+    let (geo, written) = geo::write(ebpf, slot, &c.geo, geo_long_held)?;
+    c.geo_written = written;
     let mut report = SlotReport {
         slot,
-        rules_v4: write_trie(ebpf, RULES4[s], &c.rules_v4)?,
-        rules_v6: write_trie(ebpf, RULES6[s], &c.rules_v6)?,
-        geo: geo::write(ebpf, slot, &c.geo)?,
+        rules_v4,
+        rules_v6,
+        geo,
         geo_v4: c.geo_v4,
         geo_v6: c.geo_v6,
         geo_build_seconds: c.geo.build_seconds,
@@ -256,7 +271,7 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, c: &SlotContents<'_>) -> Result<(), Da
     let s = slot as usize;
     verify_trie(ebpf, RULES4[s], &c.rules_v4).map_err(fail)?;
     verify_trie(ebpf, RULES6[s], &c.rules_v6).map_err(fail)?;
-    geo::verify(ebpf, slot, &c.geo).map_err(fail)?;
+    geo::verify(ebpf, slot, &c.geo, &c.geo_written).map_err(fail)?;
     Ok(())
 }
 
