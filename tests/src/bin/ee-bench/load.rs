@@ -117,7 +117,8 @@ pub fn enforcer(
             "ms",
         )
         .vs("nft -f", "nft -f, both families")
-        .vs("ipset restore", "ipset restore, both families"),
+        .vs("ipset restore", "ipset restore, both families")
+        .target("<=", 1000.0),
         Row::new(
             S,
             "enforcer: reload, 1% of prefixes changed (diff install)",
@@ -127,7 +128,8 @@ pub fn enforcer(
             "full install",
             "enforcer: install full table into an empty slot",
         )
-        .vs("nft -f", "nft -f, both families"),
+        .vs("nft -f", "nft -f, both families")
+        .target("<=", 50.0),
     ];
     let mut live = None;
     for run in 0..runs {
