@@ -496,9 +496,9 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat, written: &Written) -> Res
     let s = slot as usize;
     for (name, want, block) in [
         (GEO4[s], flat.tbl24.as_ref(), GEO4_BLOCK),
-        (GEO6I[s], flat.v6.index.as_slice(), 64 * NODE_BYTES),
-        (GEO6[s], flat.v6.leaves.as_slice(), 64 * LEAF_BYTES),
-        (GEO6F[s], flat.v6.fine.as_slice(), FINE_BLOCK_BYTES),
+        (GEO6I[s], flat.v6.index.as_ref(), 64 * NODE_BYTES),
+        (GEO6[s], flat.v6.leaves.as_ref(), 64 * LEAF_BYTES),
+        (GEO6F[s], flat.v6.fine.as_ref(), FINE_BLOCK_BYTES),
     ] {
         // Window by window, with the checksums of the whole table only
         // when something differs.

@@ -18,7 +18,7 @@ use enforcer_common::{
     GEO6I_OFFSET, Geo6Block, Geo6Leaf,
 };
 
-use super::DatapathError;
+use super::{DatapathError, buffer::Buffer};
 
 /// Bytes of one index node, one leaf and one fine block.
 pub const NODE_BYTES: usize = 64;
@@ -29,11 +29,11 @@ pub const FINE_BLOCK_BYTES: usize = size_of::<Geo6Block>();
 /// order: the kernel reads them as u64 and u16).
 pub struct V6 {
     /// `GEO6I_<slot>`: [`GEO6I_LEN`] nodes of eight keys.
-    pub index: Vec<u8>,
+    pub index: Buffer,
     /// `GEO6_<slot>`: [`GEO6_LEAVES`] leaves.
-    pub leaves: Vec<u8>,
+    pub leaves: Buffer,
     /// `GEO6F_<slot>`: [`GEO6F_BLOCKS`] blocks.
-    pub fine: Vec<u8>,
+    pub fine: Buffer,
     /// Coarse entries in use (the rest of the leaves is padding).
     pub coarse_len: usize,
     /// Fine entries in use (`CONFIG[CFG_GEO6F_LEN[slot]]`).
@@ -62,7 +62,13 @@ fn split(entries: &[Start]) -> (Vec<Coarse>, Vec<Start>) {
     let mut i = 0;
     while i < entries.len() {
         let h = hi(entries[i].0);
-        let j = i + entries[i..].partition_point(|e| hi(e.0) == h);
+        // A linear scan: groups are short (one entry but for split /64s),
+        // and a binary search over the rest of the table per group made
+        // this the slowest part of a reload.
+        let mut j = i + 1;
+        while j < entries.len() && hi(entries[j].0) == h {
+            j += 1;
+        }
         let group = &entries[i..j];
         if group.len() == 1 && lo(group[0].0) == 0 {
             coarse.push((h, group[0].1));
@@ -112,7 +118,9 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
     // Leaves: six starts each; padding keys are u64::MAX and repeat the last
     // country (see the layout).
     let pad_country = coarse.last().map_or(0, |&(_, c)| c);
-    let mut leaves = vec![0u8; GEO6_LEAVES as usize * LEAF_BYTES];
+    // Huge-page buffers, as for the IPv4 table (buffer.rs): faulting in
+    // 5 MiB of small pages is a good part of a reload's time.
+    let mut leaves = zeroed(GEO6_LEAVES as usize * LEAF_BYTES)?;
     // First key of every leaf, for the index.
     let mut firsts = vec![u64::MAX; GEO6_LEAVES as usize];
     for (l, leaf) in leaves.chunks_mut(LEAF_BYTES).enumerate() {
@@ -132,7 +140,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
 
     // The index, bottom level first: a node's key k is the first key of its
     // child 8 * i + k.
-    let mut index = vec![0u8; GEO6I_LEN as usize * NODE_BYTES];
+    let mut index = zeroed(GEO6I_LEN as usize * NODE_BYTES)?;
     let mut below = firsts;
     for level in (0..GEO6I_LEVELS).rev() {
         let nodes = GEO6I_NODES[level] as usize;
@@ -148,7 +156,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
         below = own;
     }
 
-    let mut fine_bytes = vec![0u8; GEO6F_BLOCKS as usize * FINE_BLOCK_BYTES];
+    let mut fine_bytes = zeroed(GEO6F_BLOCKS as usize * FINE_BLOCK_BYTES)?;
     for (i, &(start, country)) in fine.iter().enumerate() {
         let (block, j) = (i / GEO6_BLOCK, i % GEO6_BLOCK);
         let b = &mut fine_bytes[block * FINE_BLOCK_BYTES..(block + 1) * FINE_BLOCK_BYTES];
@@ -164,6 +172,13 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
         fine: fine_bytes,
         coarse_len: coarse.len(),
         fine_len: fine.len() as u32,
+    })
+}
+
+fn zeroed(len: usize) -> Result<Buffer, DatapathError> {
+    Buffer::zeroed(len).map_err(|e| DatapathError::Pin {
+        path: "IPv6 table".into(),
+        detail: format!("cannot allocate memory to build it: {e}"),
     })
 }
 

@@ -160,9 +160,19 @@ pub fn enforcer(
         let new = CompiledPolicy::from_parts(&config, changed, Vec::new())
             .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
         let t = Instant::now();
-        dp.install(&new, config.mode)
+        let r = dp
+            .install(&new, config.mode)
             .map_err(|e| anyhow::anyhow!("1% install: {e}"))?;
         let reload = secs(t);
+        println!(
+            "  load: 1% reload stages: build {:.1} ms, write {:.1} ms (IPv4 blocks {}, split /24s written {}, IPv6 blocks {}), verify {:.1} ms",
+            r.geo_build_seconds * 1e3,
+            r.geo.write_seconds * 1e3,
+            r.geo.v4_blocks,
+            r.geo.v4_long_written,
+            r.geo.v6_blocks,
+            r.geo_verify_seconds * 1e3
+        );
         // Back to the real table in both slots for what follows.
         dp.install(&policy, config.mode)
             .map_err(|e| anyhow::anyhow!("restore install: {e}"))?;
