@@ -28,6 +28,8 @@ mod geo;
 mod maps;
 #[path = "mode.rs"]
 mod mode;
+#[path = "runtime.rs"]
+mod runtime;
 
 use aya_ebpf::{
     macros::{cgroup_skb, map},
@@ -179,13 +181,3 @@ pub fn bench_lpm6(_ctx: SkBuffContext) -> i32 {
     let key = Key::new(128, dest6());
     bit(BENCH_LPM6.get(&key).copied().unwrap_or(0))
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

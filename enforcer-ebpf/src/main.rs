@@ -35,20 +35,8 @@ mod geo;
 mod maps;
 mod mode;
 mod packet;
+mod runtime;
 mod sendmsg;
 mod skb;
 mod sock_addr;
 mod tcx;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a verified program: the verifier rejects any path that
-    // could get here, because it never returns.
-    loop {}
-}
-
-/// Some helpers are GPL-only; the datapath is dual licensed to use them.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
