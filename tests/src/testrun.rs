@@ -1,7 +1,9 @@
 //! For the tests that load the datapath through the library into a private
 //! pin directory and run its programs with `BPF_PROG_TEST_RUN`
-//! (packet_test_run.rs, check.rs, flat_tables.rs): the pin directory's
-//! guard, and a reproducible random stream for drawing addresses.
+//! (packet_test_run.rs, check.rs, flat_tables.rs) and for ee-bench: the pin
+//! directory's guard, a reproducible random stream for drawing addresses,
+//! the UDP frame they hand the packet program, and the 1% change of a
+//! GeoIP table the reload tests and the benchmark apply.
 
 use std::{
     fs,
@@ -9,7 +11,13 @@ use std::{
     path::PathBuf,
 };
 
+use geoip::{CountryCode, GeoTable, Table};
 use ipnetwork::IpNetwork;
+
+use crate::sandbox::addr;
+
+/// Length of the Ethernet header test_run expects before the IP header.
+pub const ETH_HLEN: usize = 14;
 
 /// A pin directory, removed on drop, also when the test panics. bpffs
 /// itself is left mounted.
@@ -61,5 +69,76 @@ impl Rng {
                 IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
             }
         }
+    }
+}
+
+/// A UDP packet from the sandbox client to `dest` port 53 in an Ethernet
+/// frame (test_run hands the program the packet from the IP header on; see
+/// packet_test_run.rs). An IPv4-mapped destination gets the mapped client
+/// address as its source, as a dual-stack socket would send it.
+pub fn udp_frame(dest: IpAddr) -> Vec<u8> {
+    let udp_len: u16 = 8 + 4;
+    let mut f = Vec::with_capacity(ETH_HLEN + 40 + udp_len as usize);
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
+    match dest {
+        IpAddr::V4(d) => {
+            f.extend_from_slice(&0x0800u16.to_be_bytes());
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+            h[6] = 0x40;
+            h[8] = 64;
+            h[9] = 17;
+            h[12..16].copy_from_slice(&addr::CLIENT_V4.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            f.extend_from_slice(&h);
+        }
+        IpAddr::V6(d) => {
+            f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let mut h = [0u8; 40];
+            h[0] = 0x60;
+            h[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            h[6] = 17;
+            h[7] = 64;
+            let src = if d.to_ipv4_mapped().is_some() {
+                addr::CLIENT_V4.to_ipv6_mapped()
+            } else {
+                addr::CLIENT_V6
+            };
+            h[8..24].copy_from_slice(&src.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            f.extend_from_slice(&h);
+        }
+    }
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&53u16.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
+    f
+}
+
+/// `geo` with the country of every 100th prefix (per family) changed: the
+/// "1% reload" of flat_tables.rs and ee-bench.
+pub fn perturbed(geo: &GeoTable) -> GeoTable {
+    let de: CountryCode = "DE".parse().expect("a literal country code");
+    let us: CountryCode = "US".parse().expect("a literal country code");
+    let flip = |i: usize, c: CountryCode| match (i % 100 == 7, c == us) {
+        (false, _) => c,
+        (true, true) => de,
+        (true, false) => us,
+    };
+    GeoTable {
+        v4: Table::from_entries(
+            geo.v4
+                .prefixes()
+                .enumerate()
+                .map(|(i, (n, c))| (n, flip(i, c))),
+        ),
+        v6: Table::from_entries(
+            geo.v6
+                .prefixes()
+                .enumerate()
+                .map(|(i, (n, c))| (n, flip(i, c))),
+        ),
     }
 }

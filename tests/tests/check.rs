@@ -61,7 +61,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, remove_cgroup, sweep_stale},
     scenario::{TEST_DB_CSV, real_geoip},
     skip_unless,
-    testrun::{PinDir, Rng},
+    testrun::{PinDir, Rng, udp_frame as frame},
 };
 use geoip::{CountryCode, GeoTable};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -76,7 +76,6 @@ const PER_RULE: usize = 8;
 /// Mismatches printed in the table.
 const SHOWN: usize = 20;
 
-const ETH_HLEN: usize = 14;
 const PASS: u32 = 1;
 const DROP: u32 = 0;
 
@@ -244,49 +243,6 @@ fn config_text(pin_dir: &Path, id: &str, sources: &[&Path], rules: &Rules) -> St
             .join(", "),
         pin_dir.display().to_string(),
     )
-}
-
-/// A UDP packet to `dest` in an Ethernet frame (see packet_test_run.rs for
-/// what test_run does with it: the program sees it from the IP header on).
-fn frame(dest: IpAddr) -> Vec<u8> {
-    let udp_len: u16 = 8 + 4;
-    let mut f = Vec::with_capacity(ETH_HLEN + 40 + udp_len as usize);
-    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
-    match dest {
-        IpAddr::V4(d) => {
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-            h[6] = 0x40;
-            h[8] = 64;
-            h[9] = 17;
-            h[12..16].copy_from_slice(&addr::CLIENT_V4.octets());
-            h[16..20].copy_from_slice(&d.octets());
-            f.extend_from_slice(&h);
-        }
-        IpAddr::V6(d) => {
-            f.extend_from_slice(&0x86ddu16.to_be_bytes());
-            let mut h = [0u8; 40];
-            h[0] = 0x60;
-            h[4..6].copy_from_slice(&udp_len.to_be_bytes());
-            h[6] = 17;
-            h[7] = 64;
-            let src = if d.to_ipv4_mapped().is_some() {
-                addr::CLIENT_V4.to_ipv6_mapped()
-            } else {
-                addr::CLIENT_V6
-            };
-            h[8..24].copy_from_slice(&src.octets());
-            h[24..40].copy_from_slice(&d.octets());
-            f.extend_from_slice(&h);
-        }
-    }
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&53u16.to_be_bytes());
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
-    f
 }
 
 /// The `skb_egress` packet counters of both families, summed over CPUs.

@@ -43,12 +43,12 @@ use enforcer::{
 use enforcer_common::{EVENTS, Event, Mode, NOT_APPROVED, UNKNOWN_COUNTRY};
 use enforcer_tests::{
     privileged,
-    sandbox::{PREFIX, addr, sweep_stale},
+    sandbox::{PREFIX, sweep_stale},
     scenario::real_geoip,
     skip_unless,
-    testrun::{PinDir, Rng},
+    testrun::{PinDir, Rng, perturbed, udp_frame as frame},
 };
-use geoip::{CountryCode, GeoTable, Table};
+use geoip::GeoTable;
 use ipnetwork::IpNetwork;
 
 const UNIFORM: usize = 50_000;
@@ -59,71 +59,6 @@ const BOUNDARY_PREFIXES: usize = 2_000;
 /// test_runs between two reads of the ring buffer: fewer than the 1 MiB
 /// ring holds (88 bytes per record).
 const BATCH: usize = 8_000;
-const ETH_HLEN: usize = 14;
-
-/// A UDP packet to `dest` in an Ethernet frame (test_run hands the
-/// program the packet from the IP header on).
-fn frame(dest: IpAddr) -> Vec<u8> {
-    let udp_len: u16 = 8 + 4;
-    let mut f = Vec::with_capacity(ETH_HLEN + 40 + udp_len as usize);
-    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]);
-    match dest {
-        IpAddr::V4(d) => {
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut h = [0u8; 20];
-            h[0] = 0x45;
-            h[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-            h[6] = 0x40;
-            h[8] = 64;
-            h[9] = 17;
-            h[12..16].copy_from_slice(&addr::CLIENT_V4.octets());
-            h[16..20].copy_from_slice(&d.octets());
-            f.extend_from_slice(&h);
-        }
-        IpAddr::V6(d) => {
-            f.extend_from_slice(&0x86ddu16.to_be_bytes());
-            let mut h = [0u8; 40];
-            h[0] = 0x60;
-            h[4..6].copy_from_slice(&udp_len.to_be_bytes());
-            h[6] = 17;
-            h[7] = 64;
-            h[8..24].copy_from_slice(&addr::CLIENT_V6.octets());
-            h[24..40].copy_from_slice(&d.octets());
-            f.extend_from_slice(&h);
-        }
-    }
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&53u16.to_be_bytes());
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 1, 2, 3, 4]);
-    f
-}
-
-/// `geo` with the country of every 100th prefix (per family) changed, as
-/// ee-bench's 1% reload does.
-fn perturbed(geo: &GeoTable) -> GeoTable {
-    let de: CountryCode = "DE".parse().expect("a literal country code");
-    let us: CountryCode = "US".parse().expect("a literal country code");
-    let flip = |i: usize, c: CountryCode| match (i % 100 == 7, c == us) {
-        (false, _) => c,
-        (true, true) => de,
-        (true, false) => us,
-    };
-    GeoTable {
-        v4: Table::from_entries(
-            geo.v4
-                .prefixes()
-                .enumerate()
-                .map(|(i, (n, c))| (n, flip(i, c))),
-        ),
-        v6: Table::from_entries(
-            geo.v6
-                .prefixes()
-                .enumerate()
-                .map(|(i, (n, c))| (n, flip(i, c))),
-        ),
-    }
-}
 
 fn builtin() -> Vec<IpNetwork> {
     BUILTIN_RANGES

@@ -18,24 +18,13 @@ use enforcer::{
     policy::{CompiledPolicy, country_index},
 };
 use enforcer_common::verdict::APPROVED;
-use geoip::{CountryCode, GeoTable, Table};
+use geoip::CountryCode;
+
+use enforcer_tests::testrun::{PinDir, perturbed};
 
 use crate::report::Row;
 
 const S: &str = "load time";
-
-/// A pin directory removed on drop.
-pub struct PinDir(pub PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if self.0.exists()
-            && let Err(e) = fs::remove_dir_all(&self.0)
-        {
-            eprintln!("warning: cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
 
 /// What the last load run leaves for the decision and memory measurements:
 /// a datapath whose both slots hold the full database.
@@ -60,33 +49,6 @@ pub fn config(dir: &Path, db: &Path, pin_dir: &Path) -> Result<Config> {
         ),
     )?;
     Config::load(&path).map_err(|e| anyhow::anyhow!("config: {e}"))
-}
-
-/// `geo` with the country of every 100th prefix (per family) changed.
-pub fn perturbed(geo: &GeoTable) -> GeoTable {
-    let de: CountryCode = "DE".parse().expect("a literal country code");
-    let us: CountryCode = "US".parse().expect("a literal country code");
-    let flip = |i: usize, c: CountryCode| {
-        if i % 100 == 7 {
-            if c == us { de } else { us }
-        } else {
-            c
-        }
-    };
-    GeoTable {
-        v4: Table::from_entries(
-            geo.v4
-                .prefixes()
-                .enumerate()
-                .map(|(i, (n, c))| (n, flip(i, c))),
-        ),
-        v6: Table::from_entries(
-            geo.v6
-                .prefixes()
-                .enumerate()
-                .map(|(i, (n, c))| (n, flip(i, c))),
-        ),
-    }
 }
 
 fn secs(t: Instant) -> f64 {
