@@ -343,24 +343,6 @@ const IPTABLES_ON: &str = "*filter\n\
 -A EEREJECT -j REJECT\n\
 COMMIT\n";
 
-/// The nft table with the refused sets and no chain: loaded once.
-fn nft_sets(v4: &[String], v6: &[String]) -> String {
-    let mut s = String::from("table inet eebench {\n");
-    for (name, ty, list) in [("refused4", "ipv4_addr", v4), ("refused6", "ipv6_addr", v6)] {
-        // nft rejects an empty `elements = { }`.
-        let elements = if list.is_empty() {
-            String::new()
-        } else {
-            format!(" elements = {{ {} }}", list.join(", "))
-        };
-        s.push_str(&format!(
-            "  set {name} {{ type {ty}; flags interval;{elements} }}\n"
-        ));
-    }
-    s.push_str("}\n");
-    s
-}
-
 impl Bench<'_> {
     /// Switches to `c` and returns the cgroup its samples run in.
     fn select(&mut self, c: Cfg) -> Result<PathBuf> {
@@ -677,7 +659,8 @@ fn set_up<'a>(scn: &'a Scenario, db: &Path, policy: &CompiledPolicy) -> Result<B
 
     let (v4, v6) = firewall_prefixes(policy);
     let sets = scn.dir.path().join("bench-sets.nft");
-    fs::write(&sets, nft_sets(&v4, &v6))?;
+    // The sets alone, loaded once; the chain is toggled per configuration.
+    fs::write(&sets, load::nft_table(&v4, &v6, ""))?;
     load::in_ns(&ns, "nft", &["-f", &sets.display().to_string()], None)?;
     let ipset = scn.dir.path().join("bench.ipset");
     fs::write(&ipset, load::ipset_restore(&v4, &v6))?;

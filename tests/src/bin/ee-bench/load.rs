@@ -193,6 +193,16 @@ pub fn refused(policy: &CompiledPolicy) -> (Vec<String>, Vec<String>) {
 /// An nft ruleset: one interval set per family and an output chain that
 /// rejects what is in it (`reject`, so a refused connect() fails at once).
 pub fn nft_ruleset(v4: &[String], v6: &[String]) -> String {
+    nft_table(
+        v4,
+        v6,
+        "  chain out { type filter hook output priority 0; policy accept;\n    ip daddr @refused4 reject with tcp reset\n    ip6 daddr @refused6 reject with tcp reset\n  }\n",
+    )
+}
+
+/// The `eebench` table: one interval set per family (`refused4`,
+/// `refused6`), then `chains` as given (none: the sets alone).
+pub fn nft_table(v4: &[String], v6: &[String], chains: &str) -> String {
     let mut s = String::from("table inet eebench {\n");
     for (name, ty, list) in [("refused4", "ipv4_addr", v4), ("refused6", "ipv6_addr", v6)] {
         // nft rejects an empty `elements = { }`.
@@ -203,9 +213,8 @@ pub fn nft_ruleset(v4: &[String], v6: &[String]) -> String {
         };
         let _ = writeln!(s, "  set {name} {{ type {ty}; flags interval;{elements} }}");
     }
-    s.push_str(
-        "  chain out { type filter hook output priority 0; policy accept;\n    ip daddr @refused4 reject with tcp reset\n    ip6 daddr @refused6 reject with tcp reset\n  }\n}\n",
-    );
+    s.push_str(chains);
+    s.push_str("}\n");
     s
 }
 
