@@ -145,17 +145,26 @@ pub fn bench_hot6(_ctx: SkBuffContext) -> i32 {
 #[cgroup_skb]
 pub fn bench_rules4(_ctx: SkBuffContext) -> i32 {
     let slot = maps::config(CFG_SLOT) & 1;
-    let rules = if slot == 0 { &RULES4_0 } else { &RULES4_1 };
     let key = Key::new(32, dest4());
-    bit(rules.get(&key).map(|r| r.kind as u32).unwrap_or(0))
+    // One call site per trie, as decide.rs does.
+    let rule = if slot == 0 {
+        RULES4_0.get(&key)
+    } else {
+        RULES4_1.get(&key)
+    };
+    bit(rule.map(|r| r.kind as u32).unwrap_or(0))
 }
 
 #[cgroup_skb]
 pub fn bench_rules6(_ctx: SkBuffContext) -> i32 {
     let slot = maps::config(CFG_SLOT) & 1;
-    let rules = if slot == 0 { &RULES6_0 } else { &RULES6_1 };
     let key = Key::new(128, dest6());
-    bit(rules.get(&key).map(|r| r.kind as u32).unwrap_or(0))
+    let rule = if slot == 0 {
+        RULES6_0.get(&key)
+    } else {
+        RULES6_1.get(&key)
+    };
+    bit(rule.map(|r| r.kind as u32).unwrap_or(0))
 }
 
 #[cgroup_skb]

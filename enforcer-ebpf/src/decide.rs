@@ -5,7 +5,8 @@
 //! 2. the exception rules of the active slot: configured deny and allow CIDRs,
 //!    site networks and the built-in never-geolocated ranges, folded by the
 //!    agent into one LPM trie per family so one lookup yields the first class
-//!    in precedence order;
+//!    in precedence order (skipped when the slot's `RULES16` bitmap says no
+//!    rule overlaps the destination's first 16 bits);
 //! 3. the GeoIP flat tables of the active slot -> country index (0 unknown;
 //!    `geo.rs`);
 //! 4. the policy table of the active slot [country] -> approved or not (entry
@@ -18,13 +19,13 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, Family, Mode, Outcome, Rule, RuleKind,
-    Source, UNKNOWN_COUNTRY,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, Family, Mode, Outcome, RULES16_WORDS,
+    Rule, RuleKind, Source, UNKNOWN_COUNTRY,
 };
 
 use crate::{
     geo::{country4, country6},
-    maps::{DEST_CACHE, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config},
+    maps::{DEST_CACHE, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, RULES16, config},
 };
 
 /// What the datapath concluded about one destination.
@@ -185,14 +186,20 @@ pub fn decide(dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
     // copy them, which the verifier rejects as reading an uninitialised
     // register.
     match dest {
-        Dest::V4(a) => {
-            let rules = if slot == 0 { &RULES4_0 } else { &RULES4_1 };
-            decide_in(slot, Family::Ipv4, rules, Key::new(32, a), mode)
-        }
-        Dest::V6(a) => {
-            let rules = if slot == 0 { &RULES6_0 } else { &RULES6_1 };
-            decide_in(slot, Family::Ipv6, rules, Key::new(128, a), mode)
-        }
+        Dest::V4(a) => decide_in(
+            slot,
+            Family::Ipv4,
+            [&RULES4_0, &RULES4_1],
+            Key::new(32, a),
+            mode,
+        ),
+        Dest::V6(a) => decide_in(
+            slot,
+            Family::Ipv6,
+            [&RULES6_0, &RULES6_1],
+            Key::new(128, a),
+            mode,
+        ),
     }
 }
 
@@ -202,12 +209,19 @@ pub fn decide(dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
 /// read from the LPM key rather than copied.
 trait Geo: Copy {
     fn country(self, slot: u32) -> u16;
+    /// The address's first 16 bits, the bit of `RULES16`.
+    fn first16(self) -> u32;
 }
 
 impl Geo for [u8; 4] {
     #[inline(always)]
     fn country(self, slot: u32) -> u16 {
         country4(slot, self)
+    }
+
+    #[inline(always)]
+    fn first16(self) -> u32 {
+        u32::from(self[0]) << 8 | u32::from(self[1])
     }
 }
 
@@ -216,17 +230,46 @@ impl Geo for [u8; 16] {
     fn country(self, slot: u32) -> u16 {
         country6(slot, &self)
     }
+
+    #[inline(always)]
+    fn first16(self) -> u32 {
+        u32::from(self[0]) << 8 | u32::from(self[1])
+    }
+}
+
+/// Whether a rule of `family` in `slot` may match an address starting with
+/// `first16` (layout: `enforcer_common::RULES16`). An unreadable bitmap
+/// says yes: the trie then decides, as it would without the bitmap.
+#[inline(always)]
+fn may_have_rule(slot: u32, family: Family, first16: u32) -> bool {
+    let index = slot * 2 + family as u32;
+    match RULES16.get(index) {
+        Some(bits) => {
+            let word = bits[(first16 as usize / 64) % RULES16_WORDS];
+            word >> (first16 % 64) & 1 != 0
+        }
+        None => true,
+    }
 }
 
 #[inline(always)]
 fn decide_in<K: Geo>(
     slot: u32,
     family: Family,
-    rules: &LpmTrie<K, Rule>,
+    rules: [&LpmTrie<K, Rule>; 2],
     key: Key<K>,
     mode: impl FnOnce(u32) -> Mode,
 ) -> Decision {
-    let rule = rules.get(&key).copied();
+    // One call site per slot's trie, as in geo.rs `country4`: a call that
+    // may see either map goes through `bpf_map_lookup_elem`'s indirect
+    // call instead of the trie's lookup directly.
+    let rule = if !may_have_rule(slot, family, { key.data }.first16()) {
+        None
+    } else if slot == 0 {
+        rules[0].get(&key).copied()
+    } else {
+        rules[1].get(&key).copied()
+    };
     let kind = rule.and_then(|r| RuleKind::from_raw(r.kind as u32).map(|k| (k, r)));
     let (country, approved, source) = match kind {
         // A deny exception is never approved; its country is still looked up

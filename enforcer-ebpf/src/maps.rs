@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DestCacheEntry,
-    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_BLOCK, GEO4_BLOCKS, GEO4_LONG_CAPACITY, GEO6_LEAVES,
-    GEO6F_BLOCKS, GEO6I_LEN, GEOPAL_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN,
-    RULES_CAPACITY, RateState, Rule, SockVerdict,
+    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_LEN, GEO4E_BLOCK, GEO4E_BLOCKS, GEO6_LEAVES, GEO6F_BLOCKS,
+    GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY,
+    RULES16_LEN, RULES16_WORDS, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -28,18 +28,18 @@ pub static RULES4_1: LpmTrie<[u8; 4], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0)
 pub static RULES6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0);
 #[map]
 pub static RULES6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0);
+#[map]
+pub static RULES16: Array<[u64; RULES16_WORDS]> = Array::pinned(RULES16_LEN, 0);
 
 // The GeoIP flat tables (layout in enforcer_common::layout).
 #[map]
-pub static GEO4_0: Array<[u8; GEO4_BLOCK]> = Array::pinned(GEO4_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO4_0: Array<u64> = Array::pinned(GEO4_LEN, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4_1: Array<[u8; GEO4_BLOCK]> = Array::pinned(GEO4_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO4_1: Array<u64> = Array::pinned(GEO4_LEN, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4L_0: HashMap<u32, [u8; 256]> = HashMap::pinned(GEO4_LONG_CAPACITY, 0);
+pub static GEO4E_0: Array<[u32; GEO4E_BLOCK]> = Array::pinned(GEO4E_BLOCKS, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4L_1: HashMap<u32, [u8; 256]> = HashMap::pinned(GEO4_LONG_CAPACITY, 0);
-#[map]
-pub static GEOPAL: Array<u16> = Array::pinned(GEOPAL_LEN, 0);
+pub static GEO4E_1: Array<[u32; GEO4E_BLOCK]> = Array::pinned(GEO4E_BLOCKS, BPF_F_MMAPABLE);
 #[map]
 pub static GEO6_0: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
 #[map]

@@ -157,16 +157,17 @@ fn real_database_layered_under_the_test_database() {
         "age {age} is now - build time ({})",
         now - epoch
     );
-    // The flat tables' own limits: split /24s and IPv6 ranges.
-    let split = m.sum("enforcer_map_entries", &[("map", "geo_ipv4_split24")]);
+    // The flat tables' own limits: IPv4 starts inside split /16s and IPv6
+    // ranges.
+    let starts = m.sum("enforcer_map_entries", &[("map", "geo_ipv4_entries")]);
     let ranges = m.sum("enforcer_map_entries", &[("map", "geo_ipv6_ranges")]);
     assert!(
-        split > 1000.0 && ranges > 10_000.0,
-        "a world database splits many /24s ({split}) and has many IPv6 ranges ({ranges}; {v6} prefixes)"
+        starts > 10_000.0 && ranges > 10_000.0,
+        "a world database has many IPv4 ranges in split /16s ({starts}) and many IPv6 ranges ({ranges}; {v6} prefixes)"
     );
     assert_eq!(
-        m.sum("enforcer_map_capacity", &[("map", "geo_ipv4_split24")]),
-        f64::from(enforcer_common::GEO4_LONG_CAPACITY)
+        m.sum("enforcer_map_capacity", &[("map", "geo_ipv4_entries")]),
+        f64::from(enforcer_common::GEO4E_CAPACITY)
     );
     assert_eq!(
         m.sum("enforcer_map_capacity", &[("map", "geo_ipv6_ranges")]),

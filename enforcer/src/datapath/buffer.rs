@@ -28,6 +28,15 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// `len` zero bytes for the table named `what`, or the error that says
+    /// it could not be built.
+    pub fn for_table(len: usize, what: &str) -> Result<Buffer, super::DatapathError> {
+        Buffer::zeroed(len).map_err(|e| super::DatapathError::Pin {
+            path: what.into(),
+            detail: format!("cannot allocate memory to build it: {e}"),
+        })
+    }
+
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> io::Result<Buffer> {
         let map_len = len + HUGE;

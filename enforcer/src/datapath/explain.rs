@@ -47,15 +47,15 @@ use aya::{
 };
 use enforcer_common::{
     APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4_BLOCK, GEO4_LONG, GEO4L, GEO6, GEO6_BLOCK, GEO6F, GEO6I,
-    GEOPAL, Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome,
-    POLICY, RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    COUNTRY_SLOTS, Family, GEO4, GEO4E, GEO4E_BLOCK, GEO6, GEO6_BLOCK, GEO6F, GEO6I, Geo6Block,
+    Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4, RULES6,
+    Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{DatapathError, detach, geo6, map_err};
+use super::{DatapathError, detach, geo4, geo6, map_err};
 use crate::{paths, policy::CompiledPolicy};
 
 /// The id of the root cgroup of the cgroup2 hierarchy (its kernfs inode).
@@ -176,9 +176,8 @@ pub struct Explainer {
     policy: Array<MapData, u32>,
     rules4: [LpmTrie<MapData, [u8; 4], Rule>; 2],
     rules6: [LpmTrie<MapData, [u8; 16], Rule>; 2],
-    geo4: [Array<MapData, [u8; GEO4_BLOCK]>; 2],
-    geo4l: [HashMap<MapData, u32, [u8; 256]>; 2],
-    geopal: Array<MapData, u16>,
+    geo4: [Array<MapData, u64>; 2],
+    geo4e: [Array<MapData, [u32; GEO4E_BLOCK]>; 2],
     geo6i: [Array<MapData, [u64; 8]>; 2],
     geo6: [Array<MapData, Geo6Leaf>; 2],
     geo6f: [Array<MapData, Geo6Block>; 2],
@@ -211,13 +210,6 @@ fn array<V: Pod>(pin_dir: &Path, name: &'static str) -> Result<Array<MapData, V>
     Array::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
 }
 
-fn hash<K: Pod, V: Pod>(
-    pin_dir: &Path,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, DatapathError> {
-    HashMap::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
-}
-
 /// The largest aligned block of a `bits`-wide family that contains `a` and
 /// lies inside `start..=end`: the prefix of the minimal CIDR cover of that
 /// range which holds `a` (what the geoip crate's lookup answers).
@@ -236,115 +228,37 @@ fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
         .unwrap_or(bits as u8 as u32) as u8
 }
 
-/// geo.rs `country4`, for one slot, with the blocks it reads kept for the
-/// walk along the range.
-struct V4Reader<'a> {
-    ex: &'a Explainer,
-    slot: u32,
-    blocks: std::collections::HashMap<u32, [u8; GEO4_BLOCK]>,
-    chunks: std::collections::HashMap<u32, Option<[u8; 256]>>,
-    /// The slot's palette, read once: the walk along a range asks it for
-    /// every /24, and one map read each made a long run cost milliseconds.
-    palette: Option<[u16; 256]>,
+/// One slot's IPv4 tables, read from the pinned maps, for
+/// [`geo4::lookup`]; the segment blocks it reads are kept, as a binary
+/// search reads several entries of one block.
+struct SlotV4<'a> {
+    explainer: &'a Explainer,
+    slot: usize,
+    blocks: std::cell::RefCell<std::collections::HashMap<u32, [u32; GEO4E_BLOCK]>>,
 }
 
-impl V4Reader<'_> {
-    fn code24(&mut self, index24: u32) -> Result<u8, DatapathError> {
-        let s = self.slot as usize;
-        let b = index24 / GEO4_BLOCK as u32;
-        if !self.blocks.contains_key(&b) {
-            let block = self.ex.geo4[s].get(&b, 0).map_err(map_err(GEO4[s]))?;
-            self.blocks.insert(b, block);
-        }
-        Ok(self.blocks[&b][index24 as usize % GEO4_BLOCK])
+impl geo4::Tables for SlotV4<'_> {
+    type Error = DatapathError;
+
+    fn word(&self, i: u32) -> Result<u64, DatapathError> {
+        self.explainer.geo4[self.slot]
+            .get(&i, 0)
+            .map_err(map_err(GEO4[self.slot]))
     }
 
-    fn palette(&mut self, code: u8) -> Result<u16, DatapathError> {
-        if code == 0 || code == GEO4_LONG {
-            return Ok(UNKNOWN_COUNTRY);
-        }
-        if self.palette.is_none() {
-            let mut all = [0u16; 256];
-            for (i, entry) in all.iter_mut().enumerate() {
-                *entry = self
-                    .ex
-                    .geopal
-                    .get(&((self.slot & 1) * 256 + i as u32), 0)
-                    .map_err(map_err(GEOPAL))?;
+    fn entry(&self, i: u32) -> Result<u32, DatapathError> {
+        let b = i / GEO4E_BLOCK as u32;
+        let mut blocks = self.blocks.borrow_mut();
+        let block = match blocks.get(&b) {
+            Some(block) => block,
+            None => {
+                let block = self.explainer.geo4e[self.slot]
+                    .get(&b, 0)
+                    .map_err(map_err(GEO4E[self.slot]))?;
+                blocks.entry(b).or_insert(block)
             }
-            self.palette = Some(all);
-        }
-        let c = self.palette.map_or(0, |p| p[usize::from(code)]);
-        Ok(if (c as usize) < COUNTRY_SLOTS {
-            c
-        } else {
-            UNKNOWN_COUNTRY
-        })
-    }
-
-    fn country(&mut self, ip: u32) -> Result<u16, DatapathError> {
-        let s = self.slot as usize;
-        let index24 = ip >> 8;
-        let mut code = self.code24(index24)?;
-        if code == GEO4_LONG {
-            if !self.chunks.contains_key(&index24) {
-                let chunk = match self.ex.geo4l[s].get(&index24, 0) {
-                    Ok(c) => Some(c),
-                    Err(MapError::KeyNotFound) => None,
-                    Err(e) => return Err(map_err(GEO4L[s])(e)),
-                };
-                self.chunks.insert(index24, chunk);
-            }
-            code = self.chunks[&index24].map_or(0, |c| c[(ip & 0xff) as usize]);
-        }
-        self.palette(code)
-    }
-
-    /// The country of every address of the /24, when it has one code.
-    fn uniform24(&mut self, index24: u32) -> Result<Option<u16>, DatapathError> {
-        let code = self.code24(index24)?;
-        if code == GEO4_LONG {
-            return Ok(None);
-        }
-        self.palette(code).map(Some)
-    }
-
-    /// The maximal range around `a` whose addresses all have country `c`.
-    fn run(&mut self, a: u32, c: u16) -> Result<(u32, u32), DatapathError> {
-        let mut start = a;
-        while start > 0 {
-            if start & 0xff == 0
-                && let Some(u) = self.uniform24((start >> 8) - 1)?
-            {
-                if u != c {
-                    break;
-                }
-                start -= 256;
-                continue;
-            }
-            if self.country(start - 1)? != c {
-                break;
-            }
-            start -= 1;
-        }
-        let mut end = a;
-        while end < u32::MAX {
-            let next = end + 1;
-            if next & 0xff == 0
-                && let Some(u) = self.uniform24(next >> 8)?
-            {
-                if u != c {
-                    break;
-                }
-                end = next + 255;
-                continue;
-            }
-            if self.country(next)? != c {
-                break;
-            }
-            end = next;
-        }
-        Ok((start, end))
+        };
+        Ok(block[i as usize % GEO4E_BLOCK])
     }
 }
 
@@ -505,8 +419,7 @@ impl Explainer {
             rules4: [trie(pin_dir, RULES4[0])?, trie(pin_dir, RULES4[1])?],
             rules6: [trie(pin_dir, RULES6[0])?, trie(pin_dir, RULES6[1])?],
             geo4: [array(pin_dir, GEO4[0])?, array(pin_dir, GEO4[1])?],
-            geo4l: [hash(pin_dir, GEO4L[0])?, hash(pin_dir, GEO4L[1])?],
-            geopal: array(pin_dir, GEOPAL)?,
+            geo4e: [array(pin_dir, GEO4E[0])?, array(pin_dir, GEO4E[1])?],
             geo6i: [array(pin_dir, GEO6I[0])?, array(pin_dir, GEO6I[1])?],
             geo6: [array(pin_dir, GEO6[0])?, array(pin_dir, GEO6[1])?],
             geo6f: [array(pin_dir, GEO6F[0])?, array(pin_dir, GEO6F[1])?],
@@ -695,22 +608,22 @@ impl Explainer {
         };
         match dest {
             Dest::V4(a) => {
-                let mut r = V4Reader {
-                    ex: self,
-                    slot,
-                    blocks: Default::default(),
-                    chunks: Default::default(),
-                    palette: None,
-                };
                 let ip = u32::from_be_bytes(a);
-                let country = r.country(ip)?;
-                if country == UNKNOWN_COUNTRY {
+                // The kernel's search, step for step (geo4.rs).
+                let found = geo4::lookup(
+                    &SlotV4 {
+                        explainer: self,
+                        slot: slot as usize,
+                        blocks: Default::default(),
+                    },
+                    ip,
+                )?;
+                if found.country == UNKNOWN_COUNTRY {
                     return Ok(unknown);
                 }
-                let (start, end) = r.run(ip, country)?;
-                let len = cover_prefix(ip.into(), start.into(), end.into(), 32);
+                let len = cover_prefix(ip.into(), found.start.into(), found.end.into(), 32);
                 Ok(GeoHit {
-                    country,
+                    country: found.country,
                     prefix: dest.prefix(len.into()),
                 })
             }

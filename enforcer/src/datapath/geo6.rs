@@ -176,10 +176,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
 }
 
 fn zeroed(len: usize) -> Result<Buffer, DatapathError> {
-    Buffer::zeroed(len).map_err(|e| DatapathError::Pin {
-        path: "IPv6 table".into(),
-        detail: format!("cannot allocate memory to build it: {e}"),
-    })
+    Buffer::for_table(len, "IPv6 table")
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -323,7 +320,7 @@ impl Tables for V6 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The reference: the last entry whose start is <= addr.
@@ -332,9 +329,10 @@ mod tests {
         entries[i - 1].1
     }
 
-    struct Rng(u64);
+    /// splitmix64, for the table tests here and in `geo4.rs`.
+    pub(crate) struct Rng(pub u64);
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub fn next(&mut self) -> u64 {
             self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.0;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -12,7 +12,6 @@
 //!   the flip leaves the active slot as it was, and a failed first install
 //!   removes what it created.
 
-mod batch;
 mod bpffs;
 mod buffer;
 mod compat;
@@ -20,6 +19,7 @@ pub mod counters;
 mod detach;
 pub mod explain;
 mod geo;
+mod geo4;
 mod geo6;
 mod links;
 mod slots;
@@ -145,11 +145,6 @@ pub struct Datapath {
     /// and only that: the pin directory itself, or this layout's directory.
     created_root: bool,
     created_versioned: bool,
-    /// What each slot's GeoIP second level (`GEO4L_<slot>`) holds after
-    /// this process's last verified write of it, so the next install diffs
-    /// against it without reading the map; `None` until then (adopted maps
-    /// are read once, on first use) and after any failed install.
-    geo_long: [Option<geo::Long>; 2],
     /// One agent per pin directory.
     _lock: bpffs::PinLock,
 }
@@ -183,7 +178,6 @@ impl Datapath {
                 owned: BTreeSet::new(),
                 created_root,
                 created_versioned,
-                geo_long: [None, None],
                 _lock: lock,
             }),
             Err(e) => {
@@ -313,12 +307,8 @@ impl Datapath {
     ) -> Result<SlotReport, DatapathError> {
         slots::check_capacity(policy)?;
         let target = 1 - self.active_slot()?;
-        // Taken, not borrowed: if anything below fails, what the slot holds
-        // is no longer known and the next install reads it again.
-        let held = self.geo_long[target as usize].take();
-        let mut contents = slots::SlotContents::new(&self.ebpf, target, policy)?;
-        let mut report = slots::write(&mut self.ebpf, target, &mut contents, held.as_ref())?;
-        drop(held);
+        let contents = slots::SlotContents::new(policy)?;
+        let mut report = slots::write(&mut self.ebpf, target, &contents)?;
         self.set_config_word(cfg_mode(target), mode as u32)?;
         let verifying = std::time::Instant::now();
         slots::verify(&mut self.ebpf, target, &contents)?;
@@ -330,7 +320,6 @@ impl Datapath {
                 detail: format!("mode word is {written}, expected {}", mode as u32),
             });
         }
-        self.geo_long[target as usize] = Some(contents.into_geo_long());
         // The flip: one aligned 32-bit store into an array map.
         self.set_config_word(CFG_SLOT, target)?;
         report.generation = self.bump_generation()?;

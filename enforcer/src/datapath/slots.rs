@@ -11,11 +11,14 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
 };
-use enforcer_common::{COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULES_CAPACITY, RULES4, RULES6, Rule};
+use enforcer_common::{
+    COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULES_CAPACITY, RULES4, RULES6, RULES16, RULES16_WORDS,
+    Rule,
+};
 
 use super::{
     DatapathError,
-    geo::{self, Flat, FlatDelta, Written},
+    geo::{self, Flat, FlatDelta},
     map_err,
 };
 use crate::policy::CompiledPolicy;
@@ -48,14 +51,15 @@ pub struct SlotReport {
 
 /// How full the per-slot maps are: (map, entries, capacity). Each of the
 /// two slots has its own maps of this capacity. For GeoIP the limits are
-/// the flat tables' own: /24s split by longer prefixes (their 256-address
-/// chunks) and IPv6 ranges; the IPv4 first level always covers every /24.
+/// the flat tables' own: the IPv4 range starts inside split /16s, IPv6
+/// ranges by /64 and starts inside split /64s; the IPv4 words always cover
+/// every /16.
 pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 6] {
     [
         (
-            "geo_ipv4_split24",
-            s.geo_split24,
-            enforcer_common::GEO4_LONG_CAPACITY,
+            "geo_ipv4_entries",
+            s.geo_v4_entries,
+            enforcer_common::GEO4E_CAPACITY,
         ),
         (
             "geo_ipv6_ranges",
@@ -129,35 +133,51 @@ type Desired<K, V> = BTreeMap<(K, u32), V>;
 pub struct SlotContents<'a> {
     rules_v4: Desired<[u8; 4], Rule>,
     rules_v6: Desired<[u8; 16], Rule>,
+    /// `RULES16` of each family (IPv4, IPv6).
+    rules16: [Box<[u64; RULES16_WORDS]>; 2],
     geo: Flat,
-    /// The second-level keys [`write`] touched, for [`verify`].
-    geo_written: Written,
     geo_v4: usize,
     geo_v6: usize,
     approval: &'a [u32],
 }
 
 impl<'a> SlotContents<'a> {
-    /// Builds the flat tables for `slot` (reusing the palette codes it
-    /// holds); a table that does not fit is refused here, before anything
-    /// is written.
-    pub fn new(ebpf: &Ebpf, slot: u32, p: &'a CompiledPolicy) -> Result<Self, DatapathError> {
+    /// Builds the flat tables; a table that does not fit is refused here,
+    /// before anything is written.
+    pub fn new(p: &'a CompiledPolicy) -> Result<Self, DatapathError> {
+        let rules_v4 = rules_v4(p);
+        let rules_v6 = rules_v6(p);
+        let rules16 = [
+            rules16(rules_v4.keys().map(|(data, len)| (data.as_slice(), *len))),
+            rules16(rules_v6.keys().map(|(data, len)| (data.as_slice(), *len))),
+        ];
         Ok(Self {
-            rules_v4: rules_v4(p),
-            rules_v6: rules_v6(p),
-            geo: geo::build_for(ebpf, slot, &p.geo)?,
-            geo_written: Written::default(),
+            rules_v4,
+            rules_v6,
+            rules16,
+            geo: geo::build(&p.geo)?,
             geo_v4: p.geo.v4.len(),
             geo_v6: p.geo.v6.len(),
             approval: &p.approval,
         })
     }
+}
 
-    /// What the slot's `GEO4L` holds once these contents are written and
-    /// verified.
-    pub fn into_geo_long(self) -> geo::Long {
-        self.geo.into_long()
+/// The `RULES16` bitmap of one family's rules (address bytes, prefix
+/// length): every first-16-bits value a rule's prefix overlaps.
+fn rules16<'k>(rules: impl Iterator<Item = (&'k [u8], u32)>) -> Box<[u64; RULES16_WORDS]> {
+    let mut bits = Box::new([0u64; RULES16_WORDS]);
+    for (data, len) in rules {
+        let first = u32::from(data[0]) << 8 | u32::from(data[1]);
+        // A prefix of 16 bits or more sits in one value; a shorter one
+        // covers 2^(16 - len) of them.
+        let span = 1u32 << 16u32.saturating_sub(len);
+        let first = first & !(span - 1);
+        for v in first..first + span {
+            bits[v as usize / 64] |= 1 << (v % 64);
+        }
     }
+    bits
 }
 
 fn rules_v4(p: &CompiledPolicy) -> Desired<[u8; 4], Rule> {
@@ -216,20 +236,28 @@ fn write_trie<K: Pod + Ord, V: Pod + PartialEq>(
 
 /// Writes a whole policy into `slot` (which must not be active), each table
 /// as a diff against what the slot holds (a daily refresh costs what
-/// changed); `geo_long_held` is what the slot's GeoIP second level holds,
-/// when the caller knows it (see `geo::write`).
+/// changed).
 pub fn write(
     ebpf: &mut Ebpf,
     slot: u32,
-    c: &mut SlotContents<'_>,
-    geo_long_held: Option<&geo::Long>,
+    c: &SlotContents<'_>,
 ) -> Result<SlotReport, DatapathError> {
     let started = Instant::now();
     let s = slot as usize;
     let rules_v4 = write_trie(ebpf, RULES4[s], &c.rules_v4)?;
     let rules_v6 = write_trie(ebpf, RULES6[s], &c.rules_v6)?;
-    let (geo, written) = geo::write(ebpf, slot, &c.geo, geo_long_held)?;
-    c.geo_written = written;
+    {
+        let map = ebpf
+            .map_mut(RULES16)
+            .ok_or(DatapathError::MissingMap(RULES16))?;
+        let mut bits: Array<_, [u64; RULES16_WORDS]> =
+            Array::try_from(map).map_err(map_err(RULES16))?;
+        for (family, want) in c.rules16.iter().enumerate() {
+            bits.set(slot * 2 + family as u32, **want, 0)
+                .map_err(map_err(RULES16))?;
+        }
+    }
+    let geo = geo::write(ebpf, slot, &c.geo)?;
     let mut report = SlotReport {
         slot,
         rules_v4,
@@ -271,7 +299,23 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, c: &SlotContents<'_>) -> Result<(), Da
     let s = slot as usize;
     verify_trie(ebpf, RULES4[s], &c.rules_v4).map_err(fail)?;
     verify_trie(ebpf, RULES6[s], &c.rules_v6).map_err(fail)?;
-    geo::verify(ebpf, slot, &c.geo, &c.geo_written).map_err(fail)?;
+    {
+        let map = ebpf
+            .map_mut(RULES16)
+            .ok_or(DatapathError::MissingMap(RULES16))?;
+        let bits: Array<_, [u64; RULES16_WORDS]> =
+            Array::try_from(map).map_err(map_err(RULES16))?;
+        for (family, want) in c.rules16.iter().enumerate() {
+            let index = slot * 2 + family as u32;
+            let got = bits.get(&index, 0).map_err(map_err(RULES16))?;
+            if got != **want {
+                return Err(fail(format!(
+                    "{RULES16}[{index}] differs from what was written"
+                )));
+            }
+        }
+    }
+    geo::verify(ebpf, slot, &c.geo).map_err(fail)?;
     Ok(())
 }
 
@@ -302,4 +346,35 @@ fn verify_trie<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq + std::fmt::De
     desired: &Desired<K, V>,
 ) -> Result<(), String> {
     verify_entries(ebpf, name, desired.iter().map(|(k, v)| (*k, *v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(bits: &[u64; RULES16_WORDS]) -> Vec<u32> {
+        (0..1u32 << 16)
+            .filter(|&v| bits[v as usize / 64] >> (v % 64) & 1 != 0)
+            .collect()
+    }
+
+    #[test]
+    fn rules16_covers_every_rule_and_nothing_else() {
+        let rules: [(&[u8], u32); 3] = [
+            (&[10, 0, 0, 0], 8),
+            (&[192, 168, 1, 0], 24),
+            (&[172, 16, 0, 0], 12),
+        ];
+        let bits = rules16(rules.into_iter());
+        let mut want: Vec<u32> = (0x0a00..=0x0aff).chain(0xac10..=0xac1f).collect();
+        want.push(0xc0a8);
+        want.sort_unstable();
+        assert_eq!(set(&bits), want);
+
+        let all = rules16([(&[0u8; 16][..], 0)].into_iter());
+        assert_eq!(set(&all).len(), 1 << 16);
+        let host = rules16([(&[0x20, 0x01, 0x0d, 0xb8][..], 128)].into_iter());
+        assert_eq!(set(&host), vec![0x2001]);
+        assert!(set(&rules16(std::iter::empty())).is_empty());
+    }
 }

@@ -266,9 +266,8 @@ fn apply(
         geo_v4 = report.geo_v4,
         geo_v6 = report.geo_v6,
         geo_v4_blocks_written = report.geo.v4_blocks,
-        geo_v4_long = report.geo.v4_long,
-        geo_v4_long_written = report.geo.v4_long_written,
-        geo_v4_long_removed = report.geo.v4_long_removed,
+        geo_v4_entries = report.geo.v4_entries,
+        geo_v4_split16 = report.geo.v4_split16,
         geo_v6_entries = report.geo.v6_entries,
         geo_v6_blocks_written = report.geo.v6_blocks,
         geo_build_seconds = format!("{:.3}", report.geo_build_seconds),
@@ -307,7 +306,7 @@ fn apply(
     s.mode_from_runtime = mode_from_runtime;
     s.overrides = shown_overrides;
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
-    s.geo_split24 = report.geo.v4_long;
+    s.geo_v4_entries = report.geo.v4_entries;
     s.geo_v6_ranges = report.geo.v6_entries;
     s.geo_v6_split64 = report.geo.v6_fine_entries;
     s.rules_v4 = p.policy.rules_v4.len();

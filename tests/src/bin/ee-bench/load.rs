@@ -127,11 +127,10 @@ pub fn enforcer(
             .map_err(|e| anyhow::anyhow!("1% install: {e}"))?;
         let reload = secs(t);
         println!(
-            "  load: 1% reload stages: build {:.1} ms, write {:.1} ms (IPv4 blocks {}, split /24s written {}, IPv6 blocks {}), verify {:.1} ms",
+            "  load: 1% reload stages: build {:.1} ms, write {:.1} ms (4 KiB blocks written: IPv4 {}, IPv6 {}), verify {:.1} ms",
             r.geo_build_seconds * 1e3,
             r.geo.write_seconds * 1e3,
             r.geo.v4_blocks,
-            r.geo.v4_long_written,
             r.geo.v6_blocks,
             r.geo_verify_seconds * 1e3
         );
