@@ -13,7 +13,7 @@
 //!
 //! Every table is a `BPF_F_MMAPABLE` array: the agent maps it (a window at
 //! a time) and copies only the 4 KiB blocks that differ, so writing costs
-//! a compare of about 12 MiB plus what changed, with no syscall per entry.
+//! a compare of about 10 MiB plus what changed, with no syscall per entry.
 
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},

@@ -131,6 +131,8 @@ pub trait Tables {
     fn entry(&self, i: u32) -> Result<u32, Self::Error>;
 }
 
+/// The tables as built, for the tests here and in `geo.rs`.
+#[cfg(test)]
 impl Tables for V4 {
     type Error = std::convert::Infallible;
 
