@@ -51,7 +51,7 @@ fn lookup4(words: &Array<u64>, entries: &Array<[u32; GEO4E_BLOCK]>, ip: u32) -> 
         low
     } else {
         // The segment's last entry <= the probe, without a branch on the
-        // data (see `lt`): the entry at `base` starts at or below the
+        // data (the borrow below): the entry at `base` starts at or below the
         // address (entry 0 starts at the /16's first address), and the
         // answer is in base..base + n. `n` follows from `count` alone.
         // Opaque, so LLVM cannot tell it is below 2^33: knowing that, it

@@ -7,7 +7,8 @@
 //! are the canonical form of "which address maps to which country". Prefixes
 //! are derived from the runs on demand (the minimal CIDR cover of each run),
 //! which is what the kernel's LPM tries take; the runs themselves suit flat
-//! kernel layouts (sorted range arrays, DIR-24-8), so both are exposed.
+//! kernel layouts (sorted range starts per /16 and search trees over /64s),
+//! so both are exposed.
 
 use std::{
     fmt,
