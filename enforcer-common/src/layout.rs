@@ -31,8 +31,10 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 /// - 5: the IPv4 table became one word per /16 over sorted segments
 ///   ([`GEO4`], [`GEO4E`]; the DIR-24-8 hash and the palette are gone), and
 ///   each slot got a summary of where its exception rules are
-///   ([`RULES16`]).
-pub const LAYOUT_VERSION: u32 = 5;
+///   ([`RULES16`]);
+/// - 6: each IPv4 segment became a search tree of cache lines, and `GEO4E`
+///   one value ([`GEO4E_LINE`], [`GEO4_DEPTH_SHIFT`]).
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -103,37 +105,61 @@ pub const GEO_CAPACITY: u32 = 1 << 20;
 
 /// IPv4 GeoIP table, one per slot, in two parts.
 ///
-/// `GEO4_<slot>`: `Array<u64>`, 65,536 entries, `BPF_F_MMAPABLE`, one word
-/// per /16 (index: the address's first 16 bits). A /16 with one country
-/// throughout has `count == 0` (bits 32..64) and its country index in bits
-/// 0..32; otherwise bits 0..32 are the offset of its segment in `GEO4E` and
-/// bits 32..64 the segment's length.
+/// `GEO4_<slot>`: `Array<[u32; GEO4_LEN]>` of one value (256 KiB),
+/// `BPF_F_MMAPABLE`, one word per /16 (index: the address's first 16
+/// bits). A /16 with one country throughout has its country index there
+/// ([`GEO4_SPLIT`] clear). A /16 with more ([`GEO4_SPLIT`] set) has the line
+/// of its search tree's root in `GEO4E` in bits 0..[`GEO4_DEPTH_SHIFT`] and
+/// the tree's depth (internal levels, at most [`GEO4E_DEPTH`]) above them.
 ///
-/// `GEO4E_<slot>`: `Array<[u32; GEO4E_BLOCK]>` of [`GEO4E_BLOCKS`] blocks,
-/// `BPF_F_MMAPABLE`: the segments, each the sorted starts of the
-/// same-country ranges (and gaps) inside one /16, entry `i` in block
-/// `i / GEO4E_BLOCK`. An entry is `(start & 0xffff) << 16 | country`; every
-/// segment begins with the entry of its /16's first address (start 0), and
-/// neighbours have different countries. A lookup takes the segment's last
-/// entry `<= (a & 0xffff) << 16 | 0xffff`, by a bounded binary search.
+/// `GEO4E_<slot>`: `Array<[u32; GEO4E_CAPACITY]>` of one value,
+/// `BPF_F_MMAPABLE`: lines of [`GEO4E_LINE`] entries (64 bytes, one cache
+/// line), each a node of a segment's static search tree (a B+ tree of
+/// fan-out 16). An entry is `key << 16 | value`, `key` a start inside the
+/// /16. In a leaf, the entries are the segment's same-country ranges in
+/// order, `value` their country; every segment begins with the range at
+/// its /16's first address (key 0) and neighbours differ in country. In an
+/// internal node, `key` is the first key under a child and `value` that
+/// child's line. Each segment's lines are contiguous: the root, the levels
+/// below it in order, then the leaves in order. A node's unused entries
+/// repeat its last entry, so the lookup is the same for every node: with
+/// `probe = (a & 0xffff) << 16 | 0xffff`, take the node's last entry
+/// `<= probe` (the count of entries `<= probe`, minus one), descend to the
+/// line it names, and at the leaf read the country.
+///
+/// Why a tree of cache lines rather than a binary search over the segment
+/// (v5): the binary search made up to 16 dependent reads, each a cache
+/// miss in large segments; a level here reads one line and compares its
+/// 16 entries independently, so a lookup is 1 to 4 dependent reads. Why one
+/// value of 4 MiB rather than blocks: a block's array lookup costs a key
+/// on the stack and a bounds check on every step, and all steps then come
+/// from one pointer (the same for `GEO4`; `KMALLOC_MAX_SIZE`, 4 MiB on x86-64, is the largest
+/// array value: kernel/bpf/arraymap.c, `array_map_alloc_check`).
 ///
 /// Why not DIR-24-8 (one byte per /24, 16 MiB per slot): on random
 /// destinations every lookup missed the CPU caches and the TLB (141 ns for
-/// the lookup alone); these two tables hold geo-whois-asn-country in about
-/// 1.8 MiB (9,062 split /16s, 335,819 entries), close to one core's L2.
+/// the lookup alone); the trees hold geo-whois-asn-country in 1.9 MiB
+/// (9,062 split /16s, 488,416 entries with padding and index lines) and
+/// the words, read by every lookup, fit in 256 KiB.
 pub const GEO4: [&str; 2] = ["GEO4_0", "GEO4_1"];
 pub const GEO4E: [&str; 2] = ["GEO4E_0", "GEO4E_1"];
-/// Entries of `GEO4_<slot>`: one per /16.
-pub const GEO4_LEN: u32 = 1 << 16;
-/// Entries per `GEO4E` block (4 KiB).
-pub const GEO4E_BLOCK: usize = 1024;
-/// Blocks per slot: 1,048,576 entries, three times what the
-/// geo-whois-asn-country database needs.
-pub const GEO4E_BLOCKS: u32 = 1024;
-pub const GEO4E_CAPACITY: u32 = GEO4E_BLOCKS * GEO4E_BLOCK as u32;
-/// Binary search steps: enough for the longest possible segment (a /16
-/// split into 65,536 single addresses).
-pub const GEO4E_STEPS: u32 = 16;
+/// Words of `GEO4_<slot>`: one per /16.
+pub const GEO4_LEN: usize = 1 << 16;
+/// The bit of a `GEO4` word that marks a split /16.
+pub const GEO4_SPLIT: u32 = 1 << 31;
+/// Where a split /16's word keeps its tree's depth (below: the root line).
+pub const GEO4_DEPTH_SHIFT: u32 = 16;
+/// Entries of a `GEO4E` line (one tree node, 64 bytes).
+pub const GEO4E_LINE: usize = 16;
+/// Entries of `GEO4E_<slot>`'s one value: 65,536 lines, so a line number
+/// fits an entry's 16-bit value; about twice what geo-whois-asn-country
+/// needs.
+pub const GEO4E_CAPACITY: usize = 1 << 20;
+/// Most internal levels of a segment's tree: 16^4 leaf entries hold the
+/// longest possible segment (a /16 split into 65,536 single addresses).
+pub const GEO4E_DEPTH: u32 = 3;
+const _: () = assert!(GEO4E_CAPACITY / GEO4E_LINE <= 1 << 16);
+const _: () = assert!(GEO4E_LINE.pow(GEO4E_DEPTH + 1) >= 1 << 16);
 
 /// IPv6 GeoIP table, one per slot, in two parts.
 ///

@@ -3,8 +3,8 @@
 //! writes them in `enforcer/src/datapath/geo.rs`, and `explain.rs` mirrors
 //! this lookup).
 //!
-//! - IPv4: one word per /16 (its country, or where its segment is), and a
-//!   bounded binary search in the segment of sorted range starts.
+//! - IPv4: one word per /16 (its country, or where its segment's search
+//!   tree is), and a descent of that tree, one cache line per level.
 //! - IPv6: a static search tree over the range starts' first 64 bits (one
 //!   cache line per level), and for the few /64s that longer prefixes split
 //!   a sorted array of full starts, searched with a fixed number of binary
@@ -14,8 +14,9 @@ use core::hint::black_box;
 
 use aya_ebpf::maps::Array;
 use enforcer_common::{
-    CFG_GEO6F_LEN, COUNTRY_SLOTS, GEO4E_BLOCK, GEO4E_STEPS, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_SPLIT,
-    GEO6F_STEPS, GEO6I_CHILDREN, GEO6I_OFFSET, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
+    CFG_GEO6F_LEN, COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY,
+    GEO4E_DEPTH, GEO4E_LINE, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_SPLIT, GEO6F_STEPS, GEO6I_CHILDREN,
+    GEO6I_OFFSET, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
 };
 
 use crate::maps::{
@@ -42,50 +43,55 @@ pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
 }
 
 #[inline(always)]
-fn lookup4(words: &Array<u64>, entries: &Array<[u32; GEO4E_BLOCK]>, ip: u32) -> u16 {
-    let Some(&word) = words.get(ip >> 16) else {
+fn lookup4(words: &Array<[u32; GEO4_LEN]>, lines: &Array<[u32; GEO4E_CAPACITY]>, ip: u32) -> u16 {
+    // One pointer for each table: every read below is an offset from it,
+    // with no array lookup (key on the stack, bounds check) per read.
+    let Some(words) = words.get(0) else {
         return UNKNOWN_COUNTRY;
     };
-    let (low, count) = (word as u32, (word >> 32) as u32);
-    let country = if count == 0 {
-        low
+    let word = words[(ip >> 16) as usize % GEO4_LEN];
+    let country = if word & GEO4_SPLIT == 0 {
+        word
     } else {
-        // The segment's last entry <= the probe, without a branch on the
-        // data (the borrow below): the entry at `base` starts at or below the
-        // address (entry 0 starts at the /16's first address), and the
-        // answer is in base..base + n. `n` follows from `count` alone.
-        // Opaque, so LLVM cannot tell it is below 2^33: knowing that, it
-        // turns the borrow below back into a compare, which BPF (no
-        // set-on-condition instruction) can only make with a jump, one
-        // that mispredicts on half the steps (324 ns instead of ~100 for
-        // the lookup alone on random destinations).
-        let probe = black_box(u64::from(((ip & 0xffff) << 16) | 0xffff) + 1);
-        let mut base = low;
-        let mut n = count;
-        for _ in 0..GEO4E_STEPS {
-            if n <= 1 {
-                break;
-            }
-            let half = n / 2;
-            let mid = base + half;
-            let Some(block) = entries.get(mid / GEO4E_BLOCK as u32) else {
-                return UNKNOWN_COUNTRY;
-            };
-            let entry = u64::from(block[(mid as usize) % GEO4E_BLOCK]);
-            // 1 when entry < probe (both below 2^63): the borrow.
-            base += half * (entry.wrapping_sub(probe) >> 63) as u32;
-            n -= half;
-        }
-        let Some(block) = entries.get(base / GEO4E_BLOCK as u32) else {
+        let Some(table) = lines.get(0) else {
             return UNKNOWN_COUNTRY;
         };
-        block[(base as usize) % GEO4E_BLOCK] & 0xffff
+        // Opaque, so LLVM cannot tell it is below 2^33: knowing that, it
+        // turns the borrow in `last_below` back into a compare, which BPF
+        // (no set-on-condition instruction) can only make with a jump, one
+        // that mispredicts on half the entries.
+        let probe = black_box(u64::from(((ip & 0xffff) << 16) | 0xffff) + 1);
+        let depth = (word & !GEO4_SPLIT) >> GEO4_DEPTH_SHIFT;
+        let mut line = word & ((1 << GEO4_DEPTH_SHIFT) - 1);
+        for level in 0..GEO4E_DEPTH {
+            if level >= depth {
+                break;
+            }
+            line = last_below(table, line, probe) & 0xffff;
+        }
+        last_below(table, line, probe) & 0xffff
     };
     if (country as usize) < COUNTRY_SLOTS {
         country as u16
     } else {
         UNKNOWN_COUNTRY
     }
+}
+
+/// The last entry of node `line` below `probe`: the count of its entries
+/// below it, minus one (entry 0 always is; unused entries repeat the last).
+/// The 16 reads are of one cache line and independent of each other.
+#[inline(always)]
+fn last_below(table: &[u32; GEO4E_CAPACITY], line: u32, probe: u64) -> u32 {
+    let first = (line as usize * GEO4E_LINE) % GEO4E_CAPACITY;
+    let mut below = 0u64;
+    for j in 0..GEO4E_LINE {
+        let entry = u64::from(table[(first + j) % GEO4E_CAPACITY]);
+        // 1 when entry < probe (both below 2^63): the borrow.
+        below += entry.wrapping_sub(probe) >> 63;
+    }
+    let k = (below as usize).wrapping_sub(1) % GEO4E_LINE;
+    table[(first + k) % GEO4E_CAPACITY]
 }
 
 /// The country of an IPv6 address (bytes in network order) in `slot`; one

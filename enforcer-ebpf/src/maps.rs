@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DestCacheEntry,
-    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_LEN, GEO4E_BLOCK, GEO4E_BLOCKS, GEO6_LEAVES, GEO6F_BLOCKS,
-    GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY,
-    RULES16_LEN, RULES16_WORDS, RateState, Rule, SockVerdict,
+    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_LEN, GEO4E_CAPACITY, GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN,
+    Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RULES16_LEN,
+    RULES16_WORDS, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -33,13 +33,13 @@ pub static RULES16: Array<[u64; RULES16_WORDS]> = Array::pinned(RULES16_LEN, 0);
 
 // The GeoIP flat tables (layout in enforcer_common::layout).
 #[map]
-pub static GEO4_0: Array<u64> = Array::pinned(GEO4_LEN, BPF_F_MMAPABLE);
+pub static GEO4_0: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4_1: Array<u64> = Array::pinned(GEO4_LEN, BPF_F_MMAPABLE);
+pub static GEO4_1: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4E_0: Array<[u32; GEO4E_BLOCK]> = Array::pinned(GEO4E_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO4E_0: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4E_1: Array<[u32; GEO4E_BLOCK]> = Array::pinned(GEO4E_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO4E_1: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 pub static GEO6_0: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
 #[map]

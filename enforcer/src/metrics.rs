@@ -44,8 +44,9 @@ pub struct AgentStatus {
     pub adopted: bool,
     /// The GeoIP sources of the policy in force.
     pub sources: Vec<geoip::SourceInfo>,
-    /// The flat GeoIP tables' fill: IPv4 range starts inside split /16s,
-    /// and IPv6 ranges (by /64).
+    /// The flat GeoIP tables' fill: IPv4 entries of the split /16s' search
+    /// trees (range starts, padding and index lines), and IPv6 ranges (by
+    /// /64).
     pub geo_v4_entries: usize,
     pub geo_v6_ranges: usize,
     /// Full starts inside /64s that longer prefixes split (IPv6 fine table).

@@ -167,7 +167,7 @@ fn real_database_layered_under_the_test_database() {
     );
     assert_eq!(
         m.sum("enforcer_map_capacity", &[("map", "geo_ipv4_entries")]),
-        f64::from(enforcer_common::GEO4E_CAPACITY)
+        enforcer_common::GEO4E_CAPACITY as f64
     );
     assert_eq!(
         m.sum("enforcer_map_capacity", &[("map", "geo_ipv6_ranges")]),

@@ -14,10 +14,10 @@ use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
     BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, DEST_CACHE,
     DEST_CACHE_SLOTS, DestCacheEntry, EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS,
-    EVENTS_BYTES, GEO4, GEO4_LEN, GEO4E, GEO4E_BLOCK, GEO4E_BLOCKS, GEO6, GEO6_LEAVES, GEO6F,
-    GEO6F_BLOCKS, GEO6I, GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY,
-    PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY, RULES4, RULES6, RULES16, RULES16_LEN,
-    RULES16_WORDS, RateState, Rule,
+    EVENTS_BYTES, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS,
+    GEO6I, GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY,
+    POLICY_LEN, RULES_CAPACITY, RULES4, RULES6, RULES16, RULES16_LEN, RULES16_WORDS, RateState,
+    Rule,
 };
 
 use super::DatapathError;
@@ -101,14 +101,8 @@ fn expected() -> Vec<Expected> {
             size_of::<Rule>(),
             RULES_CAPACITY,
         ));
-        v.push(e(GEO4[slot], MapType::Array, 4, 8, GEO4_LEN));
-        v.push(e(
-            GEO4E[slot],
-            MapType::Array,
-            4,
-            4 * GEO4E_BLOCK,
-            GEO4E_BLOCKS,
-        ));
+        v.push(e(GEO4[slot], MapType::Array, 4, 4 * GEO4_LEN, 1));
+        v.push(e(GEO4E[slot], MapType::Array, 4, 4 * GEO4E_CAPACITY, 1));
         v.push(e(
             GEO6[slot],
             MapType::Array,

@@ -34,7 +34,10 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::fs::{DirEntryExt as _, MetadataExt as _},
+    os::{
+        fd::AsFd as _,
+        unix::fs::{DirEntryExt as _, MetadataExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -47,15 +50,15 @@ use aya::{
 };
 use enforcer_common::{
     APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4E, GEO4E_BLOCK, GEO6, GEO6_BLOCK, GEO6F, GEO6I, Geo6Block,
-    Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4, RULES6,
-    Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    COUNTRY_SLOTS, Family, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_BLOCK, GEO6F, GEO6I,
+    Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY,
+    RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{DatapathError, detach, geo4, geo6, map_err};
+use super::{DatapathError, detach, geo, geo4, geo6, map_err};
 use crate::{paths, policy::CompiledPolicy};
 
 /// The id of the root cgroup of the cgroup2 hierarchy (its kernfs inode).
@@ -176,8 +179,10 @@ pub struct Explainer {
     policy: Array<MapData, u32>,
     rules4: [LpmTrie<MapData, [u8; 4], Rule>; 2],
     rules6: [LpmTrie<MapData, [u8; 16], Rule>; 2],
-    geo4: [Array<MapData, u64>; 2],
-    geo4e: [Array<MapData, [u32; GEO4E_BLOCK]>; 2],
+    /// `GEO4` and `GEO4E`, each one large value, read a page at a time
+    /// (see [`SlotV4`]).
+    geo4: [MapData; 2],
+    geo4e: [MapData; 2],
     geo6i: [Array<MapData, [u64; 8]>; 2],
     geo6: [Array<MapData, Geo6Leaf>; 2],
     geo6f: [Array<MapData, Geo6Block>; 2],
@@ -186,17 +191,35 @@ pub struct Explainer {
 
 /// Opens one pinned map read-only.
 fn open_read_only(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    open(pin_dir, name, detach::BPF_F_RDONLY)
+}
+
+fn open(pin_dir: &Path, name: &'static str, flags: u32) -> Result<Map, DatapathError> {
     let path = paths::PinLayout::new(pin_dir).maps.join(name);
     if !path.exists() {
         return Err(DatapathError::NotInstalled(pin_dir.to_owned()));
     }
-    let fd =
-        detach::open_pinned_with(&path, detach::BPF_F_RDONLY).map_err(|e| DatapathError::Pin {
-            path: path.clone(),
-            detail: format!("cannot open the pinned map: {e}"),
-        })?;
+    let fd = detach::open_pinned_with(&path, flags).map_err(|e| DatapathError::Pin {
+        path: path.clone(),
+        detail: format!("cannot open the pinned map: {e}"),
+    })?;
     let data = MapData::from_fd(fd).map_err(map_err(name))?;
     Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// A pinned array for reading through a read-only mapping
+/// ([`geo::read_window`]). Its fd is opened read-write: the kernel maps a
+/// BPF map only shared (`bpf_map_mmap` refuses a mapping without
+/// VM_SHARED), and mmap drops VM_SHARED for a file not open for writing
+/// (mm/mmap.c, `do_mmap`); the mapping itself is PROT_READ, and the kernel
+/// then also clears VM_MAYWRITE, so it can never be made writable.
+fn map_data(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
+    match open(pin_dir, name, 0)? {
+        Map::Array(data) => Ok(data),
+        _ => Err(map_err(name)(MapError::InvalidName {
+            name: name.to_owned(),
+        })),
+    }
 }
 
 fn trie<K: Pod, V: Pod>(
@@ -229,36 +252,61 @@ fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
 }
 
 /// One slot's IPv4 tables, read from the pinned maps, for
-/// [`geo4::lookup`]; the segment blocks it reads are kept, as a binary
-/// search reads several entries of one block.
+/// [`geo4::lookup`]. Each table is one value (256 KiB and 4 MiB), which a
+/// map lookup would copy whole (onto the stack, through aya): they are
+/// read through a read-only mapping instead, one page at a time, and the
+/// pages read are kept, as a descent reads several entries of one line.
 struct SlotV4<'a> {
     explainer: &'a Explainer,
     slot: usize,
-    blocks: std::cell::RefCell<std::collections::HashMap<u32, [u32; GEO4E_BLOCK]>>,
+    pages: std::cell::RefCell<std::collections::HashMap<(bool, u32), Vec<u8>>>,
+}
+
+/// The unit [`SlotV4`] reads the IPv4 tables in.
+const PAGE_BYTES: u32 = 4096;
+
+impl SlotV4<'_> {
+    /// Word `i` of `GEO4` (`entries` false) or entry `i` of `GEO4E`.
+    fn read(&self, entries: bool, i: u32) -> Result<u32, DatapathError> {
+        let (name, data, len) = if entries {
+            let s = &self.explainer.geo4e[self.slot];
+            (GEO4E[self.slot], s, GEO4E_CAPACITY)
+        } else {
+            (GEO4[self.slot], &self.explainer.geo4[self.slot], GEO4_LEN)
+        };
+        if i as usize >= len {
+            return Err(map_err(name)(MapError::OutOfBounds {
+                index: i,
+                max_entries: len as u32,
+            }));
+        }
+        let page = i * 4 / PAGE_BYTES;
+        let mut pages = self.pages.borrow_mut();
+        let bytes = match pages.entry((entries, page)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(geo::read_window(
+                data.fd().as_fd(),
+                (page * PAGE_BYTES) as usize,
+                PAGE_BYTES as usize,
+                name,
+            )?),
+        };
+        let at = (i * 4 % PAGE_BYTES) as usize;
+        let mut b = [0; 4];
+        b.copy_from_slice(&bytes[at..at + 4]);
+        Ok(u32::from_ne_bytes(b))
+    }
 }
 
 impl geo4::Tables for SlotV4<'_> {
     type Error = DatapathError;
 
-    fn word(&self, i: u32) -> Result<u64, DatapathError> {
-        self.explainer.geo4[self.slot]
-            .get(&i, 0)
-            .map_err(map_err(GEO4[self.slot]))
+    fn word(&self, i: u32) -> Result<u32, DatapathError> {
+        self.read(false, i)
     }
 
     fn entry(&self, i: u32) -> Result<u32, DatapathError> {
-        let b = i / GEO4E_BLOCK as u32;
-        let mut blocks = self.blocks.borrow_mut();
-        let block = match blocks.get(&b) {
-            Some(block) => block,
-            None => {
-                let block = self.explainer.geo4e[self.slot]
-                    .get(&b, 0)
-                    .map_err(map_err(GEO4E[self.slot]))?;
-                blocks.entry(b).or_insert(block)
-            }
-        };
-        Ok(block[i as usize % GEO4E_BLOCK])
+        self.read(true, i)
     }
 }
 
@@ -418,8 +466,8 @@ impl Explainer {
             policy: Array::try_from(open_read_only(pin_dir, POLICY)?).map_err(map_err(POLICY))?,
             rules4: [trie(pin_dir, RULES4[0])?, trie(pin_dir, RULES4[1])?],
             rules6: [trie(pin_dir, RULES6[0])?, trie(pin_dir, RULES6[1])?],
-            geo4: [array(pin_dir, GEO4[0])?, array(pin_dir, GEO4[1])?],
-            geo4e: [array(pin_dir, GEO4E[0])?, array(pin_dir, GEO4E[1])?],
+            geo4: [map_data(pin_dir, GEO4[0])?, map_data(pin_dir, GEO4[1])?],
+            geo4e: [map_data(pin_dir, GEO4E[0])?, map_data(pin_dir, GEO4E[1])?],
             geo6i: [array(pin_dir, GEO6I[0])?, array(pin_dir, GEO6I[1])?],
             geo6: [array(pin_dir, GEO6[0])?, array(pin_dir, GEO6[1])?],
             geo6f: [array(pin_dir, GEO6F[0])?, array(pin_dir, GEO6F[1])?],
@@ -614,7 +662,7 @@ impl Explainer {
                     &SlotV4 {
                         explainer: self,
                         slot: slot as usize,
-                        blocks: Default::default(),
+                        pages: Default::default(),
                     },
                     ip,
                 )?;

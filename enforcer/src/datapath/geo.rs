@@ -5,8 +5,9 @@
 //!
 //! Both families start from the same thing: the sorted starts of the
 //! maximal same-country ranges and of the gaps between them.
-//! - IPv4: one word per /16 (`GEO4_<slot>`) and the segments of starts of
-//!   the /16s that hold more than one country (`GEO4E_<slot>`): `geo4.rs`.
+//! - IPv4: one word per /16 (`GEO4_<slot>`) and a search tree of cache
+//!   lines over the starts of each /16 that holds more than one country
+//!   (`GEO4E_<slot>`): `geo4.rs`.
 //! - IPv6: a search tree over /64s (`GEO6I_<slot>`, `GEO6_<slot>`) and a
 //!   fine table for split /64s (`GEO6F_<slot>`,
 //!   `CONFIG[CFG_GEO6F_LEN[slot]]` entries in use): `geo6.rs`.
@@ -30,7 +31,7 @@ use geoip::GeoTable;
 
 use super::{
     DatapathError,
-    geo4::{self, ENTRY_BLOCK_BYTES, V4},
+    geo4::{self, V4},
     geo6::{self, FINE_BLOCK_BYTES, LEAF_BYTES, NODE_BYTES, V6},
     map_err,
 };
@@ -115,7 +116,8 @@ pub fn build(geo: &GeoTable) -> Result<Flat, DatapathError> {
     })
 }
 
-/// A shared, writable mapping of a `BPF_F_MMAPABLE` array map.
+/// A shared mapping of a `BPF_F_MMAPABLE` array map, writable unless made
+/// by [`read_window`].
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -127,18 +129,20 @@ impl Mapping {
         offset: usize,
         len: usize,
         name: &'static str,
+        prot: libc::c_int,
     ) -> Result<Mapping, DatapathError> {
         // SAFETY: a fresh shared mapping of `len` bytes of the map's fd at
         // `offset` (page-aligned: see `windows`); the kernel refuses
         // (EINVAL) a range beyond the array's data (array_map_mmap,
         // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L574),
         // and the whole table is value_size * max_entries, which the layout
-        // check (compat.rs) confirmed. Nothing else in this process maps it.
+        // check (compat.rs) confirmed. Nothing else in this process maps it
+        // writable.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ | libc::PROT_WRITE,
+                prot,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 offset as libc::off_t,
@@ -157,9 +161,11 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// The bytes, only for a mapping made writable.
     fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` is a live mapping of `len` readable and writable
-        // bytes (see `new`), borrowed mutably through `self`. eBPF programs
+        // bytes (see `new`: [`windows`] asks for PROT_WRITE), borrowed
+        // mutably through `self`. eBPF programs
         // may read it concurrently, but only of the active slot, and this
         // agent writes the inactive one; plain bytes have no invalid values.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
@@ -208,7 +214,13 @@ fn windows<T>(
     let mut offset = 0;
     while offset < want.len() {
         let len = window.min(want.len() - offset);
-        let mut mapping = Mapping::new(data.fd().as_fd(), offset, len, name)?;
+        let mut mapping = Mapping::new(
+            data.fd().as_fd(),
+            offset,
+            len,
+            name,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?;
         out.push(f(mapping.bytes(), &want[offset..offset + len])?);
         offset += len;
     }
@@ -226,6 +238,22 @@ fn lcm(a: usize, b: usize) -> usize {
         x
     };
     a / gcd(a, b) * b
+}
+
+/// A copy of `len` bytes of a table at `offset` (both whole pages), through
+/// a read-only mapping: `fd` may be opened read-only (`explain.rs`), and a
+/// table value too large to copy through a map lookup (`GEO4E`, 4 MiB) is
+/// read a page at a time.
+pub(super) fn read_window(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    len: usize,
+    name: &'static str,
+) -> Result<Vec<u8>, DatapathError> {
+    let mapping = Mapping::new(fd, offset, len, name, libc::PROT_READ)?;
+    // SAFETY: `ptr` is a live mapping of `len` readable bytes, dropped
+    // after the copy; plain bytes have no invalid values.
+    Ok(unsafe { std::slice::from_raw_parts(mapping.ptr.as_ptr(), mapping.len) }.to_vec())
 }
 
 /// Copies the blocks of `want` that differ from the map's, returns how many.
@@ -265,14 +293,14 @@ pub fn write(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<FlatDelta, Datap
     delta.v6_blocks = sync_blocks(ebpf, GEO6F[s], &flat.v6.fine, FINE_BLOCK_BYTES)?
         + sync_blocks(ebpf, GEO6[s], &flat.v6.leaves, 64 * LEAF_BYTES)?
         + sync_blocks(ebpf, GEO6I[s], &flat.v6.index, 64 * NODE_BYTES)?;
-    delta.v4_blocks = sync_blocks(ebpf, GEO4E[s], &flat.v4.entries, ENTRY_BLOCK_BYTES)?
+    delta.v4_blocks = sync_blocks(ebpf, GEO4E[s], &flat.v4.entries, BLOCK_BYTES)?
         + sync_blocks(ebpf, GEO4[s], &flat.v4.words, BLOCK_BYTES)?;
     super::set_config_word(ebpf, CFG_GEO6F_LEN[s], flat.v6.fine_len)?;
     delta.write_seconds = started.elapsed().as_secs_f64();
     Ok(delta)
 }
 
-/// The unit [`write`] compares and copies the IPv4 words in.
+/// The unit [`write`] compares and copies the IPv4 tables in.
 const BLOCK_BYTES: usize = 4096;
 
 /// FNV-1a, to name a table in a verification error.
@@ -287,7 +315,7 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
     let s = slot as usize;
     for (name, want, block) in [
         (GEO4[s], flat.v4.words.as_ref(), BLOCK_BYTES),
-        (GEO4E[s], flat.v4.entries.as_ref(), ENTRY_BLOCK_BYTES),
+        (GEO4E[s], flat.v4.entries.as_ref(), BLOCK_BYTES),
         (GEO6I[s], flat.v6.index.as_ref(), 64 * NODE_BYTES),
         (GEO6[s], flat.v6.leaves.as_ref(), 64 * LEAF_BYTES),
         (GEO6F[s], flat.v6.fine.as_ref(), FINE_BLOCK_BYTES),
@@ -361,9 +389,10 @@ mod tests {
         assert_eq!(country4(&f, "11.0.0.128"), 0);
         assert_eq!(country4(&f, "9.255.255.255"), 0);
         assert_eq!(country4(&f, "255.255.255.255"), it);
-        // 10.1/16 (FR, DE, FR), 11.0/16 (IT, gap), 255.255/16 (gap, IT).
+        // 10.1/16 (FR, DE, FR), 11.0/16 (IT, gap), 255.255/16 (gap, IT):
+        // one line (a leaf) each.
         assert_eq!(f.v4.split16, 3);
-        assert_eq!(f.v4.entries_len, 7);
+        assert_eq!(f.v4.entries_len, 3 * enforcer_common::GEO4E_LINE);
         // Coarse: ::, 2a00::, 2a01:: (split), 2a01:0:0:1::; fine: 2a01::,
         // 2a01::1, 2a01::2.
         assert_eq!(f.v6.coarse_len, 4);

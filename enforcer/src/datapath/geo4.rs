@@ -1,7 +1,8 @@
 //! The IPv4 GeoIP table from the agent's side: the sorted range starts
 //! (ranges and the gaps between them) turned into the kernel's layout, one
-//! word per /16 and a segment of starts for each /16 that holds more than
-//! one country (layout and the reason for it: `enforcer_common::layout`,
+//! word per /16 and, for each /16 that holds more than one country, a
+//! static search tree of cache lines over its segment of starts (layout
+//! and the reasons for it: `enforcer_common::layout`,
 //! [`enforcer_common::GEO4`]). The kernel's lookup is
 //! `enforcer-ebpf/src/geo.rs`; [`lookup`] here (used by `explain.rs`)
 //! follows it step for step.
@@ -10,45 +11,94 @@
 //! destination a cache and TLB miss (141 ns for the lookup alone in `cargo
 //! xtask bench`, against 38 ns for the whole decision when warm); a
 //! random read costs about 24 ns within 1 MiB on the benchmark machine
-//! and 190 ns within 16 MiB. The segments hold geo-whois-asn-country in
-//! 1.3 MiB and the words in 512 KiB, and a segment's binary search stays in
-//! one or two cache lines for most /16s (median 13 entries).
+//! and 190 ns within 16 MiB. Why a tree rather than a binary search of the
+//! segment (layout v5): the search made up to 16 dependent reads, the tree
+//! makes one per level (1 to 4), each of one cache line.
 
 use enforcer_common::{
-    COUNTRY_SLOTS, GEO4_LEN, GEO4E_BLOCK, GEO4E_CAPACITY, GEO4E_STEPS, UNKNOWN_COUNTRY,
+    COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY, GEO4E_DEPTH, GEO4E_LINE,
+    UNKNOWN_COUNTRY,
 };
 
 use super::{DatapathError, buffer::Buffer};
 
-/// Bytes of one `GEO4E` block, and of the whole of each table.
-pub const ENTRY_BLOCK_BYTES: usize = GEO4E_BLOCK * 4;
-pub const WORDS_BYTES: usize = GEO4_LEN as usize * 8;
-pub const ENTRIES_BYTES: usize = GEO4E_CAPACITY as usize * 4;
+/// Bytes of the whole of each table.
+pub const WORDS_BYTES: usize = GEO4_LEN * 4;
+pub const ENTRIES_BYTES: usize = GEO4E_CAPACITY * 4;
 
 /// The two tables of one slot, as the kernel holds them (native byte
-/// order: the kernel reads u64 words and u32 entries).
+/// order: the kernel reads u32 words and entries).
 pub struct V4 {
     /// `GEO4_<slot>`: one word per /16.
     pub words: Buffer,
-    /// `GEO4E_<slot>`: the segments, [`GEO4E_CAPACITY`] entries.
+    /// `GEO4E_<slot>`: the trees' lines, [`GEO4E_CAPACITY`] entries.
     pub entries: Buffer,
-    /// Entries in use.
+    /// Entries in use (whole lines).
     pub entries_len: usize,
     /// /16s with a segment (more than one country).
     pub split16: usize,
 }
 
 /// A /16 of one country throughout.
-fn uniform(country: u16) -> u64 {
-    u64::from(country)
+fn uniform(country: u16) -> u32 {
+    u32::from(country)
 }
 
-fn segment(offset: u32, count: u32) -> u64 {
-    u64::from(count) << 32 | u64::from(offset)
+/// A split /16: its tree.
+fn segment(root: u32, depth: u32) -> u32 {
+    GEO4_SPLIT | depth << GEO4_DEPTH_SHIFT | root
 }
 
-fn entry(start: u32, country: u16) -> u32 {
-    (start & 0xffff) << 16 | u32::from(country)
+fn entry(start: u32, value: u16) -> u32 {
+    (start & 0xffff) << 16 | u32::from(value)
+}
+
+/// The shape of a segment's tree: its depth (internal levels) and its
+/// internal lines, which come before its leaves.
+fn shape(count: u32) -> (u32, u32) {
+    let line = GEO4E_LINE as u32;
+    let (mut nodes, mut depth, mut internal) = (count.div_ceil(line), 0, 0);
+    while nodes > 1 {
+        nodes = nodes.div_ceil(line);
+        depth += 1;
+        internal += nodes;
+    }
+    (depth, internal)
+}
+
+/// The lines of one segment's tree, root first, then each level below it,
+/// then the leaves; `base` is the line of the root. Every node's unused
+/// entries repeat its last one.
+fn tree(segment: &[u32], base: u32) -> Vec<[u32; GEO4E_LINE]> {
+    let lines = |entries: &[u32]| -> Vec<[u32; GEO4E_LINE]> {
+        entries
+            .chunks(GEO4E_LINE)
+            .map(|chunk| {
+                let mut line = [chunk[chunk.len() - 1]; GEO4E_LINE];
+                line[..chunk.len()].copy_from_slice(chunk);
+                line
+            })
+            .collect()
+    };
+    // Levels from the leaves up; each entry above names its child's line,
+    // known once the lines of every level above the child are counted.
+    let (_, internal) = shape(segment.len() as u32);
+    let mut levels = vec![lines(segment)];
+    let mut below_first = base + internal;
+    while levels[levels.len() - 1].len() > 1 {
+        let children = &levels[levels.len() - 1];
+        let parents = children.len().div_ceil(GEO4E_LINE) as u32;
+        let first = below_first - parents;
+        let keys: Vec<u32> = children
+            .iter()
+            .enumerate()
+            .map(|(i, child)| entry(child[0] >> 16, (below_first + i as u32) as u16))
+            .collect();
+        levels.push(lines(&keys));
+        below_first = first;
+    }
+    debug_assert_eq!(below_first, base);
+    levels.into_iter().rev().flatten().collect()
 }
 
 /// Builds the tables from `starts`: sorted, without repeats, the first at
@@ -68,12 +118,14 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
             merged.push((start, country));
         }
     }
-    let mut len = 0usize;
+    let capacity_lines = GEO4E_CAPACITY / GEO4E_LINE;
+    // Lines used (counted past the capacity too, for the error below).
+    let mut used = 0usize;
     let mut split16 = 0;
     // `at`: the start that covers the /16's first address (merged[0] is
     // at 0.0.0.0).
     let mut at = 0usize;
-    for block in 0..GEO4_LEN {
+    for block in 0..GEO4_LEN as u32 {
         let first = block << 16;
         while at + 1 < merged.len() && merged[at + 1].0 <= first {
             at += 1;
@@ -86,38 +138,44 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
             uniform(merged[at].1)
         } else {
             let count = inside + 1;
-            // Past the capacity, only counted, for the error below.
-            if len + count <= GEO4E_CAPACITY as usize {
-                let segment_entries = std::iter::once(entry(0, merged[at].1)).chain(
-                    merged[at + 1..at + count]
-                        .iter()
-                        .map(|&(start, country)| entry(start, country)),
-                );
-                for (i, e) in segment_entries.enumerate() {
-                    let at_byte = (len + i) * 4;
-                    entries[at_byte..at_byte + 4].copy_from_slice(&e.to_ne_bytes());
+            let (depth, internal) = shape(count as u32);
+            let lines = (internal as usize) + count.div_ceil(GEO4E_LINE);
+            let root = used as u32;
+            if used + lines <= capacity_lines {
+                let segment: Vec<u32> = std::iter::once(entry(0, merged[at].1))
+                    .chain(
+                        merged[at + 1..at + count]
+                            .iter()
+                            .map(|&(start, country)| entry(start, country)),
+                    )
+                    .collect();
+                for (i, line) in tree(&segment, root).iter().enumerate() {
+                    for (j, e) in line.iter().enumerate() {
+                        let at_byte = ((used + i) * GEO4E_LINE + j) * 4;
+                        entries[at_byte..at_byte + 4].copy_from_slice(&e.to_ne_bytes());
+                    }
                 }
             }
-            let word = segment(len as u32, count as u32);
-            len += count;
+            used += lines;
             at += inside;
             split16 += 1;
-            word
+            segment(root, depth)
         };
-        let at_byte = block as usize * 8;
-        words[at_byte..at_byte + 8].copy_from_slice(&word.to_ne_bytes());
+        let at_byte = block as usize * 4;
+        words[at_byte..at_byte + 4].copy_from_slice(&word.to_ne_bytes());
     }
-    if len > GEO4E_CAPACITY as usize {
+    if used > capacity_lines {
         return Err(DatapathError::Capacity {
-            what: "GeoIP IPv4 range starts inside split /16s".to_owned(),
-            need: len,
-            capacity: GEO4E_CAPACITY,
+            what: "GeoIP IPv4 range starts inside split /16s, in their search trees (entries)"
+                .to_owned(),
+            need: used * GEO4E_LINE,
+            capacity: GEO4E_CAPACITY as u32,
         });
     }
     Ok(V4 {
         words,
         entries,
-        entries_len: len,
+        entries_len: used * GEO4E_LINE,
         split16,
     })
 }
@@ -126,8 +184,8 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
 pub trait Tables {
     type Error;
     /// The word of /16 `i`.
-    fn word(&self, i: u32) -> Result<u64, Self::Error>;
-    /// Entry `i` of the segments.
+    fn word(&self, i: u32) -> Result<u32, Self::Error>;
+    /// Entry `i` of the lines.
     fn entry(&self, i: u32) -> Result<u32, Self::Error>;
 }
 
@@ -136,11 +194,11 @@ pub trait Tables {
 impl Tables for V4 {
     type Error = std::convert::Infallible;
 
-    fn word(&self, i: u32) -> Result<u64, Self::Error> {
-        let at = i as usize * 8;
-        let mut b = [0; 8];
-        b.copy_from_slice(&self.words[at..at + 8]);
-        Ok(u64::from_ne_bytes(b))
+    fn word(&self, i: u32) -> Result<u32, Self::Error> {
+        let at = i as usize * 4;
+        let mut b = [0; 4];
+        b.copy_from_slice(&self.words[at..at + 4]);
+        Ok(u32::from_ne_bytes(b))
     }
 
     fn entry(&self, i: u32) -> Result<u32, Self::Error> {
@@ -161,19 +219,21 @@ pub struct Found {
     pub end: u32,
 }
 
-/// What one /16 says: its country throughout, or its segment.
+/// What one /16 says: its country throughout, or its segment's tree.
 enum Block {
     Uniform(u16),
-    Segment { offset: u32, count: u32 },
+    Segment { root: u32, depth: u32 },
 }
 
 fn block<T: Tables>(t: &T, i: u32) -> Result<Block, T::Error> {
     let word = t.word(i)?;
-    let (low, count) = (word as u32, (word >> 32) as u32);
-    Ok(if count == 0 {
-        Block::Uniform(clamp(low))
+    Ok(if word & GEO4_SPLIT == 0 {
+        Block::Uniform(clamp(word))
     } else {
-        Block::Segment { offset: low, count }
+        Block::Segment {
+            root: word & ((1 << GEO4_DEPTH_SHIFT) - 1),
+            depth: (word & !GEO4_SPLIT) >> GEO4_DEPTH_SHIFT,
+        }
     })
 }
 
@@ -186,30 +246,54 @@ fn clamp(country: u32) -> u16 {
     }
 }
 
+/// The probe of an address's last 16 bits: entries below it start at or
+/// before the address.
+fn probe(low16: u32) -> u64 {
+    u64::from(low16 << 16 | 0xffff) + 1
+}
+
+/// The kernel's descent of a segment's tree: the index and value of the
+/// leaf entry of the last range starting at or below `probe`'s address.
+fn descend<T: Tables>(t: &T, root: u32, depth: u32, probe: u64) -> Result<(u32, u32), T::Error> {
+    let mut line = root;
+    for _ in 0..depth.min(GEO4E_DEPTH) {
+        line = last_below(t, line, probe)?.1 & 0xffff;
+    }
+    last_below(t, line, probe)
+}
+
+/// The kernel's `last_below`: the index and value of node `line`'s last
+/// entry below `probe`.
+fn last_below<T: Tables>(t: &T, line: u32, probe: u64) -> Result<(u32, u32), T::Error> {
+    let first = (line as usize * GEO4E_LINE % GEO4E_CAPACITY) as u32;
+    let mut below = 0usize;
+    for j in 0..GEO4E_LINE as u32 {
+        if u64::from(t.entry(first + j)?) < probe {
+            below += 1;
+        }
+    }
+    let i = first + (below.wrapping_sub(1) % GEO4E_LINE) as u32;
+    Ok((i, t.entry(i)?))
+}
+
 /// The kernel's lookup of `ip`, step for step, and the range around it.
+/// A segment's ends are found by the same descent: to its first address
+/// (its first entry) and to its last (the last entry, or a repeat of it).
 pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
     let b = ip >> 16;
     let (country, mut start, mut end) = match block(t, b)? {
         Block::Uniform(c) => (c, b << 16, b << 16 | 0xffff),
-        Block::Segment { offset, count } => {
-            let probe = u64::from((ip & 0xffff) << 16 | 0xffff) + 1;
-            let (mut base, mut n) = (offset, count);
-            for _ in 0..GEO4E_STEPS {
-                if n <= 1 {
-                    break;
-                }
-                let half = n / 2;
-                if u64::from(t.entry(base + half)?) < probe {
-                    base += half;
-                }
-                n -= half;
-            }
-            let e = t.entry(base)?;
+        Block::Segment { root, depth } => {
+            let (i, e) = descend(t, root, depth, probe(ip & 0xffff))?;
+            let (_, last) = descend(t, root, depth, probe(0xffff))?;
             let start = b << 16 | e >> 16;
-            let end = if base + 1 < offset + count {
-                (b << 16 | t.entry(base + 1)? >> 16) - 1
-            } else {
+            // Neighbours differ, so only the last range's entry (and its
+            // repeats) equals `last`; any other is followed by the next
+            // range's, in its leaf or at the start of the next leaf.
+            let end = if e == last {
                 b << 16 | 0xffff
+            } else {
+                (b << 16 | t.entry(i + 1)? >> 16) - 1
             };
             (clamp(e & 0xffff), start, end)
         }
@@ -219,8 +303,8 @@ pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
     while start & 0xffff == 0 && start > 0 {
         match block(t, (start >> 16) - 1)? {
             Block::Uniform(c) if c == country => start -= 1 << 16,
-            Block::Segment { offset, count } => {
-                let last = t.entry(offset + count - 1)?;
+            Block::Segment { root, depth } => {
+                let (_, last) = descend(t, root, depth, probe(0xffff))?;
                 if clamp(last & 0xffff) == country {
                     start = (start - (1 << 16)) | last >> 16;
                 }
@@ -232,9 +316,11 @@ pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
     while end & 0xffff == 0xffff && end < u32::MAX {
         match block(t, (end >> 16) + 1)? {
             Block::Uniform(c) if c == country => end += 1 << 16,
-            Block::Segment { offset, .. } => {
-                if clamp(t.entry(offset)? & 0xffff) == country {
-                    end = (end + 1) | ((t.entry(offset + 1)? >> 16) - 1);
+            Block::Segment { root, depth } => {
+                // The first leaf holds at least the first two ranges.
+                let (i, first) = descend(t, root, depth, probe(0))?;
+                if clamp(first & 0xffff) == country {
+                    end = (end + 1) | ((t.entry(i + 1)? >> 16) - 1);
                 }
                 break;
             }
@@ -254,7 +340,7 @@ mod tests {
     use crate::datapath::geo6::tests::Rng;
 
     /// Random starts: whole /16s and /24s, clusters of small ranges in a
-    /// few /16s (one with thousands), starts at the very top, and repeated
+    /// few /16s (one with thousands: a tree of depth 3), starts at the very top, and repeated
     /// countries side by side (which the builder merges).
     fn starts(rng: &mut Rng, n: usize) -> Vec<(u32, u16)> {
         let mut set = std::collections::BTreeSet::new();
@@ -273,7 +359,7 @@ mod tests {
                 }
                 _ => {
                     set.insert(u32::MAX - (r % 3) as u32);
-                    for _ in 0..3000 {
+                    for _ in 0..6000 {
                         set.insert(0x0a0b_0000 | rng.next() as u32 & 0xffff);
                     }
                 }
@@ -311,6 +397,13 @@ mod tests {
         for round in 0..4 {
             let s = starts(&mut rng, 2000 + round * 20_000);
             let v4 = build(&s).expect("build");
+            let deepest = (0..GEO4_LEN as u32)
+                .filter_map(|i| match block(&v4, i) {
+                    Ok(Block::Segment { depth, .. }) => Some(depth),
+                    _ => None,
+                })
+                .max();
+            assert_eq!(deepest, Some(GEO4E_DEPTH), "round {round}");
             for _ in 0..200_000 {
                 let r = rng.next();
                 // Random addresses, and the starts and the addresses just
@@ -338,7 +431,7 @@ mod tests {
         ];
         let v4 = build(&s).expect("build");
         assert_eq!(v4.split16, 1);
-        assert_eq!(v4.entries_len, 3);
+        assert_eq!(v4.entries_len, GEO4E_LINE);
         let Ok(hit) = lookup(&v4, 0x0a01_0290);
         assert_eq!(
             (hit.country, hit.start, hit.end),
@@ -357,7 +450,7 @@ mod tests {
 
     #[test]
     fn too_many_starts_are_refused() {
-        let s: Vec<(u32, u16)> = (0..GEO4E_CAPACITY + 2)
+        let s: Vec<(u32, u16)> = (0..GEO4E_CAPACITY as u32 + 2)
             .map(|i| (i * 4, (i % 2 + 1) as u16))
             .collect();
         let Err(e) = build(&s) else {

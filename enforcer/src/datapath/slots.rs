@@ -51,7 +51,8 @@ pub struct SlotReport {
 
 /// How full the per-slot maps are: (map, entries, capacity). Each of the
 /// two slots has its own maps of this capacity. For GeoIP the limits are
-/// the flat tables' own: the IPv4 range starts inside split /16s, IPv6
+/// the flat tables' own: the entries of the split /16s' search trees
+/// (range starts, padding and index lines), IPv6
 /// ranges by /64 and starts inside split /64s; the IPv4 words always cover
 /// every /16.
 pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 6] {
@@ -59,7 +60,7 @@ pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize,
         (
             "geo_ipv4_entries",
             s.geo_v4_entries,
-            enforcer_common::GEO4E_CAPACITY,
+            enforcer_common::GEO4E_CAPACITY as u32,
         ),
         (
             "geo_ipv6_ranges",
