@@ -262,9 +262,6 @@ struct SlotV4<'a> {
     pages: std::cell::RefCell<std::collections::HashMap<(bool, u32), Vec<u8>>>,
 }
 
-/// The unit [`SlotV4`] reads the IPv4 tables in.
-const PAGE_BYTES: u32 = 4096;
-
 impl SlotV4<'_> {
     /// Word `i` of `GEO4` (`entries` false) or entry `i` of `GEO4E`.
     fn read(&self, entries: bool, i: u32) -> Result<u32, DatapathError> {
@@ -280,18 +277,21 @@ impl SlotV4<'_> {
                 max_entries: len as u32,
             }));
         }
-        let page = i * 4 / PAGE_BYTES;
+        // Whole pages: a mapping's offset must be a multiple of one.
+        let page_bytes = geo::page_bytes();
+        let byte = i as usize * 4;
+        let page = (byte / page_bytes) as u32;
         let mut pages = self.pages.borrow_mut();
         let bytes = match pages.entry((entries, page)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(geo::read_window(
                 data.fd().as_fd(),
-                (page * PAGE_BYTES) as usize,
-                PAGE_BYTES as usize,
+                page as usize * page_bytes,
+                page_bytes,
                 name,
             )?),
         };
-        let at = (i * 4 % PAGE_BYTES) as usize;
+        let at = byte % page_bytes;
         let mut b = [0; 4];
         b.copy_from_slice(&bytes[at..at + 4]);
         Ok(u32::from_ne_bytes(b))

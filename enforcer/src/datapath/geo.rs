@@ -206,9 +206,7 @@ fn windows<T>(
     mut f: impl FnMut(&mut [u8], &[u8]) -> Result<T, DatapathError>,
 ) -> Result<Vec<T>, DatapathError> {
     let data = map_data(ebpf, name)?;
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let unit = lcm(page, block);
+    let unit = lcm(page_bytes(), block);
     let window = unit * (WINDOW_BYTES / unit).max(1);
     let mut out = Vec::new();
     let mut offset = 0;
@@ -225,6 +223,12 @@ fn windows<T>(
         offset += len;
     }
     Ok(out)
+}
+
+/// The system's page size: a mapping's offset is a multiple of it.
+pub(super) fn page_bytes() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
 /// The size [`windows`] aims at.
