@@ -2,7 +2,7 @@
 //! its IP header, for the packet hooks: at offset 0 for cgroup skb (the
 //! packet starts at the IP header), after the Ethernet header for tcx.
 
-use aya_ebpf::programs::{SkBuffContext, TcContext};
+use aya_ebpf::programs::sk_buff::SkBuff;
 
 use crate::decide::Dest;
 
@@ -19,33 +19,23 @@ pub trait Load {
     fn read<T>(&self, offset: usize) -> Option<T>;
 }
 
-impl Load for SkBuffContext {
+/// Both packet hooks' context (`SkBuffContext::skb`, `TcContext::skb`).
+impl Load for SkBuff {
     /// Straight from the packet when the bytes are in its linear part (the
-    /// headers of a locally sent packet are), else through
+    /// headers of a locally sent packet are, and a forwarded one's after
+    /// the Ethernet header almost always), else through
     /// `bpf_skb_load_bytes`: a helper call per read, measurable per packet.
     #[inline(always)]
     fn read<T>(&self, offset: usize) -> Option<T> {
         // SAFETY: data and data_end are context fields the verifier turns
         // into packet pointers; the read below is within them (checked).
-        let (data, end) = unsafe {
-            (
-                (*self.skb.skb).data as usize,
-                (*self.skb.skb).data_end as usize,
-            )
-        };
+        let (data, end) = unsafe { ((*self.skb).data as usize, (*self.skb).data_end as usize) };
         let at = data + offset;
         if at + core::mem::size_of::<T>() <= end {
             // SAFETY: `at..at + size_of::<T>()` lies inside the packet's
             // linear data (checked above); T is plain bytes here.
             return Some(unsafe { core::ptr::read_unaligned(at as *const T) });
         }
-        self.load::<T>(offset).ok()
-    }
-}
-
-impl Load for TcContext {
-    #[inline(always)]
-    fn read<T>(&self, offset: usize) -> Option<T> {
         self.load::<T>(offset).ok()
     }
 }

@@ -38,7 +38,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: the context pointer is valid; protocol and len are plain
     // 4-byte context loads.
     let (protocol, len) = unsafe { ((*skb).protocol, (*skb).len) };
-    let Some(p) = packet::parse(protocol, 0, &ctx) else {
+    let Some(p) = packet::parse(protocol, 0, &ctx.skb) else {
         return PASS;
     };
     let generation = config(CFG_GENERATION);
