@@ -19,8 +19,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, Family, Mode, Outcome, RULES16_WORDS,
-    Rule, RuleKind, Source, UNKNOWN_COUNTRY,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family, Mode, Outcome,
+    RULES16_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
 };
 
 use crate::{
@@ -100,22 +100,55 @@ impl Dest {
 /// or the caller are cached, so a hit is the same for every cgroup.
 #[inline(always)]
 pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode) -> Decision {
-    let (family, words) = match dest {
-        Dest::V4(a) => (Family::Ipv4, [u64::from(u32::from_ne_bytes(a)), 0]),
-        Dest::V6(a) => (
-            Family::Ipv6,
-            [
-                u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
-                u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
-            ],
-        ),
-    };
-    let entry = if generation == 0 {
-        None
-    } else {
-        DEST_CACHE.get_ptr_mut(cache_slot(words))
-    };
-    if let Some(e) = entry {
+    let probe = CacheProbe::new(dest, generation);
+    match probe.hit() {
+        Some(d) => d,
+        None => probe.decide(dest, mode),
+    }
+}
+
+/// A destination's entry of `DEST_CACHE`, looked up once: [`Self::hit`]
+/// answers from it, [`Self::decide`] decides and fills it. Split from
+/// [`decide_cached`] so a hook can try the cache before anything dearer
+/// (`skb.rs` does, before the socket's storage).
+pub struct CacheProbe {
+    entry: Option<*mut DestCacheEntry>,
+    words: [u64; 2],
+    family: Family,
+    generation: u32,
+}
+
+impl CacheProbe {
+    #[inline(always)]
+    pub fn new(dest: Dest, generation: u32) -> CacheProbe {
+        let (family, words) = match dest {
+            Dest::V4(a) => (Family::Ipv4, [u64::from(u32::from_ne_bytes(a)), 0]),
+            Dest::V6(a) => (
+                Family::Ipv6,
+                [
+                    u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+                    u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+                ],
+            ),
+        };
+        let entry = if generation == 0 {
+            None
+        } else {
+            DEST_CACHE.get_ptr_mut(cache_slot(words))
+        };
+        CacheProbe {
+            entry,
+            words,
+            family,
+            generation,
+        }
+    }
+
+    /// The cached verdict, when the entry holds this destination's under
+    /// this generation (always allowed or exempt).
+    #[inline(always)]
+    pub fn hit(&self) -> Option<Decision> {
+        let e = self.entry?;
         // SAFETY: a valid per-CPU entry from a successful lookup; volatile
         // reads, so the sequence is read before and after the fields.
         unsafe {
@@ -124,46 +157,53 @@ pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode
             let country = read_volatile(&(*e).country);
             let source = read_volatile(&(*e).source);
             let same = seq & 1 == 0
-                && read_volatile(&(*e).generation) == generation
-                && read_volatile(&(*e).family) == family as u8
-                && read_volatile(&(*e).daddr[0]) == words[0]
-                && read_volatile(&(*e).daddr[1]) == words[1]
+                && read_volatile(&(*e).generation) == self.generation
+                && read_volatile(&(*e).family) == self.family as u8
+                && read_volatile(&(*e).daddr[0]) == self.words[0]
+                && read_volatile(&(*e).daddr[1]) == self.words[1]
                 && read_volatile(&(*e).seq) == seq;
             if same
                 && let Some(outcome @ (Outcome::Allowed | Outcome::Exempt)) =
                     Outcome::from_raw(outcome as u32)
                 && let Some(source) = Source::from_raw(source as u32)
             {
-                return Decision {
+                return Some(Decision {
                     outcome,
                     country,
-                    family,
+                    family: self.family,
                     source,
                     mode: Mode::Observe,
-                };
+                });
             }
         }
+        None
     }
-    let d = decide(dest, mode);
-    if let Some(e) = entry
-        && !d.reportable()
-    {
-        // SAFETY: as above; the odd sequence marks the entry as being
-        // written for a reader that preempted this program on this CPU.
-        unsafe {
-            let seq = read_volatile(&(*e).seq) | 1;
-            write_volatile(&mut (*e).seq, seq);
-            write_volatile(&mut (*e).generation, generation);
-            write_volatile(&mut (*e).daddr[0], words[0]);
-            write_volatile(&mut (*e).daddr[1], words[1]);
-            write_volatile(&mut (*e).country, d.country);
-            write_volatile(&mut (*e).outcome, d.outcome as u8);
-            write_volatile(&mut (*e).family, family as u8);
-            write_volatile(&mut (*e).source, d.source as u8);
-            write_volatile(&mut (*e).seq, seq.wrapping_add(1));
+
+    /// [`decide`]s `dest` (the probe's destination) and caches the verdict
+    /// when it is allowed or exempt.
+    #[inline(always)]
+    pub fn decide(self, dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
+        let d = decide(dest, mode);
+        if let Some(e) = self.entry
+            && !d.reportable()
+        {
+            // SAFETY: as in `hit`; the odd sequence marks the entry as being
+            // written for a reader that preempted this program on this CPU.
+            unsafe {
+                let seq = read_volatile(&(*e).seq) | 1;
+                write_volatile(&mut (*e).seq, seq);
+                write_volatile(&mut (*e).generation, self.generation);
+                write_volatile(&mut (*e).daddr[0], self.words[0]);
+                write_volatile(&mut (*e).daddr[1], self.words[1]);
+                write_volatile(&mut (*e).country, d.country);
+                write_volatile(&mut (*e).outcome, d.outcome as u8);
+                write_volatile(&mut (*e).family, self.family as u8);
+                write_volatile(&mut (*e).source, d.source as u8);
+                write_volatile(&mut (*e).seq, seq.wrapping_add(1));
+            }
         }
+        d
     }
-    d
 }
 
 /// The cache entry of a destination: a multiplicative hash of its words.

@@ -8,9 +8,11 @@
 //! it first when they see it), so such a socket is decided and reported
 //! once per generation; a mode or policy change bumps the generation, so
 //! the next packet decides again. Allowed sockets have no storage (creating
-//! it costs several decisions) and each of their packets is decided. Packets and bytes are
-//! counted per country and outcome; in enforce mode a refused packet is
-//! dropped (the sender gets EPERM where the stack reports it).
+//! it costs several decisions): each of their packets is decided, in the
+//! common case by a hit in the per-CPU verdict cache, tried before the
+//! storage. Packets and bytes are counted per country and outcome; in
+//! enforce mode a refused packet is dropped (the sender gets EPERM where
+//! the stack reports it).
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -22,7 +24,7 @@ use enforcer_common::{CFG_GENERATION, Family, Hook, Mode, Outcome, SockVerdict, 
 
 use crate::{
     counters::count_packet,
-    decide::{Decision, decide_cached},
+    decide::{CacheProbe, Decision},
     events,
     maps::{SK_VERDICT, config},
     mode, packet,
@@ -42,6 +44,17 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return PASS;
     };
     let generation = config(CFG_GENERATION);
+    // An allowed or exempt destination in the per-CPU cache first: most
+    // packets are an allowed flow's, and this spares them the storage
+    // lookup below (a helper call). The storage only ever holds reportable
+    // verdicts, and a destination's verdict under one generation is either
+    // allowed/exempt (for every caller: the cache holds no other) or not,
+    // so a hit here is what the storage would not contradict.
+    let probe = CacheProbe::new(p.dest, generation);
+    if let Some(d) = probe.hit() {
+        count_packet(Hook::SkbEgress, &d, len);
+        return PASS;
+    }
     let daddr = p.dest.bytes();
 
     // The socket's storage, if a hook stored a verdict on it (only
@@ -62,7 +75,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return if d.refuses() { DROP } else { PASS };
     }
 
-    let d = decide_cached(p.dest, generation, |slot| mode::for_skb(skb, slot));
+    let d = probe.decide(p.dest, |slot| mode::for_skb(skb, slot));
     count_packet(Hook::SkbEgress, &d, len);
     // A reportable verdict is stored (its storage created now if need be),
     // so the socket's later packets neither decide nor report again.
