@@ -33,8 +33,10 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   each slot got a summary of where its exception rules are
 ///   ([`RULES16`]);
 /// - 6: each IPv4 segment became a search tree of cache lines, and `GEO4E`
-///   one value ([`GEO4E_LINE`], [`GEO4_DEPTH_SHIFT`]).
-pub const LAYOUT_VERSION: u32 = 6;
+///   one value ([`GEO4E_LINE`], [`GEO4_DEPTH_SHIFT`]);
+/// - 7: the IPv6 index and leaves ([`GEO6I`], [`GEO6`]) became one value
+///   each, as the IPv4 tables.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -167,10 +169,11 @@ const _: () = assert!(GEO4E_LINE.pow(GEO4E_DEPTH + 1) >= 1 << 16);
 /// maximal same-country ranges and the gaps between them, compared on their
 /// first 64 bits (`hi`), as a static search tree with one cache line per
 /// node, so a lookup costs about one memory access per level instead of one
-/// per binary search step. `GEO6_<slot>`: `Array<Geo6Leaf>`,
-/// `BPF_F_MMAPABLE`, the leaves: [`GEO6_LEAF_KEYS`] starts each, in order,
-/// with their countries; entry 0 starts at `::`. `GEO6I_<slot>`:
-/// `Array<[u64; 8]>`, `BPF_F_MMAPABLE`, the index: [`GEO6I_LEVELS`] levels,
+/// per binary search step. `GEO6_<slot>`: `Array<[Geo6Leaf;
+/// GEO6_LEAVES]>` of one value (4 MiB), `BPF_F_MMAPABLE`, the leaves:
+/// [`GEO6_LEAF_KEYS`] starts each, in order, with their countries; leaf 0
+/// starts at `::`. `GEO6I_<slot>`: `Array<[[u64; 8]; GEO6I_LEN]>` of one
+/// value, `BPF_F_MMAPABLE`, the index: [`GEO6I_LEVELS`] levels,
 /// top first, level `l` at node [`GEO6I_OFFSET`]`[l]`; key `k` of node `i`
 /// is the first start under its child `8 * i + k` (a node of the level
 /// below, or a leaf under the last level). A lookup takes, at each level,

@@ -15,8 +15,8 @@ use core::hint::black_box;
 use aya_ebpf::maps::Array;
 use enforcer_common::{
     CFG_GEO6F_LEN, COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY,
-    GEO4E_DEPTH, GEO4E_LINE, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_SPLIT, GEO6F_STEPS, GEO6I_CHILDREN,
-    GEO6I_OFFSET, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
+    GEO4E_DEPTH, GEO4E_LINE, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_LEAVES, GEO6_SPLIT, GEO6F_STEPS,
+    GEO6I_CHILDREN, GEO6I_LEN, GEO6I_OFFSET, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
 };
 
 use crate::maps::{
@@ -107,12 +107,18 @@ pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
 
 #[inline(always)]
 fn lookup6(
-    index: &Array<[u64; 8]>,
-    leaves: &Array<Geo6Leaf>,
+    index: &Array<[[u64; 8]; GEO6I_LEN as usize]>,
+    leaves: &Array<[Geo6Leaf; GEO6_LEAVES as usize]>,
     fine: &Array<Geo6Block>,
     fine_len: u32,
     a: &[u8; 16],
 ) -> u16 {
+    // One pointer for each table, as for IPv4: every node and leaf below is
+    // an offset from it, with no array lookup (key on the stack, bounds
+    // check) on the descent's critical path.
+    let (Some(index), Some(leaves)) = (index.get(0), leaves.get(0)) else {
+        return UNKNOWN_COUNTRY;
+    };
     let hi = u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
     // The descent, one level at a time (written out: each level's offset
     // and size are constants, so nothing is read from .rodata). Invariant:
@@ -124,9 +130,7 @@ fn lookup6(
     i = descend(index, 3, i, hi);
     i = descend(index, 4, i, hi);
     i = descend(index, 5, i, hi);
-    let Some(leaf) = leaves.get(i) else {
-        return UNKNOWN_COUNTRY;
-    };
+    let leaf = &leaves[i as usize % GEO6_LEAVES as usize];
     // Opaque, then checked: LLVM would otherwise fold the subtraction into
     // forms whose bounds the verifier cannot follow into the array index.
     let k = black_box(
@@ -151,8 +155,8 @@ fn lookup6(
 /// `hi` falls (the last key `<= hi`), clamped to the level's children so a
 /// padded node never leads outside the next level.
 #[inline(always)]
-fn descend(index: &Array<[u64; 8]>, level: usize, i: u32, hi: u64) -> u32 {
-    let Some(node) = index.get(GEO6I_OFFSET[level] + i) else {
+fn descend(index: &[[u64; 8]; GEO6I_LEN as usize], level: usize, i: u32, hi: u64) -> u32 {
+    let Some(node) = index.get((GEO6I_OFFSET[level] + i) as usize) else {
         return 0;
     };
     let k = 7 - node[1..].iter().map(|&key| lt(hi, key)).sum::<u64>() as u32;

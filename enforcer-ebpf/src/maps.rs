@@ -41,13 +41,13 @@ pub static GEO4E_0: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPAB
 #[map]
 pub static GEO4E_1: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_0: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
+pub static GEO6_0: Array<[Geo6Leaf; GEO6_LEAVES as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_1: Array<Geo6Leaf> = Array::pinned(GEO6_LEAVES, BPF_F_MMAPABLE);
+pub static GEO6_1: Array<[Geo6Leaf; GEO6_LEAVES as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6I_0: Array<[u64; 8]> = Array::pinned(GEO6I_LEN, BPF_F_MMAPABLE);
+pub static GEO6I_0: Array<[[u64; 8]; GEO6I_LEN as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6I_1: Array<[u64; 8]> = Array::pinned(GEO6I_LEN, BPF_F_MMAPABLE);
+pub static GEO6I_1: Array<[[u64; 8]; GEO6I_LEN as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
 pub static GEO6F_0: Array<Geo6Block> = Array::pinned(GEO6F_BLOCKS, BPF_F_MMAPABLE);
 #[map]

@@ -107,10 +107,16 @@ fn expected() -> Vec<Expected> {
             GEO6[slot],
             MapType::Array,
             4,
-            size_of::<Geo6Leaf>(),
-            GEO6_LEAVES,
+            size_of::<Geo6Leaf>() * GEO6_LEAVES as usize,
+            1,
         ));
-        v.push(e(GEO6I[slot], MapType::Array, 4, 64, GEO6I_LEN));
+        v.push(e(
+            GEO6I[slot],
+            MapType::Array,
+            4,
+            64 * GEO6I_LEN as usize,
+            1,
+        ));
         v.push(e(
             GEO6F[slot],
             MapType::Array,

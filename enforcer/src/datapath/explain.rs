@@ -50,9 +50,10 @@ use aya::{
 };
 use enforcer_common::{
     APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_BLOCK, GEO6F, GEO6I,
-    Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY,
-    RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    COUNTRY_SLOTS, Family, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_BLOCK, GEO6_LEAVES,
+    GEO6F, GEO6I, GEO6I_LEN, Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG,
+    Mode, Outcome, POLICY, RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode,
+    country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
@@ -183,8 +184,9 @@ pub struct Explainer {
     /// (see [`SlotV4`]).
     geo4: [MapData; 2],
     geo4e: [MapData; 2],
-    geo6i: [Array<MapData, [u64; 8]>; 2],
-    geo6: [Array<MapData, Geo6Leaf>; 2],
+    /// `GEO6I` and `GEO6`, one value each too.
+    geo6i: [MapData; 2],
+    geo6: [MapData; 2],
     geo6f: [Array<MapData, Geo6Block>; 2],
     overrides: HashMap<MapData, u64, u32>,
 }
@@ -251,62 +253,83 @@ fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
         .unwrap_or(bits as u8 as u32) as u8
 }
 
-/// One slot's IPv4 tables, read from the pinned maps, for
-/// [`geo4::lookup`]. Each table is one value (256 KiB and 4 MiB), which a
-/// map lookup would copy whole (onto the stack, through aya): they are
-/// read through a read-only mapping instead, one page at a time, and the
-/// pages read are kept, as a descent reads several entries of one line.
-struct SlotV4<'a> {
-    explainer: &'a Explainer,
-    slot: usize,
-    pages: std::cell::RefCell<std::collections::HashMap<(bool, u32), Vec<u8>>>,
+/// One map of a single large value (the GeoIP tables but `GEO6F`: 256 KiB
+/// to 4 MiB), which a map lookup would copy whole (onto the stack, through
+/// aya): read through a read-only mapping instead, one page at a time, and
+/// the pages read are kept, as a descent reads several elements of one
+/// cache line.
+struct Paged<'a> {
+    name: &'static str,
+    data: &'a MapData,
+    /// The value's size.
+    bytes: usize,
+    pages: std::cell::RefCell<std::collections::HashMap<usize, Vec<u8>>>,
 }
 
-impl SlotV4<'_> {
-    /// Word `i` of `GEO4` (`entries` false) or entry `i` of `GEO4E`.
-    fn read(&self, entries: bool, i: u32) -> Result<u32, DatapathError> {
-        let (name, data, len) = if entries {
-            let s = &self.explainer.geo4e[self.slot];
-            (GEO4E[self.slot], s, GEO4E_CAPACITY)
-        } else {
-            (GEO4[self.slot], &self.explainer.geo4[self.slot], GEO4_LEN)
-        };
-        if i as usize >= len {
-            return Err(map_err(name)(MapError::OutOfBounds {
+impl<'a> Paged<'a> {
+    fn new(name: &'static str, data: &'a MapData, bytes: usize) -> Paged<'a> {
+        Paged {
+            name,
+            data,
+            bytes,
+            pages: Default::default(),
+        }
+    }
+
+    /// Element `i` of the value seen as an array of `T`.
+    fn get<T: Pod>(&self, i: u32) -> Result<T, DatapathError> {
+        let size = std::mem::size_of::<T>();
+        let first = i as usize * size;
+        if first + size > self.bytes {
+            return Err(map_err(self.name)(MapError::OutOfBounds {
                 index: i,
-                max_entries: len as u32,
+                max_entries: (self.bytes / size) as u32,
             }));
         }
-        // Whole pages: a mapping's offset must be a multiple of one.
+        // Whole pages: a mapping's offset must be a multiple of one. The
+        // tables' elements (4 or 64 bytes) never straddle two, but the copy
+        // below does not rely on it.
         let page_bytes = geo::page_bytes();
-        let byte = i as usize * 4;
-        let page = (byte / page_bytes) as u32;
+        let mut out = Vec::with_capacity(size);
         let mut pages = self.pages.borrow_mut();
-        let bytes = match pages.entry((entries, page)) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(geo::read_window(
-                data.fd().as_fd(),
-                page as usize * page_bytes,
-                page_bytes,
-                name,
-            )?),
-        };
-        let at = byte % page_bytes;
-        let mut b = [0; 4];
-        b.copy_from_slice(&bytes[at..at + 4]);
-        Ok(u32::from_ne_bytes(b))
+        while out.len() < size {
+            let byte = first + out.len();
+            let page = byte / page_bytes;
+            let bytes = match pages.entry(page) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(geo::read_window(
+                    self.data.fd().as_fd(),
+                    page * page_bytes,
+                    page_bytes.min(self.bytes - page * page_bytes),
+                    self.name,
+                )?),
+            };
+            let at = byte % page_bytes;
+            let take = (size - out.len()).min(bytes.len() - at);
+            out.extend_from_slice(&bytes[at..at + take]);
+        }
+        // SAFETY: `out` holds size_of::<T>() bytes, and T is Pod: plain
+        // bytes with no invalid values.
+        Ok(unsafe { std::ptr::read_unaligned(out.as_ptr().cast::<T>()) })
     }
+}
+
+/// One slot's IPv4 tables, read from the pinned maps, for
+/// [`geo4::lookup`].
+struct SlotV4<'a> {
+    words: Paged<'a>,
+    entries: Paged<'a>,
 }
 
 impl geo4::Tables for SlotV4<'_> {
     type Error = DatapathError;
 
     fn word(&self, i: u32) -> Result<u32, DatapathError> {
-        self.read(false, i)
+        self.words.get(i)
     }
 
     fn entry(&self, i: u32) -> Result<u32, DatapathError> {
-        self.read(true, i)
+        self.entries.get(i)
     }
 }
 
@@ -405,26 +428,25 @@ struct AppliedMode {
     from: ModeFrom,
 }
 
-/// One slot's IPv6 tables, read from the pinned maps one element at a
-/// time, for [`geo6::lookup`].
+/// One slot's IPv6 tables, read from the pinned maps, for
+/// [`geo6::lookup`]: the index and the leaves a page at a time (each is one
+/// value), the fine table one block at a time.
 struct SlotV6<'a> {
     explainer: &'a Explainer,
     slot: usize,
+    index: Paged<'a>,
+    leaves: Paged<'a>,
 }
 
 impl geo6::Tables for SlotV6<'_> {
     type Error = DatapathError;
 
     fn node(&self, i: u32) -> Result<[u64; 8], DatapathError> {
-        self.explainer.geo6i[self.slot]
-            .get(&i, 0)
-            .map_err(map_err(GEO6I[self.slot]))
+        self.index.get(i)
     }
 
     fn leaf(&self, i: u32) -> Result<Geo6Leaf, DatapathError> {
-        self.explainer.geo6[self.slot]
-            .get(&i, 0)
-            .map_err(map_err(GEO6[self.slot]))
+        self.leaves.get(i)
     }
 
     fn fine(&self, i: u32) -> Result<(u128, u16), DatapathError> {
@@ -468,8 +490,8 @@ impl Explainer {
             rules6: [trie(pin_dir, RULES6[0])?, trie(pin_dir, RULES6[1])?],
             geo4: [map_data(pin_dir, GEO4[0])?, map_data(pin_dir, GEO4[1])?],
             geo4e: [map_data(pin_dir, GEO4E[0])?, map_data(pin_dir, GEO4E[1])?],
-            geo6i: [array(pin_dir, GEO6I[0])?, array(pin_dir, GEO6I[1])?],
-            geo6: [array(pin_dir, GEO6[0])?, array(pin_dir, GEO6[1])?],
+            geo6i: [map_data(pin_dir, GEO6I[0])?, map_data(pin_dir, GEO6I[1])?],
+            geo6: [map_data(pin_dir, GEO6[0])?, map_data(pin_dir, GEO6[1])?],
             geo6f: [array(pin_dir, GEO6F[0])?, array(pin_dir, GEO6F[1])?],
             overrides: HashMap::try_from(open_read_only(pin_dir, MODE_BY_CG)?)
                 .map_err(map_err(MODE_BY_CG))?,
@@ -654,15 +676,15 @@ impl Explainer {
             country: UNKNOWN_COUNTRY,
             prefix: None,
         };
+        let s = slot as usize;
         match dest {
             Dest::V4(a) => {
                 let ip = u32::from_be_bytes(a);
                 // The kernel's search, step for step (geo4.rs).
                 let found = geo4::lookup(
                     &SlotV4 {
-                        explainer: self,
-                        slot: slot as usize,
-                        pages: Default::default(),
+                        words: Paged::new(GEO4[s], &self.geo4[s], 4 * GEO4_LEN),
+                        entries: Paged::new(GEO4E[s], &self.geo4e[s], 4 * GEO4E_CAPACITY),
                     },
                     ip,
                 )?;
@@ -681,7 +703,13 @@ impl Explainer {
                 let found = geo6::lookup(
                     &SlotV6 {
                         explainer: self,
-                        slot: slot as usize,
+                        slot: s,
+                        index: Paged::new(GEO6I[s], &self.geo6i[s], 64 * GEO6I_LEN as usize),
+                        leaves: Paged::new(
+                            GEO6[s],
+                            &self.geo6[s],
+                            std::mem::size_of::<Geo6Leaf>() * GEO6_LEAVES as usize,
+                        ),
                     },
                     addr,
                 )?;
