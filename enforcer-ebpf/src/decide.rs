@@ -103,7 +103,7 @@ pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode
     let probe = CacheProbe::new(dest, generation);
     match probe.hit() {
         Some(d) => d,
-        None => probe.decide(dest, mode),
+        None => probe.decide(mode),
     }
 }
 
@@ -112,6 +112,7 @@ pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode
 /// [`decide_cached`] so a hook can try the cache before anything dearer
 /// (`skb.rs` does, before the socket's storage).
 pub struct CacheProbe {
+    dest: Dest,
     entry: Option<*mut DestCacheEntry>,
     words: [u64; 2],
     family: Family,
@@ -137,6 +138,7 @@ impl CacheProbe {
             DEST_CACHE.get_ptr_mut(cache_slot(words))
         };
         CacheProbe {
+            dest,
             entry,
             words,
             family,
@@ -179,11 +181,11 @@ impl CacheProbe {
         None
     }
 
-    /// [`decide`]s `dest` (the probe's destination) and caches the verdict
-    /// when it is allowed or exempt.
+    /// [`decide`]s the probe's destination and caches the verdict when it
+    /// is allowed or exempt.
     #[inline(always)]
-    pub fn decide(self, dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
-        let d = decide(dest, mode);
+    pub fn decide(self, mode: impl FnOnce(u32) -> Mode) -> Decision {
+        let d = decide(self.dest, mode);
         if let Some(e) = self.entry
             && !d.reportable()
         {

@@ -75,7 +75,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return if d.refuses() { DROP } else { PASS };
     }
 
-    let d = probe.decide(p.dest, |slot| mode::for_skb(skb, slot));
+    let d = probe.decide(|slot| mode::for_skb(skb, slot));
     count_packet(Hook::SkbEgress, &d, len);
     // A reportable verdict is stored (its storage created now if need be),
     // so the socket's later packets neither decide nor report again.
