@@ -50,10 +50,9 @@ use aya::{
 };
 use enforcer_common::{
     APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_BLOCK, GEO6_LEAVES,
-    GEO6F, GEO6I, GEO6I_LEN, Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG,
-    Mode, Outcome, POLICY, RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode,
-    country,
+    COUNTRY_SLOTS, Family, GEO4, GEO4E, GEO6, GEO6_BLOCK, GEO6F, GEO6I, Geo6Block, Geo6Leaf,
+    LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4, RULES6, Rule,
+    RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
@@ -181,7 +180,7 @@ pub struct Explainer {
     rules4: [LpmTrie<MapData, [u8; 4], Rule>; 2],
     rules6: [LpmTrie<MapData, [u8; 16], Rule>; 2],
     /// `GEO4` and `GEO4E`, each one large value, read a page at a time
-    /// (see [`SlotV4`]).
+    /// (see [`Paged`]).
     geo4: [MapData; 2],
     geo4e: [MapData; 2],
     /// `GEO6I` and `GEO6`, one value each too.
@@ -683,8 +682,8 @@ impl Explainer {
                 // The kernel's search, step for step (geo4.rs).
                 let found = geo4::lookup(
                     &SlotV4 {
-                        words: Paged::new(GEO4[s], &self.geo4[s], 4 * GEO4_LEN),
-                        entries: Paged::new(GEO4E[s], &self.geo4e[s], 4 * GEO4E_CAPACITY),
+                        words: Paged::new(GEO4[s], &self.geo4[s], geo4::WORDS_BYTES),
+                        entries: Paged::new(GEO4E[s], &self.geo4e[s], geo4::ENTRIES_BYTES),
                     },
                     ip,
                 )?;
@@ -704,12 +703,8 @@ impl Explainer {
                     &SlotV6 {
                         explainer: self,
                         slot: s,
-                        index: Paged::new(GEO6I[s], &self.geo6i[s], 64 * GEO6I_LEN as usize),
-                        leaves: Paged::new(
-                            GEO6[s],
-                            &self.geo6[s],
-                            std::mem::size_of::<Geo6Leaf>() * GEO6_LEAVES as usize,
-                        ),
+                        index: Paged::new(GEO6I[s], &self.geo6i[s], geo6::INDEX_BYTES),
+                        leaves: Paged::new(GEO6[s], &self.geo6[s], geo6::LEAVES_BYTES),
                     },
                     addr,
                 )?;

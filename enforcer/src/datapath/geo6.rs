@@ -24,6 +24,9 @@ use super::{DatapathError, buffer::Buffer};
 pub const NODE_BYTES: usize = 64;
 pub const LEAF_BYTES: usize = size_of::<Geo6Leaf>();
 pub const FINE_BLOCK_BYTES: usize = size_of::<Geo6Block>();
+/// Bytes of the index and of the leaves: each is one map value.
+pub const INDEX_BYTES: usize = GEO6I_LEN as usize * NODE_BYTES;
+pub const LEAVES_BYTES: usize = GEO6_LEAVES as usize * LEAF_BYTES;
 
 /// The three tables of one slot, as the kernel holds them (native byte
 /// order: the kernel reads them as u64 and u16).
@@ -120,7 +123,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
     let pad_country = coarse.last().map_or(0, |&(_, c)| c);
     // Huge-page buffers, as for the IPv4 table (buffer.rs): faulting in
     // 5 MiB of small pages is a good part of a reload's time.
-    let mut leaves = zeroed(GEO6_LEAVES as usize * LEAF_BYTES)?;
+    let mut leaves = zeroed(LEAVES_BYTES)?;
     // First key of every leaf, for the index.
     let mut firsts = vec![u64::MAX; GEO6_LEAVES as usize];
     for (l, leaf) in leaves.chunks_mut(LEAF_BYTES).enumerate() {
@@ -140,7 +143,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
 
     // The index, bottom level first: a node's key k is the first key of its
     // child 8 * i + k.
-    let mut index = zeroed(GEO6I_LEN as usize * NODE_BYTES)?;
+    let mut index = zeroed(INDEX_BYTES)?;
     let mut below = firsts;
     for level in (0..GEO6I_LEVELS).rev() {
         let nodes = GEO6I_NODES[level] as usize;
