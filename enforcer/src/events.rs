@@ -31,7 +31,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use crate::{
     config::Events as EventsConfig,
     datapath::{DatapathError, map_err, open_pinned},
-    metrics::country_label,
+    status::country_label,
 };
 
 /// Events read, by hook and verdict, and lines that could not be written.

@@ -1,6 +1,8 @@
 //! The egress-enforcer agent as a library; `main.rs` is a thin wrapper.
 //!
 //! Modules by concern:
+//! - [`agent`]: the running agent: start-up, main loop, reloads, control
+//!   requests;
 //! - [`config`]: the TOML config, validated before anything touches the kernel;
 //! - [`policy`]: config + GeoIP sources -> what one policy slot holds;
 //! - [`datapath`]: load/adopt, slot writer and flip, attach/pin, counters,
@@ -8,6 +10,8 @@
 //! - [`scope`]: configured cgroups -> attach targets;
 //! - [`events`]: the kernel's refused/would-refuse events to JSON lines;
 //! - [`metrics`]: the Prometheus collector and `GET /metrics`;
+//! - [`status`]: what the agent reports about itself and what the kernel
+//!   holds (shared by `status`, the metrics and the control socket);
 //! - [`control`]: the unix control socket (protocol, peer check, server,
 //!   client);
 //! - [`runtime_mode`]: mode changes made through it, kept across reloads
@@ -17,9 +21,10 @@
 //! - [`paths`]: runtime paths and their discovery;
 //! - [`cli`]: one module per CLI verb.
 //!
-//! Library modules return `thiserror` errors; the CLI verbs are the
-//! application layer and use `anyhow` to add context.
+//! Library modules return `thiserror` errors; the CLI verbs and the agent
+//! are the application layer and use `anyhow` to add context.
 
+pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -31,4 +36,5 @@ pub mod paths;
 pub mod policy;
 pub mod runtime_mode;
 pub mod scope;
+pub mod status;
 pub mod watch;

@@ -10,10 +10,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, RwLock, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
 };
 
-use enforcer_common::{Family, Mode, country};
+use enforcer_common::{Family, Mode};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -24,84 +24,8 @@ use prometheus_client::{
 use crate::{
     datapath::counters::{CounterKind, CounterReader, Suppressed},
     events::EventCounts,
+    status::{SharedStatus, country_label, map_fill_table, programs_attached},
 };
-
-/// Agent-side state that metrics and `status` report.
-#[derive(Clone, Debug, Default)]
-pub struct AgentStatus {
-    pub mode: Option<Mode>,
-    pub generation: u32,
-    pub prefixes_v4: usize,
-    pub prefixes_v6: usize,
-    pub approved_countries: usize,
-    pub policy_loads_ok: u64,
-    pub policy_loads_failed: u64,
-    /// Unix time of the last successful policy load.
-    pub last_load_unix: f64,
-    /// Unix time the agent started.
-    pub started_unix: f64,
-    /// Whether it adopted an earlier agent's pinned datapath.
-    pub adopted: bool,
-    /// The GeoIP sources of the policy in force.
-    pub sources: Vec<geoip::SourceInfo>,
-    /// The flat GeoIP tables' fill: IPv4 entries of the split /16s' search
-    /// trees (range starts, padding and index lines), and IPv6 ranges (by
-    /// /64).
-    pub geo_v4_entries: usize,
-    pub geo_v6_ranges: usize,
-    /// Full starts inside /64s that longer prefixes split (IPv6 fine table).
-    pub geo_v6_split64: usize,
-    /// Exception and site rules in force, per family.
-    pub rules_v4: usize,
-    pub rules_v6: usize,
-    /// The scope (cgroup paths, or host-wide) and interfaces attached.
-    pub scope: Vec<String>,
-    pub interfaces: Vec<String>,
-    /// Per-cgroup modes in force: path, mode, and where it comes from
-    /// (`config` or `runtime`).
-    pub overrides: Vec<(String, Mode, &'static str)>,
-    /// Whether the global mode comes from `enforcer mode` (else the config).
-    pub mode_from_runtime: bool,
-    /// The last failed policy load's error, until a load succeeds.
-    pub last_error: Option<String>,
-    /// Control requests by (verb, result).
-    pub control_requests: std::collections::BTreeMap<(&'static str, &'static str), u64>,
-    /// The audit log, when it is on.
-    pub audit_file: Option<std::path::PathBuf>,
-    /// SHA-256 of the policy in force (see [`crate::policy::policy_sha256`]).
-    pub policy_sha256: Option<String>,
-    /// Where the links are pinned, to count the programs attached.
-    pub links_dir: Option<std::path::PathBuf>,
-}
-
-/// Programs attached, by program (hook): the pinned links, named
-/// `<program>-cg<id>` or `<program>-if<index>-<name>`; staged links
-/// ([`crate::datapath::STAGED_LINK_PREFIX`]) are not counted.
-pub fn programs_attached(links_dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
-    let mut by_program = std::collections::BTreeMap::new();
-    if let Ok(entries) = std::fs::read_dir(links_dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(crate::datapath::STAGED_LINK_PREFIX) {
-                continue;
-            }
-            if let Some((program, _)) = name.split_once('-') {
-                *by_program.entry(program.to_owned()).or_default() += 1;
-            }
-        }
-    }
-    by_program
-}
-
-pub type SharedStatus = Arc<RwLock<AgentStatus>>;
-
-/// The label of a country index: its code, or `unknown` for 0.
-pub fn country_label(index: u16) -> String {
-    match country::code(index) {
-        Some([a, b]) => format!("{}{}", a as char, b as char),
-        None => "unknown".to_owned(),
-    }
-}
 
 /// Reads kernel counters and agent status on each scrape.
 pub struct EnforcerCollector {
@@ -318,7 +242,7 @@ impl Collector for EnforcerCollector {
             }
         }
         {
-            let maps = crate::datapath::map_fill_table(&status);
+            let maps = map_fill_table(&status);
             let mut entries = encoder.encode_descriptor(
                 "enforcer_map_entries",
                 "Entries in the active policy slot's maps (each of the two slots has its own maps of the same capacity).",

@@ -2,19 +2,12 @@
 //! socket) and what the kernel holds now (the pinned maps), or the latter
 //! alone when no agent answers.
 
-use std::{collections::BTreeMap, fs, path::Path, path::PathBuf};
-
-use enforcer_common::{Mode, Outcome};
+use std::path::PathBuf;
 
 use super::PinDirArg;
 use crate::{
     control::{self, Request},
-    datapath::{
-        self,
-        counters::{CounterKind, CounterReader},
-    },
-    metrics::country_label,
-    paths::PinLayout,
+    status::kernel_view,
 };
 
 #[derive(Debug, clap::Args)]
@@ -26,54 +19,6 @@ pub struct Args {
     /// Control socket (default: the config's control.socket).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-}
-
-/// What the kernel holds, from the pinned maps alone (no agent needed).
-pub fn kernel_view(pin_dir: &Path) -> anyhow::Result<serde_json::Value> {
-    let words = datapath::config_words(pin_dir)?;
-    let links_dir = PinLayout::new(pin_dir).links;
-    let mut links: Vec<String> = fs::read_dir(&links_dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    links.sort();
-    let programs = crate::metrics::programs_attached(&links_dir);
-
-    let reader = CounterReader::open(pin_dir)?;
-    let mut packets_by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in reader.read(CounterKind::Packets)? {
-        *packets_by_verdict.entry(c.outcome.label()).or_default() += c.value;
-    }
-    let suppressed = reader.suppressed()?;
-    let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &reader.connections()? {
-        *by_verdict.entry(c.outcome.label()).or_default() += c.value;
-        if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
-            *refused_by_country
-                .entry(country_label(c.country))
-                .or_default() += c.value;
-        }
-    }
-    Ok(serde_json::json!({
-        "pin_dir": pin_dir,
-        "layout": words.layout,
-        "mode": words.mode.map(Mode::label).unwrap_or("invalid"),
-        "active_slot": words.slot,
-        "generation": words.generation,
-        "links": links,
-        "programs_attached": programs,
-        "connections": by_verdict,
-        "packets": packets_by_verdict,
-        "events_suppressed": {
-            "rate_limit": suppressed.rate_limit,
-            "ring_full": suppressed.ring_full,
-        },
-        "denied_or_would_deny_by_country": refused_by_country,
-    }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

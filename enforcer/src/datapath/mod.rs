@@ -44,7 +44,7 @@ pub use self::{
     bpffs::BpffsError,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
     links::{AttachReport, Staged, UninstallReport, uninstall},
-    slots::{SlotReport, check_capacity, map_fill, map_fill_table},
+    slots::{SlotReport, check_capacity},
 };
 use crate::{
     paths::PinLayout,

@@ -49,55 +49,6 @@ pub struct SlotReport {
     pub seconds: f64,
 }
 
-/// How full the per-slot maps are: (map, entries, capacity). Each of the
-/// two slots has its own maps of this capacity. For GeoIP the limits are
-/// the flat tables' own: the entries of the split /16s' search trees
-/// (range starts, padding and index lines), IPv6
-/// ranges by /64 and starts inside split /64s; the IPv4 words always cover
-/// every /16.
-pub fn map_fill_table(s: &crate::metrics::AgentStatus) -> [(&'static str, usize, u32); 6] {
-    [
-        (
-            "geo_ipv4_entries",
-            s.geo_v4_entries,
-            enforcer_common::GEO4E_CAPACITY as u32,
-        ),
-        (
-            "geo_ipv6_ranges",
-            s.geo_v6_ranges,
-            enforcer_common::GEO6_CAPACITY,
-        ),
-        (
-            "geo_ipv6_split64",
-            s.geo_v6_split64,
-            enforcer_common::GEO6F_CAPACITY,
-        ),
-        ("rules_ipv4", s.rules_v4, RULES_CAPACITY),
-        ("rules_ipv6", s.rules_v6, RULES_CAPACITY),
-        (
-            "mode_overrides",
-            s.overrides.len(),
-            enforcer_common::MODE_OVERRIDES_CAPACITY,
-        ),
-    ]
-}
-
-/// [`map_fill_table`] as JSON, with the fraction.
-pub fn map_fill(s: &crate::metrics::AgentStatus) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    for (map, entries, capacity) in map_fill_table(s) {
-        out.insert(
-            map.to_owned(),
-            serde_json::json!({
-                "entries": entries,
-                "capacity": capacity,
-                "fill": entries as f64 / f64::from(capacity),
-            }),
-        );
-    }
-    serde_json::Value::Object(out)
-}
-
 /// Refuses a policy that does not fit the maps, before anything is written.
 pub fn check_capacity(policy: &CompiledPolicy) -> Result<(), DatapathError> {
     let checks = [

@@ -1,0 +1,201 @@
+//! Putting a prepared policy into force: the modes resolved (config plus
+//! the runtime changes made with `enforcer mode`), the inactive slot
+//! written, verified and flipped, the programs attached. The one path by
+//! which start-up, reloads and file-watch refreshes change the kernel.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use enforcer_common::Mode;
+
+use super::prepare::{Prepared, release_free_memory};
+use crate::{
+    config::Config,
+    datapath::Datapath,
+    paths,
+    runtime_mode::RuntimeModes,
+    scope,
+    status::{SharedStatus, unix_now},
+};
+
+/// The modes to write: see [`effective_modes`].
+pub(super) struct Modes {
+    pub mode: Mode,
+    /// Override cgroup ids and modes, for the kernel.
+    pub ids: Vec<(u64, Mode)>,
+    /// The same for people: path, mode, `config` or `runtime`.
+    pub shown: Vec<(String, Mode, &'static str)>,
+    /// The runtime changes that still apply.
+    pub runtime: RuntimeModes,
+}
+
+/// The config's mode and overrides with the runtime changes layered over
+/// them, resolved to cgroup ids. Works on a copy of `runtime`, which the
+/// caller keeps only if the policy is applied. A runtime override whose
+/// cgroup is gone is dropped with a warning (the service was removed); a
+/// config override that cannot be resolved fails (bad input).
+pub(super) fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow::Result<Modes> {
+    let mut runtime = runtime.clone();
+    let mount = if runtime == RuntimeModes::default() {
+        PathBuf::from("/")
+    } else {
+        paths::cgroup2_mount().context("finding the cgroup2 mount")?
+    };
+    let eff = runtime.apply(config, &mount);
+    for d in &eff.dropped {
+        tracing::warn!("runtime mode change no longer applies: {d}");
+    }
+    let mut ids = Vec::new();
+    let mut shown = Vec::new();
+    for o in &eff.overrides {
+        let from_runtime = runtime.cgroups.contains_key(&o.cgroup);
+        match scope::resolve_overrides(&config.scope, std::slice::from_ref(o)) {
+            Ok(r) => {
+                for r in r {
+                    ids.push((r.target.id, r.mode));
+                    shown.push((
+                        r.target.path.display().to_string(),
+                        r.mode,
+                        if from_runtime { "runtime" } else { "config" },
+                    ));
+                }
+            }
+            Err(e) if from_runtime => {
+                tracing::warn!(error = %e, "dropping a runtime mode change whose cgroup is gone");
+                runtime.cgroups.remove(&o.cgroup);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Modes {
+        mode: eff.mode,
+        ids,
+        shown,
+        runtime,
+    })
+}
+
+/// The agent's runtime mode state and the file it is kept in.
+pub(super) struct RuntimeState {
+    pub modes: RuntimeModes,
+    pub path: PathBuf,
+}
+
+impl RuntimeState {
+    /// Keeps `modes`, saving them when they changed. A save that fails is
+    /// logged: the changes hold in the kernel until the agent stops.
+    fn replace(&mut self, modes: RuntimeModes) {
+        if modes != self.modes {
+            if let Err(e) = modes.save(&self.path) {
+                tracing::error!(error = %e, "cannot save the runtime mode changes; they hold until the agent stops");
+            }
+            self.modes = modes;
+        }
+    }
+}
+
+/// Writes, flips and attaches a prepared policy, all or nothing.
+///
+/// On a fresh install the slot is written before any program is attached,
+/// so no program ever decides with an empty slot. On an adopted datapath or
+/// a reload the new links are staged first (attached next to the running
+/// ones), then the slot is written and flipped (policy and mode together),
+/// then the staged links replace the old ones; a failure before the flip
+/// detaches the staged links and leaves the running policy and scope as
+/// they were.
+pub(super) fn apply(
+    dp: &mut Datapath,
+    p: &Prepared,
+    status: &SharedStatus,
+    fresh: bool,
+    runtime: &mut RuntimeState,
+) -> anyhow::Result<()> {
+    let Modes {
+        mode,
+        ids: overrides,
+        shown: shown_overrides,
+        runtime: new_runtime,
+    } = effective_modes(&p.config, &runtime.modes)?;
+    let staged = if fresh {
+        None
+    } else {
+        Some(
+            dp.stage(&p.targets, &p.interfaces)
+                .context("attaching to the scope cgroups and interfaces")?,
+        )
+    };
+    dp.set_overrides(&overrides)
+        .context("writing the per-cgroup mode overrides")?;
+    dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
+        .context("setting the event rate")?;
+    let report = dp
+        .install(&p.policy, mode)
+        .context("writing the policy into the kernel")?;
+    release_free_memory("policy installed");
+    tracing::info!(
+        slot = report.slot,
+        mode = mode.label(),
+        geo_v4 = report.geo_v4,
+        geo_v6 = report.geo_v6,
+        geo_v4_blocks_written = report.geo.v4_blocks,
+        geo_v4_entries = report.geo.v4_entries,
+        geo_v4_split16 = report.geo.v4_split16,
+        geo_v6_entries = report.geo.v6_entries,
+        geo_v6_blocks_written = report.geo.v6_blocks,
+        geo_build_seconds = format!("{:.3}", report.geo_build_seconds),
+        geo_write_seconds = format!("{:.3}", report.geo.write_seconds),
+        geo_verify_seconds = format!("{:.3}", report.geo_verify_seconds),
+        rules = report.rules_v4.total + report.rules_v6.total,
+        seconds = format!("{:.2}", report.seconds),
+        "policy slot written, verified and made active"
+    );
+    let staged = match staged {
+        Some(s) => s,
+        None => dp
+            .stage(&p.targets, &p.interfaces)
+            .context("attaching to the scope cgroups and interfaces")?,
+    };
+    let attached = dp.commit(staged).context("pinning the links")?;
+    tracing::info!(
+        links = attached.attached.len(),
+        kept = attached.kept.len(),
+        replaced = attached.replaced,
+        detached = attached.detached.len(),
+        cgroups = ?p.targets.iter().map(|t| t.path.display().to_string()).collect::<Vec<_>>(),
+        interfaces = ?p.interfaces.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        "attached"
+    );
+    let retired = dp
+        .retire_other_versions()
+        .context("detaching the programs of another layout version")?;
+    if !retired.is_empty() {
+        tracing::info!(versions = ?retired, "detached and removed the pins of another layout version");
+    }
+    let mode_from_runtime = new_runtime.global.is_some();
+    runtime.replace(new_runtime);
+    let mut s = status.write().unwrap_or_else(|e| e.into_inner());
+    s.mode = Some(mode);
+    s.mode_from_runtime = mode_from_runtime;
+    s.overrides = shown_overrides;
+    s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    s.geo_v4_entries = report.geo.v4_entries;
+    s.geo_v6_ranges = report.geo.v6_entries;
+    s.geo_v6_split64 = report.geo.v6_fine_entries;
+    s.rules_v4 = p.policy.rules_v4.len();
+    s.rules_v6 = p.policy.rules_v6.len();
+    s.scope = p
+        .targets
+        .iter()
+        .map(|t| t.path.display().to_string())
+        .collect();
+    s.interfaces = p.interfaces.iter().map(|i| i.name.clone()).collect();
+    s.last_error = None;
+    s.generation = report.generation;
+    s.policy_sha256 = Some(crate::policy::policy_sha256(&p.config, &p.policy));
+    s.prefixes_v4 = p.policy.geo.v4.len();
+    s.prefixes_v6 = p.policy.geo.v6.len();
+    s.approved_countries = p.config.approved.len();
+    s.policy_loads_ok += 1;
+    s.last_load_unix = unix_now();
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The running agent (`enforcer run`): start-up, the main loop, reloads and
+//! control requests.
+//!
+//! Order matters for "bad input never changes what is in force": signal
+//! handlers are installed first (a SIGHUP during start-up must not kill the
+//! agent); then the policy is [prepared](prepare) (config validated, every
+//! GeoIP source loaded and compiled and checked against the maps' capacity,
+//! every scope and override cgroup opened, every interface looked up, the
+//! events file checked), the metrics port bound, the control socket and the
+//! audit log opened, all before the kernel is touched. Only then is the
+//! datapath loaded (or adopted) and the policy [applied](apply): the
+//! inactive slot written, verified and flipped, the programs attached.
+//!
+//! Once running, the agent takes its orders from signals (SIGHUP reloads,
+//! SIGTERM/SIGINT stop), from the file watch on the GeoIP sources, and from
+//! the control socket ([`control`]). Reloads and mode changes are carried
+//! out one at a time by the main loop, which alone holds the datapath
+//! ([`Running`]); metrics, events and control requests are served by
+//! their own tasks.
+//!
+//! Like the CLI verbs, this is the application layer and reports errors
+//! with `anyhow`; the modules it drives return typed errors.
+
+mod apply;
+mod control;
+mod prepare;
+mod records;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use enforcer_common::Mode;
+use sd_notify::NotifyState;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+
+use self::{
+    apply::{RuntimeState, apply},
+    prepare::{Prepared, prepare_blocking, release_free_memory},
+    records::{checkpoint, load_record},
+};
+use crate::{
+    audit::{self, Kind, LoadTrigger, SharedAudit},
+    config::{Config, Events as EventsConfig, Scope},
+    control::{peer::PeerCreds, server as control_server},
+    datapath::{Datapath, counters::CounterReader},
+    events::{self, CgroupNames, EventCounts, EventsHub},
+    metrics::{self, EnforcerCollector},
+    paths,
+    runtime_mode::RuntimeModes,
+    scope,
+    status::{AgentStatus, SharedStatus, unix_now},
+    watch::Watcher,
+};
+
+/// Events kept for `enforcer events` (the events file is the record).
+const RECENT_EVENTS: usize = 1000;
+
+/// Runs the agent with the config at `config` (the embedded default
+/// without one) until SIGTERM or SIGINT. Enforcement stays in place when
+/// it returns.
+pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(main(config))
+}
+
+async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let prepared = prepare_blocking(config_path.clone()).await?;
+    let config = &prepared.config;
+    let listener = metrics::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", config.metrics_listen))?;
+    let metrics_addr = listener
+        .local_addr()
+        .context("reading the metrics listener's address")?;
+    let pin_dir = config.pin_dir.clone();
+    let runtime_path = config.run_dir.join(paths::RUNTIME_MODE_NAME);
+    let mut runtime = RuntimeState {
+        modes: RuntimeModes::load(&runtime_path)?,
+        path: runtime_path,
+    };
+    let control_socket = control_server::bind(&config.control.socket, prepared.access.clone())
+        .with_context(|| format!("{}: control", config.origin))?;
+    let audit = SharedAudit::open(config.audit.file.as_deref())
+        .with_context(|| format!("{}: audit", config.origin))?;
+    let status: SharedStatus = Arc::new(RwLock::new(AgentStatus {
+        started_unix: unix_now(),
+        links_dir: Some(paths::PinLayout::new(&pin_dir).links),
+        audit_file: config.audit.file.clone(),
+        ..AgentStatus::default()
+    }));
+
+    let dp = tokio::task::block_in_place(|| {
+        start_datapath(&pin_dir, &prepared, &status, &mut runtime, &audit)
+    })?;
+
+    let event_counts = Arc::new(EventCounts::default());
+    let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
+    let (events_config, events_config_rx) = watch::channel(prepared.config.events.clone());
+    let (events_stop, events_stop_rx) = oneshot::channel::<()>();
+    let events_task = tokio::spawn(events::run(
+        pin_dir.clone(),
+        events_config_rx,
+        Arc::clone(&event_counts),
+        CgroupNames::new(cgroup_roots(&prepared.config)),
+        Arc::clone(&hub),
+        audit.clone(),
+        events_stop_rx,
+    ));
+
+    let counters = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
+    let registry = Arc::new(metrics::registry(EnforcerCollector::new(
+        counters,
+        Arc::clone(&status),
+        Arc::clone(&event_counts),
+        audit.clone(),
+    )));
+    let (metrics_stop, metrics_stop_rx) = oneshot::channel::<()>();
+    let metrics_task = tokio::spawn(metrics::serve(listener, registry, async {
+        let _ = metrics_stop_rx.await;
+    }));
+
+    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<control::Command>(16);
+    let control_path = control_socket.path().to_owned();
+    let handler = Arc::new(control::AgentHandler::new(
+        commands_tx,
+        Arc::clone(&status),
+        hub,
+        pin_dir.clone(),
+    ));
+    let (control_stop, control_stop_rx) = oneshot::channel::<()>();
+    let control_task = tokio::spawn(control_server::serve(control_socket, handler, async {
+        let _ = control_stop_rx.await;
+    }));
+    let services = Services {
+        metrics_stop,
+        metrics_task,
+        control_stop,
+        control_task,
+        events_stop,
+        events_task,
+    };
+
+    tracing::info!(
+        mode = prepared.config.mode.label(),
+        approved = ?prepared.config.approved_items,
+        unknown = prepared.config.unknown.label(),
+        metrics = %format!("http://{metrics_addr}/metrics"),
+        control = %control_path.display(),
+        pin_dir = %pin_dir.display(),
+        "enforcer running"
+    );
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!(
+            "running; metrics http://{metrics_addr}/metrics; control {}",
+            control_path.display()
+        )),
+    ]);
+
+    let suppressed_reader = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
+    let mut suppressed = suppressed_reader.suppressed().unwrap_or_default();
+    let period = prepared.config.audit.checkpoint_interval;
+    let mut checkpoints = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut agent = Running {
+        config_path,
+        watcher: watch_sources(&prepared.config),
+        config: prepared.config,
+        dp,
+        status,
+        runtime,
+        audit,
+        events_config,
+    };
+    let stop_reason = loop {
+        let replaced = async {
+            match &mut agent.watcher {
+                Some(w) => w.replaced().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = checkpoints.tick() => {
+                checkpoint(&agent.status, &agent.audit, &mut suppressed, &suppressed_reader);
+            }
+            files = replaced => {
+                tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
+                let _ = agent.reload(LoadTrigger::FileWatch, None).await;
+            }
+            _ = signals.hup.recv() => {
+                let _ = agent.reload(LoadTrigger::Sighup, None).await;
+            }
+            Some(command) = commands.recv() => match command {
+                control::Command::Reload { peer, reply } => {
+                    let answer = agent
+                        .reload(LoadTrigger::Control, Some(&peer))
+                        .await
+                        .map(|generation| serde_json::json!({ "generation": generation }));
+                    let _ = reply.send(answer);
+                }
+                control::Command::Mode { change, reply } => {
+                    let result = tokio::task::block_in_place(|| agent.change_mode(change));
+                    let _ = reply.send(result);
+                }
+            },
+        }
+    };
+
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    checkpoint(
+        &agent.status,
+        &agent.audit,
+        &mut suppressed,
+        &suppressed_reader,
+    );
+    services.stop().await;
+    agent.audit.record_flush(Kind::AgentStop(audit::AgentStop {
+        reason: format!("{stop_reason}; enforcement stays in place"),
+    }));
+    tracing::info!(pin_dir = %pin_dir.display(), "agent stopped; enforcement stays in place (`enforcer uninstall` removes it)");
+    Ok(())
+}
+
+/// Loads or adopts the datapath and applies the first policy. A failure
+/// is audited, and a datapath this start loaded is discarded again, so a
+/// failed start changes nothing.
+fn start_datapath(
+    pin_dir: &std::path::Path,
+    prepared: &Prepared,
+    status: &SharedStatus,
+    runtime: &mut RuntimeState,
+    audit: &SharedAudit,
+) -> anyhow::Result<Datapath> {
+    let mut dp = Datapath::load(pin_dir).context("loading the datapath")?;
+    release_free_memory("datapath loaded");
+    if dp.adopted() {
+        tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned datapath of an earlier agent");
+    }
+    let fresh = !dp.adopted();
+    if let Err(e) = apply(&mut dp, prepared, status, fresh, runtime) {
+        dp.discard_if_new();
+        audit.record(load_record(
+            status,
+            LoadTrigger::Start,
+            Some(format!("{e:#}")),
+        ));
+        audit.record_flush(Kind::AgentStop(audit::AgentStop {
+            reason: "start failed; nothing changed".into(),
+        }));
+        return Err(e);
+    }
+    audit.record(Kind::AgentStart(audit::AgentStart {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        pin_dir: pin_dir.display().to_string(),
+        adopted: dp.adopted(),
+        layout_version: enforcer_common::LAYOUT_VERSION,
+    }));
+    audit.record_flush(load_record(status, LoadTrigger::Start, None));
+    status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
+    Ok(dp)
+}
+
+/// What the main loop holds: the datapath and the state that changes with
+/// it. Reloads and mode changes borrow it one at a time.
+struct Running {
+    /// Where the config is read from at each reload.
+    config_path: Option<PathBuf>,
+    /// The config in force.
+    config: Config,
+    dp: Datapath,
+    status: SharedStatus,
+    runtime: RuntimeState,
+    audit: SharedAudit,
+    /// The events task's settings, replaced at each reload.
+    events_config: watch::Sender<EventsConfig>,
+    /// The GeoIP sources' file watch, rebuilt at each reload.
+    watcher: Option<Watcher>,
+}
+
+impl Running {
+    /// A reload (SIGHUP, file watch, `enforcer reload`): prepare and apply
+    /// the config again. On any error the policy in force stays; the error
+    /// is logged, counted, audited and returned as one line. On success the
+    /// new config is in force (events settings and file watch included)
+    /// and its generation is returned.
+    async fn reload(
+        &mut self,
+        trigger: LoadTrigger,
+        caller: Option<&PeerCreds>,
+    ) -> Result<u32, String> {
+        let mode_before = self.read_status().mode;
+        let trigger_label = trigger.label();
+        // systemd's Type=notify-reload wants RELOADING=1 with the time it
+        // began; under Type=notify it is harmless.
+        let mut reloading = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        let _ = sd_notify::notify(&reloading);
+        tracing::info!(trigger = trigger_label, "reloading");
+        let result = match prepare_blocking(self.config_path.clone()).await {
+            Ok(p) => {
+                self.warn_start_only_changes(&p.config);
+                tokio::task::block_in_place(|| {
+                    apply(&mut self.dp, &p, &self.status, false, &mut self.runtime)
+                })
+                .map(|()| p.config)
+            }
+            Err(e) => Err(e),
+        };
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+        let outcome = match result {
+            Ok(config) => {
+                tracing::info!(trigger = trigger_label, "reloaded");
+                self.audit.record(load_record(&self.status, trigger, None));
+                let mode_after = self.read_status().mode;
+                if mode_after != mode_before {
+                    self.audit.record(Kind::ModeChange(audit::ModeChange {
+                        from: mode_before.map_or("none", Mode::label).to_owned(),
+                        to: mode_after.map_or("none", Mode::label).to_owned(),
+                        cgroup: None,
+                        uid: caller.map_or(0, |c| c.uid),
+                        gid: caller.map(|c| c.gid),
+                        reason: format!("config reload ({trigger_label})"),
+                    }));
+                }
+                let _ = self.events_config.send(config.events.clone());
+                self.watcher = watch_sources(&config);
+                self.config = config;
+                Ok(self.read_status().generation)
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                {
+                    let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
+                    s.policy_loads_failed += 1;
+                    s.last_error = Some(message.clone());
+                }
+                tracing::error!(
+                    trigger = trigger_label,
+                    error = message,
+                    "reload failed; the previous policy stays in force"
+                );
+                self.audit
+                    .record(load_record(&self.status, trigger, Some(message.clone())));
+                Err(message)
+            }
+        };
+        self.audit.flush();
+        outcome
+    }
+
+    /// Settings bound at start-up are not changed by a reload: say so.
+    fn warn_start_only_changes(&self, new: &Config) {
+        let old = &self.config;
+        if new.pin_dir != old.pin_dir
+            || new.metrics_listen != old.metrics_listen
+            || new.run_dir != old.run_dir
+            || new.control != old.control
+        {
+            tracing::warn!(
+                "agent.pin_dir, agent.run_dir, metrics.listen and control changes take effect at the next start"
+            );
+        }
+    }
+
+    fn read_status(&self) -> std::sync::RwLockReadGuard<'_, AgentStatus> {
+        self.status.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The tasks beside the main loop and how to stop them.
+struct Services {
+    metrics_stop: oneshot::Sender<()>,
+    metrics_task: JoinHandle<std::io::Result<()>>,
+    control_stop: oneshot::Sender<()>,
+    control_task: JoinHandle<()>,
+    events_stop: oneshot::Sender<()>,
+    events_task: JoinHandle<Result<(), crate::datapath::DatapathError>>,
+}
+
+impl Services {
+    async fn stop(self) {
+        let _ = self.control_stop.send(());
+        let _ = self.metrics_stop.send(());
+        let _ = self.events_stop.send(());
+        let _ = self.metrics_task.await;
+        let _ = self.control_task.await;
+        match self.events_task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "the events reader stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "the events reader panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+}
+
+/// The signals the agent handles, installed before anything else.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
+/// The cgroup directories event cgroup ids are looked up under.
+fn cgroup_roots(config: &Config) -> Vec<PathBuf> {
+    let Ok(mount) = paths::cgroup2_mount() else {
+        return Vec::new();
+    };
+    match &config.scope {
+        Scope::HostWide => vec![mount],
+        Scope::Cgroups(list) => list.iter().map(|p| scope::absolute(&mount, p)).collect(),
+    }
+}
+
+/// A watcher of the config's GeoIP sources, when `geoip.watch` is on. A
+/// watch that cannot be set up is logged; reloads still work by signal and
+/// control socket.
+fn watch_sources(config: &Config) -> Option<Watcher> {
+    if !config.watch_sources {
+        return None;
+    }
+    match Watcher::new(&config.sources) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the GeoIP sources; reload with SIGHUP or `enforcer reload`");
+            None
+        }
+    }
+}

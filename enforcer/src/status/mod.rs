@@ -1,0 +1,150 @@
+//! What the agent reports about itself and what the kernel holds: the
+//! state behind `enforcer status`, the metrics and the control socket's
+//! `status` answer.
+//!
+//! A leaf of the agent's module graph: [`metrics`](crate::metrics),
+//! [`events`](crate::events), the control handler and the CLI read it; it
+//! reads the pinned maps through [`datapath`](crate::datapath) but nothing
+//! there depends on it.
+
+mod view;
+
+use std::sync::{Arc, RwLock};
+
+use enforcer_common::{Mode, country};
+
+pub use view::{agent_view, databases, kernel_view};
+
+/// Agent-side state that metrics and `status` report.
+#[derive(Clone, Debug, Default)]
+pub struct AgentStatus {
+    pub mode: Option<Mode>,
+    pub generation: u32,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub approved_countries: usize,
+    pub policy_loads_ok: u64,
+    pub policy_loads_failed: u64,
+    /// Unix time of the last successful policy load.
+    pub last_load_unix: f64,
+    /// Unix time the agent started.
+    pub started_unix: f64,
+    /// Whether it adopted an earlier agent's pinned datapath.
+    pub adopted: bool,
+    /// The GeoIP sources of the policy in force.
+    pub sources: Vec<geoip::SourceInfo>,
+    /// The flat GeoIP tables' fill: IPv4 entries of the split /16s' search
+    /// trees (range starts, padding and index lines), and IPv6 ranges (by
+    /// /64).
+    pub geo_v4_entries: usize,
+    pub geo_v6_ranges: usize,
+    /// Full starts inside /64s that longer prefixes split (IPv6 fine table).
+    pub geo_v6_split64: usize,
+    /// Exception and site rules in force, per family.
+    pub rules_v4: usize,
+    pub rules_v6: usize,
+    /// The scope (cgroup paths, or host-wide) and interfaces attached.
+    pub scope: Vec<String>,
+    pub interfaces: Vec<String>,
+    /// Per-cgroup modes in force: path, mode, and where it comes from
+    /// (`config` or `runtime`).
+    pub overrides: Vec<(String, Mode, &'static str)>,
+    /// Whether the global mode comes from `enforcer mode` (else the config).
+    pub mode_from_runtime: bool,
+    /// The last failed policy load's error, until a load succeeds.
+    pub last_error: Option<String>,
+    /// Control requests by (verb, result).
+    pub control_requests: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+    /// The audit log, when it is on.
+    pub audit_file: Option<std::path::PathBuf>,
+    /// SHA-256 of the policy in force (see [`crate::policy::policy_sha256`]).
+    pub policy_sha256: Option<String>,
+    /// Where the links are pinned, to count the programs attached.
+    pub links_dir: Option<std::path::PathBuf>,
+}
+
+/// Programs attached, by program (hook): the pinned links, named
+/// `<program>-cg<id>` or `<program>-if<index>-<name>`; staged links
+/// ([`crate::datapath::STAGED_LINK_PREFIX`]) are not counted.
+pub fn programs_attached(links_dir: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut by_program = std::collections::BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(links_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(crate::datapath::STAGED_LINK_PREFIX) {
+                continue;
+            }
+            if let Some((program, _)) = name.split_once('-') {
+                *by_program.entry(program.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    by_program
+}
+
+pub type SharedStatus = Arc<RwLock<AgentStatus>>;
+
+/// The label of a country index: its code, or `unknown` for 0.
+pub fn country_label(index: u16) -> String {
+    match country::code(index) {
+        Some([a, b]) => format!("{}{}", a as char, b as char),
+        None => "unknown".to_owned(),
+    }
+}
+
+/// How full the per-slot maps are: (map, entries, capacity). Each of the
+/// two slots has its own maps of this capacity. For GeoIP the limits are
+/// the flat tables' own: the entries of the split /16s' search trees
+/// (range starts, padding and index lines), IPv6
+/// ranges by /64 and starts inside split /64s; the IPv4 words always cover
+/// every /16.
+pub fn map_fill_table(s: &AgentStatus) -> [(&'static str, usize, u32); 6] {
+    [
+        (
+            "geo_ipv4_entries",
+            s.geo_v4_entries,
+            enforcer_common::GEO4E_CAPACITY as u32,
+        ),
+        (
+            "geo_ipv6_ranges",
+            s.geo_v6_ranges,
+            enforcer_common::GEO6_CAPACITY,
+        ),
+        (
+            "geo_ipv6_split64",
+            s.geo_v6_split64,
+            enforcer_common::GEO6F_CAPACITY,
+        ),
+        ("rules_ipv4", s.rules_v4, enforcer_common::RULES_CAPACITY),
+        ("rules_ipv6", s.rules_v6, enforcer_common::RULES_CAPACITY),
+        (
+            "mode_overrides",
+            s.overrides.len(),
+            enforcer_common::MODE_OVERRIDES_CAPACITY,
+        ),
+    ]
+}
+
+/// [`map_fill_table`] as JSON, with the fraction.
+pub fn map_fill(s: &AgentStatus) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (map, entries, capacity) in map_fill_table(s) {
+        out.insert(
+            map.to_owned(),
+            serde_json::json!({
+                "entries": entries,
+                "capacity": capacity,
+                "fill": entries as f64 / f64::from(capacity),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Seconds since the Unix epoch, as the status and the metrics show times.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,106 @@
+//! The `status` answer as JSON: the running agent's view ([`agent_view`])
+//! and the kernel's, read from the pinned maps alone ([`kernel_view`]), so
+//! `enforcer status` can say what is enforced when no agent answers.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use enforcer_common::{Mode, Outcome};
+
+use super::{AgentStatus, country_label, map_fill, programs_attached, unix_now};
+use crate::{
+    datapath::{
+        self, DatapathError,
+        counters::{CounterKind, CounterReader},
+    },
+    paths::PinLayout,
+};
+
+/// What the running agent reports about itself.
+pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
+    serde_json::json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": (unix_now() - s.started_unix).max(0.0).round(),
+        "adopted": s.adopted,
+        "mode": s.mode.map(Mode::label),
+        "mode_source": if s.mode_from_runtime { "runtime" } else { "config" },
+        "overrides": s.overrides.iter().map(|(path, mode, source)| serde_json::json!({
+            "cgroup": path, "mode": mode.label(), "source": source,
+        })).collect::<Vec<_>>(),
+        "scope": s.scope,
+        "interfaces": s.interfaces,
+        "generation": s.generation,
+        "databases": databases(s),
+        "prefixes": { "ipv4": s.prefixes_v4, "ipv6": s.prefixes_v6 },
+        "rules": { "ipv4": s.rules_v4, "ipv6": s.rules_v6 },
+        "map_fill": map_fill(s),
+        "approved_countries": s.approved_countries,
+        "policy_loads": { "ok": s.policy_loads_ok, "failed": s.policy_loads_failed },
+        "last_error": s.last_error,
+        "policy_sha256": s.policy_sha256,
+        "audit_log": s.audit_file,
+    })
+}
+
+/// The GeoIP databases in force, as `status` and `check` show them.
+pub fn databases(s: &AgentStatus) -> Vec<serde_json::Value> {
+    s.sources
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "path": d.path,
+                "type": d.database_type,
+                "build_epoch": d.build_epoch,
+                "sha256": d.sha256,
+            })
+        })
+        .collect()
+}
+
+/// What the kernel holds, from the pinned maps alone (no agent needed).
+pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
+    let words = datapath::config_words(pin_dir)?;
+    let links_dir = PinLayout::new(pin_dir).links;
+    let mut links: Vec<String> = fs::read_dir(&links_dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    links.sort();
+    let programs = programs_attached(&links_dir);
+
+    let reader = CounterReader::open(pin_dir)?;
+    let mut packets_by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in reader.read(CounterKind::Packets)? {
+        *packets_by_verdict.entry(c.outcome.label()).or_default() += c.value;
+    }
+    let suppressed = reader.suppressed()?;
+    let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &reader.connections()? {
+        *by_verdict.entry(c.outcome.label()).or_default() += c.value;
+        if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
+            *refused_by_country
+                .entry(country_label(c.country))
+                .or_default() += c.value;
+        }
+    }
+    Ok(serde_json::json!({
+        "pin_dir": pin_dir,
+        "layout": words.layout,
+        "mode": words.mode.map(Mode::label).unwrap_or("invalid"),
+        "active_slot": words.slot,
+        "generation": words.generation,
+        "links": links,
+        "programs_attached": programs,
+        "connections": by_verdict,
+        "packets": packets_by_verdict,
+        "events_suppressed": {
+            "rate_limit": suppressed.rate_limit,
+            "ring_full": suppressed.ring_full,
+        },
+        "denied_or_would_deny_by_country": refused_by_country,
+    }))
+}
