@@ -370,228 +370,50 @@ impl Config {
         }
     }
 
-    /// Parses and validates config text. Relative GeoIP source paths are
-    /// relative to the config file's directory.
+    /// Parses and validates config text. Relative GeoIP source, events
+    /// and audit paths are relative to the config file's directory.
     pub fn parse(text: &str, origin: Origin) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             origin: origin.clone(),
             message,
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(format_toml_error(&e)))?;
-
-        let approved =
-            geoip::sets::resolve(&raw.approved).map_err(|e| err(format!("approved: {e}")))?;
-        if approved.is_empty() {
-            return Err(err(
-                "approved: the list resolves to no country; every destination would be refused"
-                    .into(),
-            ));
-        }
-
-        let allow = parse_cidrs("allow", &raw.allow).map_err(&err)?;
-        let deny = parse_cidrs("deny", &raw.deny).map_err(&err)?;
-        let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
-        for (i, s) in raw.site.iter().enumerate() {
-            let net = parse_cidr(&s.cidr)
-                .map_err(|m| err(format!("site[{i}].cidr {:?}: {m}", s.cidr)))?;
-            let country: CountryCode = s
-                .country
-                .parse()
-                .map_err(|e| err(format!("site[{i}].country {:?}: {e}", s.country)))?;
-            if !country.is_assigned() {
-                return Err(err(format!(
-                    "site[{i}].country {:?}: not an assigned ISO 3166-1 alpha-2 country code",
-                    s.country
-                )));
-            }
-            if let Some(other) = sites.iter().find(|o| o.net == net && o.country != country) {
-                return Err(err(format!(
-                    "site[{i}] {net} is {country}, but site {:?} says the same range is {}",
-                    other.name, other.country
-                )));
-            }
-            sites.push(Site {
-                net,
-                country,
-                name: s.name.clone().unwrap_or_else(|| net.to_string()),
-            });
-        }
-
-        if raw.geoip.sources.is_empty() {
-            return Err(err("geoip.sources: at least one database is needed".into()));
-        }
         let base = match &origin {
             Origin::File(p) => p.parent().map(Path::to_owned).unwrap_or_default(),
             Origin::Embedded => PathBuf::from("/"),
         };
-        let sources = raw
-            .geoip
-            .sources
-            .iter()
-            .map(|s| {
-                if s.is_absolute() {
-                    s.clone()
-                } else {
-                    base.join(s)
-                }
-            })
-            .collect();
+        raw.validate(&base, origin.clone()).map_err(err)
+    }
+}
 
-        let scope = match (raw.scope.host_wide, raw.scope.cgroups.is_empty()) {
-            (true, true) => Scope::HostWide,
-            (true, false) => {
-                return Err(err(
-                    "scope: set either host_wide = true or cgroups = [...], not both".into(),
-                ));
-            }
-            (false, true) => {
-                return Err(err(
-                    "scope: no cgroups listed; set cgroups = [\"system.slice/my.service\"] or host_wide = true".into(),
-                ));
-            }
-            (false, false) => {
-                let mut cgroups = Vec::new();
-                for (i, c) in raw.scope.cgroups.iter().enumerate() {
-                    cgroups.push(
-                        normalize_cgroup(c)
-                            .map_err(|m| err(format!("scope.cgroups[{i}] {:?}: {m}", c)))?,
-                    );
-                }
-                Scope::Cgroups(cgroups)
-            }
-        };
-
-        let mut overrides = Vec::with_capacity(raw.scope.overrides.len());
-        for (i, o) in raw.scope.overrides.iter().enumerate() {
-            let cgroup = normalize_cgroup(&o.cgroup)
-                .map_err(|m| err(format!("scope.override[{i}].cgroup {:?}: {m}", o.cgroup)))?;
-            if overrides.iter().any(|p: &ModeOverride| p.cgroup == cgroup) {
-                return Err(err(format!(
-                    "scope.override[{i}].cgroup {:?}: given twice",
-                    o.cgroup
-                )));
-            }
-            overrides.push(ModeOverride {
-                cgroup,
-                mode: o.mode.into(),
-            });
-        }
-
-        let mut interfaces: Vec<String> = Vec::with_capacity(raw.scope.interfaces.len());
-        for (i, name) in raw.scope.interfaces.iter().enumerate() {
-            check_interface_name(name)
-                .map_err(|m| err(format!("scope.interfaces[{i}] {name:?}: {m}")))?;
-            if interfaces.contains(name) {
-                return Err(err(format!("scope.interfaces[{i}] {name:?}: given twice")));
-            }
-            interfaces.push(name.clone());
-        }
-
-        let events = Events {
-            rate_per_cpu: raw.events.rate_per_cpu,
-            burst: raw
-                .events
-                .burst
-                .unwrap_or(raw.events.rate_per_cpu.saturating_mul(2))
-                .max(1),
-            stdout: raw.events.stdout.unwrap_or(raw.events.file.is_none()),
-            file: raw
-                .events
-                .file
-                .map(|f| if f.is_absolute() { f } else { base.join(f) }),
-        };
-
-        let metrics_listen = raw.metrics.listen.parse().map_err(|e| {
-            err(format!(
-                "metrics.listen {:?}: not an address:port ({e})",
-                raw.metrics.listen
-            ))
-        })?;
-
-        let pin_dir = raw
-            .agent
-            .pin_dir
-            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_PIN_DIR));
-        if !pin_dir.is_absolute() {
-            return Err(err(format!(
-                "agent.pin_dir {:?}: must be an absolute path on bpffs",
-                pin_dir
-            )));
-        }
-
-        let run_dir = raw
-            .agent
-            .run_dir
-            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_RUN_DIR));
-        if !run_dir.is_absolute() {
-            return Err(err(format!(
-                "agent.run_dir {:?}: must be an absolute path",
-                run_dir
-            )));
-        }
-        let socket = raw
-            .control
-            .socket
-            .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME));
-        if !socket.is_absolute() {
-            return Err(err(format!(
-                "control.socket {:?}: must be an absolute path",
-                socket
-            )));
-        }
-        // sockaddr_un.sun_path is 108 bytes with the NUL.
-        if socket.as_os_str().len() > 107 {
-            return Err(err(format!(
-                "control.socket {:?}: longer than the 107 bytes a unix socket path may have",
-                socket
-            )));
-        }
-        if let Some(g) = &raw.control.admin_group
-            && (g.is_empty() || g.contains(['\0', ':', '\n']))
-        {
-            return Err(err(format!(
-                "control.admin_group {g:?}: not a group name or gid"
-            )));
-        }
-        let control = Control {
-            socket,
-            admin_group: raw.control.admin_group,
-        };
-
-        let checkpoint_interval = humantime::parse_duration(&raw.audit.checkpoint_interval)
-            .map_err(|e| {
-                err(format!(
-                    "audit.checkpoint_interval {:?}: {e} (e.g. \"10m\", \"1h\")",
-                    raw.audit.checkpoint_interval
-                ))
-            })?;
-        if checkpoint_interval < std::time::Duration::from_secs(1) {
-            return Err(err(format!(
-                "audit.checkpoint_interval {:?}: at least 1s",
-                raw.audit.checkpoint_interval
-            )));
-        }
-        let audit_file = raw
-            .audit
-            .file
-            .map(|f| if f.is_absolute() { f } else { base.join(f) })
-            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_AUDIT_LOG));
-        let audit = Audit {
-            file: raw.audit.enabled.then_some(audit_file),
-            checkpoint_interval,
-        };
-
+/// The sections in the order they are checked, each by its own function;
+/// the first error, naming its key, is the one reported.
+impl RawConfig {
+    fn validate(self, base: &Path, origin: Origin) -> Result<Config, String> {
+        let approved = approved(&self.approved)?;
+        let allow = parse_cidrs("allow", &self.allow)?;
+        let deny = parse_cidrs("deny", &self.deny)?;
+        let sites = sites(&self.site)?;
+        let sources = self.geoip.sources(base)?;
+        let scope = self.scope.scope()?;
+        let overrides = self.scope.overrides()?;
+        let interfaces = self.scope.interfaces()?;
+        let events = self.events.validate(base);
+        let metrics_listen = self.metrics.listen()?;
+        let (pin_dir, run_dir) = self.agent.dirs()?;
+        let control = self.control.validate(&run_dir)?;
+        let audit = self.audit.validate(base)?;
         Ok(Config {
             origin,
-            mode: raw.mode.into(),
-            approved_items: raw.approved,
+            mode: self.mode.into(),
+            approved_items: self.approved,
             approved,
-            unknown: raw.unknown,
+            unknown: self.unknown,
             allow,
             deny,
             sites,
             sources,
-            watch_sources: raw.geoip.watch,
+            watch_sources: self.geoip.watch,
             scope,
             overrides,
             interfaces,
@@ -603,6 +425,241 @@ impl Config {
             audit,
         })
     }
+}
+
+/// `approved`: codes and set names resolved to countries; an empty result
+/// would refuse everything, which is never what was meant.
+fn approved(items: &[String]) -> Result<BTreeSet<CountryCode>, String> {
+    let approved = geoip::sets::resolve(items).map_err(|e| format!("approved: {e}"))?;
+    if approved.is_empty() {
+        return Err(
+            "approved: the list resolves to no country; every destination would be refused".into(),
+        );
+    }
+    Ok(approved)
+}
+
+/// `[[site]]`: each CIDR with an assigned country; the same range may not
+/// be given two countries.
+fn sites(raw: &[RawSite]) -> Result<Vec<Site>, String> {
+    let mut sites: Vec<Site> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let net = parse_cidr(&s.cidr).map_err(|m| format!("site[{i}].cidr {:?}: {m}", s.cidr))?;
+        let country: CountryCode = s
+            .country
+            .parse()
+            .map_err(|e| format!("site[{i}].country {:?}: {e}", s.country))?;
+        if !country.is_assigned() {
+            return Err(format!(
+                "site[{i}].country {:?}: not an assigned ISO 3166-1 alpha-2 country code",
+                s.country
+            ));
+        }
+        if let Some(other) = sites.iter().find(|o| o.net == net && o.country != country) {
+            return Err(format!(
+                "site[{i}] {net} is {country}, but site {:?} says the same range is {}",
+                other.name, other.country
+            ));
+        }
+        sites.push(Site {
+            net,
+            country,
+            name: s.name.clone().unwrap_or_else(|| net.to_string()),
+        });
+    }
+    Ok(sites)
+}
+
+impl RawGeoip {
+    /// The sources, relative ones under the config's directory.
+    fn sources(&self, base: &Path) -> Result<Vec<PathBuf>, String> {
+        if self.sources.is_empty() {
+            return Err("geoip.sources: at least one database is needed".into());
+        }
+        Ok(self.sources.iter().map(|s| under(base, s)).collect())
+    }
+}
+
+impl RawScope {
+    /// Host-wide or a list of cgroups, never both, never neither.
+    fn scope(&self) -> Result<Scope, String> {
+        match (self.host_wide, self.cgroups.is_empty()) {
+            (true, true) => Ok(Scope::HostWide),
+            (true, false) => {
+                Err("scope: set either host_wide = true or cgroups = [...], not both".into())
+            }
+            (false, true) => Err(
+                "scope: no cgroups listed; set cgroups = [\"system.slice/my.service\"] or host_wide = true".into(),
+            ),
+            (false, false) => self
+                .cgroups
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    normalize_cgroup(c).map_err(|m| format!("scope.cgroups[{i}] {c:?}: {m}"))
+                })
+                .collect::<Result<_, _>>()
+                .map(Scope::Cgroups),
+        }
+    }
+
+    /// `[[scope.override]]`: one mode per cgroup.
+    fn overrides(&self) -> Result<Vec<ModeOverride>, String> {
+        let mut overrides = Vec::with_capacity(self.overrides.len());
+        for (i, o) in self.overrides.iter().enumerate() {
+            let cgroup = normalize_cgroup(&o.cgroup)
+                .map_err(|m| format!("scope.override[{i}].cgroup {:?}: {m}", o.cgroup))?;
+            if overrides.iter().any(|p: &ModeOverride| p.cgroup == cgroup) {
+                return Err(format!(
+                    "scope.override[{i}].cgroup {:?}: given twice",
+                    o.cgroup
+                ));
+            }
+            overrides.push(ModeOverride {
+                cgroup,
+                mode: o.mode.into(),
+            });
+        }
+        Ok(overrides)
+    }
+
+    /// `scope.interfaces`: names the kernel would accept, each once.
+    fn interfaces(&self) -> Result<Vec<String>, String> {
+        let mut interfaces: Vec<String> = Vec::with_capacity(self.interfaces.len());
+        for (i, name) in self.interfaces.iter().enumerate() {
+            check_interface_name(name)
+                .map_err(|m| format!("scope.interfaces[{i}] {name:?}: {m}"))?;
+            if interfaces.contains(name) {
+                return Err(format!("scope.interfaces[{i}] {name:?}: given twice"));
+            }
+            interfaces.push(name.clone());
+        }
+        Ok(interfaces)
+    }
+}
+
+impl RawEvents {
+    /// The burst defaults to two seconds' worth; stdout is on when there is
+    /// no file.
+    fn validate(self, base: &Path) -> Events {
+        Events {
+            rate_per_cpu: self.rate_per_cpu,
+            burst: self
+                .burst
+                .unwrap_or(self.rate_per_cpu.saturating_mul(2))
+                .max(1),
+            stdout: self.stdout.unwrap_or(self.file.is_none()),
+            file: self.file.map(|f| under(base, &f)),
+        }
+    }
+}
+
+impl RawMetrics {
+    fn listen(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| {
+            format!(
+                "metrics.listen {:?}: not an address:port ({e})",
+                self.listen
+            )
+        })
+    }
+}
+
+impl RawAgent {
+    /// The pin directory (on bpffs) and the runtime directory.
+    fn dirs(&self) -> Result<(PathBuf, PathBuf), String> {
+        let pin_dir = absolute(
+            "agent.pin_dir",
+            self.pin_dir.as_deref(),
+            paths::DEFAULT_PIN_DIR,
+            " on bpffs",
+        )?;
+        let run_dir = absolute(
+            "agent.run_dir",
+            self.run_dir.as_deref(),
+            paths::DEFAULT_RUN_DIR,
+            "",
+        )?;
+        Ok((pin_dir, run_dir))
+    }
+}
+
+impl RawControl {
+    /// The socket (under the runtime directory unless given) and the admin
+    /// group.
+    fn validate(self, run_dir: &Path) -> Result<Control, String> {
+        let socket = self
+            .socket
+            .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME));
+        let socket = absolute("control.socket", Some(&socket), "", "")?;
+        // sockaddr_un.sun_path is 108 bytes with the NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(format!(
+                "control.socket {socket:?}: longer than the 107 bytes a unix socket path may have"
+            ));
+        }
+        if let Some(g) = &self.admin_group
+            && (g.is_empty() || g.contains(['\0', ':', '\n']))
+        {
+            return Err(format!(
+                "control.admin_group {g:?}: not a group name or gid"
+            ));
+        }
+        Ok(Control {
+            socket,
+            admin_group: self.admin_group,
+        })
+    }
+}
+
+/// The longest checkpoint interval: a day. A checkpoint states what is in
+/// force; an auditor should not wait longer for one, and the interval must
+/// stay far inside what the timer can represent.
+pub const MAX_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+impl RawAudit {
+    /// The log file (relative to the config's directory) when the log is
+    /// on, and the checkpoint interval, from one second to a day.
+    fn validate(self, base: &Path) -> Result<Audit, String> {
+        let key = "audit.checkpoint_interval";
+        let text = &self.checkpoint_interval;
+        let checkpoint_interval = humantime::parse_duration(text)
+            .map_err(|e| format!("{key} {text:?}: {e} (e.g. \"10m\", \"1h\")"))?;
+        if checkpoint_interval < std::time::Duration::from_secs(1) {
+            return Err(format!("{key} {text:?}: at least 1s"));
+        }
+        if checkpoint_interval > MAX_CHECKPOINT_INTERVAL {
+            return Err(format!("{key} {text:?}: at most 1 day"));
+        }
+        let file = self
+            .file
+            .map(|f| under(base, &f))
+            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_AUDIT_LOG));
+        Ok(Audit {
+            file: self.enabled.then_some(file),
+            checkpoint_interval,
+        })
+    }
+}
+
+/// `path` as given when absolute, else under `base` (the config file's
+/// directory).
+fn under(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// The path of `key` (or `default` when not given), which must be
+/// absolute: these are runtime locations, not relative to anything.
+fn absolute(key: &str, path: Option<&Path>, default: &str, on: &str) -> Result<PathBuf, String> {
+    let path = path.map_or_else(|| PathBuf::from(default), Path::to_owned);
+    if !path.is_absolute() {
+        return Err(format!("{key} {path:?}: must be an absolute path{on}"));
+    }
+    Ok(path)
 }
 
 /// Parses a CIDR (or a single address, as /32 or /128). Host bits must be
@@ -623,6 +680,7 @@ fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     Ok(net)
 }
 
+/// A list of CIDRs (`allow`, `deny`), each checked like [`parse_cidr`].
 fn parse_cidrs(field: &str, items: &[String]) -> Result<Vec<IpNetwork>, String> {
     items
         .iter()
@@ -846,6 +904,18 @@ cgroups = ["system.slice/storage.service"]
                 "no cgroups",
             ),
             ("approved = [\n", "line"),
+            (
+                &format!("{MINIMAL}[audit]\ncheckpoint_interval = \"300000000000y\"\n"),
+                "audit.checkpoint_interval \"300000000000y\"",
+            ),
+            (
+                &format!("{MINIMAL}[audit]\ncheckpoint_interval = \"25h\"\n"),
+                "audit.checkpoint_interval \"25h\": at most 1 day",
+            ),
+            (
+                &format!("{MINIMAL}[agent]\npin_dir = \"pins\"\n"),
+                "agent.pin_dir \"pins\": must be an absolute path on bpffs",
+            ),
             (
                 &format!("{MINIMAL}[[scope.override]]\ncgroup = \"x\"\nmode = \"audit\"\n"),
                 "audit",
