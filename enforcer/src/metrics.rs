@@ -24,6 +24,7 @@ use prometheus_client::{
 use crate::{
     datapath::counters::{CounterKind, CounterReader, Suppressed},
     events::EventCounts,
+    status::AgentStatus,
     status::{SharedStatus, country_label, map_fill_table, programs_attached},
 };
 
@@ -79,7 +80,18 @@ const KERNEL_FAMILIES: [(CounterKind, &str, &str); 3] = [
 impl Collector for EnforcerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = self.status.read().map(|s| s.clone()).unwrap_or_default();
+        self.encode_decisions(&mut encoder)?;
+        self.encode_events(&mut encoder)?;
+        self.encode_policy(&mut encoder, &status)?;
+        self.encode_geoip(&mut encoder, &status)?;
+        self.encode_agent(&mut encoder, &status)
+    }
+}
 
+/// The families of [`EnforcerCollector::encode`], one method per group.
+impl EnforcerCollector {
+    /// The kernel's decision counters.
+    fn encode_decisions(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Counters from the kernel. The maps are held open, so a read fails
         // only on a kernel error; it is logged, and the families stay
         // present (empty) so that the rest of the scrape still works.
@@ -99,13 +111,18 @@ impl Collector for EnforcerCollector {
                 ConstCounter::new(c.value).encode(family.encode_family(&labels)?)?;
             }
         }
+        Ok(())
+    }
+
+    /// Events read, suppressed in the kernel, and lost on the way to a sink.
+    fn encode_events(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
             let mut family = encoder.encode_descriptor(
-                "enforcer_events",
-                "Decision events read from the kernel ring buffer and written to the event sinks, by hook and verdict.",
-                None,
-                MetricType::Counter,
-            )?;
+                    "enforcer_events",
+                    "Decision events read from the kernel ring buffer and written to the event sinks, by hook and verdict.",
+                    None,
+                    MetricType::Counter,
+                )?;
             for (hook, outcome, n) in self.events.read_counts() {
                 let labels = [("hook", hook.label()), ("verdict", outcome.label())];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
@@ -117,11 +134,11 @@ impl Collector for EnforcerCollector {
                 Suppressed::default()
             });
             let mut family = encoder.encode_descriptor(
-                "enforcer_events_suppressed",
-                "Events the kernel did not emit (the decision itself is still counted): over the rate limit, or the ring buffer was full.",
-                None,
-                MetricType::Counter,
-            )?;
+                    "enforcer_events_suppressed",
+                    "Events the kernel did not emit (the decision itself is still counted): over the rate limit, or the ring buffer was full.",
+                    None,
+                    MetricType::Counter,
+                )?;
             for (reason, n) in [
                 ("rate_limit", suppressed.rate_limit),
                 ("ring_full", suppressed.ring_full),
@@ -140,7 +157,15 @@ impl Collector for EnforcerCollector {
             )?;
             metric.encode(enc)?;
         }
+        Ok(())
+    }
 
+    /// The policy in force: mode, prefixes, countries, generation, loads.
+    fn encode_policy(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        status: &AgentStatus,
+    ) -> Result<(), std::fmt::Error> {
         {
             let mut family = encoder.encode_descriptor(
                 "enforcer_mode",
@@ -170,24 +195,24 @@ impl Collector for EnforcerCollector {
             }
         }
         gauge(
-            &mut encoder,
+            encoder,
             "enforcer_approved_countries",
             "Countries approved by the policy in force.",
             status.approved_countries as i64,
         )?;
         gauge(
-            &mut encoder,
+            encoder,
             "enforcer_policy_generation",
             "Generation of the policy in force (bumped on every slot flip and mode change).",
             status.generation as i64,
         )?;
         {
             let mut family = encoder.encode_descriptor(
-                "enforcer_policy_loads",
-                "Policy loads (start and reloads), by result. A failed load leaves the previous policy in force.",
-                None,
-                MetricType::Counter,
-            )?;
+                    "enforcer_policy_loads",
+                    "Policy loads (start and reloads), by result. A failed load leaves the previous policy in force.",
+                    None,
+                    MetricType::Counter,
+                )?;
             for (result, n) in [
                 ("success", status.policy_loads_ok),
                 ("failure", status.policy_loads_failed),
@@ -206,13 +231,22 @@ impl Collector for EnforcerCollector {
             )?;
             metric.encode(enc)?;
         }
+        Ok(())
+    }
+
+    /// The GeoIP databases in force: build time and age.
+    fn encode_geoip(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        status: &AgentStatus,
+    ) -> Result<(), std::fmt::Error> {
         {
             let mut build = encoder.encode_descriptor(
-                "enforcer_geoip_database_build_timestamp_seconds",
-                "Build time of each GeoIP database in force (MaxMind DB build_epoch; CSV sources have none), by file name.",
-                None,
-                MetricType::Gauge,
-            )?;
+                    "enforcer_geoip_database_build_timestamp_seconds",
+                    "Build time of each GeoIP database in force (MaxMind DB build_epoch; CSV sources have none), by file name.",
+                    None,
+                    MetricType::Gauge,
+                )?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -241,14 +275,23 @@ impl Collector for EnforcerCollector {
                     .encode(age.encode_family(&labels)?)?;
             }
         }
+        Ok(())
+    }
+
+    /// The maps' fill, the programs attached, the audit log, the control socket, the build.
+    fn encode_agent(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        status: &AgentStatus,
+    ) -> Result<(), std::fmt::Error> {
         {
-            let maps = map_fill_table(&status);
+            let maps = map_fill_table(status);
             let mut entries = encoder.encode_descriptor(
-                "enforcer_map_entries",
-                "Entries in the active policy slot's maps (each of the two slots has its own maps of the same capacity).",
-                None,
-                MetricType::Gauge,
-            )?;
+                    "enforcer_map_entries",
+                    "Entries in the active policy slot's maps (each of the two slots has its own maps of the same capacity).",
+                    None,
+                    MetricType::Gauge,
+                )?;
             for &(map, n, _) in &maps {
                 let labels = [("map", map)];
                 ConstGauge::new(n as i64).encode(entries.encode_family(&labels)?)?;
@@ -266,11 +309,11 @@ impl Collector for EnforcerCollector {
         }
         if let Some(dir) = &status.links_dir {
             let mut family = encoder.encode_descriptor(
-                "enforcer_programs_attached",
-                "Programs attached through pinned links, by hook (one per scope cgroup or interface).",
-                None,
-                MetricType::Gauge,
-            )?;
+                    "enforcer_programs_attached",
+                    "Programs attached through pinned links, by hook (one per scope cgroup or interface).",
+                    None,
+                    MetricType::Gauge,
+                )?;
             for (hook, n) in programs_attached(dir) {
                 let labels = [("hook", hook.as_str())];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
@@ -294,11 +337,11 @@ impl Collector for EnforcerCollector {
         }
         {
             let mut family = encoder.encode_descriptor(
-                "enforcer_control_requests",
-                "Requests on the control socket, by verb and result (ok, error, denied: the peer is not root nor in the admin group).",
-                None,
-                MetricType::Counter,
-            )?;
+                    "enforcer_control_requests",
+                    "Requests on the control socket, by verb and result (ok, error, denied: the peer is not root nor in the admin group).",
+                    None,
+                    MetricType::Counter,
+                )?;
             for ((verb, result), n) in &status.control_requests {
                 let labels = [("verb", *verb), ("result", *result)];
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
