@@ -86,7 +86,8 @@ pub fn resolve_interface(name: &str) -> Result<InterfaceTarget, ScopeError> {
         Ok(other) => {
             return Err(err(format!(
                 "link type {other} is not Ethernet (ARPHRD_ETHER); forwarded traffic is \
-                 decided on Ethernet interfaces only (see README, \"Forwarded traffic\")"
+                 decided on Ethernet interfaces only (see docs/operator-guide.md, \
+                 \"Forwarded traffic\")"
             )));
         }
         Err(e) => return Err(err(format!("cannot read its link type: {e}"))),
