@@ -6,6 +6,7 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    commit();
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()
@@ -27,4 +28,35 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
+}
+
+/// `ENFORCER_COMMIT` for `enforcer --version`: the commit built, or
+/// `unknown` outside a git checkout (a source tarball). Rebuilt when HEAD
+/// moves. (No `-dirty` mark: it would go stale, since this script does not
+/// rerun for every edited file.)
+fn commit() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=ENFORCER_COMMIT={commit}");
+    // HEAD, and the branch file it names, change with every commit.
+    for path in [
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--symbolic-full-name", "HEAD"])
+            .and_then(|r| git(&["rev-parse", "--git-path", &r])),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Ok(abs) = std::fs::canonicalize(&path) {
+            println!("cargo:rerun-if-changed={}", abs.display());
+        }
+    }
 }

@@ -662,6 +662,60 @@ fn absolute(key: &str, path: Option<&Path>, default: &str, on: &str) -> Result<P
     Ok(path)
 }
 
+/// Where the agent's runtime objects are (pins, control socket), for the
+/// verbs that only talk to the agent or read the pins (`status`, `reload`,
+/// `mode`, `events`, `check`): these must work while the config has an
+/// error elsewhere, since `reload` is how the fixed file is loaded and
+/// `status` is how the failure is seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Locations {
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Locations {
+    /// From the config at `path` (the embedded default without one). When
+    /// it is not valid, the `agent` and `control` keys are still read from
+    /// it when it is TOML at all (defaults where they are absent or not
+    /// valid either); the config's error is returned beside them so the
+    /// caller can warn.
+    pub fn of(path: Option<&Path>) -> (Locations, Option<ConfigError>) {
+        let error = match Config::load_or_default(path) {
+            Ok(c) => {
+                return (
+                    Locations {
+                        pin_dir: c.pin_dir,
+                        socket: c.control.socket,
+                    },
+                    None,
+                );
+            }
+            Err(e) => e,
+        };
+        let table: toml::Table = path
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_default();
+        let key = |section: &str, name: &str| {
+            table
+                .get(section)
+                .and_then(|s| s.get(name))
+                .and_then(toml::Value::as_str)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+        };
+        let run_dir =
+            key("agent", "run_dir").unwrap_or_else(|| PathBuf::from(paths::DEFAULT_RUN_DIR));
+        let locations = Locations {
+            pin_dir: key("agent", "pin_dir")
+                .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_PIN_DIR)),
+            socket: key("control", "socket")
+                .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME)),
+        };
+        (locations, Some(error))
+    }
+}
+
 /// Parses a CIDR (or a single address, as /32 or /128). Host bits must be
 /// zero: `10.0.0.1/8` is almost always a typo, and silently widening or
 /// narrowing an exception is worse than an error.
@@ -871,6 +925,32 @@ cgroups = ["system.slice/storage.service"]
             assert!(e.starts_with("/etc/ee/test.toml: "), "{e}");
             assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
         }
+    }
+
+    #[test]
+    fn locations_are_read_from_a_config_with_an_error_elsewhere() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("broken.toml");
+        let text = format!(
+            "{MINIMAL}[agent]\npin_dir = \"/sys/fs/bpf/x\"\nrun_dir = \"/run/x\"\n[audit]\ncheckpoint_interval = \"never\"\n"
+        );
+        fs::write(&path, text).expect("write");
+        let (at, error) = Locations::of(Some(&path));
+        assert_eq!(at.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(
+            at.socket,
+            PathBuf::from("/run/x").join(paths::CONTROL_SOCKET_NAME)
+        );
+        assert!(error.is_some_and(|e| e.message.contains("checkpoint_interval")));
+        // Not TOML at all: the defaults, and the error.
+        fs::write(&path, "approved = [\n").expect("write");
+        let (at, error) = Locations::of(Some(&path));
+        assert_eq!(at.pin_dir, PathBuf::from(paths::DEFAULT_PIN_DIR));
+        assert!(error.is_some());
+        // A valid config: its own values and no error.
+        let (at, error) = Locations::of(None);
+        assert!(error.is_none());
+        assert_eq!(at.pin_dir, PathBuf::from(paths::DEFAULT_PIN_DIR));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Args {
 fn through_agent(args: &Args) -> anyhow::Result<Option<(Vec<Explanation>, serde_json::Value)>> {
     let socket = match &args.socket {
         Some(s) => s.clone(),
-        None => args.pins.config.load()?.control.socket,
+        None => args.pins.config.locations().socket,
     };
     let request = control::Request::Check {
         addresses: args.addresses.clone(),
@@ -73,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (answers, databases) = match from_agent {
         Some(a) => a,
         None => {
-            let pin_dir = args.pins.resolve()?;
+            let pin_dir = args.pins.resolve();
             let explainer = Explainer::open(&pin_dir)?;
             let cgroup = args
                 .cgroup

@@ -20,10 +20,12 @@ pub struct SocketArg {
 }
 
 impl SocketArg {
-    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+    /// `--socket`, else the config's, read even from a config with an
+    /// error elsewhere: `reload` is how a fixed config is loaded.
+    pub fn resolve(&self) -> PathBuf {
         match &self.socket {
-            Some(s) => Ok(s.clone()),
-            None => Ok(self.config.load()?.control.socket),
+            Some(s) => s.clone(),
+            None => self.config.locations().socket,
         }
     }
 }
@@ -45,7 +47,7 @@ pub struct ModeArgs {
 }
 
 pub fn mode(args: ModeArgs) -> anyhow::Result<()> {
-    let socket = args.socket.resolve()?;
+    let socket = args.socket.resolve();
     let result = client::call(
         &socket,
         &Request::Mode {
@@ -69,7 +71,7 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<()> {
 }
 
 pub fn reload(args: SocketArg) -> anyhow::Result<()> {
-    let socket = args.resolve()?;
+    let socket = args.resolve();
     let result = client::call(&socket, &Request::Reload {}).context("reloading")?;
     println!(
         "reloaded: policy generation {}",
@@ -89,7 +91,7 @@ pub struct EventsArgs {
 
 pub fn events(args: EventsArgs) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let socket = args.socket.resolve()?;
+    let socket = args.socket.resolve();
     let (reply, mut conn) = client::send(
         &socket,
         &Request::Events {

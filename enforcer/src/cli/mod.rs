@@ -5,6 +5,7 @@ mod check;
 mod config_check;
 mod control_verbs;
 mod geoip_cmd;
+mod logging;
 mod run;
 pub(crate) mod status;
 mod uninstall;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// egress-enforcer: refuse or record outbound connections to destinations in
 /// jurisdictions that are not approved.
 #[derive(Debug, Parser)]
-#[command(name = "enforcer", version, propagate_version = true)]
+#[command(name = "enforcer", version = version(), propagate_version = true)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "ENFORCER_LOG_FORMAT")]
@@ -117,7 +118,7 @@ impl ConfigArg {
     }
 }
 
-use crate::config as enforcer_config;
+use crate::config::{self as enforcer_config, Locations};
 
 /// Where an installed datapath is pinned: `--pin-dir`, else the config's
 /// `agent.pin_dir` (shared by the verbs that read or remove pins).
@@ -131,25 +132,63 @@ pub struct PinDirArg {
 }
 
 impl PinDirArg {
-    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+    /// `--pin-dir`, else the config's, read even from a config with an
+    /// error elsewhere (see [`Locations`]).
+    pub fn resolve(&self) -> PathBuf {
         match &self.pin_dir {
-            Some(p) => Ok(p.clone()),
-            None => Ok(self.config.load()?.pin_dir),
+            Some(p) => p.clone(),
+            None => self.config.locations().pin_dir,
         }
     }
 }
 
-fn init_logging(format: LogFormat, filter: &str) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter {filter:?} ({e}); using \"info\"");
-        EnvFilter::new("info")
-    });
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+impl ConfigArg {
+    /// Where the pins and the control socket are, from the config even
+    /// when it has an error elsewhere; that error is logged as a warning.
+    pub fn locations(&self) -> Locations {
+        let (locations, error) = Locations::of(self.config.as_deref());
+        if let Some(e) = error {
+            tracing::warn!(
+                pin_dir = %locations.pin_dir.display(),
+                socket = %locations.socket.display(),
+                "the config is not valid ({e}); using the paths it names, or the defaults"
+            );
+        }
+        locations
     }
+}
+
+/// `--version`: the package version, the commit it was built from and the
+/// datapath layout it loads and adopts (pins of another layout are
+/// replaced at start, see `datapath::compat`).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (commit {}, datapath layout v{})",
+            env!("CARGO_PKG_VERSION"),
+            env!("ENFORCER_COMMIT"),
+            enforcer_common::LAYOUT_VERSION
+        )
+    })
+}
+
+/// An error and its causes on one line, each said once. Many errors (the
+/// kernel's through aya, io errors wrapped with a path) repeat their
+/// source's text in their own message, and printing the whole chain
+/// would say it twice.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Parses the command line, runs the verb, and turns an error into a
@@ -168,7 +207,7 @@ pub fn main() -> ExitCode {
         }
     }
     let format = cli.log_format;
-    init_logging(format, &cli.log_level);
+    logging::init(format, &cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Status(args) => status::run(args),
@@ -185,9 +224,10 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line either way: JSON for log pipelines, plain for people.
+            let message = error_chain(e.as_ref());
             match format {
-                LogFormat::Json => tracing::error!(error = format!("{e:#}"), "failed"),
-                LogFormat::Text => eprintln!("error: {e:#}"),
+                LogFormat::Json => tracing::error!(error = message, "failed"),
+                LogFormat::Text => eprintln!("error: {message}"),
             }
             ExitCode::FAILURE
         }

@@ -22,9 +22,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = args.pins.config.load()?;
-    let pin_dir = args.pins.pin_dir.clone().unwrap_or(config.pin_dir.clone());
-    let socket = args.socket.clone().unwrap_or(config.control.socket.clone());
+    // Only the paths are needed: `status` works while the config has an
+    // error elsewhere (it is how a failed reload is seen).
+    let at = args.pins.config.locations();
+    let pin_dir = args.pins.pin_dir.clone().unwrap_or(at.pin_dir);
+    let socket = args.socket.clone().unwrap_or(at.socket);
     // The running agent knows more (databases, scope, uptime); without one
     // the pins still say what the kernel enforces.
     let (agent, kernel, note) = match control::client::call(&socket, &Request::Status {}) {
@@ -33,7 +35,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             v.get("kernel").cloned().unwrap_or_default(),
             None,
         ),
-        Err(e) => (None, kernel_view(&pin_dir)?, Some(e.to_string())),
+        Err(e) => match kernel_view(&pin_dir) {
+            Ok(kernel) => (None, kernel, Some(e.to_string())),
+            // Say both: the socket's answer often tells a user without
+            // root what to do (the admin group), the pins' why it failed.
+            Err(pins) => anyhow::bail!("{e}; and reading the pins: {pins}"),
+        },
     };
     if args.output.json() {
         let v = serde_json::json!({ "agent": agent, "agent_unreachable": note, "kernel": kernel });

@@ -12,7 +12,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let pin_dir = args.pins.resolve()?;
+    // Strict: removing enforcement goes by a config that is valid, never
+    // by paths guessed around an error in it.
+    let pin_dir = match args.pins.pin_dir.clone() {
+        Some(p) => p,
+        None => args.pins.config.load()?.pin_dir,
+    };
     let report = datapath::uninstall(&pin_dir)?;
     if report.found {
         println!(

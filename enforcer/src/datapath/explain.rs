@@ -58,7 +58,10 @@ use geoip::CountryCode;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-use super::{DatapathError, detach, geo, geo4, geo6, map_err};
+use super::{
+    DatapathError, geo, geo4, geo6, map_err,
+    pinned::{Access, open_map},
+};
 use crate::{paths, policy::CompiledPolicy};
 
 /// The id of the root cgroup of the cgroup2 hierarchy (its kernfs inode).
@@ -192,20 +195,7 @@ pub struct Explainer {
 
 /// Opens one pinned map read-only.
 fn open_read_only(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    open(pin_dir, name, detach::BPF_F_RDONLY)
-}
-
-fn open(pin_dir: &Path, name: &'static str, flags: u32) -> Result<Map, DatapathError> {
-    let path = paths::PinLayout::new(pin_dir).maps.join(name);
-    if !path.exists() {
-        return Err(DatapathError::NotInstalled(pin_dir.to_owned()));
-    }
-    let fd = detach::open_pinned_with(&path, flags).map_err(|e| DatapathError::Pin {
-        path: path.clone(),
-        detail: format!("cannot open the pinned map: {e}"),
-    })?;
-    let data = MapData::from_fd(fd).map_err(map_err(name))?;
-    Map::from_map_data(data).map_err(map_err(name))
+    open_map(pin_dir, name, Access::ReadOnly)
 }
 
 /// A pinned array for reading through a read-only mapping
@@ -215,7 +205,7 @@ fn open(pin_dir: &Path, name: &'static str, flags: u32) -> Result<Map, DatapathE
 /// (mm/mmap.c, `do_mmap`); the mapping itself is PROT_READ, and the kernel
 /// then also clears VM_MAYWRITE, so it can never be made writable.
 fn map_data(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
-    match open(pin_dir, name, 0)? {
+    match open_map(pin_dir, name, Access::ReadWrite)? {
         Map::Array(data) => Ok(data),
         _ => Err(map_err(name)(MapError::InvalidName {
             name: name.to_owned(),

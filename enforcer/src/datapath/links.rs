@@ -25,7 +25,7 @@ use aya::{
     },
 };
 
-use super::{DatapathError, PROGRAMS, ProgramKind, TCX_PROGRAM, detach};
+use super::{DatapathError, PROGRAMS, ProgramKind, TCX_PROGRAM, detach, pinned};
 use crate::{
     paths::PinLayout,
     scope::{CgroupTarget, InterfaceTarget},
@@ -129,7 +129,7 @@ impl Staged {
         while let Some((tmp, fin)) = self.entries.pop() {
             // The link being replaced, held open so that it can be detached
             // right after the rename drops its pin.
-            let old = fin.exists().then(|| detach::open_pinned(&fin));
+            let old = fin.exists().then(|| pinned::obj_get(&fin, 0));
             if old.is_some() {
                 report.replaced += 1;
             }

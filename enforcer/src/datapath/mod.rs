@@ -22,6 +22,7 @@ mod geo;
 mod geo4;
 mod geo6;
 mod links;
+mod pinned;
 mod slots;
 
 use std::{
@@ -44,6 +45,7 @@ pub use self::{
     bpffs::BpffsError,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
     links::{AttachReport, Staged, UninstallReport, uninstall},
+    pinned::{Access, open_map},
     slots::{SlotReport, check_capacity},
 };
 use crate::{
@@ -128,6 +130,11 @@ pub enum DatapathError {
     Incompatible { path: PathBuf, detail: String },
     #[error("no datapath is pinned under {0} (is the agent installed? see `enforcer run`)")]
     NotInstalled(PathBuf),
+    #[error(
+        "{path}: permission denied; reading the pinned maps needs root (CAP_BPF); \
+         members of the control group can ask the running agent instead"
+    )]
+    Permission { path: PathBuf },
 }
 
 pub fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
@@ -489,13 +496,8 @@ pub fn config_words(pin_dir: &Path) -> Result<ConfigWords, DatapathError> {
     })
 }
 
-/// Opens one pinned map of an installed datapath (for metrics, `check`,
-/// `status`), without loading any program.
+/// Opens one pinned map of an installed datapath (for metrics, events,
+/// `status`), read-write, without loading any program.
 pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    let path = PinLayout::new(pin_dir).maps.join(name);
-    if !path.exists() {
-        return Err(DatapathError::NotInstalled(pin_dir.to_owned()));
-    }
-    let data = MapData::from_pin(&path).map_err(map_err(name))?;
-    Map::from_map_data(data).map_err(map_err(name))
+    open_map(pin_dir, name, Access::ReadWrite)
 }
