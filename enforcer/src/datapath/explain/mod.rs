@@ -32,12 +32,8 @@
 //! policies. Per-cgroup overrides are read as they are at that moment.
 
 use std::{
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::{
-        fd::AsFd as _,
-        unix::fs::{DirEntryExt as _, MetadataExt as _},
-    },
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -56,7 +52,6 @@ use enforcer_common::{
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
 
 use super::{
     DatapathError, geo, geo4, geo6, map_err,
@@ -64,8 +59,11 @@ use super::{
 };
 use crate::{paths, policy::CompiledPolicy};
 
-/// The id of the root cgroup of the cgroup2 hierarchy (its kernfs inode).
-const ROOT_CGROUP_ID: u64 = 1;
+mod cgroup;
+mod report;
+
+pub use cgroup::CgroupAncestry;
+pub use report::{CgroupRef, Explanation, ModeFrom, RuleRef};
 
 /// How often an explanation starts again because the policy flipped while
 /// it read; a flip takes one config word, so a second miss means a reload
@@ -81,98 +79,6 @@ pub enum ExplainError {
     Cgroup { cgroup: String, detail: String },
     #[error("the policy under {0} kept changing while it was being read; try again")]
     Unstable(PathBuf),
-}
-
-/// Which configured rule decided (exceptions, site networks, built-in
-/// ranges).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRef {
-    /// `deny`, `allow`, `site` or `builtin`.
-    #[serde(with = "label::rule_kind")]
-    pub kind: RuleKind,
-    /// Position in its config list (`deny[i]`, `allow[i]`, the i-th
-    /// `[[site]]`), or in the built-in table.
-    pub index: u16,
-    /// What a built-in range is ("loopback", "private", ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub builtin: Option<String>,
-}
-
-/// Where the mode that applies comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "from", rename_all = "snake_case")]
-pub enum ModeFrom {
-    /// The global mode of the active slot.
-    Global,
-    /// A per-cgroup override: the deepest ancestor of the cgroup asked
-    /// about (or the cgroup itself) that has one.
-    Override {
-        cgroup_id: u64,
-        /// Its level in the hierarchy (0 is the root).
-        level: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        path: Option<PathBuf>,
-    },
-}
-
-/// The cgroup an explanation was asked for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CgroupRef {
-    pub id: u64,
-    pub path: PathBuf,
-}
-
-/// What the datapath decides for one address, and why. Serialisable, so
-/// the agent can send it over its control socket as is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Explanation {
-    /// The address asked about.
-    pub address: IpAddr,
-    /// The address decided: an IPv4-mapped IPv6 address as its IPv4
-    /// address, like the kernel.
-    pub decided_as: IpAddr,
-    #[serde(with = "label::family")]
-    pub family: Family,
-    /// The prefix of the entry that decided: the configured CIDR of an
-    /// exception, site network or built-in range, or the GeoIP prefix.
-    /// `None` when nothing matched (source `unknown`).
-    #[serde(with = "opt_net")]
-    pub prefix: Option<IpNetwork>,
-    #[serde(with = "label::source")]
-    pub source: Source,
-    /// The rule that decided, for every source but GeoIP and unknown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<RuleRef>,
-    /// The destination's country (ISO code), as counted: from the site
-    /// network, or from GeoIP (also under a deny exception). `None` when
-    /// unknown or not geolocated (exempt).
-    pub country: Option<CountryCode>,
-    /// The GeoIP prefix the country came from, when GeoIP was consulted
-    /// and located the address.
-    #[serde(with = "opt_net")]
-    pub geoip_prefix: Option<IpNetwork>,
-    /// Whether the policy approves the destination; `None` when it is not
-    /// consulted (exempt). A deny exception is never approved.
-    pub approved: Option<bool>,
-    /// The mode that applies to the caller (it only matters when the
-    /// destination is not approved).
-    #[serde(with = "label::mode")]
-    pub mode: Mode,
-    pub mode_from: ModeFrom,
-    /// The verdict the kernel gives: allowed, denied, would_deny, exempt
-    /// (the outcome the counters use).
-    #[serde(with = "label::outcome")]
-    pub outcome: Outcome,
-    /// The cgroup asked about, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<CgroupRef>,
-    /// Per-cgroup mode overrides in force (`CONFIG[CFG_OVERRIDES]`): when
-    /// not 0 and no cgroup was given, a process's mode may differ from
-    /// `mode`.
-    pub overrides: u32,
-    /// The policy slot the answer was read from, and its generation.
-    pub slot: u32,
-    pub generation: u32,
 }
 
 /// The pinned maps of an installed datapath, opened read-only.
@@ -773,196 +679,6 @@ fn country_code(index: u16) -> Option<CountryCode> {
     country::code(index).and_then(CountryCode::new)
 }
 
-/// A cgroup and the ids of its ancestors, root first: what the kernel's
-/// `bpf_get_current_ancestor_cgroup_id(level)` and
-/// `bpf_skb_ancestor_cgroup_id(level)` give for level 0, 1, ... (a cgroup's
-/// id is its inode number in the cgroup2 file system).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CgroupAncestry {
-    /// The cgroup's directory.
-    pub path: PathBuf,
-    /// The root's id (1) first, the cgroup's own last.
-    pub ids: Vec<u64>,
-    /// The cgroup2 mount `path` is under.
-    mount: PathBuf,
-}
-
-impl CgroupAncestry {
-    /// The cgroup at `path`: absolute (under the cgroup2 mount) or relative
-    /// to the mount, as in the config's `scope.cgroups`.
-    pub fn of_path(path: &Path) -> Result<CgroupAncestry, ExplainError> {
-        let mount = cgroup_mount(path)?;
-        Self::of_path_under(&mount, path)
-    }
-
-    /// The cgroup whose id is `id`, found by walking the cgroup2 tree.
-    pub fn of_id(id: u64) -> Result<CgroupAncestry, ExplainError> {
-        let what = format!("id {id}");
-        let mount = cgroup_mount(Path::new(&what))?;
-        let err = |detail: String| ExplainError::Cgroup {
-            cgroup: what.clone(),
-            detail,
-        };
-        check_root(&mount, &what)?;
-        if id == ROOT_CGROUP_ID {
-            return Self::of_path_under(&mount, &mount);
-        }
-        // Breadth first; cgroupfs has no links, so this ends. readdir's
-        // d_ino is the kernfs inode, the cgroup id, without a stat.
-        let mut queue = std::collections::VecDeque::from([mount.clone()]);
-        while let Some(dir) = queue.pop_front() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue; // removed meanwhile
-            };
-            for e in entries.flatten() {
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                if e.ino() == id {
-                    return Self::of_path_under(&mount, &e.path());
-                }
-                queue.push_back(e.path());
-            }
-        }
-        Err(err(format!("no such cgroup under {}", mount.display())))
-    }
-
-    fn of_path_under(mount: &Path, path: &Path) -> Result<CgroupAncestry, ExplainError> {
-        let shown = path.display().to_string();
-        let err = |detail: String| ExplainError::Cgroup {
-            cgroup: shown.clone(),
-            detail,
-        };
-        let absolute = if path.is_absolute() {
-            path.to_owned()
-        } else {
-            mount.join(path)
-        };
-        let path = fs::canonicalize(&absolute)
-            .map_err(|e| err(format!("cannot open {}: {e}", absolute.display())))?;
-        let rel = path.strip_prefix(mount).map_err(|_| {
-            err(format!(
-                "is not under the cgroup2 mount {}",
-                mount.display()
-            ))
-        })?;
-        check_root(mount, &shown)?;
-        let mut ids = Vec::new();
-        let mut dir = mount.to_owned();
-        for part in std::iter::once(None).chain(rel.components().map(Some)) {
-            if let Some(p) = part {
-                dir.push(p);
-            }
-            let meta = fs::metadata(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
-            if !meta.is_dir() {
-                return Err(err("is not a cgroup directory".into()));
-            }
-            ids.push(meta.ino());
-        }
-        Ok(CgroupAncestry {
-            path,
-            ids,
-            mount: mount.to_owned(),
-        })
-    }
-
-    /// The cgroup's own id.
-    pub fn id(&self) -> u64 {
-        self.ids.last().copied().unwrap_or(ROOT_CGROUP_ID)
-    }
-
-    /// The directory of the ancestor at `level`.
-    fn path_at(&self, level: usize) -> Option<PathBuf> {
-        let rel = self.path.strip_prefix(&self.mount).ok()?;
-        let mut p = self.mount.clone();
-        for c in rel.components().take(level) {
-            p.push(c);
-        }
-        (level <= rel.components().count()).then_some(p)
-    }
-}
-
-fn cgroup_mount(what: &Path) -> Result<PathBuf, ExplainError> {
-    paths::cgroup2_mount().map_err(|e| ExplainError::Cgroup {
-        cgroup: what.display().to_string(),
-        detail: format!("cannot find the cgroup2 mount: {e}"),
-    })
-}
-
-/// The levels the kernel walks count from the hierarchy's root; a mount
-/// that shows a sub-tree (a cgroup namespace, a bind mount) would shift
-/// them, so it is refused instead of explained wrongly.
-fn check_root(mount: &Path, what: &str) -> Result<(), ExplainError> {
-    match fs::metadata(mount) {
-        Ok(m) if m.ino() == ROOT_CGROUP_ID => Ok(()),
-        Ok(_) => Err(ExplainError::Cgroup {
-            cgroup: what.to_owned(),
-            detail: format!(
-                "the cgroup2 mount {} shows only part of the hierarchy (a cgroup namespace?), \
-                 so its levels are not the kernel's; run this in the host's cgroup namespace",
-                mount.display()
-            ),
-        }),
-        Err(e) => Err(ExplainError::Cgroup {
-            cgroup: what.to_owned(),
-            detail: format!("{}: {e}", mount.display()),
-        }),
-    }
-}
-
-/// `Option<IpNetwork>` as a CIDR string or null (ipnetwork's serde support
-/// is an off-by-default feature).
-mod opt_net {
-    use ipnetwork::IpNetwork;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
-
-    pub fn serialize<S: Serializer>(v: &Option<IpNetwork>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(n) => s.collect_str(n),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpNetwork>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| s.parse().map_err(D::Error::custom))
-            .transpose()
-    }
-}
-
-/// The datapath's enums as their labels (the same words as metrics and
-/// events), both ways.
-mod label {
-    macro_rules! label_serde {
-        ($module:ident, $ty:ident) => {
-            pub mod $module {
-                use enforcer_common::$ty;
-                use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
-
-                pub fn serialize<S: Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
-                    s.serialize_str(v.label())
-                }
-
-                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
-                    let s = String::deserialize(d)?;
-                    $ty::ALL
-                        .iter()
-                        .copied()
-                        .find(|v| v.label() == s)
-                        .ok_or_else(|| {
-                            D::Error::custom(format!("unknown {} {s:?}", stringify!($module)))
-                        })
-                }
-            }
-        };
-    }
-    label_serde!(family, Family);
-    label_serde!(source, Source);
-    label_serde!(mode, Mode);
-    label_serde!(outcome, Outcome);
-    label_serde!(rule_kind, RuleKind);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -997,91 +713,5 @@ mod tests {
         assert_eq!(d.prefix(48), Some("2001:db8:1::/48".parse().expect("net")));
         assert_eq!(d.prefix(0), Some("::/0".parse().expect("net")));
         assert_eq!(d.prefix(129), None);
-    }
-
-    #[test]
-    fn a_cgroup_is_found_by_path_and_by_id() {
-        // This process's cgroup ("0::/path" in /proc/self/cgroup); hosts
-        // without a cgroup2 hierarchy have nothing to test.
-        let Ok(mount) = paths::cgroup2_mount() else {
-            return;
-        };
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .ok()
-            .and_then(|t| {
-                t.lines().find_map(|l| {
-                    l.strip_prefix("0::")
-                        .map(|p| p.trim_start_matches('/').to_owned())
-                })
-            })
-            .expect("a cgroup2 line in /proc/self/cgroup");
-        let by_path = CgroupAncestry::of_path(Path::new(&own)).expect("by path");
-        assert_eq!(by_path.path, mount.join(&own));
-        assert_eq!(by_path.ids.first(), Some(&ROOT_CGROUP_ID));
-        assert_eq!(by_path.ids.len(), Path::new(&own).components().count() + 1);
-        let by_id = CgroupAncestry::of_id(by_path.id()).expect("by id");
-        assert_eq!(by_id, by_path);
-        assert_eq!(by_path.path_at(0), Some(mount.clone()));
-        let root = CgroupAncestry::of_id(ROOT_CGROUP_ID).expect("the root");
-        assert_eq!(root.ids, vec![ROOT_CGROUP_ID]);
-        let e = CgroupAncestry::of_path(Path::new("no-such-cgroup-ee"))
-            .expect_err("missing")
-            .to_string();
-        assert!(
-            e.contains("no-such-cgroup-ee") && e.contains("cannot open"),
-            "{e}"
-        );
-        let e = CgroupAncestry::of_id(u64::MAX)
-            .expect_err("missing")
-            .to_string();
-        assert!(e.contains("no such cgroup"), "{e}");
-    }
-
-    #[test]
-    fn explanations_round_trip_through_json() {
-        let e = Explanation {
-            address: "::ffff:198.51.100.20".parse().expect("ip"),
-            decided_as: "198.51.100.20".parse().expect("ip"),
-            family: Family::Ipv4,
-            prefix: Some("198.51.100.0/24".parse().expect("net")),
-            source: Source::DenyException,
-            rule: Some(RuleRef {
-                kind: RuleKind::Deny,
-                index: 2,
-                builtin: None,
-            }),
-            country: "US".parse().ok(),
-            geoip_prefix: Some("198.51.100.20/32".parse().expect("net")),
-            approved: Some(false),
-            mode: Mode::Enforce,
-            mode_from: ModeFrom::Override {
-                cgroup_id: 42,
-                level: 1,
-                path: Some("/sys/fs/cgroup/x".into()),
-            },
-            outcome: Outcome::Denied,
-            cgroup: Some(CgroupRef {
-                id: 42,
-                path: "/sys/fs/cgroup/x".into(),
-            }),
-            overrides: 1,
-            slot: 1,
-            generation: 7,
-        };
-        let text = serde_json::to_string(&e).expect("serialise");
-        for needle in [
-            r#""source":"deny_exception""#,
-            r#""outcome":"denied""#,
-            r#""family":"ipv4""#,
-            r#""prefix":"198.51.100.0/24""#,
-            r#""country":"US""#,
-            r#""from":"override""#,
-        ] {
-            assert!(text.contains(needle), "{needle} in {text}");
-        }
-        let back: Explanation = serde_json::from_str(&text).expect("deserialise");
-        assert_eq!(back, e);
-        let bad = text.replace("deny_exception", "nonsense");
-        assert!(serde_json::from_str::<Explanation>(&bad).is_err());
     }
 }
