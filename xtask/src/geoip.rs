@@ -126,13 +126,7 @@ pub fn dir() -> PathBuf {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    let dir = non_empty("EE_GEOIP_DIR").unwrap_or_else(|| {
-        non_empty("XDG_CACHE_HOME")
-            .or_else(|| env::home_dir().map(|h| h.join(".cache")))
-            .unwrap_or_else(env::temp_dir)
-            .join("egress-enforcer")
-            .join("geoip")
-    });
+    let dir = non_empty("EE_GEOIP_DIR").unwrap_or_else(|| crate::cache_root().join("geoip"));
     if dir.is_absolute() {
         dir
     } else {

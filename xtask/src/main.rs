@@ -19,6 +19,7 @@ mod bench;
 mod bpffs;
 mod demo;
 mod geoip;
+mod previous;
 mod setup;
 mod test;
 
@@ -72,6 +73,20 @@ enum Command {
 pub fn workspace_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/egress-enforcer`: what is slow to get
+/// and never committed (GeoIP databases, the previous release's agent).
+pub fn cache_root() -> PathBuf {
+    let non_empty = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    non_empty("XDG_CACHE_HOME")
+        .or_else(|| std::env::home_dir().map(|h| h.join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("egress-enforcer")
 }
 
 /// Where cargo puts the workspace's build output.

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{geoip, setup, workspace, workspace_root};
+use crate::{geoip, previous, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -77,6 +77,7 @@ pub fn run(args: Args) -> Result<()> {
     setup::ensure(&setup::Opts { require_root: true })?;
     let files = geoip::ensure()?;
     let geo_dir = files.dir.as_path();
+    let previous = previous::ensure()?;
 
     // Plain `cargo build/clippy/test` cover the default members: every
     // crate but enforcer-ebpf, which only builds for the BPF target (through
@@ -89,10 +90,11 @@ pub fn run(args: Args) -> Result<()> {
     let target = workspace()?.target_dir.join("debug");
     let enforcer = target.join("enforcer");
     let probe = target.join("ee-probe");
-    let envs: [(&str, &Path); 3] = [
+    let envs: [(&str, &Path); 4] = [
         ("EE_GEOIP_DIR", geo_dir),
         ("ENFORCER_BIN", &enforcer),
         ("EE_PROBE_BIN", &probe),
+        ("EE_PREVIOUS_ENFORCER_BIN", &previous),
     ];
     let _bpffs = crate::bpffs::Restore::new();
     let mut test_args = vec!["test", "--no-fail-fast"];
