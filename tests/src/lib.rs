@@ -1,5 +1,5 @@
-//! Support for the privileged integration tests (`tests/tests/*.rs`, one
-//! file per concern) and for `cargo xtask demo`.
+//! Support for the privileged integration tests (`tests/tests/integration/`:
+//! one test binary, one module per concern) and for `cargo xtask demo`.
 //!
 //! - [`sandbox`]: two network namespaces joined by a veth pair and a child
 //!   cgroup, removed on drop (also when a test panics), with stale ones of
