@@ -11,6 +11,7 @@
 //! - [`metrics`]: scraping and reading `/metrics`;
 //! - [`events`]: reading the agent's event file;
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
+//! - [`exec_as`]: a copy of a built binary that another uid can exec;
 //! - [`scenario`]: the common set-up of one test;
 //! - [`router`]: three network namespaces (container, router, server) for
 //!   forwarded traffic, with the agent in the router's, and running things
@@ -21,6 +22,7 @@
 
 pub mod agent;
 pub mod events;
+pub mod exec_as;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;

@@ -412,8 +412,13 @@ pub fn sweep_stale() {
         }
     }
     // Pin directories (removing a link's pin detaches it) and scratch
-    // directories, named after the sandbox.
-    for dir in [PathBuf::from(enforcer::paths::BPFFS), std::env::temp_dir()] {
+    // directories, named after the sandbox (the copies of
+    // `crate::exec_as` are always in /tmp).
+    let mut dirs = vec![PathBuf::from(enforcer::paths::BPFFS), std::env::temp_dir()];
+    if !dirs.iter().any(|d| d == Path::new("/tmp")) {
+        dirs.push(PathBuf::from("/tmp"));
+    }
+    for dir in dirs {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if dead(&e.file_name().to_string_lossy()) {
