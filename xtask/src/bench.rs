@@ -5,10 +5,10 @@
 //! full geo-whois-asn-country database with the EEA approved. It prints one
 //! table of medians and writes `bench/results/latest.md` and `latest.png`.
 //!
-//! Like the demo, the benchmark itself lives in the tests crate
-//! (`tests/src/bin/ee-bench/`): it needs the agent library and the sandbox,
-//! which xtask must not depend on (see demo.rs). Not part of `xtask test`:
-//! it takes minutes and its figures are not pass/fail.
+//! The benchmark itself is the `enforcer-bench` crate (`bench/`): it needs
+//! the agent library and the tests' sandbox, which xtask must not depend on
+//! (see demo.rs). Not part of `xtask test`: it takes minutes and its
+//! figures are not pass/fail.
 
 use std::process::Command;
 

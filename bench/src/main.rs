@@ -6,12 +6,15 @@
 //! with an empty program, a plain LPM trie, nftables and ipset, and writes
 //! one table of medians (min, max, ratios) as markdown and a PNG.
 //!
-//! It lives in the tests crate because it needs the agent library and the
-//! sandbox (namespaces, veth, cgroups, cleanup) the integration tests use.
-//! Everything it creates is named `eesb<pid>…` and removed on exit, also on
-//! error; `sweep_stale` removes what a killed run left.
+//! It is its own crate (`enforcer-bench`, in `bench/`) so the tests crate
+//! keeps only what the tests and the demo need; it depends on that crate
+//! (`enforcer-tests`) for the sandbox (namespaces, veth, cgroups, cleanup)
+//! and the agent runner the integration tests use. Everything it creates is
+//! named `eesb<pid>…` and removed on exit, also on error; `sweep_stale`
+//! removes what a killed run left.
 //!
-//! Usage: `ee-bench --db PATH [--out DIR] [--runs N] [--packets N]`.
+//! Usage: `ee-bench --db PATH [--out DIR] [--runs N] [--packets N]
+//! [--only SECTION,...]`.
 
 mod bpf;
 mod connect;
