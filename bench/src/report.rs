@@ -1,6 +1,7 @@
 //! The results: samples per measurement, one table of medians with min and
 //! max and the ratios between rows, the machine it ran on, written as text,
-//! markdown and a PNG chart.
+//! markdown (`latest.md`, and the generated region of the benchmark page,
+//! see [`crate::page`]) and a PNG chart.
 
 use std::{fmt::Write as _, fs, path::Path};
 
@@ -271,12 +272,27 @@ impl Report {
         Ok(())
     }
 
-    pub fn write(&self, dir: &Path, machine: &str) -> Result<()> {
+    /// What the benchmark page (`docs/benchmarks.md`) shows between its
+    /// markers: the machine and the table, the same as in `latest.md`,
+    /// which has the rest (memory per map, how each figure was measured).
+    pub fn page_region(&self, machine: &str) -> String {
+        format!(
+            "Measured by `cargo xtask bench` on:\n\n{machine}\n\n{}\n\
+             Memory per map, how each figure was measured and what is not \
+             measured yet: `bench/results/latest.md`.",
+            self.table()
+        )
+    }
+
+    /// Writes `latest.md` and `latest.png` in `dir`, then the generated
+    /// region of the benchmark page `page`.
+    pub fn write(&self, dir: &Path, page: &Path, machine: &str) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let md = dir.join("latest.md");
         fs::write(&md, self.markdown(machine))
             .with_context(|| format!("writing {}", md.display()))?;
-        self.chart(&dir.join("latest.png"))
+        self.chart(&dir.join("latest.png"))?;
+        crate::page::update(page, &self.page_region(machine))
     }
 }
 
@@ -322,6 +338,19 @@ mod tests {
         let mut row = Row::new("s", "r", "ns").target(op, t);
         row.samples = samples.to_vec();
         Report::default().ratios(&row)
+    }
+
+    #[test]
+    fn the_page_region_has_the_machine_and_the_table() {
+        let mut rep = Report::default();
+        let mut row = Row::new("s", "r", "ns");
+        row.samples = vec![1.0, 2.0, 3.0];
+        rep.push(row);
+        let machine = "- CPU: test";
+        let region = rep.page_region(machine);
+        assert!(region.contains(machine), "{region}");
+        assert!(region.contains(&rep.table()), "{region}");
+        assert!(rep.markdown(machine).contains(&rep.table()));
     }
 
     #[test]
