@@ -1,6 +1,6 @@
 //! Support for the privileged integration tests (`tests/tests/integration/`:
-//! one test binary, one module per concern), for `cargo xtask demo` and
-//! for the benchmark (the `enforcer-bench` crate).
+//! one test binary, one module per concern; see tests/README.md), for
+//! `cargo xtask demo` and for the benchmark (the `enforcer-bench` crate).
 //!
 //! - [`sandbox`]: two network namespaces joined by a veth pair and a child
 //!   cgroup, removed on drop (also when a test panics), with stale ones of

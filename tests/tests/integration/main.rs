@@ -1,5 +1,5 @@
 //! The privileged integration tests of egress-enforcer, as one test binary
-//! with one module per concern.
+//! with one module per concern (see tests/README.md).
 //!
 //! One binary links the agent library and the support crate once instead
 //! of once per file, and `cargo test` runs its tests on threads in one
