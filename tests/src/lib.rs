@@ -1,5 +1,6 @@
-//! Support for the privileged integration tests (`tests/tests/*.rs`, one
-//! file per concern) and for `cargo xtask demo`.
+//! Support for the privileged integration tests (`tests/tests/integration/`:
+//! one test binary, one module per concern; see tests/README.md), for
+//! `cargo xtask demo` and for the benchmark (the `enforcer-bench` crate).
 //!
 //! - [`sandbox`]: two network namespaces joined by a veth pair and a child
 //!   cgroup, removed on drop (also when a test panics), with stale ones of
@@ -11,6 +12,7 @@
 //! - [`metrics`]: scraping and reading `/metrics`;
 //! - [`events`]: reading the agent's event file;
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
+//! - [`exec_as`]: a copy of a built binary that another uid can exec;
 //! - [`scenario`]: the common set-up of one test;
 //! - [`router`]: three network namespaces (container, router, server) for
 //!   forwarded traffic, with the agent in the router's, and running things
@@ -21,6 +23,7 @@
 
 pub mod agent;
 pub mod events;
+pub mod exec_as;
 pub mod kernel;
 pub mod metrics;
 pub mod probe;

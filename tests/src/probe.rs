@@ -15,7 +15,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::sandbox::{PORT, Sandbox, enter, probe_binary};
+use crate::{
+    exec_as::ReachableCopy,
+    sandbox::{PORT, Sandbox, enter, probe_binary},
+};
 
 /// The sandbox server's TCP echo port (Fast Open enabled).
 pub const ECHO_PORT: u16 = PORT + 1;
@@ -69,6 +72,8 @@ pub struct Runner<'a> {
     sb: &'a Sandbox,
     cgroup: Option<&'a Path>,
     uid: Option<u32>,
+    /// For another uid: the probe copied where that uid can exec it.
+    copy: Option<Arc<ReachableCopy>>,
 }
 
 impl<'a> Runner<'a> {
@@ -78,6 +83,7 @@ impl<'a> Runner<'a> {
             sb,
             cgroup: Some(&sb.cgroup),
             uid: None,
+            copy: None,
         }
     }
 
@@ -87,14 +93,22 @@ impl<'a> Runner<'a> {
         self
     }
 
-    /// As this uid and gid (set after joining the cgroup and namespace).
+    /// As this uid and gid (set after joining the cgroup and namespace),
+    /// running a copy of the probe that uid can reach (see
+    /// [`ReachableCopy`]), removed when the last clone of this runner is.
     pub fn as_user(mut self, uid: u32) -> Self {
         self.uid = Some(uid);
+        if self.copy.is_none() {
+            self.copy = Some(Arc::new(ReachableCopy::of(&probe_binary())));
+        }
         self
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(probe_binary());
+        let mut cmd = match &self.copy {
+            Some(copy) => Command::new(copy.path()),
+            None => Command::new(probe_binary()),
+        };
         enter(&mut cmd, &self.sb.client_ns, self.cgroup);
         if let Some(uid) = self.uid {
             // Not Command::uid: std drops privileges before running pre_exec

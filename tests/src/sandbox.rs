@@ -49,6 +49,14 @@ pub const PORT: u16 = 7000;
 /// Prefix of everything a sandbox creates; followed by the creating pid.
 pub const PREFIX: &str = "eesb";
 
+/// The client and server ends of a sandbox's veth. Each end only ever
+/// exists inside its own sandbox namespace, so the names need not be
+/// unique on the host (an interface name has at most 15 bytes: one made
+/// of the sandbox id would not fit once a test process has made more than
+/// 99 sandboxes with a 7-digit pid).
+pub const CLIENT_IF: &str = "eesb-a";
+pub const SERVER_IF: &str = "eesb-b";
+
 /// The MAC addresses of the client and server ends of a sandbox's veth.
 const CLIENT_MAC: &str = "02:ee:00:00:00:01";
 const SERVER_MAC: &str = "02:ee:00:00:00:02";
@@ -132,9 +140,7 @@ impl Sandbox {
 
     fn build(&mut self) {
         let (c, s) = (self.client_ns.as_str(), self.server_ns.as_str());
-        // Interface names are at most 15 bytes: eesb<pid>x<n> + a/b fits.
-        let (vc, vs) = (format!("{}a", self.id), format!("{}b", self.id));
-        assert!(vc.len() <= 15, "interface name {vc} too long");
+        let (vc, vs) = (CLIENT_IF, SERVER_IF);
         sh("ip", &["netns", "add", c]);
         sh("ip", &["netns", "add", s]);
         // Created inside the client namespace, peer inside the server one:
@@ -144,8 +150,8 @@ impl Sandbox {
         sh(
             "ip",
             &[
-                "-n", c, "link", "add", &vc, "address", CLIENT_MAC, "type", "veth", "peer", "name",
-                &vs, "address", SERVER_MAC, "netns", s,
+                "-n", c, "link", "add", vc, "address", CLIENT_MAC, "type", "veth", "peer", "name",
+                vs, "address", SERVER_MAC, "netns", s,
             ],
         );
         sh("ip", &["-n", c, "link", "set", "lo", "up"]);
@@ -159,7 +165,7 @@ impl Sandbox {
                 "add",
                 &format!("{}/24", addr::CLIENT_V4),
                 "dev",
-                &vc,
+                vc,
             ],
         );
         sh(
@@ -172,14 +178,14 @@ impl Sandbox {
                 "add",
                 &format!("{}/64", addr::CLIENT_V6),
                 "dev",
-                &vc,
+                vc,
                 "nodad",
             ],
         );
         for a in addr::SERVER_V4_ALL {
             sh(
                 "ip",
-                &["-n", s, "addr", "add", &format!("{a}/24"), "dev", &vs],
+                &["-n", s, "addr", "add", &format!("{a}/24"), "dev", vs],
             );
         }
         for a in addr::SERVER_V6_ALL {
@@ -193,13 +199,13 @@ impl Sandbox {
                     "add",
                     &format!("{a}/64"),
                     "dev",
-                    &vs,
+                    vs,
                     "nodad",
                 ],
             );
         }
-        sh("ip", &["-n", c, "link", "set", &vc, "up"]);
-        sh("ip", &["-n", s, "link", "set", &vs, "up"]);
+        sh("ip", &["-n", c, "link", "set", vc, "up"]);
+        sh("ip", &["-n", s, "link", "set", vs, "up"]);
         // Permanent IPv6 neighbours: on a fresh veth the first neighbour
         // solicitation goes unanswered and resolution waits for the 1 s
         // retransmit, so a test's first IPv6 datagram or echo (which nothing
@@ -218,7 +224,7 @@ impl Sandbox {
                     "lladdr",
                     SERVER_MAC,
                     "dev",
-                    &vc,
+                    vc,
                     "nud",
                     "permanent",
                 ],
@@ -237,7 +243,7 @@ impl Sandbox {
                 "lladdr",
                 CLIENT_MAC,
                 "dev",
-                &vs,
+                vs,
                 "nud",
                 "permanent",
             ],
@@ -406,8 +412,13 @@ pub fn sweep_stale() {
         }
     }
     // Pin directories (removing a link's pin detaches it) and scratch
-    // directories, named after the sandbox.
-    for dir in [PathBuf::from(enforcer::paths::BPFFS), std::env::temp_dir()] {
+    // directories, named after the sandbox (the copies of
+    // `crate::exec_as` are always in /tmp).
+    let mut dirs = vec![PathBuf::from(enforcer::paths::BPFFS), std::env::temp_dir()];
+    if !dirs.iter().any(|d| d == Path::new("/tmp")) {
+        dirs.push(PathBuf::from("/tmp"));
+    }
+    for dir in dirs {
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
                 if dead(&e.file_name().to_string_lossy()) {

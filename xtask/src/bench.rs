@@ -3,12 +3,14 @@
 //! agent and `ee-bench` in release mode (the agent ships optimised: load
 //! times and RSS of a debug build say little), then runs `ee-bench` on the
 //! full geo-whois-asn-country database with the EEA approved. It prints one
-//! table of medians and writes `bench/results/latest.md` and `latest.png`.
+//! table of medians, puts the results between the `<!-- bench:begin -->`
+//! and `<!-- bench:end -->` lines of `docs/benchmarks.md`, and draws
+//! `bench/results/latest.png`.
 //!
-//! Like the demo, the benchmark itself lives in the tests crate
-//! (`tests/src/bin/ee-bench/`): it needs the agent library and the sandbox,
-//! which xtask must not depend on (see demo.rs). Not part of `xtask test`:
-//! it takes minutes and its figures are not pass/fail.
+//! The benchmark itself is the `enforcer-bench` crate (`bench/`): it needs
+//! the agent library and the tests' sandbox, which xtask must not depend on
+//! (see demo.rs). Not part of `xtask test`: it takes minutes and its
+//! figures are not pass/fail.
 
 use std::process::Command;
 
@@ -32,12 +34,15 @@ pub fn run(args: Args) -> Result<()> {
     cargo(&["build", "--release", "--bins"], &[])?;
     let bin = workspace()?.target_dir.join("release");
     let out = workspace_root().join("bench").join("results");
+    let page = workspace_root().join("docs").join("benchmarks.md");
     let _bpffs = crate::bpffs::Restore::new();
     let status = Command::new(bin.join("ee-bench"))
         .arg("--db")
         .arg(&files.flat_country)
         .arg("--out")
         .arg(&out)
+        .arg("--page")
+        .arg(&page)
         .args(["--runs", &args.runs.to_string()])
         .args(["--packets", &args.packets.to_string()])
         .env("ENFORCER_BIN", bin.join("enforcer"))

@@ -64,8 +64,9 @@ enum Command {
     /// Measure the datapath side by side with an empty program, a plain LPM
     /// trie, nftables and ipset on the full geo-whois-asn-country database
     /// (EEA approved): decision cost, load time, kernel memory, agent RSS,
-    /// connect() rate. Prints one table of medians and writes
-    /// bench/results/latest.md and latest.png. Takes minutes. Needs root.
+    /// connect() rate. Prints one table of medians, writes the results into
+    /// docs/benchmarks.md and the chart to bench/results/latest.png. Takes
+    /// minutes. Needs root.
     Bench(bench::Args),
 }
 

@@ -8,7 +8,7 @@
 //! same maps, in the same order, with the same treatment of odd values;
 //! each step below names the line of the kernel code it mirrors. It is a
 //! mirror, not a model: it must change whenever `decide.rs` changes, and
-//! `tests/tests/check.rs` compares it with the kernel's own verdict (under
+//! `tests/tests/integration/check.rs` compares it with the kernel's own verdict (under
 //! `BPF_PROG_TEST_RUN`) for thousands of addresses of a real database, so
 //! drift fails a test instead of misleading an operator.
 //!

@@ -1,6 +1,7 @@
 //! The results: samples per measurement, one table of medians with min and
 //! max and the ratios between rows, the machine it ran on, written as text,
-//! markdown and a PNG chart.
+//! markdown (the generated region of the benchmark page, see
+//! [`crate::page`]) and a PNG chart.
 
 use std::{fmt::Write as _, fs, path::Path};
 
@@ -174,16 +175,17 @@ impl Report {
         t
     }
 
+    /// The generated part of the benchmark page (`docs/benchmarks.md`,
+    /// between its markers, under its "The full results" heading): the
+    /// machine, the table, kernel memory per map, how each figure was
+    /// measured, what was not.
     pub fn markdown(&self, machine: &str) -> String {
-        let mut md = String::from("# egress-enforcer benchmark\n\n");
-        let _ = writeln!(
-            md,
-            "Produced by `cargo xtask bench`.\n\n## Machine\n\n{machine}\n"
-        );
-        md.push_str("## Results\n\n");
+        let mut md = String::new();
+        let _ = writeln!(md, "### Machine\n\n{machine}\n");
+        md.push_str("### Results\n\n");
         md.push_str(&self.table());
         if !self.maps.is_empty() {
-            md.push_str("\n## Kernel memory per map\n\n");
+            md.push_str("\n### Kernel memory per map\n\n");
             md.push_str("From `memlock:` in /proc/self/fdinfo of each map fd: since Linux 6.4 that is the map's own `map_mem_usage()` (kernel/bpf/syscall.c, `bpf_map_memory_usage`), what the map really holds, not a max_entries estimate.\n\n");
             md.push_str("| owner | map | type | max_entries | bytes | MiB |\n|---|---|---:|---:|---:|---:|\n");
             for m in &self.maps {
@@ -200,23 +202,18 @@ impl Report {
             }
         }
         if !self.notes.is_empty() {
-            md.push_str("\n## How it was measured\n\n");
+            md.push_str("\n### How it was measured\n\n");
             for n in &self.notes {
                 let _ = writeln!(md, "- {n}");
             }
         }
-        md.push_str("\n## Not measured yet\n\n");
+        md.push_str("\n### Not measured yet\n\n");
         if self.not_measured.is_empty() {
             md.push_str("Nothing: every measurement of issue 5 is in the table.\n");
         }
         for n in &self.not_measured {
             let _ = writeln!(md, "- {n}");
         }
-        md.push_str(
-            "\n## Chart\n\n`latest.png`: one panel per section, in table order; each bar is one row's median, \
-             scaled to the largest median of its section; the thin line across a bar spans min to max. \
-             The chart has no text (no font dependency): the rows are, left to right, the table's rows.\n",
-        );
         md
     }
 
@@ -271,12 +268,12 @@ impl Report {
         Ok(())
     }
 
-    pub fn write(&self, dir: &Path, machine: &str) -> Result<()> {
+    /// Writes the chart (`latest.png` in `dir`) and the generated region
+    /// of the benchmark page `page`.
+    pub fn write(&self, dir: &Path, page: &Path, machine: &str) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let md = dir.join("latest.md");
-        fs::write(&md, self.markdown(machine))
-            .with_context(|| format!("writing {}", md.display()))?;
-        self.chart(&dir.join("latest.png"))
+        self.chart(&dir.join("latest.png"))?;
+        crate::page::update(page, &self.markdown(machine))
     }
 }
 
@@ -322,6 +319,25 @@ mod tests {
         let mut row = Row::new("s", "r", "ns").target(op, t);
         row.samples = samples.to_vec();
         Report::default().ratios(&row)
+    }
+
+    #[test]
+    fn the_page_region_has_the_machine_and_the_table() {
+        let mut rep = Report::default();
+        let mut row = Row::new("s", "r", "ns");
+        row.samples = vec![1.0, 2.0, 3.0];
+        rep.push(row);
+        let machine = "- CPU: test";
+        let region = rep.markdown(machine);
+        assert!(region.contains(machine), "{region}");
+        assert!(region.contains(&rep.table()), "{region}");
+        // It sits under the page's own second-level heading.
+        assert!(
+            !region
+                .lines()
+                .any(|l| l.starts_with("# ") || l.starts_with("## ")),
+            "{region}"
+        );
     }
 
     #[test]

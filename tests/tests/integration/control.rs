@@ -19,6 +19,7 @@ use std::{
 
 use enforcer_tests::{
     agent::{Agent, enforcer_at, enforcer_binary},
+    exec_as::ReachableCopy,
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -36,24 +37,24 @@ fn ctl(socket: &Path, args: &[&str]) -> Output {
     enforcer_at(socket, args)
 }
 
-/// The same as `uid` with exactly `groups` (and gid = uid) when given.
-fn ctl_as(socket: &Path, user: Option<(u32, &[u32])>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(enforcer_binary());
+/// The same as `uid` with exactly `groups` (and gid = uid), running `cli`:
+/// a copy of the CLI that uid can exec wherever the clone is.
+fn ctl_as(cli: &ReachableCopy, socket: &Path, user: (u32, &[u32]), args: &[&str]) -> Output {
+    let mut cmd = Command::new(cli.path());
     cmd.args(args).arg("--socket").arg(socket);
-    if let Some((uid, groups)) = user {
-        let groups: Vec<libc::gid_t> = groups.to_vec();
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let (uid, groups) = user;
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     cmd.output().expect("run enforcer")
 }
@@ -360,20 +361,41 @@ fn only_root_and_the_admin_group_may_use_the_socket() {
     assert_eq!(meta.uid(), 0, "socket owner");
     assert_eq!(meta.gid(), ADMIN_GID, "socket group");
 
-    let outsider: Option<(u32, &[u32])> = Some((OTHER_UID, &[]));
-    let member: Option<(u32, &[u32])> = Some((OTHER_UID, &[ADMIN_GID]));
+    let outsider: (u32, &[u32]) = (OTHER_UID, &[]);
+    let member: (u32, &[u32]) = (OTHER_UID, &[ADMIN_GID]);
+    let cli = ReachableCopy::of(&enforcer_binary());
 
     // Not in the group: the socket's mode keeps it out.
-    let out = ctl_as(&socket, outsider, &["mode", "enforce", "--reason", "x"]);
+    let out = ctl_as(
+        &cli,
+        &socket,
+        outsider,
+        &["mode", "enforce", "--reason", "x"],
+    );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("permission denied"), "{}", text(&out));
 
+    // `status` from an outsider: neither the socket nor the pins, and it
+    // says why in words (the admin group, root), not the system call's
+    // name.
+    let pin_dir = s.pin_dir.display().to_string();
+    let out = ctl_as(&cli, &socket, outsider, &["status", "--pin-dir", &pin_dir]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("admin_group")
+            && said.contains("needs root")
+            && !said.contains("BPF_OBJ_GET"),
+        "{said}"
+    );
+
     // In the group (supplementary): served.
-    let out = ctl_as(&socket, member, &["reload"]);
+    let out = ctl_as(&cli, &socket, member, &["reload"]);
     assert!(out.status.success(), "{}", text(&out));
     // `check` through the agent: no root needed, and the answer names the
     // database in force.
     let out = ctl_as(
+        &cli,
         &socket,
         member,
         &["check", &DENIED_V4.to_string(), "-o", "json"],
@@ -391,7 +413,12 @@ fn only_root_and_the_admin_group_may_use_the_socket() {
 
     // The socket's mode loosened by hand: the agent's own check refuses.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let out = ctl_as(&socket, outsider, &["mode", "enforce", "--reason", "x"]);
+    let out = ctl_as(
+        &cli,
+        &socket,
+        outsider,
+        &["mode", "enforce", "--reason", "x"],
+    );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(&format!(

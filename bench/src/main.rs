@@ -4,14 +4,20 @@
 //! (`Datapath::load`, `install`, `program("skb_egress")`) and the real agent
 //! binary, so it measures whatever the datapath currently is, side by side
 //! with an empty program, a plain LPM trie, nftables and ipset, and writes
-//! one table of medians (min, max, ratios) as markdown and a PNG.
+//! one table of medians (min, max, ratios) with the machine, the kernel
+//! memory per map and how each figure was measured into the generated
+//! region of the benchmark page, `docs/benchmarks.md` (see [`page`]), and
+//! a PNG chart (`bench/results/latest.png`).
 //!
-//! It lives in the tests crate because it needs the agent library and the
-//! sandbox (namespaces, veth, cgroups, cleanup) the integration tests use.
-//! Everything it creates is named `eesb<pid>…` and removed on exit, also on
-//! error; `sweep_stale` removes what a killed run left.
+//! It is its own crate (`enforcer-bench`, in `bench/`) so the tests crate
+//! keeps only what the tests and the demo need; it depends on that crate
+//! (`enforcer-tests`) for the sandbox (namespaces, veth, cgroups, cleanup)
+//! and the agent runner the integration tests use. Everything it creates is
+//! named `eesb<pid>…` and removed on exit, also on error; `sweep_stale`
+//! removes what a killed run left.
 //!
-//! Usage: `ee-bench --db PATH [--out DIR] [--runs N] [--packets N]`.
+//! Usage: `ee-bench --db PATH [--out DIR] [--page FILE] [--runs N]
+//! [--packets N] [--only SECTION,...]`.
 
 mod bpf;
 mod connect;
@@ -19,6 +25,7 @@ mod decision;
 mod events;
 mod load;
 mod memory;
+mod page;
 mod report;
 
 use std::{
@@ -54,6 +61,8 @@ impl Rng {
 struct Args {
     db: PathBuf,
     out: PathBuf,
+    /// The benchmark page whose generated region gets the table.
+    page: PathBuf,
     runs: usize,
     packets: usize,
     /// `--only a,b`: run only these sections (for working on one part;
@@ -71,13 +80,13 @@ impl Args {
     }
 }
 
-const USAGE: &str =
-    "usage: ee-bench --db PATH [--out DIR] [--runs N] [--packets N] [--only SECTION,...]";
+const USAGE: &str = "usage: ee-bench --db PATH [--out DIR] [--page FILE] [--runs N] [--packets N] [--only SECTION,...]";
 
 fn args() -> Result<Args> {
     let mut a = Args {
         db: PathBuf::new(),
         out: PathBuf::from("bench/results"),
+        page: PathBuf::from("docs/benchmarks.md"),
         runs: 5,
         packets: 100_000,
         only: Vec::new(),
@@ -88,6 +97,7 @@ fn args() -> Result<Args> {
         match k.as_str() {
             "--db" => a.db = PathBuf::from(v()?),
             "--out" => a.out = PathBuf::from(v()?),
+            "--page" => a.page = PathBuf::from(v()?),
             "--runs" => a.runs = v()?.parse().context("--runs")?,
             "--packets" => a.packets = v()?.parse().context("--packets")?,
             "--only" => {
@@ -197,12 +207,12 @@ fn run() -> Result<()> {
     }
 
     println!("\n{}", rep.table());
-    rep.write(&args.out, &machine)?;
+    rep.write(&args.out, &args.page, &machine)?;
     println!(
-        "{} wrote {} and {}",
+        "{} wrote {} and the results in {}",
         elapsed(),
-        args.out.join("latest.md").display(),
-        args.out.join("latest.png").display()
+        args.out.join("latest.png").display(),
+        args.page.display()
     );
     Ok(())
 }
