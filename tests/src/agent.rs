@@ -131,6 +131,17 @@ impl Agent {
         pin_dir: &Path,
         netns: Option<&str>,
     ) -> Result<Agent, StartFailure> {
+        Self::start_binary(&enforcer_binary(), config, pin_dir, netns)
+    }
+
+    /// [`Agent::start_with_in`] with another build of the agent: the
+    /// previous release, in the upgrade test.
+    pub fn start_binary(
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        netns: Option<&str>,
+    ) -> Result<Agent, StartFailure> {
         let dir = config.parent().expect("config dir");
         let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = fs::remove_file(&notify_path);
@@ -140,7 +151,7 @@ impl Agent {
             .expect("notify timeout");
         let stderr_path = dir.join("agent.log");
         let stderr = fs::File::create(&stderr_path).expect("agent log");
-        let mut cmd = Command::new(enforcer_binary());
+        let mut cmd = Command::new(binary);
         cmd.args(["run", "--config"])
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
@@ -278,6 +289,12 @@ impl Agent {
         let status = child.wait().expect("reap the killed agent");
         self.leave_pins = true;
         status
+    }
+
+    /// Dropping this handle leaves the pins in place (another agent takes
+    /// them over).
+    pub fn leave_pins(&mut self) {
+        self.leave_pins = true;
     }
 
     /// Stops the agent (if running) and removes its pins.

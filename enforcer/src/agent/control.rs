@@ -22,7 +22,7 @@ use crate::{
     datapath::explain::{CgroupAncestry, Explainer, Explanation},
     events::EventsHub,
     paths,
-    runtime_mode::Change,
+    runtime_mode::{Change, RuntimeModes},
     scope,
     status::{self, SharedStatus},
 };
@@ -177,98 +177,33 @@ impl Handler for AgentHandler {
     }
 }
 
+/// What a mode change will do, worked out before anything is written.
+struct Planned {
+    /// The runtime mode changes with this one in them.
+    modes: RuntimeModes,
+    /// The mode it replaces (for the audit record).
+    from: Option<Mode>,
+    /// The cgroup it is for; `None` for the global mode.
+    target: Option<PathBuf>,
+}
+
 impl Running {
     /// Carries out a mode change: kept in the runtime state file first (a
     /// change that could not be kept would silently vanish at the next
-    /// restart, so it is refused instead), then written to the kernel with a
-    /// new generation, so cached verdicts are decided again.
+    /// restart, so it is refused instead), then written to the kernel with
+    /// a new generation, so cached verdicts are decided again; audited and
+    /// logged with the caller and the reason.
     pub(super) fn change_mode(&mut self, change: ModeChange) -> Result<serde_json::Value, String> {
-        let (dp, status, runtime, running) =
-            (&mut self.dp, &self.status, &mut self.runtime, &self.config);
         let reason = change.reason.trim();
         if reason.is_empty() {
             return Err("a reason is required (--reason): it goes into the audit log".into());
         }
-        let record = |config_said: Option<ModeName>| Change {
-            mode: change.mode.into(),
-            config_said,
-            uid: change.peer.uid,
-            reason: reason.to_owned(),
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        };
-        let mut modes = runtime.modes.clone();
-        let before = dp.mode().ok().flatten();
-        let (from, target) = match &change.cgroup {
-            None => {
-                modes.global = Some(record(Some(running.mode.into())));
-                (before, None)
-            }
-            Some(cgroup) => {
-                let wanted = ModeOverride {
-                    cgroup: cgroup.clone(),
-                    mode: change.mode,
-                };
-                let resolved = scope::resolve_overrides(&running.scope, &[wanted])
-                    .map_err(|e| e.to_string())?;
-                let path = resolved
-                    .into_iter()
-                    .next()
-                    .map(|r| r.target.path)
-                    .ok_or("the cgroup did not resolve")?;
-                let mount = paths::cgroup2_mount().map_err(|e| format!("cgroup2 mount: {e}"))?;
-                let config_said = running
-                    .overrides
-                    .iter()
-                    .find(|o| scope::absolute(&mount, &o.cgroup) == path)
-                    .map(|o| ModeName::from(o.mode));
-                let from = status
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .overrides
-                    .iter()
-                    .find(|(p, _, _)| p == &path.display().to_string())
-                    .map(|(_, m, _)| *m);
-                modes.cgroups.insert(path.clone(), record(config_said));
-                (from, Some(path))
-            }
-        };
-        let Modes {
-            mode,
-            ids,
-            shown,
-            runtime: modes,
-        } = effective_modes(running, &modes).map_err(|e| format!("{e:#}"))?;
-        modes
-            .save(&runtime.path)
-            .map_err(|e| format!("cannot keep the change: {e}"))?;
-        let result = (|| -> Result<u32, crate::datapath::DatapathError> {
-            match &target {
-                None => dp.set_mode(mode),
-                Some(_) => {
-                    dp.set_overrides(&ids)?;
-                    dp.bump_generation()
-                }
-            }
-        })();
-        let generation = match result {
-            Ok(g) => g,
-            Err(e) => {
-                // Back to the state file that matches the kernel.
-                if let Err(e) = runtime.modes.save(&runtime.path) {
-                    tracing::error!(error = %e, "cannot restore the runtime mode file");
-                }
-                return Err(format!("writing the mode into the kernel: {e}"));
-            }
-        };
-        let mode_from_runtime = modes.global.is_some();
-        runtime.modes = modes;
-        {
-            let mut s = status.write().unwrap_or_else(|e| e.into_inner());
-            s.mode = Some(mode);
-            s.mode_from_runtime = mode_from_runtime;
-            s.overrides = shown;
-            s.generation = generation;
-        }
+        let Planned {
+            modes,
+            from,
+            target,
+        } = self.plan_mode_change(&change, reason)?;
+        let generation = self.write_modes(modes, target.is_some())?;
         let to = change.mode.label();
         self.audit.record_flush(Kind::ModeChange(audit::ModeChange {
             from: from.map_or("none", Mode::label).to_owned(),
@@ -294,5 +229,95 @@ impl Running {
             "to": to,
             "generation": generation,
         }))
+    }
+
+    /// The runtime modes with `change` in them, and what it replaces. A
+    /// per-cgroup change must name a cgroup inside the scope.
+    fn plan_mode_change(&mut self, change: &ModeChange, reason: &str) -> Result<Planned, String> {
+        let running = &self.config;
+        let record = |config_said: Option<ModeName>| Change {
+            mode: change.mode.into(),
+            config_said,
+            uid: change.peer.uid,
+            reason: reason.to_owned(),
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        };
+        let mut modes = self.runtime.modes.clone();
+        let Some(cgroup) = &change.cgroup else {
+            modes.global = Some(record(Some(running.mode.into())));
+            return Ok(Planned {
+                modes,
+                from: self.dp.mode().ok().flatten(),
+                target: None,
+            });
+        };
+        let wanted = ModeOverride {
+            cgroup: cgroup.clone(),
+            mode: change.mode,
+        };
+        let path = scope::resolve_overrides(&running.scope, &[wanted])
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .map(|r| r.target.path)
+            .ok_or("the cgroup did not resolve")?;
+        let mount = paths::cgroup2_mount().map_err(|e| format!("cgroup2 mount: {e}"))?;
+        let config_said = running
+            .overrides
+            .iter()
+            .find(|o| scope::absolute(&mount, &o.cgroup) == path)
+            .map(|o| ModeName::from(o.mode));
+        let from = self
+            .read_status()
+            .overrides
+            .iter()
+            .find(|(p, _, _)| p == &path.display().to_string())
+            .map(|(_, m, _)| *m);
+        modes.cgroups.insert(path.clone(), record(config_said));
+        Ok(Planned {
+            modes,
+            from,
+            target: Some(path),
+        })
+    }
+
+    /// Keeps `modes` in the runtime state file, then writes the global mode
+    /// (or, for a per-cgroup change, the overrides) into the kernel with a
+    /// new generation, which it returns. When the kernel write fails the
+    /// file is put back to what the kernel holds.
+    fn write_modes(&mut self, modes: RuntimeModes, per_cgroup: bool) -> Result<u32, String> {
+        let Modes {
+            mode,
+            ids,
+            shown,
+            runtime: modes,
+        } = effective_modes(&self.config, &modes).map_err(|e| format!("{e:#}"))?;
+        modes
+            .save(&self.runtime.path)
+            .map_err(|e| format!("cannot keep the change: {e}"))?;
+        let written = if per_cgroup {
+            self.dp
+                .set_overrides(&ids)
+                .and_then(|()| self.dp.bump_generation())
+        } else {
+            self.dp.set_mode(mode)
+        };
+        let generation = match written {
+            Ok(g) => g,
+            Err(e) => {
+                if let Err(e) = self.runtime.modes.save(&self.runtime.path) {
+                    tracing::error!(error = %e, "cannot restore the runtime mode file");
+                }
+                return Err(format!("writing the mode into the kernel: {e}"));
+            }
+        };
+        let mode_from_runtime = modes.global.is_some();
+        self.runtime.modes = modes;
+        let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
+        s.mode = Some(mode);
+        s.mode_from_runtime = mode_from_runtime;
+        s.overrides = shown;
+        s.generation = generation;
+        Ok(generation)
     }
 }

@@ -271,10 +271,27 @@ fn kill_9_and_restart_no_wrong_verdict_and_counters_continue() {
         generation = g;
     }
     let attempts = stream.stop();
-    let report = timeline.report(&attempts, &dsts);
-    eprintln!("{report}");
+    assert_no_wrong_verdict(&timeline, &attempts, &peers);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Every kind of phase (agent running, no agent, agent starting) saw
+    // every destination, summed over the restarts.
+    assert_every_phase_saw_every_destination(&timeline, &attempts, &dsts, |p| {
+        p.split(|c: char| c.is_ascii_digit())
+            .collect::<Vec<_>>()
+            .join("#")
+    });
+}
 
-    let expect: BTreeMap<SocketAddr, Expect> = peers.into_iter().collect();
+/// Every attempt got the verdict its destination must get, in every phase.
+fn assert_no_wrong_verdict(
+    timeline: &Timeline,
+    attempts: &[StreamAttempt],
+    peers: &[(SocketAddr, Expect)],
+) {
+    let dsts: Vec<SocketAddr> = peers.iter().map(|(d, _)| *d).collect();
+    let report = timeline.report(attempts, &dsts);
+    eprintln!("{report}");
+    let expect: BTreeMap<SocketAddr, Expect> = peers.iter().copied().collect();
     let wrong: Vec<String> = attempts
         .iter()
         .filter(|a| {
@@ -299,14 +316,92 @@ fn kill_9_and_restart_no_wrong_verdict_and_counters_continue() {
         attempts.len(),
         wrong[..wrong.len().min(10)].join("\n")
     );
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
-    // Every kind of phase (agent running, no agent, agent starting) saw
-    // every destination, summed over the restarts.
-    assert_every_phase_saw_every_destination(&timeline, &attempts, &dsts, |p| {
-        p.split(|c: char| c.is_ascii_digit())
-            .collect::<Vec<_>>()
-            .join("#")
-    });
+}
+
+/// The previous release's agent (`EE_PREVIOUS_ENFORCER_BIN`, built by
+/// `cargo xtask test` from the last commit of the previous datapath
+/// layout) runs and enforces; it is stopped and the agent under test
+/// starts with the same config and pin directory. A client connecting
+/// without pause sees no wrong verdict at any moment: while the old agent
+/// runs, while none runs (its pins enforce), while the new one starts and
+/// after. With the same layout the new agent adopts the pins; with another
+/// it attaches its own programs before it detaches the old ones, and then
+/// only its own layout's pins remain.
+#[test]
+fn upgrade_from_the_previous_release_no_wrong_verdict() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let previous = std::env::var_os("EE_PREVIOUS_ENFORCER_BIN").map(std::path::PathBuf::from);
+    skip_unless!(
+        previous.as_ref().is_some_and(|p| p.is_file()),
+        "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)"
+    );
+    let previous = previous.unwrap_or_default();
+    let s = Scenario::new();
+    let config = s.config("enforce", "allow", &[]);
+    let config_path = s.dir.path().join("enforcer.toml");
+    std::fs::write(&config_path, &config).expect("write config");
+    let mut old =
+        Agent::start_binary(&previous, &config_path, &s.pin_dir, None).unwrap_or_else(|f| {
+            panic!(
+                "the previous agent failed to start ({}):\n{}",
+                f.status, f.stderr
+            )
+        });
+    let versions = |what: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&s.pin_dir)
+            .unwrap_or_else(|e| panic!("{what}: {}: {e}", s.pin_dir.display()))
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('v') && n[1..].chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        v.sort();
+        v
+    };
+    let old_versions = versions("the previous agent's pins");
+    assert_eq!(old_versions.len(), 1, "one layout pinned: {old_versions:?}");
+    let ours = format!("v{}", enforcer_common::LAYOUT_VERSION);
+
+    let peers = controls();
+    let dsts: Vec<SocketAddr> = peers.iter().map(|(d, _)| *d).collect();
+    let mut stream = Runner::new(&s.sb).stream(&dsts, STREAM_MAX, STREAM_MAX_COUNT);
+    let mut timeline = Timeline::default();
+    let t = timeline.mark("previous agent running");
+    stream.wait_for(PER_PHASE, t);
+    timeline.mark("previous agent stopping, then none");
+    old.stop();
+    stream.wait_for(PER_PHASE, monotonic_ns());
+    // The old handle must not uninstall what the new agent takes over.
+    old.leave_pins();
+    drop(old);
+    timeline.mark("agent under test starting");
+    let mut agent = s.start(&config);
+    let t = timeline.mark("agent under test running");
+    stream.wait_for(PER_PHASE, t);
+    let attempts = stream.stop();
+    assert_no_wrong_verdict(&timeline, &attempts, &peers);
+    assert_every_phase_saw_every_destination(&timeline, &attempts, &dsts, str::to_owned);
+
+    assert_eq!(
+        versions("after the upgrade"),
+        vec![ours.clone()],
+        "only this layout's pins remain"
+    );
+    if old_versions == [ours] {
+        assert!(
+            agent.log().contains("adopting"),
+            "same layout: adopted\n{}",
+            agent.log()
+        );
+    } else {
+        assert!(
+            agent
+                .log()
+                .contains("detached and removed the pins of another layout version"),
+            "another layout: replaced\n{}",
+            agent.log()
+        );
+    }
+    agent.uninstall();
 }
 
 /// One of the two databases the reload test switches between.
