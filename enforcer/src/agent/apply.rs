@@ -124,13 +124,35 @@ pub(super) fn apply(
                 .context("attaching to the scope cgroups and interfaces")?,
         )
     };
-    dp.set_overrides(&overrides)
-        .context("writing the per-cgroup mode overrides")?;
-    dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
-        .context("setting the event rate")?;
-    let report = dp
-        .install(&p.policy, mode)
-        .context("writing the policy into the kernel")?;
+    // The overrides and the event rate live outside the slots: a load that
+    // fails before its flip puts them back, so nothing of it stays.
+    let before = dp
+        .unslotted()
+        .context("reading the per-cgroup mode overrides and event rate")?;
+    let installed = dp
+        .set_overrides(&overrides)
+        .context("writing the per-cgroup mode overrides")
+        .and_then(|()| {
+            dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
+                .context("setting the event rate")
+        })
+        .and_then(|()| {
+            dp.install(&p.policy, mode)
+                .context("writing the policy into the kernel")
+        });
+    let report = match installed {
+        Ok(report) => report,
+        Err(e) => {
+            match dp.restore(&before) {
+                Ok(_) => {}
+                Err(r) => tracing::error!(
+                    error = %r,
+                    "cannot restore the per-cgroup mode overrides and event rate after a failed load"
+                ),
+            }
+            return Err(e);
+        }
+    };
     release_free_memory("policy installed");
     tracing::info!(
         slot = report.slot,

@@ -141,6 +141,15 @@ pub fn map_err(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+/// The settings outside the slots, read back (see [`Datapath::unslotted`]).
+#[derive(Clone, Debug)]
+pub struct Unslotted {
+    slot: u32,
+    overrides: Vec<(u64, Mode)>,
+    event_rate: u32,
+    event_burst: u32,
+}
+
 /// A loaded (or adopted) datapath.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -265,6 +274,36 @@ impl Datapath {
             .map_mut(MODE_BY_CG)
             .ok_or(DatapathError::MissingMap(MODE_BY_CG))?;
         HashMap::try_from(map).map_err(map_err(MODE_BY_CG))
+    }
+
+    /// What a policy load writes outside the slots (the per-cgroup mode
+    /// overrides, the event rate), as it is now, so a load that fails
+    /// before its flip can put it back with [`Datapath::restore`].
+    pub fn unslotted(&mut self) -> Result<Unslotted, DatapathError> {
+        let overrides = self
+            .overrides_map()?
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(id, raw)| Mode::from_raw(raw).map(|m| (id, m)))
+            .collect();
+        Ok(Unslotted {
+            slot: self.active_slot()?,
+            overrides,
+            event_rate: self.config_word(CFG_EVENT_RATE)?,
+            event_burst: self.config_word(CFG_EVENT_BURST)?,
+        })
+    }
+
+    /// Puts back what [`Datapath::unslotted`] read, unless the slot flipped
+    /// since (then the new policy is in force, and its settings with it).
+    /// Returns whether it restored.
+    pub fn restore(&mut self, before: &Unslotted) -> Result<bool, DatapathError> {
+        if self.active_slot()? != before.slot {
+            return Ok(false);
+        }
+        self.set_overrides(&before.overrides)?;
+        self.set_event_limits(before.event_rate, before.event_burst)?;
+        Ok(true)
     }
 
     /// Sets the events' per-CPU rate and burst (rate 0: no events).
