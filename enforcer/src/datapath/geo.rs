@@ -1,7 +1,8 @@
 //! The GeoIP flat tables from the agent's side: built in memory from the
 //! aggregated [`GeoTable`], written into a slot's maps, read back to verify.
-//! The lookup is `enforcer-ebpf/src/geo.rs` (and `explain.rs` mirrors it);
-//! the layout is documented in `enforcer_common::layout`.
+//! The lookup is `enforcer_common::lookup`, which the kernel
+//! (`enforcer-ebpf/src/geo.rs`) and `explain.rs` both run; the layout is
+//! documented in `enforcer_common::layout`.
 //!
 //! Both families start from the same thing: the sorted starts of the
 //! maximal same-country ranges and of the gaps between them.
