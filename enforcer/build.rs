@@ -11,19 +11,27 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
-    let ebpf = metadata
-        .packages
-        .iter()
-        .find(|p| p.name.as_str() == "enforcer-ebpf")
-        .ok_or_else(|| anyhow!("enforcer-ebpf package not found in the workspace"))?;
-    let root = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let root_of = |name: &str| {
+        let package = metadata
+            .packages
+            .iter()
+            .find(|p| p.name.as_str() == name)
+            .ok_or_else(|| anyhow!("{name} package not found in the workspace"))?;
+        package
+            .manifest_path
+            .parent()
+            .map(|dir| dir.as_str())
+            .ok_or_else(|| anyhow!("no parent for {}", package.manifest_path))
+    };
+    // aya-build watches the datapath's own directory only; the datapath
+    // also compiles enforcer-common (its GeoIP lookup among others), and a
+    // change there alone must rebuild the object too, or the agent embeds
+    // a stale one.
+    println!("cargo:rerun-if-changed={}", root_of("enforcer-common")?);
     aya_build::build_ebpf(
         [Package {
-            name: ebpf.name.as_str(),
-            root_dir: root.as_str(),
+            name: "enforcer-ebpf",
+            root_dir: root_of("enforcer-ebpf")?,
             ..Default::default()
         }],
         Toolchain::default(),

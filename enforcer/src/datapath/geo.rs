@@ -1,7 +1,8 @@
 //! The GeoIP flat tables from the agent's side: built in memory from the
 //! aggregated [`GeoTable`], written into a slot's maps, read back to verify.
-//! The lookup is `enforcer-ebpf/src/geo.rs` (and `explain.rs` mirrors it);
-//! the layout is documented in `enforcer_common::layout`.
+//! The lookup is `enforcer_common::lookup`, which the kernel
+//! (`enforcer-ebpf/src/geo.rs`) and `explain.rs` both run; the layout is
+//! documented in `enforcer_common::layout`.
 //!
 //! Both families start from the same thing: the sorted starts of the
 //! maximal same-country ranges and of the gaps between them.
@@ -354,8 +355,13 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use enforcer_common::lookup;
     use geoip::CountryCode;
+
+    use super::*;
+    use crate::datapath::geo6::tests::Rng;
 
     fn cc(s: &str) -> CountryCode {
         CountryCode::new([s.as_bytes()[0], s.as_bytes()[1]]).expect("code")
@@ -401,5 +407,151 @@ mod tests {
         // 2a01::1, 2a01::2.
         assert_eq!(f.v6.coarse_len, 4);
         assert_eq!(f.v6.fine_len, 3);
+    }
+
+    const CODES: [&str; 5] = ["FR", "DE", "IT", "US", "CN"];
+
+    fn any_code(rng: &mut Rng) -> CountryCode {
+        cc(CODES[(rng.next() % CODES.len() as u64) as usize])
+    }
+
+    /// Random IPv4 prefixes, nested and overlapping: short and long ones
+    /// anywhere, thousands of single addresses in one /16 (a tree of the
+    /// greatest depth), a cluster in 10.20/16, and the very top.
+    fn random_v4(rng: &mut Rng, n: usize) -> geoip::Table<Ipv4Addr> {
+        let mut nets = Vec::with_capacity(n + 7000);
+        for _ in 0..n {
+            let len = 8 + (rng.next() % 25) as u8;
+            nets.push((rng.next() as u32, len));
+        }
+        for _ in 0..6000 {
+            nets.push((0x0a0b_0000 | (rng.next() as u32 & 0xffff), 32));
+        }
+        for _ in 0..300 {
+            nets.push((
+                0x0a14_0000 | (rng.next() as u32 & 0xffff),
+                24 + (rng.next() % 9) as u8,
+            ));
+        }
+        nets.extend([(u32::MAX, 32), (u32::MAX - 1, 32), (0, 16)]);
+        geoip::Table::from_entries(nets.into_iter().map(|(a, len)| {
+            let net = ipnetwork::Ipv4Network::new(Ipv4Addr::from(a), len).expect("prefix");
+            (net, any_code(rng))
+        }))
+    }
+
+    /// Random IPv6 prefixes: mostly /16../64, some longer (split /64s), a
+    /// cluster in one /64, and the very top.
+    fn random_v6(rng: &mut Rng, n: usize) -> geoip::Table<Ipv6Addr> {
+        let mut nets = Vec::with_capacity(n + 300);
+        for _ in 0..n {
+            let r = rng.next();
+            let len = if r.is_multiple_of(10) {
+                65 + (r >> 8) % 64
+            } else {
+                16 + (r >> 8) % 49
+            } as u8;
+            let a = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+            nets.push((a, len));
+        }
+        let cluster = u128::from(rng.next()) << 64;
+        for _ in 0..300 {
+            nets.push((
+                cluster | u128::from(rng.next()),
+                96 + (rng.next() % 33) as u8,
+            ));
+        }
+        nets.extend([(u128::MAX, 128), (u128::MAX << 64, 64), (0, 32)]);
+        geoip::Table::from_entries(nets.into_iter().map(|(a, len)| {
+            let net = ipnetwork::Ipv6Network::new(Ipv6Addr::from(a), len).expect("prefix");
+            (net, any_code(rng))
+        }))
+    }
+
+    /// Addresses to ask about: every range's first and last address and
+    /// their neighbours, the family's ends, and `random` random ones.
+    fn probes(ranges: &[(u128, u128)], max: u128, random: usize, rng: &mut Rng) -> Vec<u128> {
+        let mut out = vec![0, 1, max - 1, max];
+        for &(s, e) in ranges {
+            out.extend([s, e, s.wrapping_sub(1) & max, e.wrapping_add(1) & max]);
+        }
+        for _ in 0..random {
+            out.push(((u128::from(rng.next()) << 64) | u128::from(rng.next())) & max);
+        }
+        out
+    }
+
+    /// The kernel's lookup, the very functions the datapath runs
+    /// (`enforcer_common::lookup`), on tables this builder made from a
+    /// random table, against the geoip crate's own lookup of that table;
+    /// and the ranges `explain` names, against its runs. The IPv4 range is
+    /// the run itself; an IPv6 range lies inside it (a run that begins
+    /// inside a split /64 is told from the next /64 on).
+    #[test]
+    fn shared_lookup_matches_the_geoip_table() {
+        let mut rng = Rng(14);
+        for round in 0..3 {
+            let geo = GeoTable {
+                v4: random_v4(&mut rng, 500 + round * 20_000),
+                v6: random_v6(&mut rng, 500 + round * 10_000),
+            };
+            let f = build(&geo).expect("build");
+
+            let runs4: Vec<(u128, u128, u16)> = geo
+                .v4
+                .ranges()
+                .map(|(s, e, c)| (u32::from(s).into(), u32::from(e).into(), country_index(c)))
+                .collect();
+            let spans: Vec<(u128, u128)> = runs4.iter().map(|&(s, e, _)| (s, e)).collect();
+            for a in probes(&spans, u32::MAX.into(), 100_000, &mut rng) {
+                let ip = a as u32;
+                let want = geo.v4.country(Ipv4Addr::from(ip)).map_or(0, country_index);
+                assert_eq!(
+                    lookup::country4(&f.v4, ip),
+                    Ok(want),
+                    "{} in round {round}",
+                    Ipv4Addr::from(ip)
+                );
+                let Ok(found) = geo4::lookup(&f.v4, ip);
+                assert_eq!(found.country, want, "{}", Ipv4Addr::from(ip));
+                if want != 0 {
+                    let i = runs4.partition_point(|r| r.0 <= a) - 1;
+                    assert_eq!(
+                        (u128::from(found.start), u128::from(found.end)),
+                        (runs4[i].0, runs4[i].1),
+                        "{}",
+                        Ipv4Addr::from(ip)
+                    );
+                }
+            }
+
+            let runs6: Vec<(u128, u128, u16)> = geo
+                .v6
+                .ranges()
+                .map(|(s, e, c)| (u128::from(s), u128::from(e), country_index(c)))
+                .collect();
+            let spans: Vec<(u128, u128)> = runs6.iter().map(|&(s, e, _)| (s, e)).collect();
+            for a in probes(&spans, u128::MAX, 100_000, &mut rng) {
+                let ip = Ipv6Addr::from(a);
+                let want = geo.v6.country(ip).map_or(0, country_index);
+                assert_eq!(
+                    lookup::country6(&f.v6, &ip.octets()),
+                    Ok(want),
+                    "{ip} in round {round}"
+                );
+                let Ok(found) = geo6::lookup(&f.v6, a);
+                assert_eq!(found.country, want, "{ip}");
+                if want != 0 {
+                    let i = runs6.partition_point(|r| r.0 <= a) - 1;
+                    let (s, e, _) = runs6[i];
+                    assert!(
+                        s <= found.start && found.start <= a && a <= found.end && found.end <= e,
+                        "{ip}: {found:?} outside the run {}..{}",
+                        Ipv6Addr::from(s),
+                        Ipv6Addr::from(e)
+                    );
+                }
+            }
+        }
     }
 }

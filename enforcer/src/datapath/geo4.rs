@@ -3,9 +3,9 @@
 //! word per /16 and, for each /16 that holds more than one country, a
 //! static search tree of cache lines over its segment of starts (layout
 //! and the reasons for it: `enforcer_common::layout`,
-//! [`enforcer_common::GEO4`]). The kernel's lookup is
-//! `enforcer-ebpf/src/geo.rs`; [`lookup`] here (used by `explain.rs`)
-//! follows it step for step.
+//! [`enforcer_common::GEO4`]). The lookup is `enforcer_common::lookup`,
+//! which the kernel runs too (`enforcer-ebpf/src/geo.rs`); [`lookup`] here
+//! (used by `explain.rs`) adds the range around the address from its parts.
 //!
 //! Why not DIR-24-8: its 16 MiB first level made every lookup on a random
 //! destination a cache and TLB miss (141 ns for the lookup alone in `cargo
@@ -16,8 +16,8 @@
 //! makes one per level (1 to 4), each of one cache line.
 
 use enforcer_common::{
-    COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY, GEO4E_DEPTH, GEO4E_LINE,
-    UNKNOWN_COUNTRY,
+    GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY, GEO4E_LINE, UNKNOWN_COUNTRY,
+    lookup::{Entries4, Tables4, Word4, known, probe4},
 };
 
 use super::{DatapathError, buffer::Buffer};
@@ -180,19 +180,11 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
     })
 }
 
-/// Read access to one slot's tables, for [`lookup`].
-pub trait Tables {
-    type Error;
-    /// The word of /16 `i`.
-    fn word(&self, i: u32) -> Result<u32, Self::Error>;
-    /// Entry `i` of the lines.
-    fn entry(&self, i: u32) -> Result<u32, Self::Error>;
-}
-
 /// The tables as built, for the tests here and in `geo.rs`.
 #[cfg(test)]
-impl Tables for V4 {
+impl Tables4 for V4 {
     type Error = std::convert::Infallible;
+    type Entries<'s> = &'s V4;
 
     fn word(&self, i: u32) -> Result<u32, Self::Error> {
         let at = i as usize * 4;
@@ -201,8 +193,17 @@ impl Tables for V4 {
         Ok(u32::from_ne_bytes(b))
     }
 
-    fn entry(&self, i: u32) -> Result<u32, Self::Error> {
-        let at = i as usize * 4;
+    fn entries(&self) -> Result<&V4, Self::Error> {
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+impl Entries4 for V4 {
+    type Error = std::convert::Infallible;
+
+    fn entry(&self, i: usize) -> Result<u32, Self::Error> {
+        let at = i * 4;
         let mut b = [0; 4];
         b.copy_from_slice(&self.entries[at..at + 4]);
         Ok(u32::from_ne_bytes(b))
@@ -219,73 +220,18 @@ pub struct Found {
     pub end: u32,
 }
 
-/// What one /16 says: its country throughout, or its segment's tree.
-enum Block {
-    Uniform(u16),
-    Segment { root: u32, depth: u32 },
-}
-
-fn block<T: Tables>(t: &T, i: u32) -> Result<Block, T::Error> {
-    let word = t.word(i)?;
-    Ok(if word & GEO4_SPLIT == 0 {
-        Block::Uniform(clamp(word))
-    } else {
-        Block::Segment {
-            root: word & ((1 << GEO4_DEPTH_SHIFT) - 1),
-            depth: (word & !GEO4_SPLIT) >> GEO4_DEPTH_SHIFT,
-        }
-    })
-}
-
-/// An out-of-range country (a corrupt value) is unknown, as in the kernel.
-fn clamp(country: u32) -> u16 {
-    if (country as usize) < COUNTRY_SLOTS {
-        country as u16
-    } else {
-        UNKNOWN_COUNTRY
-    }
-}
-
-/// The probe of an address's last 16 bits: entries below it start at or
-/// before the address.
-fn probe(low16: u32) -> u64 {
-    u64::from(low16 << 16 | 0xffff) + 1
-}
-
-/// The kernel's descent of a segment's tree: the index and value of the
-/// leaf entry of the last range starting at or below `probe`'s address.
-fn descend<T: Tables>(t: &T, root: u32, depth: u32, probe: u64) -> Result<(u32, u32), T::Error> {
-    let mut line = root;
-    for _ in 0..depth.min(GEO4E_DEPTH) {
-        line = last_below(t, line, probe)?.1 & 0xffff;
-    }
-    last_below(t, line, probe)
-}
-
-/// The kernel's `last_below`: the index and value of node `line`'s last
-/// entry below `probe`.
-fn last_below<T: Tables>(t: &T, line: u32, probe: u64) -> Result<(u32, u32), T::Error> {
-    let first = (line as usize * GEO4E_LINE % GEO4E_CAPACITY) as u32;
-    let mut below = 0usize;
-    for j in 0..GEO4E_LINE as u32 {
-        if u64::from(t.entry(first + j)?) < probe {
-            below += 1;
-        }
-    }
-    let i = first + (below.wrapping_sub(1) % GEO4E_LINE) as u32;
-    Ok((i, t.entry(i)?))
-}
-
-/// The kernel's lookup of `ip`, step for step, and the range around it.
-/// A segment's ends are found by the same descent: to its first address
-/// (its first entry) and to its last (the last entry, or a repeat of it).
-pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
+/// The kernel's lookup of `ip` (`enforcer_common::lookup::country4`, from
+/// the same parts), and the range around it. A segment's ends are found
+/// by the same descent: to its first address (its first entry) and to its
+/// last (the last entry, or a repeat of it).
+pub fn lookup<T: Tables4>(t: &T, ip: u32) -> Result<Found, T::Error> {
     let b = ip >> 16;
-    let (country, mut start, mut end) = match block(t, b)? {
-        Block::Uniform(c) => (c, b << 16, b << 16 | 0xffff),
-        Block::Segment { root, depth } => {
-            let (i, e) = descend(t, root, depth, probe(ip & 0xffff))?;
-            let (_, last) = descend(t, root, depth, probe(0xffff))?;
+    let (country, mut start, mut end) = match Word4::decode(t.word(b)?) {
+        Word4::Uniform(c) => (c, b << 16, b << 16 | 0xffff),
+        Word4::Tree(tree) => {
+            let entries = t.entries()?;
+            let (i, e) = tree.descend(&entries, probe4(ip))?;
+            let (_, last) = tree.descend(&entries, probe4(0xffff))?;
             let start = b << 16 | e >> 16;
             // Neighbours differ, so only the last range's entry (and its
             // repeats) equals `last`; any other is followed by the next
@@ -293,38 +239,39 @@ pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
             let end = if e == last {
                 b << 16 | 0xffff
             } else {
-                (b << 16 | t.entry(i + 1)? >> 16) - 1
+                (b << 16 | entries.entry(i + 1)? >> 16) - 1
             };
-            (clamp(e & 0xffff), start, end)
+            (known(e & 0xffff), start, end)
         }
     };
     // Across /16 boundaries: the range goes on while the neighbour's edge
     // has the same country (neighbours inside a segment always differ).
     while start & 0xffff == 0 && start > 0 {
-        match block(t, (start >> 16) - 1)? {
-            Block::Uniform(c) if c == country => start -= 1 << 16,
-            Block::Segment { root, depth } => {
-                let (_, last) = descend(t, root, depth, probe(0xffff))?;
-                if clamp(last & 0xffff) == country {
+        match Word4::decode(t.word((start >> 16) - 1)?) {
+            Word4::Uniform(c) if c == country => start -= 1 << 16,
+            Word4::Tree(tree) => {
+                let (_, last) = tree.descend(&t.entries()?, probe4(0xffff))?;
+                if known(last & 0xffff) == country {
                     start = (start - (1 << 16)) | last >> 16;
                 }
                 break;
             }
-            Block::Uniform(_) => break,
+            Word4::Uniform(_) => break,
         }
     }
     while end & 0xffff == 0xffff && end < u32::MAX {
-        match block(t, (end >> 16) + 1)? {
-            Block::Uniform(c) if c == country => end += 1 << 16,
-            Block::Segment { root, depth } => {
+        match Word4::decode(t.word((end >> 16) + 1)?) {
+            Word4::Uniform(c) if c == country => end += 1 << 16,
+            Word4::Tree(tree) => {
                 // The first leaf holds at least the first two ranges.
-                let (i, first) = descend(t, root, depth, probe(0))?;
-                if clamp(first & 0xffff) == country {
-                    end = (end + 1) | ((t.entry(i + 1)? >> 16) - 1);
+                let entries = t.entries()?;
+                let (i, first) = tree.descend(&entries, probe4(0))?;
+                if known(first & 0xffff) == country {
+                    end = (end + 1) | ((entries.entry(i + 1)? >> 16) - 1);
                 }
                 break;
             }
-            Block::Uniform(_) => break,
+            Word4::Uniform(_) => break,
         }
     }
     Ok(Found {
@@ -336,6 +283,8 @@ pub fn lookup<T: Tables>(t: &T, ip: u32) -> Result<Found, T::Error> {
 
 #[cfg(test)]
 mod tests {
+    use enforcer_common::GEO4E_DEPTH;
+
     use super::*;
     use crate::datapath::geo6::tests::Rng;
 
@@ -398,8 +347,8 @@ mod tests {
             let s = starts(&mut rng, 2000 + round * 20_000);
             let v4 = build(&s).expect("build");
             let deepest = (0..GEO4_LEN as u32)
-                .filter_map(|i| match block(&v4, i) {
-                    Ok(Block::Segment { depth, .. }) => Some(depth),
+                .filter_map(|i| match v4.word(i).map(Word4::decode) {
+                    Ok(Word4::Tree(tree)) => Some(tree.depth),
                     _ => None,
                 })
                 .max();

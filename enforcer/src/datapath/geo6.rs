@@ -2,8 +2,9 @@
 //! (ranges and the gaps between them) turned into the kernel's layout, a
 //! static search tree over /64s plus a fine table for the /64s that longer
 //! prefixes split (layout and the reason for it: `enforcer_common::layout`,
-//! [`enforcer_common::GEO6`]). The kernel's lookup is `enforcer-ebpf/src/geo.rs`;
-//! [`V6::lookup`] here and `explain.rs` follow it step for step.
+//! [`enforcer_common::GEO6`]). The lookup is `enforcer_common::lookup`,
+//! which the kernel runs too (`enforcer-ebpf/src/geo.rs`); [`lookup`] here
+//! (used by `explain.rs`) adds the range around the address from its parts.
 //!
 //! Why a tree and not the plain sorted array searched by bisection: at
 //! 275k entries a bisection takes 19 steps, and the last ten or so each
@@ -12,10 +13,13 @@
 //! keys per cache line the descent touches one line per level, and the
 //! upper levels are small enough to stay cached.
 
+use std::borrow::Borrow as _;
+
 use enforcer_common::{
     GEO6_BLOCK, GEO6_CAPACITY, GEO6_LEAF_KEYS, GEO6_LEAVES, GEO6_SPLIT, GEO6F_BLOCKS,
-    GEO6F_CAPACITY, GEO6F_STEPS, GEO6I_CHILDREN, GEO6I_LEN, GEO6I_LEVELS, GEO6I_NODES,
-    GEO6I_OFFSET, Geo6Block, Geo6Leaf,
+    GEO6F_CAPACITY, GEO6I_LEN, GEO6I_LEVELS, GEO6I_NODES, GEO6I_OFFSET, Geo6Block, Geo6Leaf,
+    UNKNOWN_COUNTRY,
+    lookup::{self as shared, Tables6},
 };
 
 use super::{DatapathError, buffer::Buffer};
@@ -192,20 +196,6 @@ fn u16_at(bytes: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([bytes[at], bytes[at + 1]])
 }
 
-/// Reads the tables one element at a time, as the kernel does: what
-/// [`lookup`] needs from the maps (or from [`V6`]'s bytes).
-pub trait Tables {
-    type Error;
-    /// Index node `i` (its eight keys).
-    fn node(&self, i: u32) -> Result<[u64; 8], Self::Error>;
-    /// Leaf `i`.
-    fn leaf(&self, i: u32) -> Result<Geo6Leaf, Self::Error>;
-    /// Fine entry `i`: (start, country).
-    fn fine(&self, i: u32) -> Result<(u128, u16), Self::Error>;
-    /// Fine entries in use.
-    fn fine_len(&self) -> Result<u32, Self::Error>;
-}
-
 /// Where a lookup ended: the range of starts around the address (for
 /// `explain`, which names the covering prefix) and its country.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,18 +208,21 @@ pub struct Found {
     pub end: u128,
 }
 
-/// The kernel's lookup of `addr`, step for step.
-pub fn lookup<T: Tables>(t: &T, addr: u128) -> Result<Found, T::Error> {
+/// The kernel's lookup of `addr` (`enforcer_common::lookup::country6`,
+/// from the same parts), and the range around it.
+pub fn lookup<T: Tables6>(t: &T, addr: u128) -> Result<Found, T::Error> {
     let h = hi(addr);
-    let mut i = 0u32;
-    for level in 0..GEO6I_LEVELS {
-        let node = t.node(GEO6I_OFFSET[level] + i)?;
-        let k = node[1..].iter().filter(|&&key| key <= h).count() as u32;
-        i = (i * 8 + k).min(GEO6I_CHILDREN[level] - 1);
-    }
+    let i = shared::leaf6(t, h)?;
     let leaf = t.leaf(i)?;
-    let k = leaf.hi[1..].iter().filter(|&&key| key <= h).count();
-    let country = leaf.country[k];
+    let leaf: &Geo6Leaf = leaf.borrow();
+    let k = shared::leaf_slot(leaf, h);
+    let Some(&country) = leaf.country.get(k) else {
+        return Ok(Found {
+            country: UNKNOWN_COUNTRY,
+            start: addr,
+            end: addr,
+        });
+    };
     if country != GEO6_SPLIT {
         // The next start ends the range: the next key of this leaf or the
         // first of the next one. A u64::MAX key repeating this country is
@@ -239,6 +232,7 @@ pub fn lookup<T: Tables>(t: &T, addr: u128) -> Result<Found, T::Error> {
             Some((leaf.hi[k + 1], leaf.country[k + 1]))
         } else if i + 1 < GEO6_LEAVES {
             let l = t.leaf(i + 1)?;
+            let l: &Geo6Leaf = l.borrow();
             Some((l.hi[0], l.country[0]))
         } else {
             None
@@ -250,47 +244,46 @@ pub fn lookup<T: Tables>(t: &T, addr: u128) -> Result<Found, T::Error> {
             _ => u128::MAX,
         };
         return Ok(Found {
-            country,
+            country: shared::known(country.into()),
             start: u128::from(leaf.hi[k]) << 64,
             end,
         });
     }
     // A split /64: the fine table's last start <= addr.
     let len = t.fine_len()?;
-    if len == 0 {
+    let Some(base) = shared::fine6(t, len, h, lo(addr))? else {
         return Ok(Found {
-            country: enforcer_common::UNKNOWN_COUNTRY,
+            country: UNKNOWN_COUNTRY,
             start: addr,
             end: addr,
         });
-    }
-    let (mut base, mut n) = (0u32, len);
-    for _ in 0..GEO6F_STEPS {
-        if n <= 1 {
-            break;
-        }
-        let half = n / 2;
-        if t.fine(base + half)?.0 <= addr {
-            base += half;
-        }
-        n -= half;
-    }
-    let (start, country) = t.fine(base)?;
+    };
+    let start_of = |i: u32| -> Result<u128, T::Error> {
+        let (b, j) = shared::fine_at(i);
+        let (h, l) = t.fine_start(b, j)?;
+        Ok((u128::from(h) << 64) | u128::from(l))
+    };
+    let start = start_of(base)?;
+    let (b, j) = shared::fine_at(base);
+    let country = t.fine_country(b, j)?;
     let last_of_64 = (u128::from(h) << 64) | u128::from(u64::MAX);
     let end = if base + 1 < len {
-        t.fine(base + 1)?.0.saturating_sub(1).min(last_of_64)
+        start_of(base + 1)?.saturating_sub(1).min(last_of_64)
     } else {
         last_of_64
     };
     Ok(Found {
-        country,
+        country: shared::known(country.into()),
         start,
         end,
     })
 }
 
-impl Tables for V6 {
+/// The tables as built, for the tests here and in `geo.rs`.
+impl Tables6 for V6 {
     type Error = std::convert::Infallible;
+    type Node = [u64; 8];
+    type Leaf = Geo6Leaf;
 
     fn node(&self, i: u32) -> Result<[u64; 8], Self::Error> {
         let at = i as usize * NODE_BYTES;
@@ -306,19 +299,18 @@ impl Tables for V6 {
         })
     }
 
-    fn fine(&self, i: u32) -> Result<(u128, u16), Self::Error> {
-        let (block, j) = (i as usize / GEO6_BLOCK, i as usize % GEO6_BLOCK);
-        let b = &self.fine[block * FINE_BLOCK_BYTES..];
-        let h = u64_at(b, 8 * j);
-        let l = u64_at(b, 8 * GEO6_BLOCK + 8 * j);
-        Ok((
-            (u128::from(h) << 64) | u128::from(l),
-            u16_at(b, 16 * GEO6_BLOCK + 2 * j),
-        ))
-    }
-
     fn fine_len(&self) -> Result<u32, Self::Error> {
         Ok(self.fine_len)
+    }
+
+    fn fine_start(&self, b: u32, j: usize) -> Result<(u64, u64), Self::Error> {
+        let block = &self.fine[b as usize * FINE_BLOCK_BYTES..];
+        Ok((u64_at(block, 8 * j), u64_at(block, 8 * GEO6_BLOCK + 8 * j)))
+    }
+
+    fn fine_country(&self, b: u32, j: usize) -> Result<u16, Self::Error> {
+        let block = &self.fine[b as usize * FINE_BLOCK_BYTES..];
+        Ok(u16_at(block, 16 * GEO6_BLOCK + 2 * j))
     }
 }
 

@@ -10,7 +10,9 @@
 //! mirror, not a model: it must change whenever `decide.rs` changes, and
 //! `tests/tests/integration/check.rs` compares it with the kernel's own verdict (under
 //! `BPF_PROG_TEST_RUN`) for thousands of addresses of a real database, so
-//! drift fails a test instead of misleading an operator.
+//! drift fails a test instead of misleading an operator. The GeoIP table
+//! lookup is the exception: not mirrored but shared, the kernel's own code
+//! (`enforcer_common::lookup`) run on readers of the pinned maps.
 //!
 //! # The matched prefix
 //!
@@ -49,6 +51,7 @@ use enforcer_common::{
     COUNTRY_SLOTS, Family, GEO4, GEO4E, GEO6, GEO6_BLOCK, GEO6F, GEO6I, Geo6Block, Geo6Leaf,
     LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4, RULES6, Rule,
     RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    lookup::{Entries4, Tables4, Tables6},
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
@@ -216,15 +219,30 @@ struct SlotV4<'a> {
     entries: Paged<'a>,
 }
 
-impl geo4::Tables for SlotV4<'_> {
+impl<'a> Tables4 for SlotV4<'a> {
     type Error = DatapathError;
+    type Entries<'s>
+        = &'s Paged<'a>
+    where
+        Self: 's;
 
     fn word(&self, i: u32) -> Result<u32, DatapathError> {
         self.words.get(i)
     }
 
-    fn entry(&self, i: u32) -> Result<u32, DatapathError> {
-        self.entries.get(i)
+    fn entries(&self) -> Result<&Paged<'a>, DatapathError> {
+        Ok(&self.entries)
+    }
+}
+
+/// `GEO4E`'s entries, a page at a time.
+impl Entries4 for Paged<'_> {
+    type Error = DatapathError;
+
+    fn entry(&self, i: usize) -> Result<u32, DatapathError> {
+        // The lookup's indices are below GEO4E_CAPACITY (2^20); a larger
+        // one is out of bounds all the same.
+        self.get(u32::try_from(i).unwrap_or(u32::MAX))
     }
 }
 
@@ -333,8 +351,10 @@ struct SlotV6<'a> {
     leaves: Paged<'a>,
 }
 
-impl geo6::Tables for SlotV6<'_> {
+impl Tables6 for SlotV6<'_> {
     type Error = DatapathError;
+    type Node = [u64; 8];
+    type Leaf = Geo6Leaf;
 
     fn node(&self, i: u32) -> Result<[u64; 8], DatapathError> {
         self.index.get(i)
@@ -344,19 +364,27 @@ impl geo6::Tables for SlotV6<'_> {
         self.leaves.get(i)
     }
 
-    fn fine(&self, i: u32) -> Result<(u128, u16), DatapathError> {
-        let block = self.explainer.geo6f[self.slot]
-            .get(&(i / GEO6_BLOCK as u32), 0)
-            .map_err(map_err(GEO6F[self.slot]))?;
-        let j = i as usize % GEO6_BLOCK;
-        Ok((
-            (u128::from(block.hi[j]) << 64) | u128::from(block.lo[j]),
-            block.country[j],
-        ))
-    }
-
     fn fine_len(&self) -> Result<u32, DatapathError> {
         self.explainer.word(CFG_GEO6F_LEN[self.slot])
+    }
+
+    fn fine_start(&self, b: u32, j: usize) -> Result<(u64, u64), DatapathError> {
+        let block = self.fine_block(b)?;
+        let j = j % GEO6_BLOCK;
+        Ok((block.hi[j], block.lo[j]))
+    }
+
+    fn fine_country(&self, b: u32, j: usize) -> Result<u16, DatapathError> {
+        Ok(self.fine_block(b)?.country[j % GEO6_BLOCK])
+    }
+}
+
+impl SlotV6<'_> {
+    /// Fine block `b`, copied out of the map (4.5 KiB: a map lookup).
+    fn fine_block(&self, b: u32) -> Result<Geo6Block, DatapathError> {
+        self.explainer.geo6f[self.slot]
+            .get(&b, 0)
+            .map_err(map_err(GEO6F[self.slot]))
     }
 }
 
@@ -561,11 +589,11 @@ impl Explainer {
     }
 
     /// decide_in's `geo_country` (enforcer-ebpf geo.rs): the GeoIP flat
-    /// tables of `slot`; an out-of-range country is unknown. The one place
-    /// that knows the tables' kernel layout besides the writer (geo.rs) and
-    /// the ebpf lookup. The kernel stores no prefixes: the prefix reported
-    /// is the one of the minimal CIDR cover of the same-country range
-    /// around the address, read from the same tables.
+    /// tables of `slot`; an out-of-range country is unknown. Not a mirror:
+    /// the descent is the kernel's own (`enforcer_common::lookup`), given
+    /// readers of the pinned maps. The kernel stores no prefixes: the
+    /// prefix reported is the one of the minimal CIDR cover of the
+    /// same-country range around the address, read from the same tables.
     fn geoip(&self, slot: u32, dest: Dest) -> Result<GeoHit, DatapathError> {
         let unknown = GeoHit {
             country: UNKNOWN_COUNTRY,
@@ -575,7 +603,7 @@ impl Explainer {
         match dest {
             Dest::V4(a) => {
                 let ip = u32::from_be_bytes(a);
-                // The kernel's search, step for step (geo4.rs).
+                // The kernel's lookup, through geo4.rs.
                 let found = geo4::lookup(
                     &SlotV4 {
                         words: Paged::new(GEO4[s], &self.geo4[s], geo4::WORDS_BYTES),
@@ -594,7 +622,7 @@ impl Explainer {
             }
             Dest::V6(a) => {
                 let addr = u128::from_be_bytes(a);
-                // The kernel's search, step for step (geo6.rs).
+                // The kernel's lookup, through geo6.rs.
                 let found = geo6::lookup(
                     &SlotV6 {
                         explainer: self,
