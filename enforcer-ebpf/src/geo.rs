@@ -14,13 +14,17 @@ use core::hint::black_box;
 
 use aya_ebpf::maps::Array;
 use enforcer_common::{
-    CFG_GEO6F_LEN, COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY,
+    CFG_GEO6F_LEN, COUNTRY_SLOTS, Fault, GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY,
     GEO4E_DEPTH, GEO4E_LINE, GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_LEAVES, GEO6_SPLIT, GEO6F_STEPS,
     GEO6I_CHILDREN, GEO6I_LEN, GEO6I_OFFSET, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
 };
 
-use crate::maps::{
-    GEO4_0, GEO4_1, GEO4E_0, GEO4E_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1, config,
+use crate::{
+    diagnostics::report,
+    maps::{
+        GEO4_0, GEO4_1, GEO4E_0, GEO4E_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1,
+        config,
+    },
 };
 
 /// The country of an IPv4 address (bytes in network order) in `slot`.
@@ -71,9 +75,12 @@ fn lookup4(words: &Array<[u32; GEO4_LEN]>, lines: &Array<[u32; GEO4E_CAPACITY]>,
         }
         last_below(table, line, probe) & 0xffff
     };
+    // Out of range only in a corrupt table (the agent verifies what it
+    // writes): decided as unknown, and reported.
     if (country as usize) < COUNTRY_SLOTS {
         country as u16
     } else {
+        report(Fault::GeoValue, 4, u64::from(country));
         UNKNOWN_COUNTRY
     }
 }
@@ -144,9 +151,11 @@ fn lookup6(
     } else {
         country
     };
+    // As for IPv4.
     if (country as usize) < COUNTRY_SLOTS {
         country
     } else {
+        report(Fault::GeoValue, 6, u64::from(country));
         UNKNOWN_COUNTRY
     }
 }
