@@ -432,6 +432,7 @@ async fn agent(config_arg: ConfigArg) -> anyhow::Result<()> {
     }));
     audit.record_flush(load_record(&status, LoadTrigger::Start, None));
     status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
+    let _datapath_log = datapath::diagnostics::forward_log(&mut dp);
 
     let event_counts = Arc::new(EventCounts::default());
     let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
