@@ -35,8 +35,10 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 /// - 6: each IPv4 segment became a search tree of cache lines, and `GEO4E`
 ///   one value ([`GEO4E_LINE`], [`GEO4_DEPTH_SHIFT`]);
 /// - 7: the IPv6 index and leaves ([`GEO6I`], [`GEO6`]) became one value
-///   each, as the IPv4 tables.
-pub const LAYOUT_VERSION: u32 = 7;
+///   each, as the IPv4 tables;
+/// - 8: the datapath reports its internal failures: a counter per kind
+///   ([`DP_ERRORS`]) and aya-log's ring buffer, now pinned ([`AYA_LOGS`]).
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -304,6 +306,25 @@ pub const EVENT_SUPPRESSED_RATE: u32 = 0;
 /// Dropped because the ring buffer was full (the agent is not reading).
 pub const EVENT_SUPPRESSED_FULL: u32 = 1;
 pub const EVENT_STATS_LEN: u32 = 2;
+/// `DP_ERRORS`: `PerCpuArray<FaultState>`, one entry per [`crate::Fault`]
+/// (index: its value): how often the datapath met each kind of internal
+/// failure, and when it last logged one. See `enforcer-ebpf/src/diagnostics.rs`.
+pub const DP_ERRORS: &str = "DP_ERRORS";
+pub const DP_ERRORS_LEN: u32 = crate::Fault::COUNT as u32;
+/// The datapath logs a kind of failure at most once per this interval on
+/// each CPU (the counter counts every one): a failure on every packet must
+/// not flood the agent's log.
+pub const FAULT_LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// `AYA_LOGS`: aya-log's ring buffer (declared by `aya-log-ebpf`, which
+/// also fixes its size), pinned by the agent beside the other maps so
+/// that a restarted agent reads what the programs logged while none ran,
+/// and the programs of an earlier agent log into the ring it reads.
+pub const AYA_LOGS: &str = "AYA_LOGS";
+/// Its size in `aya-log-ebpf` 0.2: a newer aya-log-ebpf with another
+/// size fails the agent's start (compat.rs) instead of logging nowhere.
+pub const AYA_LOGS_BYTES: u32 = 1 << 17;
+
 pub const COUNTER_BLOCKS: u32 = (Hook::COUNT * Family::COUNT) as u32;
 
 /// Index of the counter block of a hook and family.
@@ -438,6 +459,16 @@ pub struct RateState {
     pub last_ns: u64,
 }
 
+/// A [`DP_ERRORS`] entry: one kind of failure on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultState {
+    /// Failures of this kind on this CPU since the maps were created.
+    pub count: u64,
+    /// `bpf_ktime_get_boot_ns()` when one was last logged (0: never).
+    pub logged_ns: u64,
+}
+
 /// Per-country, per-outcome counters for one hook and family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -453,6 +484,7 @@ const _: () = assert!(core::mem::size_of::<Geo6Leaf>() == 64);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+const _: () = assert!(core::mem::size_of::<FaultState>() == 16);
 const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
 // A per-CPU value may not exceed PCPU_MIN_UNIT_SIZE (32 KiB):
@@ -472,4 +504,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::DestCacheEntry {}
+    unsafe impl aya::Pod for super::FaultState {}
 }

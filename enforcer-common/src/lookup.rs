@@ -82,8 +82,8 @@ impl<T: Entries4 + ?Sized> Entries4 for &T {
 /// What the word of a /16 says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Word4 {
-    /// One country throughout (already checked with [`known`]).
-    Uniform(u16),
+    /// One country throughout, as the word holds it ([`known`] checks it).
+    Uniform(u32),
     /// Split: the /16's search tree.
     Tree(Tree4),
 }
@@ -100,7 +100,7 @@ impl Word4 {
     #[inline(always)]
     pub fn decode(word: u32) -> Word4 {
         if word & GEO4_SPLIT == 0 {
-            Word4::Uniform(known(word))
+            Word4::Uniform(word)
         } else {
             Word4::Tree(Tree4 {
                 root: word & ((1 << GEO4_DEPTH_SHIFT) - 1),
@@ -171,12 +171,19 @@ fn last_below<E: Entries4 + ?Sized>(
 /// [`UNKNOWN_COUNTRY`] when not located or out of range.
 #[inline(always)]
 pub fn country4<T: Tables4 + ?Sized>(t: &T, ip: u32) -> Result<u16, T::Error> {
+    country4_raw(t, ip).map(known)
+}
+
+/// [`country4`] before the range check: the value the table holds, out
+/// of range only in a corrupt table, which the datapath reports.
+#[inline(always)]
+pub fn country4_raw<T: Tables4 + ?Sized>(t: &T, ip: u32) -> Result<u32, T::Error> {
     match Word4::decode(t.word(ip >> 16)?) {
         Word4::Uniform(country) => Ok(country),
         Word4::Tree(tree) => {
             let entries = t.entries()?;
             let (_, entry) = tree.descend(&entries, probe4(ip))?;
-            Ok(known(entry & 0xffff))
+            Ok(entry & 0xffff)
         }
     }
 }
@@ -303,11 +310,17 @@ pub fn fine6<T: Tables6 + ?Sized>(
 /// [`UNKNOWN_COUNTRY`] when not located or out of range.
 #[inline(always)]
 pub fn country6<T: Tables6 + ?Sized>(t: &T, a: &[u8; 16]) -> Result<u16, T::Error> {
+    country6_raw(t, a).map(known)
+}
+
+/// [`country6`] before the range check (see [`country4_raw`]).
+#[inline(always)]
+pub fn country6_raw<T: Tables6 + ?Sized>(t: &T, a: &[u8; 16]) -> Result<u32, T::Error> {
     let hi = hi6(a);
     let leaf = t.leaf(leaf6(t, hi)?)?;
     let leaf: &Geo6Leaf = leaf.borrow();
     let Some(&country) = leaf.country.get(leaf_slot(leaf, hi)) else {
-        return Ok(UNKNOWN_COUNTRY);
+        return Ok(UNKNOWN_COUNTRY.into());
     };
     let country = if country == GEO6_SPLIT {
         let len = t.fine_len()?;
@@ -321,7 +334,7 @@ pub fn country6<T: Tables6 + ?Sized>(t: &T, a: &[u8; 16]) -> Result<u16, T::Erro
     } else {
         country
     };
-    Ok(known(country.into()))
+    Ok(country.into())
 }
 
 /// Small hand-built tables, each boundary checked by hand. The tables the

@@ -1,4 +1,5 @@
-//! The small enums of the decision: mode, outcome, hook, family, rule kind.
+//! The small enums of the decision: mode, outcome, hook, family, rule kind;
+//! and the kinds of internal failure the datapath reports.
 //!
 //! They cross the boundary as `u32` (see the crate docs); `from_raw` is the
 //! only way back to the enum, so a corrupt or stale map value decodes to
@@ -113,6 +114,38 @@ raw_enum! {
     }
 }
 
+raw_enum! {
+    /// An internal failure of the datapath: something a correct agent and
+    /// kernel never produce (a map value that does not decode, a helper
+    /// that fails where it cannot), as opposed to what traffic or load
+    /// cause (a destination not approved, a full events ring). Each is
+    /// counted in `DP_ERRORS` (exported as `enforcer_datapath_errors_total`)
+    /// and logged through aya-log, at most once a second per CPU and kind.
+    Fault {
+        /// A global mode word in `CONFIG` is not a mode: the datapath
+        /// decides as observe (fails open).
+        ModeWord = 0 => "mode_word",
+        /// An exception rule's kind is unknown (the rule is ignored) or a
+        /// site rule's country is out of range (decided as unknown).
+        RuleValue = 1 => "rule_value",
+        /// A GeoIP table gives a country index out of range: decided as
+        /// unknown.
+        GeoValue = 2 => "geo_value",
+        /// `bpf_sk_storage_get` could not create a connecting socket's
+        /// verdict storage (out of memory): its packets are decided, and
+        /// reported, again.
+        SockStorage = 3 => "sock_storage",
+        /// `bpf_skb_load_bytes` could not read the IP header that a
+        /// locally sent packet's `skb->protocol` announces: not decided.
+        PacketHeader = 4 => "packet_header",
+        /// A socket's cached verdict does not decode: decided again.
+        CachedVerdict = 5 => "cached_verdict",
+        /// A decision's country or outcome is outside the counters: not
+        /// counted.
+        CounterIndex = 6 => "counter_index",
+    }
+}
+
 /// Value of a `POLICY` entry: the country is approved.
 pub const APPROVED: u32 = 1;
 /// Value of a `POLICY` entry: the country is not approved.
@@ -136,5 +169,8 @@ mod tests {
         assert_eq!(Mode::from_raw(7), None);
         assert_eq!(RuleKind::from_raw(0), None);
         assert_eq!(Outcome::WouldDeny.label(), "would_deny");
+        for (i, f) in Fault::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "faults are numbered densely (DP_ERRORS)");
+        }
     }
 }

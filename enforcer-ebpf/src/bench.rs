@@ -19,9 +19,14 @@
 // The datapath modules are compiled again here; the bench uses only the
 // decision and what it reads, so the hooks' helpers are unused.
 #![allow(dead_code)]
+// diagnostics.rs counts with an atomic add, as main.rs explains.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[path = "decide.rs"]
 mod decide;
+#[path = "diagnostics.rs"]
+mod diagnostics;
 #[path = "geo.rs"]
 mod geo;
 #[path = "maps.rs"]

@@ -7,10 +7,11 @@ use core::{
 };
 
 use aya_ebpf::maps::PerCpuArray;
-use enforcer_common::{COUNTRY_SLOTS, CounterBlock, Hook, Outcome, counter_index};
+use enforcer_common::{COUNTRY_SLOTS, CounterBlock, Fault, Hook, Outcome, counter_index};
 
 use crate::{
     decide::Decision,
+    diagnostics::report,
     maps::{BYTE_COUNTS, CONN_COUNTS, PKT_COUNTS},
 };
 
@@ -25,6 +26,8 @@ fn add(map: &PerCpuArray<CounterBlock>, hook: Hook, d: &Decision, n: u64) {
     // the program is (rightly) rejected as accessing outside the value.
     let index = black_box(d.country as usize * Outcome::COUNT + d.outcome as usize);
     if index >= COUNTRY_SLOTS * Outcome::COUNT {
+        // Only a corrupt cached verdict carries such a country.
+        report(Fault::CounterIndex, u64::from(d.country), d.outcome as u64);
         return;
     }
     // Per-CPU, but a preemptible kernel can interleave two programs on one

@@ -19,11 +19,12 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family, Mode, Outcome,
-    RULES16_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
+    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family, Fault, Mode,
+    Outcome, RULES16_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
 };
 
 use crate::{
+    diagnostics::report,
     geo::{country4, country6},
     maps::{DEST_CACHE, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, RULES16, config},
 };
@@ -312,7 +313,17 @@ fn decide_in<K: Geo>(
     } else {
         rules[1].get(&key).copied()
     };
-    let kind = rule.and_then(|r| RuleKind::from_raw(r.kind as u32).map(|k| (k, r)));
+    // A rule of no known kind (a corrupt value) is ignored, and reported.
+    let kind = match rule {
+        None => None,
+        Some(r) => match RuleKind::from_raw(r.kind as u32) {
+            Some(k) => Some((k, r)),
+            None => {
+                report(Fault::RuleValue, u64::from(r.kind), u64::from(r.country));
+                None
+            }
+        },
+    };
     let (country, approved, source) = match kind {
         // A deny exception is never approved; its country is still looked up
         // so counters and events say where the destination is.
@@ -321,10 +332,11 @@ fn decide_in<K: Geo>(
         Some((RuleKind::Builtin, _)) => return exempt(family, Source::Builtin),
         // A country index out of range (a corrupt value) would read the
         // other slot's policy entries: treat it as unknown.
-        Some((RuleKind::Site, Rule { country, .. })) => {
+        Some((RuleKind::Site, Rule { kind, country, .. })) => {
             let country = if (country as usize) < COUNTRY_SLOTS {
                 country
             } else {
+                report(Fault::RuleValue, u64::from(kind), u64::from(country));
                 UNKNOWN_COUNTRY
             };
             (country, approved(slot, country), Source::Site)

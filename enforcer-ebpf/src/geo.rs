@@ -18,13 +18,17 @@
 
 use aya_ebpf::maps::Array;
 use enforcer_common::{
-    CFG_GEO6F_LEN, GEO4_LEN, GEO4E_CAPACITY, GEO6_BLOCK, GEO6_LEAVES, GEO6I_LEN, Geo6Block,
-    Geo6Leaf, UNKNOWN_COUNTRY,
+    CFG_GEO6F_LEN, COUNTRY_SLOTS, Fault, GEO4_LEN, GEO4E_CAPACITY, GEO6_BLOCK, GEO6_LEAVES,
+    GEO6I_LEN, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
     lookup::{self, Entries4, Tables4, Tables6},
 };
 
-use crate::maps::{
-    GEO4_0, GEO4_1, GEO4E_0, GEO4E_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1, config,
+use crate::{
+    diagnostics::report,
+    maps::{
+        GEO4_0, GEO4_1, GEO4E_0, GEO4E_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1,
+        config,
+    },
 };
 
 /// A map value that is not there: the lookup answers unknown.
@@ -43,7 +47,7 @@ struct Missing;
 pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
     let ip = u32::from_be_bytes(a);
     let found = if slot == 0 {
-        lookup::country4(
+        lookup::country4_raw(
             &Slot4 {
                 words: &GEO4_0,
                 lines: &GEO4E_0,
@@ -51,7 +55,7 @@ pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
             ip,
         )
     } else {
-        lookup::country4(
+        lookup::country4_raw(
             &Slot4 {
                 words: &GEO4_1,
                 lines: &GEO4E_1,
@@ -59,7 +63,20 @@ pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
             ip,
         )
     };
-    found.unwrap_or(UNKNOWN_COUNTRY)
+    checked(found.unwrap_or(UNKNOWN_COUNTRY.into()), 4)
+}
+
+/// A country index as a table holds it: out of range only in a corrupt
+/// table (the agent verifies what it writes), which is decided as unknown
+/// and reported.
+#[inline(always)]
+fn checked(country: u32, family: u64) -> u16 {
+    if (country as usize) < COUNTRY_SLOTS {
+        country as u16
+    } else {
+        report(Fault::GeoValue, family, u64::from(country));
+        UNKNOWN_COUNTRY
+    }
 }
 
 /// One slot's IPv4 maps.
@@ -125,7 +142,7 @@ fn lookup6(
     let (Some(index), Some(leaves)) = (index.get(0), leaves.get(0)) else {
         return UNKNOWN_COUNTRY;
     };
-    lookup::country6(
+    let found = lookup::country6_raw(
         &Slot6 {
             index,
             leaves,
@@ -133,8 +150,8 @@ fn lookup6(
             fine_len,
         },
         a,
-    )
-    .unwrap_or(UNKNOWN_COUNTRY)
+    );
+    checked(found.unwrap_or(UNKNOWN_COUNTRY.into()), 6)
 }
 
 /// One slot's IPv6 tables: the index and the leaves as their one value,

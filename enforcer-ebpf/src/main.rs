@@ -19,7 +19,8 @@
 //!
 //! Shared: [`decide`], [`mode`] (global mode or per-cgroup override),
 //! [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
-//! header parsing), [`maps`].
+//! header parsing), [`diagnostics`] (internal failures: counted and logged
+//! through aya-log), [`maps`].
 #![no_std]
 #![no_main]
 // Atomic adds on per-CPU counters (see counters.rs); the datapath is built
@@ -30,6 +31,7 @@
 mod connect;
 mod counters;
 mod decide;
+mod diagnostics;
 mod events;
 mod geo;
 mod maps;

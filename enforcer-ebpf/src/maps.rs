@@ -1,6 +1,7 @@
-//! Every map of the datapath. Names, layouts and sizes come from
-//! `enforcer_common::layout`; all maps but the socket storage are pinned by
-//! name so a restarted agent adopts them (and the counters continue).
+//! Every map of the datapath but aya-log's (see [`DP_ERRORS`]). Names,
+//! layouts and sizes come from `enforcer_common::layout`; all maps but the
+//! socket storage are pinned by name so a restarted agent adopts them (and
+//! the counters continue).
 
 use aya_ebpf::{
     btf_maps::SkStorage,
@@ -8,10 +9,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DestCacheEntry,
-    EVENT_STATS_LEN, EVENTS_BYTES, GEO4_LEN, GEO4E_CAPACITY, GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN,
-    Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULES_CAPACITY, RULES16_LEN,
-    RULES16_WORDS, RateState, Rule, SockVerdict,
+    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DP_ERRORS_LEN,
+    DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4E_CAPACITY,
+    GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN,
+    RULES_CAPACITY, RULES16_LEN, RULES16_WORDS, RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -77,6 +78,11 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 pub static EVENT_STATE: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 #[map]
 pub static EVENT_STATS: PerCpuArray<u64> = PerCpuArray::pinned(EVENT_STATS_LEN, 0);
+
+/// Internal failures by kind (see diagnostics.rs). aya-log's `AYA_LOGS`
+/// is declared by aya-log-ebpf, unpinned; the agent pins it by path.
+#[map]
+pub static DP_ERRORS: PerCpuArray<FaultState> = PerCpuArray::pinned(DP_ERRORS_LEN, 0);
 
 /// Reads one `CONFIG` word; a missing entry reads as 0 (cannot happen for
 /// indices below `CONFIG_LEN`, but the verifier wants the check).

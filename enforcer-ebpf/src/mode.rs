@@ -6,16 +6,27 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
 };
-use enforcer_common::{CFG_OVERRIDES, MAX_CGROUP_DEPTH, Mode, cfg_mode};
+use enforcer_common::{CFG_OVERRIDES, Fault, MAX_CGROUP_DEPTH, Mode, cfg_mode};
 
-use crate::maps::{MODE_BY_CG, config};
+use crate::{
+    diagnostics::report,
+    maps::{MODE_BY_CG, config},
+};
 
 /// The global mode of a policy slot. An unreadable mode word fails open to
 /// observe: refusing on a corrupt map would cut the host off with no way to
-/// explain why.
+/// explain why; it is reported instead.
 #[inline(always)]
 pub fn global(slot: u32) -> Mode {
-    Mode::from_raw(config(cfg_mode(slot))).unwrap_or(Mode::Observe)
+    let index = cfg_mode(slot);
+    let raw = config(index);
+    match Mode::from_raw(raw) {
+        Some(mode) => mode,
+        None => {
+            report(Fault::ModeWord, u64::from(index), u64::from(raw));
+            Mode::Observe
+        }
+    }
 }
 
 /// Walks cgroup levels 0 (the root) to [`MAX_CGROUP_DEPTH`], asking

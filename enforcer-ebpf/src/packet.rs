@@ -52,12 +52,22 @@ pub struct Packet {
 
 /// Parses the IP header at `base`. `ethertype` is `skb->protocol` (network
 /// byte order in the low 16 bits). Not IP, or too short: `None`, and the
-/// hook lets the packet be.
+/// hook lets the packet be; `truncated` is called first when the header
+/// that `ethertype` announces cannot be read (for the hook to say whether
+/// that is a failure or the traffic's doing).
 #[inline(always)]
-pub fn parse(ethertype: u32, base: usize, load: &impl Load) -> Option<Packet> {
+pub fn parse(
+    ethertype: u32,
+    base: usize,
+    load: &impl Load,
+    truncated: impl FnOnce(),
+) -> Option<Packet> {
     match u16::from_be(ethertype as u16) {
         ETH_P_IP => {
-            let h: [u8; 20] = load.read(base)?;
+            let Some(h) = load.read::<[u8; 20]>(base) else {
+                truncated();
+                return None;
+            };
             if h[0] >> 4 != 4 {
                 return None;
             }
@@ -77,7 +87,10 @@ pub fn parse(ethertype: u32, base: usize, load: &impl Load) -> Option<Packet> {
             })
         }
         ETH_P_IPV6 => {
-            let h: [u8; 40] = load.read(base)?;
+            let Some(h) = load.read::<[u8; 40]>(base) else {
+                truncated();
+                return None;
+            };
             if h[0] >> 4 != 6 {
                 return None;
             }

@@ -20,11 +20,12 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use enforcer_common::{CFG_GENERATION, Family, Hook, Mode, Outcome, SockVerdict, Source};
+use enforcer_common::{CFG_GENERATION, Family, Fault, Hook, Mode, Outcome, SockVerdict, Source};
 
 use crate::{
     counters::count_packet,
     decide::{CacheProbe, Decision},
+    diagnostics::report,
     events,
     maps::{SK_VERDICT, config},
     mode, packet,
@@ -40,7 +41,16 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     // SAFETY: the context pointer is valid; protocol and len are plain
     // 4-byte context loads.
     let (protocol, len) = unsafe { ((*skb).protocol, (*skb).len) };
-    let Some(p) = packet::parse(protocol, 0, &ctx.skb) else {
+    // The stack built this packet's IP header (cgroup skb egress runs in
+    // ip_finish_output and ip6_finish_output), so one that cannot be read
+    // is a failure: reported, and the packet passes undecided.
+    let Some(p) = packet::parse(protocol, 0, &ctx.skb, || {
+        report(
+            Fault::PacketHeader,
+            u64::from(u16::from_be(protocol as u16)),
+            u64::from(len),
+        )
+    }) else {
         return PASS;
     };
     let generation = config(CFG_GENERATION);
@@ -69,10 +79,20 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     if let Some(c) = unsafe { sv.as_ref() }
         && c.generation == generation
         && c.daddr == daddr
-        && let Some(d) = from_cache(c)
     {
-        count_packet(Hook::SkbEgress, &d, len);
-        return if d.refuses() { DROP } else { PASS };
+        match from_cache(c) {
+            Some(d) => {
+                count_packet(Hook::SkbEgress, &d, len);
+                return if d.refuses() { DROP } else { PASS };
+            }
+            // Only the hooks write the storage, with decoded values: a
+            // corrupt verdict is decided again (and overwritten below).
+            None => report(
+                Fault::CachedVerdict,
+                u64::from(u32::from_be_bytes([c.outcome, c.family, c.source, c.mode])),
+                0,
+            ),
+        }
     }
 
     let d = probe.decide(|slot| mode::for_skb(skb, slot));

@@ -14,11 +14,12 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use enforcer_common::{CFG_GENERATION, Hook, SockVerdict};
+use enforcer_common::{CFG_GENERATION, Fault, Hook, SockVerdict};
 
 use crate::{
     counters::count_connection,
     decide::{Decision, Dest, decide_cached},
+    diagnostics::report,
     events,
     maps::{SK_VERDICT, config},
     mode,
@@ -95,13 +96,18 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     if d.refuses() {
         return REFUSE;
     }
-    cache(ctx, &d, generation, dest, pid_tgid, uid_gid, comm);
+    if !cache(ctx, &d, generation, dest, pid_tgid, uid_gid, comm) {
+        // The socket is a full one, connecting: only an allocation that
+        // failed (memory, memcg limit) leaves it without storage.
+        report(Fault::SockStorage, hook as u64, 0);
+    }
     PROCEED
 }
 
 /// Stores a would-deny decision (observe mode) on the socket, so the packet
 /// hook does not decide and report its packets again, and names the
-/// process if it reports the socket later.
+/// process if it reports the socket later. False when the socket has no
+/// storage and none could be created.
 #[inline(always)]
 fn cache(
     ctx: &SockAddrContext,
@@ -111,12 +117,12 @@ fn cache(
     pid_tgid: u64,
     uid_gid: u64,
     comm: [u8; 16],
-) {
+) -> bool {
     // SAFETY: the helper reads the context's socket pointer, valid for a
     // sock_addr program; the result is checked for null.
     let sv = unsafe { SK_VERDICT.get_or_insert_ptr_mut(ctx, None) };
     if sv.is_null() {
-        return;
+        return false;
     }
     // SAFETY: non-null pointers from bpf_sk_storage_get point at the value.
     unsafe {
@@ -134,4 +140,5 @@ fn cache(
             _pad: [0; 6],
         };
     }
+    true
 }

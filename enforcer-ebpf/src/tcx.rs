@@ -61,7 +61,9 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
         // Sent by a socket of this host: the cgroup hooks' business.
         return TCX_NEXT;
     }
-    let Some(p) = packet::parse(protocol, ETH_HLEN, &ctx.skb) else {
+    // A forwarded or bridged frame too short for its IP header is the
+    // sender's doing, not a failure: it is not decided, and not reported.
+    let Some(p) = packet::parse(protocol, ETH_HLEN, &ctx.skb, || {}) else {
         return TCX_NEXT;
     };
     let d = decide_cached(p.dest, config(CFG_GENERATION), mode::global);

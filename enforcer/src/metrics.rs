@@ -6,7 +6,8 @@
 //!
 //! Every name is prefixed `enforcer_`, counters end in `_total`, and labels
 //! have bounded cardinality: hook (6), family (2), country (<= 677),
-//! verdict (4). Only non-zero series of the kernel counters are exposed.
+//! verdict (4), kind (7). Only non-zero series of the decision counters are
+//! exposed.
 
 use std::{
     net::SocketAddr,
@@ -144,6 +145,22 @@ impl EnforcerCollector {
                 ("ring_full", suppressed.ring_full),
             ] {
                 let labels = [("reason", reason)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let faults = self.counters.faults().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the datapath's internal failures");
+                Vec::new()
+            });
+            let mut family = encoder.encode_descriptor(
+                "enforcer_datapath_errors",
+                "Internal failures of the datapath (a map value that does not decode, a helper that fails where it cannot), by kind; each kind is also logged, at most once a second per CPU.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (fault, n) in faults {
+                let labels = [("kind", fault.label())];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }

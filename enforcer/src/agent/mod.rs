@@ -49,7 +49,7 @@ use crate::{
     audit::{self, Kind, LoadTrigger, SharedAudit},
     config::{Config, Events as EventsConfig, Scope},
     control::{peer::PeerCreds, server as control_server},
-    datapath::{Datapath, counters::CounterReader},
+    datapath::{self, Datapath, counters::CounterReader},
     events::{self, CgroupNames, EventCounts, EventsHub},
     metrics::{self, EnforcerCollector},
     paths,
@@ -101,9 +101,12 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ..AgentStatus::default()
     }));
 
-    let dp = tokio::task::block_in_place(|| {
+    let mut dp = tokio::task::block_in_place(|| {
         start_datapath(&pin_dir, &prepared, &status, &mut runtime, &audit)
     })?;
+    // The datapath's own log (aya-log: its rare internal failures) into
+    // ours, for as long as the agent runs.
+    let _datapath_log = datapath::diagnostics::forward_log(&mut dp);
 
     let event_counts = Arc::new(EventCounts::default());
     let hub = Arc::new(EventsHub::new(RECENT_EVENTS));

@@ -12,12 +12,12 @@ use std::mem::size_of;
 
 use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
-    BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS, CounterBlock, DEST_CACHE,
-    DEST_CACHE_SLOTS, DestCacheEntry, EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS,
-    EVENTS_BYTES, GEO4, GEO4_LEN, GEO4E, GEO4E_CAPACITY, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS,
-    GEO6I, GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY,
-    POLICY_LEN, RULES_CAPACITY, RULES4, RULES6, RULES16, RULES16_LEN, RULES16_WORDS, RateState,
-    Rule,
+    AYA_LOGS, AYA_LOGS_BYTES, BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS,
+    CounterBlock, DEST_CACHE, DEST_CACHE_SLOTS, DP_ERRORS, DP_ERRORS_LEN, DestCacheEntry,
+    EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, FaultState, GEO4, GEO4_LEN,
+    GEO4E, GEO4E_CAPACITY, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS, GEO6I, GEO6I_LEN, Geo6Block,
+    Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY,
+    RULES4, RULES6, RULES16, RULES16_LEN, RULES16_WORDS, RateState, Rule,
 };
 
 use super::DatapathError;
@@ -85,6 +85,14 @@ fn expected() -> Vec<Expected> {
             DEST_CACHE_SLOTS,
         ),
         e(RULES16, MapType::Array, 4, 8 * RULES16_WORDS, RULES16_LEN),
+        e(
+            DP_ERRORS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<FaultState>(),
+            DP_ERRORS_LEN,
+        ),
+        e(AYA_LOGS, MapType::RingBuf, 0, 0, AYA_LOGS_BYTES),
     ];
     for slot in 0..2 {
         v.push(e(

@@ -1,6 +1,7 @@
 //! Reading the per-CPU counters from the pinned maps: connection decisions
 //! (`CONN_COUNTS`), packets and bytes seen by the packet hooks
-//! (`PKT_COUNTS`, `BYTE_COUNTS`) and events not emitted (`EVENT_STATS`).
+//! (`PKT_COUNTS`, `BYTE_COUNTS`), events not emitted (`EVENT_STATS`) and
+//! the datapath's internal failures (`DP_ERRORS`, see [`super::diagnostics`]).
 
 use std::path::Path;
 
@@ -10,7 +11,7 @@ use enforcer_common::{
     EVENT_SUPPRESSED_RATE, Family, Hook, Outcome, PKT_COUNTS, counter_index,
 };
 
-use super::{DatapathError, map_err, open_pinned};
+use super::{DatapathError, diagnostics::FaultCounts, map_err, open_pinned};
 
 /// One non-zero counter, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +57,7 @@ pub struct Suppressed {
 pub struct CounterReader {
     blocks: [PerCpuArray<MapData, CounterBlock>; 3],
     event_stats: PerCpuArray<MapData, u64>,
+    faults: FaultCounts,
 }
 
 impl CounterReader {
@@ -72,7 +74,13 @@ impl CounterReader {
             ],
             event_stats: PerCpuArray::try_from(open_pinned(pin_dir, EVENT_STATS)?)
                 .map_err(map_err(EVENT_STATS))?,
+            faults: FaultCounts::open(pin_dir)?,
         })
+    }
+
+    /// The datapath's internal failures by kind, zeros included.
+    pub fn faults(&self) -> Result<Vec<(enforcer_common::Fault, u64)>, DatapathError> {
+        self.faults.read()
     }
 
     /// Every non-zero connection counter, in (hook, family, country,

@@ -227,7 +227,7 @@ pub struct Found {
 pub fn lookup<T: Tables4>(t: &T, ip: u32) -> Result<Found, T::Error> {
     let b = ip >> 16;
     let (country, mut start, mut end) = match Word4::decode(t.word(b)?) {
-        Word4::Uniform(c) => (c, b << 16, b << 16 | 0xffff),
+        Word4::Uniform(c) => (known(c), b << 16, b << 16 | 0xffff),
         Word4::Tree(tree) => {
             let entries = t.entries()?;
             let (i, e) = tree.descend(&entries, probe4(ip))?;
@@ -248,7 +248,7 @@ pub fn lookup<T: Tables4>(t: &T, ip: u32) -> Result<Found, T::Error> {
     // has the same country (neighbours inside a segment always differ).
     while start & 0xffff == 0 && start > 0 {
         match Word4::decode(t.word((start >> 16) - 1)?) {
-            Word4::Uniform(c) if c == country => start -= 1 << 16,
+            Word4::Uniform(c) if known(c) == country => start -= 1 << 16,
             Word4::Tree(tree) => {
                 let (_, last) = tree.descend(&t.entries()?, probe4(0xffff))?;
                 if known(last & 0xffff) == country {
@@ -261,7 +261,7 @@ pub fn lookup<T: Tables4>(t: &T, ip: u32) -> Result<Found, T::Error> {
     }
     while end & 0xffff == 0xffff && end < u32::MAX {
         match Word4::decode(t.word((end >> 16) + 1)?) {
-            Word4::Uniform(c) if c == country => end += 1 << 16,
+            Word4::Uniform(c) if known(c) == country => end += 1 << 16,
             Word4::Tree(tree) => {
                 // The first leaf holds at least the first two ranges.
                 let entries = t.entries()?;

@@ -17,6 +17,7 @@ mod buffer;
 mod compat;
 pub mod counters;
 mod detach;
+pub mod diagnostics;
 pub mod explain;
 mod geo;
 mod geo4;
@@ -37,8 +38,8 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError, SchedClassifier},
 };
 use enforcer_common::{
-    CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES, CFG_SLOT,
-    CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
+    AYA_LOGS, CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES,
+    CFG_SLOT, CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
 };
 
 pub use self::{
@@ -403,6 +404,9 @@ impl Datapath {
 fn load_object(pins: &PinLayout) -> Result<(Ebpf, bool), DatapathError> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.maps)
+        // aya-log-ebpf declares its ring unpinned: pinned here, by path,
+        // like every other map (see enforcer_common::AYA_LOGS).
+        .map_pin_path(AYA_LOGS, pins.maps.join(AYA_LOGS))
         .load(OBJECT)
         .map_err(DatapathError::Load)?;
     compat::check(pins)?;

@@ -112,6 +112,83 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing installed"));
 }
 
+/// An upgrade to a new layout version: the maps and links an agent of the
+/// previous layout left (here this agent's own, renamed to the previous
+/// version's directory: attached, enforcing, holding counts) are not
+/// adopted but retired once the new ones are attached, with no moment
+/// unenforced. The new layout starts its counters, and its datapath error
+/// counters (added in v8), from zero.
+#[test]
+fn a_new_layout_retires_the_previous_one() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    let version = enforcer_common::LAYOUT_VERSION;
+    let ours = s.pin_dir.join(format!("v{version}"));
+    let previous = s.pin_dir.join(format!("v{}", version - 1));
+
+    let mut first = s.start(&s.config("enforce", "allow", &[]));
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    assert!(first.stop().success(), "{}", first.log());
+    std::fs::rename(&ours, &previous).expect("rename the layout directory");
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).refused(),
+        "the previous layout's programs still enforce"
+    );
+    assert_eq!(agent_programs(&s.sb.cgroup), 5);
+
+    // Observe mode: had the previous programs stayed attached, their
+    // refusal would still win.
+    let second = s.start(&s.config("observe", "allow", &[]));
+    assert!(
+        !second.log().contains("adopting"),
+        "another layout is never adopted:\n{}",
+        second.log()
+    );
+    assert!(
+        second
+            .log()
+            .contains("detached and removed the pins of another layout version"),
+        "{}",
+        second.log()
+    );
+    assert!(!previous.exists(), "the previous layout's pins are gone");
+    assert!(ours.exists());
+    assert_eq!(agent_programs(&s.sb.cgroup), 5, "only the new links");
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).ok,
+        "only the new layout's programs decide"
+    );
+    let m = second.scrape();
+    assert_eq!(
+        m.sum("enforcer_connections_total", &[("verdict", "denied")]),
+        0.0,
+        "new maps, new counts\n{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_connections_total",
+            &[("country", DENIED_COUNTRY), ("verdict", "would_deny")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.series("enforcer_datapath_errors_total").len(),
+        enforcer_common::Fault::COUNT,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("enforcer_datapath_errors_total", &[]),
+        0.0,
+        "{}",
+        m.text
+    );
+}
+
 #[test]
 fn real_database_layered_under_the_test_database() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");

@@ -19,6 +19,7 @@ mod check;
 mod connect;
 mod continuity;
 mod control;
+mod diagnostics;
 mod events;
 mod exceptions;
 mod flat_tables;
