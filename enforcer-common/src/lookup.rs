@@ -195,8 +195,9 @@ pub fn country4_raw<T: Tables4 + ?Sized>(t: &T, ip: u32) -> Result<u32, T::Error
 /// that borrows as one: the kernel lends references into its map values
 /// (no copy; a copy of a leaf indexed by a run-time slot would go through
 /// the 512-byte stack), the agent returns values it read. The fine table
-/// is read an entry at a time, as `fine_at` places it: the agent's
-/// readers then read 18 bytes, not a 4.5 KiB block.
+/// is read an entry at a time, as [`fine_at`] places it, so a reader of
+/// the builder's bytes copies an entry per search step, not a 4.5 KiB
+/// block.
 pub trait Tables6 {
     type Error;
     type Node: Borrow<[u64; 8]>;
