@@ -25,19 +25,24 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   `CONFIG` map would be misread;
 /// - 3: the GeoIP LPM tries became flat tables (DIR-24-8 for IPv4, with a
 ///   palette; a sorted range array for IPv6);
-/// - 4: the IPv6 table became a static search tree ([`GEO6I`], [`GEO6`]
-///   leaves) over /64s plus a fine table for split /64s ([`GEO6F`],
-///   [`CFG_GEO6F_LEN`]);
+/// - 4: the IPv6 table became a static search tree ([`GEO6_INDEX`], [`GEO6_LEAVES`]
+///   leaves) over /64s plus a fine table for split /64s ([`GEO6_FINE`],
+///   [`CFG_GEO6_FINE_LEN`]);
 /// - 5: the IPv4 table became one word per /16 over sorted segments
-///   ([`GEO4`], [`GEO4E`]; the DIR-24-8 hash and the palette are gone), and
+///   ([`GEO4_WORDS`], [`GEO4_TREE`]; the DIR-24-8 hash and the palette are gone), and
 ///   each slot got a summary of where its exception rules are
-///   ([`RULES16`]);
-/// - 6: each IPv4 segment became a search tree of cache lines, and `GEO4E`
-///   one value ([`GEO4E_LINE`], [`GEO4_DEPTH_SHIFT`]);
-/// - 7: the IPv6 index and leaves ([`GEO6I`], [`GEO6`]) became one value
+///   ([`RULE_BITMAP`]);
+/// - 6: each IPv4 segment became a search tree of cache lines, and `GEO4_TREE`
+///   one value ([`GEO4_TREE_LINE`], [`GEO4_DEPTH_SHIFT`]);
+/// - 7: the IPv6 index and leaves ([`GEO6_INDEX`], [`GEO6_LEAVES`]) became one value
 ///   each, as the IPv4 tables;
 /// - 8: the datapath reports its internal failures: a counter per kind
-///   ([`DP_ERRORS`]) and aya-log's ring buffer, now pinned ([`AYA_LOGS`]).
+///   ([`DP_ERRORS`]) and aya-log's ring buffer, now pinned ([`AYA_LOGS`]);
+///   and the maps got names that say what they hold: `GEO4_WORDS` and
+///   `GEO4_TREE` (were `GEO4`, `GEO4E`), `GEO6_INDEX`, `GEO6_LEAVES` and
+///   `GEO6_FINE` (were `GEO6I`, `GEO6`, `GEO6F`), `RULE_BITMAP` (was
+///   `RULES16`), `MODE_OVERRIDES` (was `MODE_BY_CG`), `SOCK_VERDICT` (was
+///   `SK_VERDICT`). Earlier entries use today's names.
 pub const LAYOUT_VERSION: u32 = 8;
 
 /// Number of policy slots (active + the one being prepared).
@@ -67,12 +72,12 @@ pub const fn cfg_mode(slot: u32) -> u32 {
 pub const CFG_EVENT_RATE: u32 = 4;
 /// `CONFIG[CFG_EVENT_BURST]`: the bucket's size, in events.
 pub const CFG_EVENT_BURST: u32 = 5;
-/// `CONFIG[CFG_OVERRIDES]`: number of entries in `MODE_BY_CG`; 0 spares the
+/// `CONFIG[CFG_OVERRIDES]`: number of entries in `MODE_OVERRIDES`; 0 spares the
 /// datapath the walk up the cgroup tree.
 pub const CFG_OVERRIDES: u32 = 6;
-/// `CONFIG[CFG_GEO6F_LEN[slot]]`: how many entries of `GEO6F_<slot>` are
+/// `CONFIG[CFG_GEO6_FINE_LEN[slot]]`: how many entries of `GEO6_FINE_<slot>` are
 /// in use (the binary search's upper bound).
-pub const CFG_GEO6F_LEN: [u32; 2] = [8, 9];
+pub const CFG_GEO6_FINE_LEN: [u32; 2] = [8, 9];
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -95,29 +100,29 @@ pub const RULES6: [&str; 2] = ["RULES6_0", "RULES6_1"];
 /// no rule can match, so the datapath skips the trie lookup (about 50 ns on
 /// random destinations, most of the decision when the GeoIP tables are
 /// in cache). Written with the rules, before the slot flips.
-pub const RULES16: &str = "RULES16";
-pub const RULES16_LEN: u32 = SLOTS * 2;
-/// Bits per [`RULES16`] bitmap, as u64 words.
-pub const RULES16_WORDS: usize = 1024;
+pub const RULE_BITMAP: &str = "RULE_BITMAP";
+pub const RULE_BITMAP_LEN: u32 = SLOTS * 2;
+/// Bits per [`RULE_BITMAP`] bitmap, as u64 words.
+pub const RULE_BITMAP_WORDS: usize = 1024;
 /// Capacity of each rules trie.
 pub const RULES_CAPACITY: u32 = 16 * 1024;
 
 /// Most prefixes per family the agent accepts from its databases (a sanity
 /// limit: the flat tables below are sized by what they hold, not by
-/// prefixes; see [`GEO4E_CAPACITY`] and [`GEO6_CAPACITY`]).
+/// prefixes; see [`GEO4_TREE_CAPACITY`] and [`GEO6_CAPACITY`]).
 pub const GEO_CAPACITY: u32 = 1 << 20;
 
 /// IPv4 GeoIP table, one per slot, in two parts.
 ///
-/// `GEO4_<slot>`: `Array<[u32; GEO4_LEN]>` of one value (256 KiB),
+/// `GEO4_WORDS_<slot>`: `Array<[u32; GEO4_LEN]>` of one value (256 KiB),
 /// `BPF_F_MMAPABLE`, one word per /16 (index: the address's first 16
 /// bits). A /16 with one country throughout has its country index there
 /// ([`GEO4_SPLIT`] clear). A /16 with more ([`GEO4_SPLIT`] set) has the line
-/// of its search tree's root in `GEO4E` in bits 0..[`GEO4_DEPTH_SHIFT`] and
-/// the tree's depth (internal levels, at most [`GEO4E_DEPTH`]) above them.
+/// of its search tree's root in `GEO4_TREE` in bits 0..[`GEO4_DEPTH_SHIFT`] and
+/// the tree's depth (internal levels, at most [`GEO4_TREE_DEPTH`]) above them.
 ///
-/// `GEO4E_<slot>`: `Array<[u32; GEO4E_CAPACITY]>` of one value,
-/// `BPF_F_MMAPABLE`: lines of [`GEO4E_LINE`] entries (64 bytes, one cache
+/// `GEO4_TREE_<slot>`: `Array<[u32; GEO4_TREE_CAPACITY]>` of one value,
+/// `BPF_F_MMAPABLE`: lines of [`GEO4_TREE_LINE`] entries (64 bytes, one cache
 /// line), each a node of a segment's static search tree (a B+ tree of
 /// fan-out 16). An entry is `key << 16 | value`, `key` a start inside the
 /// /16. In a leaf, the entries are the segment's same-country ranges in
@@ -137,7 +142,7 @@ pub const GEO_CAPACITY: u32 = 1 << 20;
 /// 16 entries independently, so a lookup is 1 to 4 dependent reads. Why one
 /// value of 4 MiB rather than blocks: a block's array lookup costs a key
 /// on the stack and a bounds check on every step, and all steps then come
-/// from one pointer (the same for `GEO4`; `KMALLOC_MAX_SIZE`, 4 MiB on x86-64, is the largest
+/// from one pointer (the same for `GEO4_WORDS`; `KMALLOC_MAX_SIZE`, 4 MiB on x86-64, is the largest
 /// array value: kernel/bpf/arraymap.c, `array_map_alloc_check`).
 ///
 /// Why not DIR-24-8 (one byte per /24, 16 MiB per slot): on random
@@ -145,25 +150,25 @@ pub const GEO_CAPACITY: u32 = 1 << 20;
 /// the lookup alone); the trees hold geo-whois-asn-country in 1.9 MiB
 /// (9,062 split /16s, 488,416 entries with padding and index lines) and
 /// the words, read by every lookup, fit in 256 KiB.
-pub const GEO4: [&str; 2] = ["GEO4_0", "GEO4_1"];
-pub const GEO4E: [&str; 2] = ["GEO4E_0", "GEO4E_1"];
-/// Words of `GEO4_<slot>`: one per /16.
+pub const GEO4_WORDS: [&str; 2] = ["GEO4_WORDS_0", "GEO4_WORDS_1"];
+pub const GEO4_TREE: [&str; 2] = ["GEO4_TREE_0", "GEO4_TREE_1"];
+/// Words of `GEO4_WORDS_<slot>`: one per /16.
 pub const GEO4_LEN: usize = 1 << 16;
-/// The bit of a `GEO4` word that marks a split /16.
+/// The bit of a `GEO4_WORDS` word that marks a split /16.
 pub const GEO4_SPLIT: u32 = 1 << 31;
 /// Where a split /16's word keeps its tree's depth (below: the root line).
 pub const GEO4_DEPTH_SHIFT: u32 = 16;
-/// Entries of a `GEO4E` line (one tree node, 64 bytes).
-pub const GEO4E_LINE: usize = 16;
-/// Entries of `GEO4E_<slot>`'s one value: 65,536 lines, so a line number
+/// Entries of a `GEO4_TREE` line (one tree node, 64 bytes).
+pub const GEO4_TREE_LINE: usize = 16;
+/// Entries of `GEO4_TREE_<slot>`'s one value: 65,536 lines, so a line number
 /// fits an entry's 16-bit value; about twice what geo-whois-asn-country
 /// needs.
-pub const GEO4E_CAPACITY: usize = 1 << 20;
+pub const GEO4_TREE_CAPACITY: usize = 1 << 20;
 /// Most internal levels of a segment's tree: 16^4 leaf entries hold the
 /// longest possible segment (a /16 split into 65,536 single addresses).
-pub const GEO4E_DEPTH: u32 = 3;
-const _: () = assert!(GEO4E_CAPACITY / GEO4E_LINE <= 1 << 16);
-const _: () = assert!(GEO4E_LINE.pow(GEO4E_DEPTH + 1) >= 1 << 16);
+pub const GEO4_TREE_DEPTH: u32 = 3;
+const _: () = assert!(GEO4_TREE_CAPACITY / GEO4_TREE_LINE <= 1 << 16);
+const _: () = assert!(GEO4_TREE_LINE.pow(GEO4_TREE_DEPTH + 1) >= 1 << 16);
 
 /// IPv6 GeoIP table, one per slot, in two parts.
 ///
@@ -171,12 +176,12 @@ const _: () = assert!(GEO4E_LINE.pow(GEO4E_DEPTH + 1) >= 1 << 16);
 /// maximal same-country ranges and the gaps between them, compared on their
 /// first 64 bits (`hi`), as a static search tree with one cache line per
 /// node, so a lookup costs about one memory access per level instead of one
-/// per binary search step. `GEO6_<slot>`: `Array<[Geo6Leaf;
-/// GEO6_LEAVES]>` of one value (4 MiB), `BPF_F_MMAPABLE`, the leaves:
+/// per binary search step. `GEO6_LEAVES_<slot>`: `Array<[Geo6Leaf;
+/// GEO6_LEAF_COUNT]>` of one value (4 MiB), `BPF_F_MMAPABLE`, the leaves:
 /// [`GEO6_LEAF_KEYS`] starts each, in order, with their countries; leaf 0
-/// starts at `::`. `GEO6I_<slot>`: `Array<[[u64; 8]; GEO6I_LEN]>` of one
-/// value, `BPF_F_MMAPABLE`, the index: [`GEO6I_LEVELS`] levels,
-/// top first, level `l` at node [`GEO6I_OFFSET`]`[l]`; key `k` of node `i`
+/// starts at `::`. `GEO6_INDEX_<slot>`: `Array<[[u64; 8]; GEO6_INDEX_LEN]>` of one
+/// value, `BPF_F_MMAPABLE`, the index: [`GEO6_INDEX_LEVELS`] levels,
+/// top first, level `l` at node [`GEO6_INDEX_OFFSET`]`[l]`; key `k` of node `i`
 /// is the first start under its child `8 * i + k` (a node of the level
 /// below, or a leaf under the last level). A lookup takes, at each level,
 /// the last key `<= hi`; unused keys and leaves hold `u64::MAX` (a padding
@@ -184,46 +189,47 @@ const _: () = assert!(GEO4E_LINE.pow(GEO4E_DEPTH + 1) >= 1 << 16);
 ///
 /// A /64 that holds a range boundary other than at its start (a prefix
 /// longer than /64) has the coarse country [`GEO6_SPLIT`]: its starts, full
-/// 128 bits, are in `GEO6F_<slot>` (`Array<Geo6Block>`, the first
-/// `CONFIG[CFG_GEO6F_LEN[slot]]` entries in use, sorted), beginning with one
+/// 128 bits, are in `GEO6_FINE_<slot>` (`Array<Geo6Block>`, the first
+/// `CONFIG[CFG_GEO6_FINE_LEN[slot]]` entries in use, sorted), beginning with one
 /// at the /64's start, searched by a bounded binary search.
-pub const GEO6: [&str; 2] = ["GEO6_0", "GEO6_1"];
-pub const GEO6I: [&str; 2] = ["GEO6I_0", "GEO6I_1"];
-pub const GEO6F: [&str; 2] = ["GEO6F_0", "GEO6F_1"];
+pub const GEO6_LEAVES: [&str; 2] = ["GEO6_LEAVES_0", "GEO6_LEAVES_1"];
+pub const GEO6_INDEX: [&str; 2] = ["GEO6_INDEX_0", "GEO6_INDEX_1"];
+pub const GEO6_FINE: [&str; 2] = ["GEO6_FINE_0", "GEO6_FINE_1"];
 /// Starts per leaf: six keys and six countries fill a 64-byte line.
 pub const GEO6_LEAF_KEYS: usize = 6;
-/// Leaves per slot; the index above them has [`GEO6I_LEVELS`] levels of
+/// Leaves per slot; the index above them has [`GEO6_INDEX_LEVELS`] levels of
 /// fan-out 8 (8^6 = 262,144 >= 65,536).
-pub const GEO6_LEAVES: u32 = 65_536;
+pub const GEO6_LEAF_COUNT: u32 = 65_536;
 /// Coarse entries per slot (393,216): the geo-whois-asn-country database
 /// needs about 268k (ranges, gaps and split /64s), GeoLite2 about 103k.
-pub const GEO6_CAPACITY: u32 = GEO6_LEAVES * GEO6_LEAF_KEYS as u32;
-pub const GEO6I_LEVELS: usize = 6;
+pub const GEO6_CAPACITY: u32 = GEO6_LEAF_COUNT * GEO6_LEAF_KEYS as u32;
+pub const GEO6_INDEX_LEVELS: usize = 6;
 /// Nodes per index level, top first: each level indexes the one below
 /// (the last level indexes the leaves), eight children per node.
-pub const GEO6I_NODES: [u32; GEO6I_LEVELS] = index_nodes();
-/// First node of each index level in `GEO6I_<slot>`.
-pub const GEO6I_OFFSET: [u32; GEO6I_LEVELS] = index_offsets();
-/// Nodes in `GEO6I_<slot>`.
-pub const GEO6I_LEN: u32 = GEO6I_OFFSET[GEO6I_LEVELS - 1] + GEO6I_NODES[GEO6I_LEVELS - 1];
+pub const GEO6_INDEX_NODES: [u32; GEO6_INDEX_LEVELS] = index_nodes();
+/// First node of each index level in `GEO6_INDEX_<slot>`.
+pub const GEO6_INDEX_OFFSET: [u32; GEO6_INDEX_LEVELS] = index_offsets();
+/// Nodes in `GEO6_INDEX_<slot>`.
+pub const GEO6_INDEX_LEN: u32 =
+    GEO6_INDEX_OFFSET[GEO6_INDEX_LEVELS - 1] + GEO6_INDEX_NODES[GEO6_INDEX_LEVELS - 1];
 /// How many children the nodes of each level have in all (the next level's
 /// nodes, or the leaves under the last): a descent is clamped to these.
-pub const GEO6I_CHILDREN: [u32; GEO6I_LEVELS] = index_children();
-/// The coarse country of a split /64: see [`GEO6F`].
+pub const GEO6_INDEX_CHILDREN: [u32; GEO6_INDEX_LEVELS] = index_children();
+/// The coarse country of a split /64: see [`GEO6_FINE`].
 pub const GEO6_SPLIT: u16 = 0xFFFF;
 /// Blocks of the fine table, and its entries (16,384): the
 /// geo-whois-asn-country database needs about 8.9k, GeoLite2 about 700.
-pub const GEO6F_BLOCKS: u32 = 64;
-pub const GEO6F_CAPACITY: u32 = GEO6F_BLOCKS * GEO6_BLOCK as u32;
-/// Binary search steps: enough for [`GEO6F_CAPACITY`] entries.
-pub const GEO6F_STEPS: u32 = 14;
-const _: () = assert!(1u64 << GEO6F_STEPS >= GEO6F_CAPACITY as u64);
+pub const GEO6_FINE_BLOCKS: u32 = 64;
+pub const GEO6_FINE_CAPACITY: u32 = GEO6_FINE_BLOCKS * GEO6_BLOCK as u32;
+/// Binary search steps: enough for [`GEO6_FINE_CAPACITY`] entries.
+pub const GEO6_FINE_STEPS: u32 = 14;
+const _: () = assert!(1u64 << GEO6_FINE_STEPS >= GEO6_FINE_CAPACITY as u64);
 pub const GEO6_BLOCK: usize = 256;
 
-const fn index_nodes() -> [u32; GEO6I_LEVELS] {
-    let mut out = [0; GEO6I_LEVELS];
-    let mut below = GEO6_LEAVES;
-    let mut l = GEO6I_LEVELS;
+const fn index_nodes() -> [u32; GEO6_INDEX_LEVELS] {
+    let mut out = [0; GEO6_INDEX_LEVELS];
+    let mut below = GEO6_LEAF_COUNT;
+    let mut l = GEO6_INDEX_LEVELS;
     while l > 0 {
         l -= 1;
         below = below.div_ceil(8);
@@ -232,22 +238,22 @@ const fn index_nodes() -> [u32; GEO6I_LEVELS] {
     out
 }
 
-const fn index_offsets() -> [u32; GEO6I_LEVELS] {
+const fn index_offsets() -> [u32; GEO6_INDEX_LEVELS] {
     let nodes = index_nodes();
-    let mut out = [0; GEO6I_LEVELS];
+    let mut out = [0; GEO6_INDEX_LEVELS];
     let mut l = 1;
-    while l < GEO6I_LEVELS {
+    while l < GEO6_INDEX_LEVELS {
         out[l] = out[l - 1] + nodes[l - 1];
         l += 1;
     }
     out
 }
 
-const fn index_children() -> [u32; GEO6I_LEVELS] {
+const fn index_children() -> [u32; GEO6_INDEX_LEVELS] {
     let nodes = index_nodes();
-    let mut out = [GEO6_LEAVES; GEO6I_LEVELS];
+    let mut out = [GEO6_LEAF_COUNT; GEO6_INDEX_LEVELS];
     let mut l = 0;
-    while l + 1 < GEO6I_LEVELS {
+    while l + 1 < GEO6_INDEX_LEVELS {
         out[l] = nodes[l + 1];
         l += 1;
     }
@@ -255,7 +261,7 @@ const fn index_children() -> [u32; GEO6I_LEVELS] {
 }
 
 // One root: the descent starts at node 0 of level 0.
-const _: () = assert!(GEO6I_NODES[0] == 1);
+const _: () = assert!(GEO6_INDEX_NODES[0] == 1);
 
 /// `BPF_F_MMAPABLE`: the agent maps the flat tables and writes them with
 /// plain stores
@@ -270,18 +276,18 @@ pub const CONN_COUNTS: &str = "CONN_COUNTS";
 pub const PKT_COUNTS: &str = "PKT_COUNTS";
 pub const BYTE_COUNTS: &str = "BYTE_COUNTS";
 
-/// `MODE_BY_CG`: `HashMap<u64, u32>`, cgroup id -> [`crate::Mode`]: a
+/// `MODE_OVERRIDES`: `HashMap<u64, u32>`, cgroup id -> [`crate::Mode`]: a
 /// per-cgroup mode override. The deepest ancestor of a process's (or a
 /// socket's) cgroup that has an entry wins; none -> the global mode.
-pub const MODE_BY_CG: &str = "MODE_BY_CG";
+pub const MODE_OVERRIDES: &str = "MODE_OVERRIDES";
 pub const MODE_OVERRIDES_CAPACITY: u32 = 1024;
 /// How many cgroup levels the override walk looks at (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 32;
 
-/// `SK_VERDICT`: socket storage holding the last decision made for the
+/// `SOCK_VERDICT`: socket storage holding the last decision made for the
 /// socket ([`SockVerdict`]), so the packet hook costs a lookup. A BTF map:
 /// the kernel needs BTF type ids for socket storage.
-pub const SK_VERDICT: &str = "SK_VERDICT";
+pub const SOCK_VERDICT: &str = "SOCK_VERDICT";
 
 /// `EVENTS`: the ring buffer of [`Event`] records, pinned so events written
 /// while no agent runs are read by the next one.
@@ -350,7 +356,7 @@ pub struct Rule {
     pub id: u16,
 }
 
-/// A leaf of the IPv6 coarse table ([`GEO6`]): the first 64 bits of
+/// A leaf of the IPv6 coarse table ([`GEO6_LEAVES`]): the first 64 bits of
 /// [`GEO6_LEAF_KEYS`] range starts, in order, and the country index of
 /// each ([`GEO6_SPLIT`] for a split /64).
 #[repr(C)]
@@ -361,7 +367,7 @@ pub struct Geo6Leaf {
     pub _pad: [u8; 4],
 }
 
-/// A block of the IPv6 fine table ([`GEO6F`]): range starts as big-endian
+/// A block of the IPv6 fine table ([`GEO6_FINE`]): range starts as big-endian
 /// halves (`hi` the first 8 bytes of the address) and the country of each.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 //! (`enforcer-ebpf/src/geo.rs`) runs them on its map values, the agent
 //! (`enforcer/src/datapath/geo4.rs`, `geo6.rs`) on the tables it built, and
 //! `enforcer check` (`explain.rs`) on the live maps read a page at a time.
-//! Layouts, and why they are what they are: [`crate::GEO4`],
-//! [`crate::GEO6`].
+//! Layouts, and why they are what they are: [`crate::GEO4_WORDS`],
+//! [`crate::GEO6_LEAVES`].
 //!
 //! The code is generic over how a table element is read ([`Tables4`],
 //! [`Entries4`], [`Tables6`]) and over the error a read may give, so each
@@ -20,9 +20,9 @@
 use core::{borrow::Borrow, hint::black_box};
 
 use crate::{
-    COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_SPLIT, GEO4E_CAPACITY, GEO4E_DEPTH, GEO4E_LINE,
-    GEO6_BLOCK, GEO6_LEAF_KEYS, GEO6_SPLIT, GEO6F_STEPS, GEO6I_CHILDREN, GEO6I_LEVELS,
-    GEO6I_OFFSET, Geo6Leaf, UNKNOWN_COUNTRY,
+    COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_SPLIT, GEO4_TREE_CAPACITY, GEO4_TREE_DEPTH,
+    GEO4_TREE_LINE, GEO6_BLOCK, GEO6_FINE_STEPS, GEO6_INDEX_CHILDREN, GEO6_INDEX_LEVELS,
+    GEO6_INDEX_OFFSET, GEO6_LEAF_KEYS, GEO6_SPLIT, Geo6Leaf, UNKNOWN_COUNTRY,
 };
 
 /// A country index as read from a table, or [`UNKNOWN_COUNTRY`] when out
@@ -49,7 +49,7 @@ fn lt(x: u64, key: u64) -> u64 {
 
 // ---------------------------------------------------------------- IPv4
 
-/// Read access to one slot's IPv4 tables ([`crate::GEO4`], [`crate::GEO4E`]).
+/// Read access to one slot's IPv4 tables ([`crate::GEO4_WORDS`], [`crate::GEO4_TREE`]).
 pub trait Tables4 {
     type Error;
     /// The reader of the tree lines.
@@ -63,10 +63,10 @@ pub trait Tables4 {
     fn entries(&self) -> Result<Self::Entries<'_>, Self::Error>;
 }
 
-/// Read access to the IPv4 tree lines ([`crate::GEO4E`]).
+/// Read access to the IPv4 tree lines ([`crate::GEO4_TREE`]).
 pub trait Entries4 {
     type Error;
-    /// Entry `i` (`i < GEO4E_CAPACITY`).
+    /// Entry `i` (`i < GEO4_TREE_CAPACITY`).
     fn entry(&self, i: usize) -> Result<u32, Self::Error>;
 }
 
@@ -96,7 +96,7 @@ pub struct Tree4 {
 }
 
 impl Word4 {
-    /// Decodes a [`crate::GEO4`] word.
+    /// Decodes a [`crate::GEO4_WORDS`] word.
     #[inline(always)]
     pub fn decode(word: u32) -> Word4 {
         if word & GEO4_SPLIT == 0 {
@@ -126,7 +126,7 @@ impl Tree4 {
     /// The descent from the root to the leaf entry of the last range that
     /// starts at or below `probe`'s address: that entry's index in the
     /// lines and the entry (`start << 16 | country`). One line per level,
-    /// at most [`GEO4E_DEPTH`] internal levels whatever the word says.
+    /// at most [`GEO4_TREE_DEPTH`] internal levels whatever the word says.
     #[inline(always)]
     pub fn descend<E: Entries4 + ?Sized>(
         self,
@@ -134,12 +134,12 @@ impl Tree4 {
         probe: u64,
     ) -> Result<(usize, u32), E::Error> {
         let mut line = self.root;
-        // A count, not `for level in 0..GEO4E_DEPTH` with a `break` at the
+        // A count, not `for level in 0..GEO4_TREE_DEPTH` with a `break` at the
         // depth: written that way here, LLVM unrolled the loop in full
         // (three copies of a level per slot, a third more instructions in
         // every IPv4 hook); this one stays a loop, and the verifier still
-        // sees it end within GEO4E_DEPTH turns.
-        for _ in 0..self.depth.min(GEO4E_DEPTH) {
+        // sees it end within GEO4_TREE_DEPTH turns.
+        for _ in 0..self.depth.min(GEO4_TREE_DEPTH) {
             line = last_below(entries, line, probe)?.1 & 0xffff;
         }
         last_below(entries, line, probe)
@@ -155,15 +155,15 @@ fn last_below<E: Entries4 + ?Sized>(
     line: u32,
     probe: u64,
 ) -> Result<(usize, u32), E::Error> {
-    let first = (line as usize * GEO4E_LINE) % GEO4E_CAPACITY;
+    let first = (line as usize * GEO4_TREE_LINE) % GEO4_TREE_CAPACITY;
     let mut below = 0u64;
-    for j in 0..GEO4E_LINE {
-        let entry = u64::from(entries.entry((first + j) % GEO4E_CAPACITY)?);
+    for j in 0..GEO4_TREE_LINE {
+        let entry = u64::from(entries.entry((first + j) % GEO4_TREE_CAPACITY)?);
         // 1 when entry < probe (both below 2^63): the borrow.
         below += entry.wrapping_sub(probe) >> 63;
     }
-    let k = (below as usize).wrapping_sub(1) % GEO4E_LINE;
-    let i = (first + k) % GEO4E_CAPACITY;
+    let k = (below as usize).wrapping_sub(1) % GEO4_TREE_LINE;
+    let i = (first + k) % GEO4_TREE_CAPACITY;
     Ok((i, entries.entry(i)?))
 }
 
@@ -190,8 +190,8 @@ pub fn country4_raw<T: Tables4 + ?Sized>(t: &T, ip: u32) -> Result<u32, T::Error
 
 // ---------------------------------------------------------------- IPv6
 
-/// Read access to one slot's IPv6 tables ([`crate::GEO6I`],
-/// [`crate::GEO6`], [`crate::GEO6F`]). Nodes and leaves come as anything
+/// Read access to one slot's IPv6 tables ([`crate::GEO6_INDEX`],
+/// [`crate::GEO6_LEAVES`], [`crate::GEO6_FINE`]). Nodes and leaves come as anything
 /// that borrows as one: the kernel lends references into its map values
 /// (no copy; a copy of a leaf indexed by a run-time slot would go through
 /// the 512-byte stack), the agent returns values it read. The fine table
@@ -202,15 +202,15 @@ pub trait Tables6 {
     type Error;
     type Node: Borrow<[u64; 8]>;
     type Leaf: Borrow<Geo6Leaf>;
-    /// Index node `i` (`i < GEO6I_LEN`).
+    /// Index node `i` (`i < GEO6_INDEX_LEN`).
     fn node(&self, i: u32) -> Result<Self::Node, Self::Error>;
-    /// Leaf `i` (`i < GEO6_LEAVES`).
+    /// Leaf `i` (`i < GEO6_LEAF_COUNT`).
     fn leaf(&self, i: u32) -> Result<Self::Leaf, Self::Error>;
-    /// Fine entries in use (`CONFIG[CFG_GEO6F_LEN[slot]]`), asked for only
+    /// Fine entries in use (`CONFIG[CFG_GEO6_FINE_LEN[slot]]`), asked for only
     /// when the address's /64 is split.
     fn fine_len(&self) -> Result<u32, Self::Error>;
     /// The start of entry `j` (`j < GEO6_BLOCK`) of fine block `b`
-    /// (`GEO6F_<slot>[b]`): its `hi` and `lo` halves.
+    /// (`GEO6_FINE_<slot>[b]`): its `hi` and `lo` halves.
     fn fine_start(&self, b: u32, j: usize) -> Result<(u64, u64), Self::Error>;
     /// The country of entry `j` of fine block `b` (raw: see [`known`]).
     fn fine_country(&self, b: u32, j: usize) -> Result<u16, Self::Error>;
@@ -241,7 +241,7 @@ pub fn lo6(a: &[u8; 16]) -> u64 {
 /// `<= hi` (entry 0 starts at `::`).
 #[inline(always)]
 pub fn leaf6<T: Tables6 + ?Sized>(t: &T, hi: u64) -> Result<u32, T::Error> {
-    const _: () = assert!(GEO6I_LEVELS == 6);
+    const _: () = assert!(GEO6_INDEX_LEVELS == 6);
     let mut i = 0;
     i = descend6(t, 0, i, hi)?;
     i = descend6(t, 1, i, hi)?;
@@ -257,10 +257,10 @@ pub fn leaf6<T: Tables6 + ?Sized>(t: &T, hi: u64) -> Result<u32, T::Error> {
 /// padded node never leads outside the next level.
 #[inline(always)]
 fn descend6<T: Tables6 + ?Sized>(t: &T, level: usize, i: u32, hi: u64) -> Result<u32, T::Error> {
-    let node = t.node(GEO6I_OFFSET[level] + i)?;
+    let node = t.node(GEO6_INDEX_OFFSET[level] + i)?;
     let node: &[u64; 8] = node.borrow();
     let k = 7 - node[1..].iter().map(|&key| lt(hi, key)).sum::<u64>() as u32;
-    Ok((i * 8 + k).min(GEO6I_CHILDREN[level] - 1))
+    Ok((i * 8 + k).min(GEO6_INDEX_CHILDREN[level] - 1))
 }
 
 /// The position in `leaf` of the last key `<= hi` (key 0 is, under the
@@ -291,7 +291,7 @@ pub fn fine6<T: Tables6 + ?Sized>(
     }
     let mut base: u32 = 0;
     let mut n: u32 = len;
-    for _ in 0..GEO6F_STEPS {
+    for _ in 0..GEO6_FINE_STEPS {
         if n <= 1 {
             break;
         }
@@ -347,7 +347,7 @@ mod tests {
     use std::{cell::Cell, collections::BTreeMap, convert::Infallible, vec, vec::Vec};
 
     use super::*;
-    use crate::{GEO4_LEN, GEO6_LEAVES, GEO6I_LEN};
+    use crate::{GEO4_LEN, GEO6_INDEX_LEN, GEO6_LEAF_COUNT};
 
     // ------------------------------------------------------------ IPv4
 
@@ -387,8 +387,8 @@ mod tests {
     }
 
     /// A line of `entries`, its unused entries repeating the last.
-    fn line(entries: &[u32]) -> [u32; GEO4E_LINE] {
-        let mut l = [entries[entries.len() - 1]; GEO4E_LINE];
+    fn line(entries: &[u32]) -> [u32; GEO4_TREE_LINE] {
+        let mut l = [entries[entries.len() - 1]; GEO4_TREE_LINE];
         l[..entries.len()].copy_from_slice(entries);
         l
     }
@@ -409,7 +409,7 @@ mod tests {
         words[0x0a03] = COUNTRY_SLOTS as u32;
         words[0x0a04] = split(0, 0x7fff);
         words[0x0a05] = split(4, 0);
-        words[0x0a06] = split(5, GEO4E_DEPTH);
+        words[0x0a06] = split(5, GEO4_TREE_DEPTH);
         let leaf2: Vec<u32> = (0..16).map(|i| entry(i * 0x100, 7 + i % 2)).collect();
         let lines = [
             line(&[entry(0, 3), entry(0x0280, 4), entry(0x0300, 3)]),
@@ -476,7 +476,7 @@ mod tests {
         assert_eq!(c4(&t, 0x0a02_9000), 7);
         assert_eq!(c4(&t, 0x0a02_ffff), 7);
         let Ok(hit) = Tree4 { root: 1, depth: 1 }.descend(&t.lines, probe4(0x8fff));
-        assert_eq!(hit, (3 * GEO4E_LINE, entry(0x8000, 9)));
+        assert_eq!(hit, (3 * GEO4_TREE_LINE, entry(0x8000, 9)));
     }
 
     #[test]
@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(c4(&t, 0x0a03_1234), UNKNOWN_COUNTRY);
         assert_eq!(c4(&t, 0x0a05_0001), 1);
         assert_eq!(c4(&t, 0x0a05_0010), UNKNOWN_COUNTRY);
-        // A depth beyond GEO4E_DEPTH: at most that many levels, each
+        // A depth beyond GEO4_TREE_DEPTH: at most that many levels, each
         // reading entries of the table.
         let _ = c4(&t, 0x0a04_0000);
         assert_eq!(
@@ -550,12 +550,12 @@ mod tests {
         type Leaf = Geo6Leaf;
 
         fn node(&self, i: u32) -> Result<[u64; 8], Infallible> {
-            assert!(i < GEO6I_LEN, "node {i}");
+            assert!(i < GEO6_INDEX_LEN, "node {i}");
             Ok(self.nodes.get(&i).copied().unwrap_or([u64::MAX; 8]))
         }
 
         fn leaf(&self, i: u32) -> Result<Geo6Leaf, Infallible> {
-            assert!(i < GEO6_LEAVES, "leaf {i}");
+            assert!(i < GEO6_LEAF_COUNT, "leaf {i}");
             Ok(self.leaves.get(&i).copied().unwrap_or(self.pad))
         }
 
@@ -615,14 +615,14 @@ mod tests {
         let mut nodes = BTreeMap::new();
         // Node 0 of each level leads to the first child; the last level's
         // also to the second leaf.
-        for &first in &GEO6I_OFFSET[..GEO6I_LEVELS - 1] {
+        for &first in &GEO6_INDEX_OFFSET[..GEO6_INDEX_LEVELS - 1] {
             let mut keys = [u64::MAX; 8];
             keys[0] = 0;
             nodes.insert(first, keys);
         }
         let mut keys = [u64::MAX; 8];
         (keys[0], keys[1]) = (0, S2);
-        nodes.insert(GEO6I_OFFSET[GEO6I_LEVELS - 1], keys);
+        nodes.insert(GEO6_INDEX_OFFSET[GEO6_INDEX_LEVELS - 1], keys);
         T6 {
             nodes,
             leaves: BTreeMap::from([(0, leaf(&coarse[..6])), (1, leaf(&coarse[6..]))]),

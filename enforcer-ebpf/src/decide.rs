@@ -5,7 +5,7 @@
 //! 2. the exception rules of the active slot: configured deny and allow CIDRs,
 //!    site networks and the built-in never-geolocated ranges, folded by the
 //!    agent into one LPM trie per family so one lookup yields the first class
-//!    in precedence order (skipped when the slot's `RULES16` bitmap says no
+//!    in precedence order (skipped when the slot's `RULE_BITMAP` bitmap says no
 //!    rule overlaps the destination's first 16 bits);
 //! 3. the GeoIP flat tables of the active slot -> country index (0 unknown;
 //!    `geo.rs`);
@@ -20,13 +20,13 @@ use core::ptr::{read_volatile, write_volatile};
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
     APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family, Fault, Mode,
-    Outcome, RULES16_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
+    Outcome, RULE_BITMAP_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
 };
 
 use crate::{
     diagnostics::report,
     geo::{country4, country6},
-    maps::{DEST_CACHE, POLICY, RULES4_0, RULES4_1, RULES6_0, RULES6_1, RULES16, config},
+    maps::{DEST_CACHE, POLICY, RULE_BITMAP, RULES4_0, RULES4_1, RULES6_0, RULES6_1, config},
 };
 
 /// What the datapath concluded about one destination.
@@ -252,7 +252,7 @@ pub fn decide(dest: Dest, mode: impl FnOnce(u32) -> Mode) -> Decision {
 /// read from the LPM key rather than copied.
 trait Geo: Copy {
     fn country(self, slot: u32) -> u16;
-    /// The address's first 16 bits, the bit of `RULES16`.
+    /// The address's first 16 bits, the bit of `RULE_BITMAP`.
     fn first16(self) -> u32;
 }
 
@@ -281,14 +281,14 @@ impl Geo for [u8; 16] {
 }
 
 /// Whether a rule of `family` in `slot` may match an address starting with
-/// `first16` (layout: `enforcer_common::RULES16`). An unreadable bitmap
+/// `first16` (layout: `enforcer_common::RULE_BITMAP`). An unreadable bitmap
 /// says yes: the trie then decides, as it would without the bitmap.
 #[inline(always)]
 fn may_have_rule(slot: u32, family: Family, first16: u32) -> bool {
     let index = slot * 2 + family as u32;
-    match RULES16.get(index) {
+    match RULE_BITMAP.get(index) {
         Some(bits) => {
-            let word = bits[(first16 as usize / 64) % RULES16_WORDS];
+            let word = bits[(first16 as usize / 64) % RULE_BITMAP_WORDS];
             word >> (first16 % 64) & 1 != 0
         }
         None => true,

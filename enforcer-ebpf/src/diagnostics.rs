@@ -26,7 +26,7 @@
 //! loaded); a full `EVENTS` ring is back-pressure, already counted as
 //! suppressed events; a packet too short for its headers in the tcx hook,
 //! or for its transport port anywhere, is the traffic's doing, not a
-//! failure. A `MODE_BY_CG` value that is not a mode is ignored unreported:
+//! failure. A `MODE_OVERRIDES` value that is not a mode is ignored unreported:
 //! any report from the cgroup walk's loop, even a flag tested after it,
 //! multiplied the states the verifier explores there past its limit.
 

@@ -18,16 +18,16 @@
 
 use aya_ebpf::maps::Array;
 use enforcer_common::{
-    CFG_GEO6F_LEN, COUNTRY_SLOTS, Fault, GEO4_LEN, GEO4E_CAPACITY, GEO6_BLOCK, GEO6_LEAVES,
-    GEO6I_LEN, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
+    CFG_GEO6_FINE_LEN, COUNTRY_SLOTS, Fault, GEO4_LEN, GEO4_TREE_CAPACITY, GEO6_BLOCK,
+    GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
     lookup::{self, Entries4, Tables4, Tables6},
 };
 
 use crate::{
     diagnostics::report,
     maps::{
-        GEO4_0, GEO4_1, GEO4E_0, GEO4E_1, GEO6_0, GEO6_1, GEO6F_0, GEO6F_1, GEO6I_0, GEO6I_1,
-        config,
+        GEO4_TREE_0, GEO4_TREE_1, GEO4_WORDS_0, GEO4_WORDS_1, GEO6_FINE_0, GEO6_FINE_1,
+        GEO6_INDEX_0, GEO6_INDEX_1, GEO6_LEAVES_0, GEO6_LEAVES_1, config,
     },
 };
 
@@ -49,16 +49,16 @@ pub fn country4(slot: u32, a: [u8; 4]) -> u16 {
     let found = if slot == 0 {
         lookup::country4_raw(
             &Slot4 {
-                words: &GEO4_0,
-                lines: &GEO4E_0,
+                words: &GEO4_WORDS_0,
+                lines: &GEO4_TREE_0,
             },
             ip,
         )
     } else {
         lookup::country4_raw(
             &Slot4 {
-                words: &GEO4_1,
-                lines: &GEO4E_1,
+                words: &GEO4_WORDS_1,
+                lines: &GEO4_TREE_1,
             },
             ip,
         )
@@ -82,7 +82,7 @@ fn checked(country: u32, family: u64) -> u16 {
 /// One slot's IPv4 maps.
 struct Slot4<'a> {
     words: &'a Array<[u32; GEO4_LEN]>,
-    lines: &'a Array<[u32; GEO4E_CAPACITY]>,
+    lines: &'a Array<[u32; GEO4_TREE_CAPACITY]>,
 }
 
 impl<'a> Tables4 for Slot4<'a> {
@@ -105,8 +105,8 @@ impl<'a> Tables4 for Slot4<'a> {
     }
 }
 
-/// `GEO4E`'s one value.
-struct Lines<'a>(&'a [u32; GEO4E_CAPACITY]);
+/// `GEO4_TREE`'s one value.
+struct Lines<'a>(&'a [u32; GEO4_TREE_CAPACITY]);
 
 impl Entries4 for Lines<'_> {
     type Error = Missing;
@@ -115,7 +115,7 @@ impl Entries4 for Lines<'_> {
     /// spares a bounds check.
     #[inline(always)]
     fn entry(&self, i: usize) -> Result<u32, Missing> {
-        Ok(self.0[i % GEO4E_CAPACITY])
+        Ok(self.0[i % GEO4_TREE_CAPACITY])
     }
 }
 
@@ -124,16 +124,28 @@ impl Entries4 for Lines<'_> {
 #[inline(always)]
 pub fn country6(slot: u32, a: &[u8; 16]) -> u16 {
     if slot == 0 {
-        lookup6(&GEO6I_0, &GEO6_0, &GEO6F_0, CFG_GEO6F_LEN[0], a)
+        lookup6(
+            &GEO6_INDEX_0,
+            &GEO6_LEAVES_0,
+            &GEO6_FINE_0,
+            CFG_GEO6_FINE_LEN[0],
+            a,
+        )
     } else {
-        lookup6(&GEO6I_1, &GEO6_1, &GEO6F_1, CFG_GEO6F_LEN[1], a)
+        lookup6(
+            &GEO6_INDEX_1,
+            &GEO6_LEAVES_1,
+            &GEO6_FINE_1,
+            CFG_GEO6_FINE_LEN[1],
+            a,
+        )
     }
 }
 
 #[inline(always)]
 fn lookup6(
-    index: &Array<[[u64; 8]; GEO6I_LEN as usize]>,
-    leaves: &Array<[Geo6Leaf; GEO6_LEAVES as usize]>,
+    index: &Array<[[u64; 8]; GEO6_INDEX_LEN as usize]>,
+    leaves: &Array<[Geo6Leaf; GEO6_LEAF_COUNT as usize]>,
     fine: &Array<Geo6Block>,
     fine_len: u32,
     a: &[u8; 16],
@@ -158,8 +170,8 @@ fn lookup6(
 /// the fine table as its map (one block per step), and the `CONFIG` word
 /// of its length.
 struct Slot6<'a> {
-    index: &'a [[u64; 8]; GEO6I_LEN as usize],
-    leaves: &'a [Geo6Leaf; GEO6_LEAVES as usize],
+    index: &'a [[u64; 8]; GEO6_INDEX_LEN as usize],
+    leaves: &'a [Geo6Leaf; GEO6_LEAF_COUNT as usize],
     fine: &'a Array<Geo6Block>,
     fine_len: u32,
 }
@@ -176,7 +188,7 @@ impl<'a> Tables6 for Slot6<'a> {
 
     #[inline(always)]
     fn leaf(&self, i: u32) -> Result<&'a Geo6Leaf, Missing> {
-        Ok(&self.leaves[i as usize % GEO6_LEAVES as usize])
+        Ok(&self.leaves[i as usize % GEO6_LEAF_COUNT as usize])
     }
 
     #[inline(always)]

@@ -10,9 +10,10 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DP_ERRORS_LEN,
-    DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4E_CAPACITY,
-    GEO6_LEAVES, GEO6F_BLOCKS, GEO6I_LEN, Geo6Block, Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN,
-    RULES_CAPACITY, RULES16_LEN, RULES16_WORDS, RateState, Rule, SockVerdict,
+    DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4_TREE_CAPACITY,
+    GEO6_FINE_BLOCKS, GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block, Geo6Leaf,
+    MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULE_BITMAP_LEN, RULE_BITMAP_WORDS, RULES_CAPACITY,
+    RateState, Rule, SockVerdict,
 };
 
 #[map]
@@ -30,29 +31,33 @@ pub static RULES6_0: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0
 #[map]
 pub static RULES6_1: LpmTrie<[u8; 16], Rule> = LpmTrie::pinned(RULES_CAPACITY, 0);
 #[map]
-pub static RULES16: Array<[u64; RULES16_WORDS]> = Array::pinned(RULES16_LEN, 0);
+pub static RULE_BITMAP: Array<[u64; RULE_BITMAP_WORDS]> = Array::pinned(RULE_BITMAP_LEN, 0);
 
 // The GeoIP flat tables (layout in enforcer_common::layout).
 #[map]
-pub static GEO4_0: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO4_WORDS_0: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4_1: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO4_WORDS_1: Array<[u32; GEO4_LEN]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4E_0: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO4_TREE_0: Array<[u32; GEO4_TREE_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO4E_1: Array<[u32; GEO4E_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO4_TREE_1: Array<[u32; GEO4_TREE_CAPACITY]> = Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_0: Array<[Geo6Leaf; GEO6_LEAVES as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO6_LEAVES_0: Array<[Geo6Leaf; GEO6_LEAF_COUNT as usize]> =
+    Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6_1: Array<[Geo6Leaf; GEO6_LEAVES as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO6_LEAVES_1: Array<[Geo6Leaf; GEO6_LEAF_COUNT as usize]> =
+    Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6I_0: Array<[[u64; 8]; GEO6I_LEN as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO6_INDEX_0: Array<[[u64; 8]; GEO6_INDEX_LEN as usize]> =
+    Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6I_1: Array<[[u64; 8]; GEO6I_LEN as usize]> = Array::pinned(1, BPF_F_MMAPABLE);
+pub static GEO6_INDEX_1: Array<[[u64; 8]; GEO6_INDEX_LEN as usize]> =
+    Array::pinned(1, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6F_0: Array<Geo6Block> = Array::pinned(GEO6F_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO6_FINE_0: Array<Geo6Block> = Array::pinned(GEO6_FINE_BLOCKS, BPF_F_MMAPABLE);
 #[map]
-pub static GEO6F_1: Array<Geo6Block> = Array::pinned(GEO6F_BLOCKS, BPF_F_MMAPABLE);
+pub static GEO6_FINE_1: Array<Geo6Block> = Array::pinned(GEO6_FINE_BLOCKS, BPF_F_MMAPABLE);
 
 #[map]
 pub static CONN_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
@@ -62,12 +67,12 @@ pub static PKT_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_B
 pub static BYTE_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
 
 #[map]
-pub static MODE_BY_CG: HashMap<u64, u32> = HashMap::pinned(MODE_OVERRIDES_CAPACITY, 0);
+pub static MODE_OVERRIDES: HashMap<u64, u32> = HashMap::pinned(MODE_OVERRIDES_CAPACITY, 0);
 
 /// Not pinned: a new agent's programs start with empty caches, and every
 /// socket is simply decided again on its next packet.
 #[btf_map]
-pub static SK_VERDICT: SkStorage<SockVerdict> = SkStorage::new();
+pub static SOCK_VERDICT: SkStorage<SockVerdict> = SkStorage::new();
 
 #[map]
 pub static DEST_CACHE: PerCpuArray<DestCacheEntry> = PerCpuArray::pinned(DEST_CACHE_SLOTS, 0);

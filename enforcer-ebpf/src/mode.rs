@@ -1,5 +1,5 @@
 //! The mode that applies to a decision: a per-cgroup override from
-//! `MODE_BY_CG` for the deepest ancestor cgroup that has one, else the
+//! `MODE_OVERRIDES` for the deepest ancestor cgroup that has one, else the
 //! global mode. The walk is skipped when no override exists.
 
 use aya_ebpf::{
@@ -10,7 +10,7 @@ use enforcer_common::{CFG_OVERRIDES, Fault, MAX_CGROUP_DEPTH, Mode, cfg_mode};
 
 use crate::{
     diagnostics::report,
-    maps::{MODE_BY_CG, config},
+    maps::{MODE_OVERRIDES, config},
 };
 
 /// The global mode of a policy slot. An unreadable mode word fails open to
@@ -44,7 +44,7 @@ fn walk(slot: u32, ancestor: impl Fn(i32) -> u64) -> Mode {
             break;
         }
         // SAFETY: a plain hash-map lookup; the value is copied at once.
-        if let Some(m) = unsafe { MODE_BY_CG.get(id) }.copied() {
+        if let Some(m) = unsafe { MODE_OVERRIDES.get(id) }.copied() {
             found = Mode::from_raw(m).or(found);
         }
     }

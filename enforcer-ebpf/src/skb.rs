@@ -27,7 +27,7 @@ use crate::{
     decide::{CacheProbe, Decision},
     diagnostics::report,
     events,
-    maps::{SK_VERDICT, config},
+    maps::{SOCK_VERDICT, config},
     mode, packet,
 };
 
@@ -155,7 +155,7 @@ fn storage(sk: *mut aya_ebpf::bindings::bpf_sock, flags: u64) -> *mut SockVerdic
     // relocates (what aya's SkStorage passes for sock_addr).
     unsafe {
         bpf_sk_storage_get(
-            core::ptr::from_ref(&SK_VERDICT).cast_mut().cast(),
+            core::ptr::from_ref(&SOCK_VERDICT).cast_mut().cast(),
             sk.cast(),
             core::ptr::null_mut(),
             flags,

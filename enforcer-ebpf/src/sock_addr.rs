@@ -21,7 +21,7 @@ use crate::{
     decide::{Decision, Dest, decide_cached},
     diagnostics::report,
     events,
-    maps::{SK_VERDICT, config},
+    maps::{SOCK_VERDICT, config},
     mode,
 };
 
@@ -120,7 +120,7 @@ fn cache(
 ) -> bool {
     // SAFETY: the helper reads the context's socket pointer, valid for a
     // sock_addr program; the result is checked for null.
-    let sv = unsafe { SK_VERDICT.get_or_insert_ptr_mut(ctx, None) };
+    let sv = unsafe { SOCK_VERDICT.get_or_insert_ptr_mut(ctx, None) };
     if sv.is_null() {
         return false;
     }

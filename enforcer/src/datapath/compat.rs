@@ -14,10 +14,11 @@ use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
     AYA_LOGS, AYA_LOGS_BYTES, BYTE_COUNTS, CONFIG, CONFIG_LEN, CONN_COUNTS, COUNTER_BLOCKS,
     CounterBlock, DEST_CACHE, DEST_CACHE_SLOTS, DP_ERRORS, DP_ERRORS_LEN, DestCacheEntry,
-    EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, FaultState, GEO4, GEO4_LEN,
-    GEO4E, GEO4E_CAPACITY, GEO6, GEO6_LEAVES, GEO6F, GEO6F_BLOCKS, GEO6I, GEO6I_LEN, Geo6Block,
-    Geo6Leaf, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULES_CAPACITY,
-    RULES4, RULES6, RULES16, RULES16_LEN, RULES16_WORDS, RateState, Rule,
+    EVENT_STATE, EVENT_STATS, EVENT_STATS_LEN, EVENTS, EVENTS_BYTES, FaultState, GEO4_LEN,
+    GEO4_TREE, GEO4_TREE_CAPACITY, GEO4_WORDS, GEO6_FINE, GEO6_FINE_BLOCKS, GEO6_INDEX,
+    GEO6_INDEX_LEN, GEO6_LEAF_COUNT, GEO6_LEAVES, Geo6Block, Geo6Leaf, MODE_OVERRIDES,
+    MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULE_BITMAP, RULE_BITMAP_LEN,
+    RULE_BITMAP_WORDS, RULES_CAPACITY, RULES4, RULES6, RateState, Rule,
 };
 
 use super::DatapathError;
@@ -67,7 +68,7 @@ fn expected() -> Vec<Expected> {
             size_of::<CounterBlock>(),
             COUNTER_BLOCKS,
         ),
-        e(MODE_BY_CG, MapType::Hash, 8, 4, MODE_OVERRIDES_CAPACITY),
+        e(MODE_OVERRIDES, MapType::Hash, 8, 4, MODE_OVERRIDES_CAPACITY),
         e(EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
         e(
             EVENT_STATE,
@@ -84,7 +85,13 @@ fn expected() -> Vec<Expected> {
             size_of::<DestCacheEntry>(),
             DEST_CACHE_SLOTS,
         ),
-        e(RULES16, MapType::Array, 4, 8 * RULES16_WORDS, RULES16_LEN),
+        e(
+            RULE_BITMAP,
+            MapType::Array,
+            4,
+            8 * RULE_BITMAP_WORDS,
+            RULE_BITMAP_LEN,
+        ),
         e(
             DP_ERRORS,
             MapType::PerCpuArray,
@@ -109,28 +116,34 @@ fn expected() -> Vec<Expected> {
             size_of::<Rule>(),
             RULES_CAPACITY,
         ));
-        v.push(e(GEO4[slot], MapType::Array, 4, 4 * GEO4_LEN, 1));
-        v.push(e(GEO4E[slot], MapType::Array, 4, 4 * GEO4E_CAPACITY, 1));
+        v.push(e(GEO4_WORDS[slot], MapType::Array, 4, 4 * GEO4_LEN, 1));
         v.push(e(
-            GEO6[slot],
+            GEO4_TREE[slot],
             MapType::Array,
             4,
-            size_of::<Geo6Leaf>() * GEO6_LEAVES as usize,
+            4 * GEO4_TREE_CAPACITY,
             1,
         ));
         v.push(e(
-            GEO6I[slot],
+            GEO6_LEAVES[slot],
             MapType::Array,
             4,
-            64 * GEO6I_LEN as usize,
+            size_of::<Geo6Leaf>() * GEO6_LEAF_COUNT as usize,
             1,
         ));
         v.push(e(
-            GEO6F[slot],
+            GEO6_INDEX[slot],
+            MapType::Array,
+            4,
+            64 * GEO6_INDEX_LEN as usize,
+            1,
+        ));
+        v.push(e(
+            GEO6_FINE[slot],
             MapType::Array,
             4,
             size_of::<Geo6Block>(),
-            GEO6F_BLOCKS,
+            GEO6_FINE_BLOCKS,
         ));
     }
     v

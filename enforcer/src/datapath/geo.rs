@@ -6,12 +6,12 @@
 //!
 //! Both families start from the same thing: the sorted starts of the
 //! maximal same-country ranges and of the gaps between them.
-//! - IPv4: one word per /16 (`GEO4_<slot>`) and a search tree of cache
+//! - IPv4: one word per /16 (`GEO4_WORDS_<slot>`) and a search tree of cache
 //!   lines over the starts of each /16 that holds more than one country
-//!   (`GEO4E_<slot>`): `geo4.rs`.
-//! - IPv6: a search tree over /64s (`GEO6I_<slot>`, `GEO6_<slot>`) and a
-//!   fine table for split /64s (`GEO6F_<slot>`,
-//!   `CONFIG[CFG_GEO6F_LEN[slot]]` entries in use): `geo6.rs`.
+//!   (`GEO4_TREE_<slot>`): `geo4.rs`.
+//! - IPv6: a search tree over /64s (`GEO6_INDEX_<slot>`, `GEO6_LEAVES_<slot>`) and a
+//!   fine table for split /64s (`GEO6_FINE_<slot>`,
+//!   `CONFIG[CFG_GEO6_FINE_LEN[slot]]` entries in use): `geo6.rs`.
 //!
 //! Every table is a `BPF_F_MMAPABLE` array: the agent maps it (a window at
 //! a time) and copies only the 4 KiB blocks that differ, so writing costs
@@ -27,7 +27,9 @@ use aya::{
     Ebpf,
     maps::{Map, MapData, MapError},
 };
-use enforcer_common::{CFG_GEO6F_LEN, GEO4, GEO4E, GEO6, GEO6F, GEO6I};
+use enforcer_common::{
+    CFG_GEO6_FINE_LEN, GEO4_TREE, GEO4_WORDS, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES,
+};
 use geoip::GeoTable;
 
 use super::{
@@ -247,7 +249,7 @@ fn lcm(a: usize, b: usize) -> usize {
 
 /// A copy of `len` bytes of a table at `offset` (both whole pages), through
 /// a read-only mapping: `fd` may be opened read-only (`explain.rs`), and a
-/// table value too large to copy through a map lookup (`GEO4E`, 4 MiB) is
+/// table value too large to copy through a map lookup (`GEO4_TREE`, 4 MiB) is
 /// read a page at a time.
 pub(super) fn read_window(
     fd: BorrowedFd<'_>,
@@ -295,12 +297,12 @@ pub fn write(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<FlatDelta, Datap
         v6_fine_entries: flat.v6.fine_len as usize,
         ..FlatDelta::default()
     };
-    delta.v6_blocks = sync_blocks(ebpf, GEO6F[s], &flat.v6.fine, FINE_BLOCK_BYTES)?
-        + sync_blocks(ebpf, GEO6[s], &flat.v6.leaves, 64 * LEAF_BYTES)?
-        + sync_blocks(ebpf, GEO6I[s], &flat.v6.index, 64 * NODE_BYTES)?;
-    delta.v4_blocks = sync_blocks(ebpf, GEO4E[s], &flat.v4.entries, BLOCK_BYTES)?
-        + sync_blocks(ebpf, GEO4[s], &flat.v4.words, BLOCK_BYTES)?;
-    super::set_config_word(ebpf, CFG_GEO6F_LEN[s], flat.v6.fine_len)?;
+    delta.v6_blocks = sync_blocks(ebpf, GEO6_FINE[s], &flat.v6.fine, FINE_BLOCK_BYTES)?
+        + sync_blocks(ebpf, GEO6_LEAVES[s], &flat.v6.leaves, 64 * LEAF_BYTES)?
+        + sync_blocks(ebpf, GEO6_INDEX[s], &flat.v6.index, 64 * NODE_BYTES)?;
+    delta.v4_blocks = sync_blocks(ebpf, GEO4_TREE[s], &flat.v4.entries, BLOCK_BYTES)?
+        + sync_blocks(ebpf, GEO4_WORDS[s], &flat.v4.words, BLOCK_BYTES)?;
+    super::set_config_word(ebpf, CFG_GEO6_FINE_LEN[s], flat.v6.fine_len)?;
     delta.write_seconds = started.elapsed().as_secs_f64();
     Ok(delta)
 }
@@ -319,11 +321,11 @@ fn checksum(bytes: &[u8]) -> u64 {
 pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
     let s = slot as usize;
     for (name, want, block) in [
-        (GEO4[s], flat.v4.words.as_ref(), BLOCK_BYTES),
-        (GEO4E[s], flat.v4.entries.as_ref(), BLOCK_BYTES),
-        (GEO6I[s], flat.v6.index.as_ref(), 64 * NODE_BYTES),
-        (GEO6[s], flat.v6.leaves.as_ref(), 64 * LEAF_BYTES),
-        (GEO6F[s], flat.v6.fine.as_ref(), FINE_BLOCK_BYTES),
+        (GEO4_WORDS[s], flat.v4.words.as_ref(), BLOCK_BYTES),
+        (GEO4_TREE[s], flat.v4.entries.as_ref(), BLOCK_BYTES),
+        (GEO6_INDEX[s], flat.v6.index.as_ref(), 64 * NODE_BYTES),
+        (GEO6_LEAVES[s], flat.v6.leaves.as_ref(), 64 * LEAF_BYTES),
+        (GEO6_FINE[s], flat.v6.fine.as_ref(), FINE_BLOCK_BYTES),
     ] {
         // Window by window, with the checksums of the whole table only
         // when something differs.
@@ -343,7 +345,7 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
             ));
         }
     }
-    let len = super::config_word(ebpf, CFG_GEO6F_LEN[s]).map_err(|e| e.to_string())?;
+    let len = super::config_word(ebpf, CFG_GEO6_FINE_LEN[s]).map_err(|e| e.to_string())?;
     if len != flat.v6.fine_len {
         return Err(format!(
             "the IPv6 fine table length is {len}, expected {}",
@@ -402,7 +404,7 @@ mod tests {
         // 10.1/16 (FR, DE, FR), 11.0/16 (IT, gap), 255.255/16 (gap, IT):
         // one line (a leaf) each.
         assert_eq!(f.v4.split16, 3);
-        assert_eq!(f.v4.entries_len, 3 * enforcer_common::GEO4E_LINE);
+        assert_eq!(f.v4.entries_len, 3 * enforcer_common::GEO4_TREE_LINE);
         // Coarse: ::, 2a00::, 2a01:: (split), 2a01:0:0:1::; fine: 2a01::,
         // 2a01::1, 2a01::2.
         assert_eq!(f.v6.coarse_len, 4);

@@ -3,7 +3,7 @@
 //! word per /16 and, for each /16 that holds more than one country, a
 //! static search tree of cache lines over its segment of starts (layout
 //! and the reasons for it: `enforcer_common::layout`,
-//! [`enforcer_common::GEO4`]). The lookup is `enforcer_common::lookup`,
+//! [`enforcer_common::GEO4_WORDS`]). The lookup is `enforcer_common::lookup`,
 //! which the kernel runs too (`enforcer-ebpf/src/geo.rs`); [`lookup`] here
 //! (used by `explain.rs`) adds the range around the address from its parts.
 //!
@@ -16,7 +16,7 @@
 //! makes one per level (1 to 4), each of one cache line.
 
 use enforcer_common::{
-    GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4E_CAPACITY, GEO4E_LINE, UNKNOWN_COUNTRY,
+    GEO4_DEPTH_SHIFT, GEO4_LEN, GEO4_SPLIT, GEO4_TREE_CAPACITY, GEO4_TREE_LINE, UNKNOWN_COUNTRY,
     lookup::{Entries4, Tables4, Word4, known, probe4},
 };
 
@@ -24,14 +24,14 @@ use super::{DatapathError, buffer::Buffer};
 
 /// Bytes of the whole of each table.
 pub const WORDS_BYTES: usize = GEO4_LEN * 4;
-pub const ENTRIES_BYTES: usize = GEO4E_CAPACITY * 4;
+pub const ENTRIES_BYTES: usize = GEO4_TREE_CAPACITY * 4;
 
 /// The two tables of one slot, as the kernel holds them (native byte
 /// order: the kernel reads u32 words and entries).
 pub struct V4 {
-    /// `GEO4_<slot>`: one word per /16.
+    /// `GEO4_WORDS_<slot>`: one word per /16.
     pub words: Buffer,
-    /// `GEO4E_<slot>`: the trees' lines, [`GEO4E_CAPACITY`] entries.
+    /// `GEO4_TREE_<slot>`: the trees' lines, [`GEO4_TREE_CAPACITY`] entries.
     pub entries: Buffer,
     /// Entries in use (whole lines).
     pub entries_len: usize,
@@ -56,7 +56,7 @@ fn entry(start: u32, value: u16) -> u32 {
 /// The shape of a segment's tree: its depth (internal levels) and its
 /// internal lines, which come before its leaves.
 fn shape(count: u32) -> (u32, u32) {
-    let line = GEO4E_LINE as u32;
+    let line = GEO4_TREE_LINE as u32;
     let (mut nodes, mut depth, mut internal) = (count.div_ceil(line), 0, 0);
     while nodes > 1 {
         nodes = nodes.div_ceil(line);
@@ -69,12 +69,12 @@ fn shape(count: u32) -> (u32, u32) {
 /// The lines of one segment's tree, root first, then each level below it,
 /// then the leaves; `base` is the line of the root. Every node's unused
 /// entries repeat its last one.
-fn tree(segment: &[u32], base: u32) -> Vec<[u32; GEO4E_LINE]> {
-    let lines = |entries: &[u32]| -> Vec<[u32; GEO4E_LINE]> {
+fn tree(segment: &[u32], base: u32) -> Vec<[u32; GEO4_TREE_LINE]> {
+    let lines = |entries: &[u32]| -> Vec<[u32; GEO4_TREE_LINE]> {
         entries
-            .chunks(GEO4E_LINE)
+            .chunks(GEO4_TREE_LINE)
             .map(|chunk| {
-                let mut line = [chunk[chunk.len() - 1]; GEO4E_LINE];
+                let mut line = [chunk[chunk.len() - 1]; GEO4_TREE_LINE];
                 line[..chunk.len()].copy_from_slice(chunk);
                 line
             })
@@ -87,7 +87,7 @@ fn tree(segment: &[u32], base: u32) -> Vec<[u32; GEO4E_LINE]> {
     let mut below_first = base + internal;
     while levels[levels.len() - 1].len() > 1 {
         let children = &levels[levels.len() - 1];
-        let parents = children.len().div_ceil(GEO4E_LINE) as u32;
+        let parents = children.len().div_ceil(GEO4_TREE_LINE) as u32;
         let first = below_first - parents;
         let keys: Vec<u32> = children
             .iter()
@@ -118,7 +118,7 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
             merged.push((start, country));
         }
     }
-    let capacity_lines = GEO4E_CAPACITY / GEO4E_LINE;
+    let capacity_lines = GEO4_TREE_CAPACITY / GEO4_TREE_LINE;
     // Lines used (counted past the capacity too, for the error below).
     let mut used = 0usize;
     let mut split16 = 0;
@@ -139,7 +139,7 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
         } else {
             let count = inside + 1;
             let (depth, internal) = shape(count as u32);
-            let lines = (internal as usize) + count.div_ceil(GEO4E_LINE);
+            let lines = (internal as usize) + count.div_ceil(GEO4_TREE_LINE);
             let root = used as u32;
             if used + lines <= capacity_lines {
                 let segment: Vec<u32> = std::iter::once(entry(0, merged[at].1))
@@ -151,7 +151,7 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
                     .collect();
                 for (i, line) in tree(&segment, root).iter().enumerate() {
                     for (j, e) in line.iter().enumerate() {
-                        let at_byte = ((used + i) * GEO4E_LINE + j) * 4;
+                        let at_byte = ((used + i) * GEO4_TREE_LINE + j) * 4;
                         entries[at_byte..at_byte + 4].copy_from_slice(&e.to_ne_bytes());
                     }
                 }
@@ -168,14 +168,14 @@ pub fn build(starts: &[(u32, u16)]) -> Result<V4, DatapathError> {
         return Err(DatapathError::Capacity {
             what: "GeoIP IPv4 range starts inside split /16s, in their search trees (entries)"
                 .to_owned(),
-            need: used * GEO4E_LINE,
-            capacity: GEO4E_CAPACITY as u32,
+            need: used * GEO4_TREE_LINE,
+            capacity: GEO4_TREE_CAPACITY as u32,
         });
     }
     Ok(V4 {
         words,
         entries,
-        entries_len: used * GEO4E_LINE,
+        entries_len: used * GEO4_TREE_LINE,
         split16,
     })
 }
@@ -283,7 +283,7 @@ pub fn lookup<T: Tables4>(t: &T, ip: u32) -> Result<Found, T::Error> {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::GEO4E_DEPTH;
+    use enforcer_common::GEO4_TREE_DEPTH;
 
     use super::*;
     use crate::datapath::geo6::tests::Rng;
@@ -352,7 +352,7 @@ mod tests {
                     _ => None,
                 })
                 .max();
-            assert_eq!(deepest, Some(GEO4E_DEPTH), "round {round}");
+            assert_eq!(deepest, Some(GEO4_TREE_DEPTH), "round {round}");
             for _ in 0..200_000 {
                 let r = rng.next();
                 // Random addresses, and the starts and the addresses just
@@ -380,7 +380,7 @@ mod tests {
         ];
         let v4 = build(&s).expect("build");
         assert_eq!(v4.split16, 1);
-        assert_eq!(v4.entries_len, GEO4E_LINE);
+        assert_eq!(v4.entries_len, GEO4_TREE_LINE);
         let Ok(hit) = lookup(&v4, 0x0a01_0290);
         assert_eq!(
             (hit.country, hit.start, hit.end),
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn too_many_starts_are_refused() {
-        let s: Vec<(u32, u16)> = (0..GEO4E_CAPACITY as u32 + 2)
+        let s: Vec<(u32, u16)> = (0..GEO4_TREE_CAPACITY as u32 + 2)
             .map(|i| (i * 4, (i % 2 + 1) as u16))
             .collect();
         let Err(e) = build(&s) else {

@@ -2,7 +2,7 @@
 //! (ranges and the gaps between them) turned into the kernel's layout, a
 //! static search tree over /64s plus a fine table for the /64s that longer
 //! prefixes split (layout and the reason for it: `enforcer_common::layout`,
-//! [`enforcer_common::GEO6`]). The lookup is `enforcer_common::lookup`,
+//! [`enforcer_common::GEO6_LEAVES`]). The lookup is `enforcer_common::lookup`,
 //! which the kernel runs too (`enforcer-ebpf/src/geo.rs`); [`lookup`] here
 //! (used by `explain.rs`) adds the range around the address from its parts.
 //!
@@ -16,9 +16,9 @@
 use std::borrow::Borrow as _;
 
 use enforcer_common::{
-    GEO6_BLOCK, GEO6_CAPACITY, GEO6_LEAF_KEYS, GEO6_LEAVES, GEO6_SPLIT, GEO6F_BLOCKS,
-    GEO6F_CAPACITY, GEO6I_LEN, GEO6I_LEVELS, GEO6I_NODES, GEO6I_OFFSET, Geo6Block, Geo6Leaf,
-    UNKNOWN_COUNTRY,
+    GEO6_BLOCK, GEO6_CAPACITY, GEO6_FINE_BLOCKS, GEO6_FINE_CAPACITY, GEO6_INDEX_LEN,
+    GEO6_INDEX_LEVELS, GEO6_INDEX_NODES, GEO6_INDEX_OFFSET, GEO6_LEAF_COUNT, GEO6_LEAF_KEYS,
+    GEO6_SPLIT, Geo6Block, Geo6Leaf, UNKNOWN_COUNTRY,
     lookup::{self as shared, Tables6},
 };
 
@@ -29,21 +29,21 @@ pub const NODE_BYTES: usize = 64;
 pub const LEAF_BYTES: usize = size_of::<Geo6Leaf>();
 pub const FINE_BLOCK_BYTES: usize = size_of::<Geo6Block>();
 /// Bytes of the index and of the leaves: each is one map value.
-pub const INDEX_BYTES: usize = GEO6I_LEN as usize * NODE_BYTES;
-pub const LEAVES_BYTES: usize = GEO6_LEAVES as usize * LEAF_BYTES;
+pub const INDEX_BYTES: usize = GEO6_INDEX_LEN as usize * NODE_BYTES;
+pub const LEAVES_BYTES: usize = GEO6_LEAF_COUNT as usize * LEAF_BYTES;
 
 /// The three tables of one slot, as the kernel holds them (native byte
 /// order: the kernel reads them as u64 and u16).
 pub struct V6 {
-    /// `GEO6I_<slot>`: [`GEO6I_LEN`] nodes of eight keys.
+    /// `GEO6_INDEX_<slot>`: [`GEO6_INDEX_LEN`] nodes of eight keys.
     pub index: Buffer,
-    /// `GEO6_<slot>`: [`GEO6_LEAVES`] leaves.
+    /// `GEO6_LEAVES_<slot>`: [`GEO6_LEAF_COUNT`] leaves.
     pub leaves: Buffer,
-    /// `GEO6F_<slot>`: [`GEO6F_BLOCKS`] blocks.
+    /// `GEO6_FINE_<slot>`: [`GEO6_FINE_BLOCKS`] blocks.
     pub fine: Buffer,
     /// Coarse entries in use (the rest of the leaves is padding).
     pub coarse_len: usize,
-    /// Fine entries in use (`CONFIG[CFG_GEO6F_LEN[slot]]`).
+    /// Fine entries in use (`CONFIG[CFG_GEO6_FINE_LEN[slot]]`).
     pub fine_len: u32,
 }
 
@@ -114,11 +114,11 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
             capacity: GEO6_CAPACITY,
         });
     }
-    if fine.len() > GEO6F_CAPACITY as usize {
+    if fine.len() > GEO6_FINE_CAPACITY as usize {
         return Err(DatapathError::Capacity {
             what: "GeoIP IPv6 starts inside /64s split by longer prefixes".to_owned(),
             need: fine.len(),
-            capacity: GEO6F_CAPACITY,
+            capacity: GEO6_FINE_CAPACITY,
         });
     }
 
@@ -129,7 +129,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
     // 5 MiB of small pages is a good part of a reload's time.
     let mut leaves = zeroed(LEAVES_BYTES)?;
     // First key of every leaf, for the index.
-    let mut firsts = vec![u64::MAX; GEO6_LEAVES as usize];
+    let mut firsts = vec![u64::MAX; GEO6_LEAF_COUNT as usize];
     for (l, leaf) in leaves.chunks_mut(LEAF_BYTES).enumerate() {
         for k in 0..GEO6_LEAF_KEYS {
             let (key, country) = coarse
@@ -149,11 +149,11 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
     // child 8 * i + k.
     let mut index = zeroed(INDEX_BYTES)?;
     let mut below = firsts;
-    for level in (0..GEO6I_LEVELS).rev() {
-        let nodes = GEO6I_NODES[level] as usize;
+    for level in (0..GEO6_INDEX_LEVELS).rev() {
+        let nodes = GEO6_INDEX_NODES[level] as usize;
         let mut own = Vec::with_capacity(nodes);
         for i in 0..nodes {
-            let at = (GEO6I_OFFSET[level] as usize + i) * NODE_BYTES;
+            let at = (GEO6_INDEX_OFFSET[level] as usize + i) * NODE_BYTES;
             for k in 0..8 {
                 let key = below.get(8 * i + k).copied().unwrap_or(u64::MAX);
                 index[at + 8 * k..at + 8 * k + 8].copy_from_slice(&key.to_ne_bytes());
@@ -163,7 +163,7 @@ pub fn build(entries: &[(u128, u16)]) -> Result<V6, DatapathError> {
         below = own;
     }
 
-    let mut fine_bytes = zeroed(GEO6F_BLOCKS as usize * FINE_BLOCK_BYTES)?;
+    let mut fine_bytes = zeroed(GEO6_FINE_BLOCKS as usize * FINE_BLOCK_BYTES)?;
     for (i, &(start, country)) in fine.iter().enumerate() {
         let (block, j) = (i / GEO6_BLOCK, i % GEO6_BLOCK);
         let b = &mut fine_bytes[block * FINE_BLOCK_BYTES..(block + 1) * FINE_BLOCK_BYTES];
@@ -230,7 +230,7 @@ pub fn lookup<T: Tables6>(t: &T, addr: u128) -> Result<Found, T::Error> {
         // country): no next start.
         let next = if k + 1 < GEO6_LEAF_KEYS {
             Some((leaf.hi[k + 1], leaf.country[k + 1]))
-        } else if i + 1 < GEO6_LEAVES {
+        } else if i + 1 < GEO6_LEAF_COUNT {
             let l = t.leaf(i + 1)?;
             let l: &Geo6Leaf = l.borrow();
             Some((l.hi[0], l.country[0]))
@@ -408,7 +408,7 @@ pub(crate) mod tests {
 
     #[test]
     fn capacity_errors_name_the_table() {
-        let entries: Vec<(u128, u16)> = (0..=u128::from(GEO6F_CAPACITY))
+        let entries: Vec<(u128, u16)> = (0..=u128::from(GEO6_FINE_CAPACITY))
             .map(|i| ((1u128 << 64) | i, (i % 2) as u16))
             .chain([(0, 0)])
             .collect::<std::collections::BTreeMap<_, _>>()

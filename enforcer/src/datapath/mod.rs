@@ -39,7 +39,7 @@ use aya::{
 };
 use enforcer_common::{
     AYA_LOGS, CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES,
-    CFG_SLOT, CONFIG, LAYOUT_VERSION, MODE_BY_CG, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
+    CFG_SLOT, CONFIG, LAYOUT_VERSION, MODE_OVERRIDES, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
 };
 
 pub use self::{
@@ -272,9 +272,9 @@ impl Datapath {
     fn overrides_map(&mut self) -> Result<HashMap<&mut MapData, u64, u32>, DatapathError> {
         let map = self
             .ebpf
-            .map_mut(MODE_BY_CG)
-            .ok_or(DatapathError::MissingMap(MODE_BY_CG))?;
-        HashMap::try_from(map).map_err(map_err(MODE_BY_CG))
+            .map_mut(MODE_OVERRIDES)
+            .ok_or(DatapathError::MissingMap(MODE_OVERRIDES))?;
+        HashMap::try_from(map).map_err(map_err(MODE_OVERRIDES))
     }
 
     /// What a policy load writes outside the slots (the per-cgroup mode
@@ -313,7 +313,7 @@ impl Datapath {
         self.set_config_word(CFG_EVENT_RATE, rate_per_cpu)
     }
 
-    /// Makes `MODE_BY_CG` hold exactly `overrides` (cgroup id, mode), then
+    /// Makes `MODE_OVERRIDES` hold exactly `overrides` (cgroup id, mode), then
     /// records how many there are so the datapath walks the cgroup tree only
     /// when there is something to find.
     pub fn set_overrides(&mut self, overrides: &[(u64, Mode)]) -> Result<(), DatapathError> {
@@ -336,10 +336,10 @@ impl Datapath {
         self.set_config_word(CFG_OVERRIDES, overrides.len().max(1) as u32)?;
         let mut by_cg = self.overrides_map()?;
         for (id, mode) in &wanted {
-            by_cg.insert(id, mode, 0).map_err(map_err(MODE_BY_CG))?;
+            by_cg.insert(id, mode, 0).map_err(map_err(MODE_OVERRIDES))?;
         }
         for id in stale {
-            by_cg.remove(&id).map_err(map_err(MODE_BY_CG))?;
+            by_cg.remove(&id).map_err(map_err(MODE_OVERRIDES))?;
         }
         self.set_config_word(CFG_OVERRIDES, overrides.len() as u32)
     }

@@ -12,8 +12,8 @@ use aya::{
     },
 };
 use enforcer_common::{
-    COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULES_CAPACITY, RULES4, RULES6, RULES16, RULES16_WORDS,
-    Rule,
+    COUNTRY_SLOTS, GEO_CAPACITY, POLICY, RULE_BITMAP, RULE_BITMAP_WORDS, RULES_CAPACITY, RULES4,
+    RULES6, Rule,
 };
 
 use super::{
@@ -85,8 +85,8 @@ type Desired<K, V> = BTreeMap<(K, u32), V>;
 pub struct SlotContents<'a> {
     rules_v4: Desired<[u8; 4], Rule>,
     rules_v6: Desired<[u8; 16], Rule>,
-    /// `RULES16` of each family (IPv4, IPv6).
-    rules16: [Box<[u64; RULES16_WORDS]>; 2],
+    /// `RULE_BITMAP` of each family (IPv4, IPv6).
+    rules16: [Box<[u64; RULE_BITMAP_WORDS]>; 2],
     geo: Flat,
     geo_v4: usize,
     geo_v6: usize,
@@ -115,10 +115,10 @@ impl<'a> SlotContents<'a> {
     }
 }
 
-/// The `RULES16` bitmap of one family's rules (address bytes, prefix
+/// The `RULE_BITMAP` bitmap of one family's rules (address bytes, prefix
 /// length): every first-16-bits value a rule's prefix overlaps.
-fn rules16<'k>(rules: impl Iterator<Item = (&'k [u8], u32)>) -> Box<[u64; RULES16_WORDS]> {
-    let mut bits = Box::new([0u64; RULES16_WORDS]);
+fn rules16<'k>(rules: impl Iterator<Item = (&'k [u8], u32)>) -> Box<[u64; RULE_BITMAP_WORDS]> {
+    let mut bits = Box::new([0u64; RULE_BITMAP_WORDS]);
     for (data, len) in rules {
         let first = u32::from(data[0]) << 8 | u32::from(data[1]);
         // A prefix of 16 bits or more sits in one value; a shorter one
@@ -200,13 +200,13 @@ pub fn write(
     let rules_v6 = write_trie(ebpf, RULES6[s], &c.rules_v6)?;
     {
         let map = ebpf
-            .map_mut(RULES16)
-            .ok_or(DatapathError::MissingMap(RULES16))?;
-        let mut bits: Array<_, [u64; RULES16_WORDS]> =
-            Array::try_from(map).map_err(map_err(RULES16))?;
+            .map_mut(RULE_BITMAP)
+            .ok_or(DatapathError::MissingMap(RULE_BITMAP))?;
+        let mut bits: Array<_, [u64; RULE_BITMAP_WORDS]> =
+            Array::try_from(map).map_err(map_err(RULE_BITMAP))?;
         for (family, want) in c.rules16.iter().enumerate() {
             bits.set(slot * 2 + family as u32, **want, 0)
-                .map_err(map_err(RULES16))?;
+                .map_err(map_err(RULE_BITMAP))?;
         }
     }
     let geo = geo::write(ebpf, slot, &c.geo)?;
@@ -253,16 +253,16 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, c: &SlotContents<'_>) -> Result<(), Da
     verify_trie(ebpf, RULES6[s], &c.rules_v6).map_err(fail)?;
     {
         let map = ebpf
-            .map_mut(RULES16)
-            .ok_or(DatapathError::MissingMap(RULES16))?;
-        let bits: Array<_, [u64; RULES16_WORDS]> =
-            Array::try_from(map).map_err(map_err(RULES16))?;
+            .map_mut(RULE_BITMAP)
+            .ok_or(DatapathError::MissingMap(RULE_BITMAP))?;
+        let bits: Array<_, [u64; RULE_BITMAP_WORDS]> =
+            Array::try_from(map).map_err(map_err(RULE_BITMAP))?;
         for (family, want) in c.rules16.iter().enumerate() {
             let index = slot * 2 + family as u32;
-            let got = bits.get(&index, 0).map_err(map_err(RULES16))?;
+            let got = bits.get(&index, 0).map_err(map_err(RULE_BITMAP))?;
             if got != **want {
                 return Err(fail(format!(
-                    "{RULES16}[{index}] differs from what was written"
+                    "{RULE_BITMAP}[{index}] differs from what was written"
                 )));
             }
         }
@@ -304,7 +304,7 @@ fn verify_trie<K: Pod + Ord + std::fmt::Debug, V: Pod + PartialEq + std::fmt::De
 mod tests {
     use super::*;
 
-    fn set(bits: &[u64; RULES16_WORDS]) -> Vec<u32> {
+    fn set(bits: &[u64; RULE_BITMAP_WORDS]) -> Vec<u32> {
         (0..1u32 << 16)
             .filter(|&v| bits[v as usize / 64] >> (v % 64) & 1 != 0)
             .collect()

@@ -103,7 +103,7 @@ pub fn map_fill_table(s: &AgentStatus) -> [(&'static str, usize, u32); 6] {
         (
             "geo_ipv4_entries",
             s.geo_v4_entries,
-            enforcer_common::GEO4E_CAPACITY as u32,
+            enforcer_common::GEO4_TREE_CAPACITY as u32,
         ),
         (
             "geo_ipv6_ranges",
@@ -113,7 +113,7 @@ pub fn map_fill_table(s: &AgentStatus) -> [(&'static str, usize, u32); 6] {
         (
             "geo_ipv6_split64",
             s.geo_v6_split64,
-            enforcer_common::GEO6F_CAPACITY,
+            enforcer_common::GEO6_FINE_CAPACITY,
         ),
         ("rules_ipv4", s.rules_v4, enforcer_common::RULES_CAPACITY),
         ("rules_ipv6", s.rules_v6, enforcer_common::RULES_CAPACITY),

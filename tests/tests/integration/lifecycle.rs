@@ -244,7 +244,7 @@ fn real_database_layered_under_the_test_database() {
     );
     assert_eq!(
         m.sum("enforcer_map_capacity", &[("map", "geo_ipv4_entries")]),
-        enforcer_common::GEO4E_CAPACITY as f64
+        enforcer_common::GEO4_TREE_CAPACITY as f64
     );
     assert_eq!(
         m.sum("enforcer_map_capacity", &[("map", "geo_ipv6_ranges")]),

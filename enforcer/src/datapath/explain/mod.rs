@@ -47,10 +47,10 @@ use aya::{
     },
 };
 use enforcer_common::{
-    APPROVED, CFG_GENERATION, CFG_GEO6F_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4, GEO4E, GEO6, GEO6_BLOCK, GEO6F, GEO6I, Geo6Block, Geo6Leaf,
-    LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_BY_CG, Mode, Outcome, POLICY, RULES4, RULES6, Rule,
-    RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
+    APPROVED, CFG_GENERATION, CFG_GEO6_FINE_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
+    COUNTRY_SLOTS, Family, GEO4_TREE, GEO4_WORDS, GEO6_BLOCK, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES,
+    Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_OVERRIDES, Mode, Outcome, POLICY,
+    RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
     lookup::{Entries4, Tables4, Tables6},
 };
 use geoip::CountryCode;
@@ -91,14 +91,14 @@ pub struct Explainer {
     policy: Array<MapData, u32>,
     rules4: [LpmTrie<MapData, [u8; 4], Rule>; 2],
     rules6: [LpmTrie<MapData, [u8; 16], Rule>; 2],
-    /// `GEO4` and `GEO4E`, each one large value, read a page at a time
+    /// `GEO4_WORDS` and `GEO4_TREE`, each one large value, read a page at a time
     /// (see [`Paged`]).
     geo4: [MapData; 2],
-    geo4e: [MapData; 2],
-    /// `GEO6I` and `GEO6`, one value each too.
-    geo6i: [MapData; 2],
+    geo4_tree: [MapData; 2],
+    /// `GEO6_INDEX` and `GEO6_LEAVES`, one value each too.
+    geo6_index: [MapData; 2],
     geo6: [MapData; 2],
-    geo6f: [Array<MapData, Geo6Block>; 2],
+    geo6_fine: [Array<MapData, Geo6Block>; 2],
     overrides: HashMap<MapData, u64, u32>,
 }
 
@@ -151,7 +151,7 @@ fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
         .unwrap_or(bits as u8 as u32) as u8
 }
 
-/// One map of a single large value (the GeoIP tables but `GEO6F`: 256 KiB
+/// One map of a single large value (the GeoIP tables but `GEO6_FINE`: 256 KiB
 /// to 4 MiB), which a map lookup would copy whole (onto the stack, through
 /// aya): read through a read-only mapping instead, one page at a time, and
 /// the pages read are kept, as a descent reads several elements of one
@@ -235,12 +235,12 @@ impl<'a> Tables4 for SlotV4<'a> {
     }
 }
 
-/// `GEO4E`'s entries, a page at a time.
+/// `GEO4_TREE`'s entries, a page at a time.
 impl Entries4 for Paged<'_> {
     type Error = DatapathError;
 
     fn entry(&self, i: usize) -> Result<u32, DatapathError> {
-        // The lookup's indices are below GEO4E_CAPACITY (2^20); a larger
+        // The lookup's indices are below GEO4_TREE_CAPACITY (2^20); a larger
         // one is out of bounds all the same.
         self.get(u32::try_from(i).unwrap_or(u32::MAX))
     }
@@ -365,7 +365,7 @@ impl Tables6 for SlotV6<'_> {
     }
 
     fn fine_len(&self) -> Result<u32, DatapathError> {
-        self.explainer.word(CFG_GEO6F_LEN[self.slot])
+        self.explainer.word(CFG_GEO6_FINE_LEN[self.slot])
     }
 
     fn fine_start(&self, b: u32, j: usize) -> Result<(u64, u64), DatapathError> {
@@ -382,9 +382,9 @@ impl Tables6 for SlotV6<'_> {
 impl SlotV6<'_> {
     /// Fine block `b`, copied out of the map (4.5 KiB: a map lookup).
     fn fine_block(&self, b: u32) -> Result<Geo6Block, DatapathError> {
-        self.explainer.geo6f[self.slot]
+        self.explainer.geo6_fine[self.slot]
             .get(&b, 0)
-            .map_err(map_err(GEO6F[self.slot]))
+            .map_err(map_err(GEO6_FINE[self.slot]))
     }
 }
 
@@ -411,13 +411,25 @@ impl Explainer {
             policy: Array::try_from(open_read_only(pin_dir, POLICY)?).map_err(map_err(POLICY))?,
             rules4: [trie(pin_dir, RULES4[0])?, trie(pin_dir, RULES4[1])?],
             rules6: [trie(pin_dir, RULES6[0])?, trie(pin_dir, RULES6[1])?],
-            geo4: [map_data(pin_dir, GEO4[0])?, map_data(pin_dir, GEO4[1])?],
-            geo4e: [map_data(pin_dir, GEO4E[0])?, map_data(pin_dir, GEO4E[1])?],
-            geo6i: [map_data(pin_dir, GEO6I[0])?, map_data(pin_dir, GEO6I[1])?],
-            geo6: [map_data(pin_dir, GEO6[0])?, map_data(pin_dir, GEO6[1])?],
-            geo6f: [array(pin_dir, GEO6F[0])?, array(pin_dir, GEO6F[1])?],
-            overrides: HashMap::try_from(open_read_only(pin_dir, MODE_BY_CG)?)
-                .map_err(map_err(MODE_BY_CG))?,
+            geo4: [
+                map_data(pin_dir, GEO4_WORDS[0])?,
+                map_data(pin_dir, GEO4_WORDS[1])?,
+            ],
+            geo4_tree: [
+                map_data(pin_dir, GEO4_TREE[0])?,
+                map_data(pin_dir, GEO4_TREE[1])?,
+            ],
+            geo6_index: [
+                map_data(pin_dir, GEO6_INDEX[0])?,
+                map_data(pin_dir, GEO6_INDEX[1])?,
+            ],
+            geo6: [
+                map_data(pin_dir, GEO6_LEAVES[0])?,
+                map_data(pin_dir, GEO6_LEAVES[1])?,
+            ],
+            geo6_fine: [array(pin_dir, GEO6_FINE[0])?, array(pin_dir, GEO6_FINE[1])?],
+            overrides: HashMap::try_from(open_read_only(pin_dir, MODE_OVERRIDES)?)
+                .map_err(map_err(MODE_OVERRIDES))?,
         })
     }
 
@@ -606,8 +618,8 @@ impl Explainer {
                 // The kernel's lookup, through geo4.rs.
                 let found = geo4::lookup(
                     &SlotV4 {
-                        words: Paged::new(GEO4[s], &self.geo4[s], geo4::WORDS_BYTES),
-                        entries: Paged::new(GEO4E[s], &self.geo4e[s], geo4::ENTRIES_BYTES),
+                        words: Paged::new(GEO4_WORDS[s], &self.geo4[s], geo4::WORDS_BYTES),
+                        entries: Paged::new(GEO4_TREE[s], &self.geo4_tree[s], geo4::ENTRIES_BYTES),
                     },
                     ip,
                 )?;
@@ -627,8 +639,8 @@ impl Explainer {
                     &SlotV6 {
                         explainer: self,
                         slot: s,
-                        index: Paged::new(GEO6I[s], &self.geo6i[s], geo6::INDEX_BYTES),
-                        leaves: Paged::new(GEO6[s], &self.geo6[s], geo6::LEAVES_BYTES),
+                        index: Paged::new(GEO6_INDEX[s], &self.geo6_index[s], geo6::INDEX_BYTES),
+                        leaves: Paged::new(GEO6_LEAVES[s], &self.geo6[s], geo6::LEAVES_BYTES),
                     },
                     addr,
                 )?;
@@ -685,7 +697,7 @@ impl Explainer {
             let m = match self.overrides.get(&id, 0) {
                 Ok(m) => Mode::from_raw(m),
                 Err(MapError::KeyNotFound) => None,
-                Err(e) => return Err(map_err(MODE_BY_CG)(e)),
+                Err(e) => return Err(map_err(MODE_OVERRIDES)(e)),
             };
             if let Some(m) = m {
                 found = Some(AppliedMode {
