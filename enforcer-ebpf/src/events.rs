@@ -10,10 +10,13 @@ use core::{
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use enforcer_common::{
-    CFG_EVENT_BURST, CFG_EVENT_RATE, EVENT_SUPPRESSED_FULL, EVENT_SUPPRESSED_RATE, Event,
+    CFG_EVENT_BURST, CFG_EVENT_RATE, EVENT_SUPPRESSED_FULL, EVENT_SUPPRESSED_RATE, Event, Hook,
 };
 
-use crate::maps::{EVENT_STATE, EVENT_STATS, EVENTS, config};
+use crate::{
+    decide::Decision,
+    maps::{EVENT_STATE, EVENT_STATS, EVENTS, config},
+};
 
 const TOKEN: u64 = 1_000_000_000;
 /// Refill is computed over at most this long, so the product with the rate
@@ -54,10 +57,24 @@ fn take_token(now: u64) -> bool {
     true
 }
 
-/// Emits the event `fill` describes (its time is set here), or counts why
-/// not. Does nothing when events are off (`CFG_EVENT_RATE` = 0).
+/// Where the traffic of an event went: the same fields in every hook.
+pub struct Target {
+    /// The destination as decided (IPv4 in the first four bytes).
+    pub daddr: [u8; 16],
+    /// Host order; 0 when the protocol has none.
+    pub dport: u16,
+    pub protocol: u8,
+    /// The packet's size from the IP header on; 0 for a connection.
+    pub bytes: u32,
+}
+
+/// Emits the event of decision `d` in `hook` for traffic to `to` (its time
+/// is set here), or counts why not. `origin` fills what only the hook
+/// knows about the sender (cgroup, process, user), read only when the
+/// event is emitted; a hook that knows none leaves them zero. Does nothing
+/// when events are off (`CFG_EVENT_RATE` = 0).
 #[inline(always)]
-pub fn emit(fill: impl FnOnce(&mut Event)) {
+pub fn emit(hook: Hook, d: &Decision, to: Target, origin: impl FnOnce(&mut Event)) {
     if config(CFG_EVENT_RATE) == 0 {
         return;
     }
@@ -76,20 +93,20 @@ pub fn emit(fill: impl FnOnce(&mut Event)) {
         cgroup_id: 0,
         pid_tgid: 0,
         uid_gid: 0,
-        daddr: [0; 16],
+        daddr: to.daddr,
         comm: [0; 16],
-        bytes: 0,
-        dport: 0,
-        country: 0,
-        hook: 0,
-        family: 0,
-        protocol: 0,
-        outcome: 0,
-        mode: 0,
-        source: 0,
+        bytes: to.bytes,
+        dport: to.dport,
+        country: d.country,
+        hook: hook as u8,
+        family: d.family as u8,
+        protocol: to.protocol,
+        outcome: d.outcome as u8,
+        mode: d.mode as u8,
+        source: d.source as u8,
         _pad: [0; 2],
     };
-    fill(&mut event);
+    origin(&mut event);
     entry.write(event);
     entry.submit(0);
 }

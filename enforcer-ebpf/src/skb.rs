@@ -26,7 +26,7 @@ use crate::{
     counters::count_packet,
     decide::{CacheProbe, Decision},
     diagnostics::report,
-    events,
+    events::{self, Target},
     maps::{SOCK_VERDICT, config},
     mode, packet,
 };
@@ -111,22 +111,18 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
             Some(c) if c.pid_tgid != 0 => (c.pid_tgid, c.uid_gid, c.comm),
             _ => (0, ctx.get_socket_uid() as u64, [0; 16]),
         };
-        events::emit(|e| {
+        let to = Target {
+            daddr,
+            dport: p.dport,
+            protocol: p.protocol,
+            bytes: len,
+        };
+        events::emit(Hook::SkbEgress, &d, to, |e| {
             // SAFETY: the helper reads the socket's cgroup from the context.
             e.cgroup_id = unsafe { bpf_skb_cgroup_id(skb.cast()) };
             e.pid_tgid = pid_tgid;
             e.uid_gid = uid_gid;
-            e.daddr = daddr;
             e.comm = comm;
-            e.bytes = len;
-            e.dport = p.dport;
-            e.country = d.country;
-            e.hook = Hook::SkbEgress as u8;
-            e.family = d.family as u8;
-            e.protocol = p.protocol;
-            e.outcome = d.outcome as u8;
-            e.mode = d.mode as u8;
-            e.source = d.source as u8;
         });
     }
     // The process fields belong to the socket: keep what connect wrote.

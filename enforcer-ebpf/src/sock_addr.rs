@@ -20,7 +20,7 @@ use crate::{
     counters::count_connection,
     decide::{Decision, Dest, decide_cached},
     diagnostics::report,
-    events,
+    events::{self, Target},
     maps::{SOCK_VERDICT, config},
     mode,
 };
@@ -77,21 +77,18 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // SAFETY: a valid context; user_port and protocol are 4-byte loads.
     let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
-    events::emit(|e| {
+    let to = Target {
+        daddr: dest.bytes(),
+        dport: u16::from_be(port as u16),
+        protocol: protocol as u8,
+        bytes: 0,
+    };
+    events::emit(hook, &d, to, |e| {
         // SAFETY: reads the current task's cgroup id.
         e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         e.pid_tgid = pid_tgid;
         e.uid_gid = uid_gid;
-        e.daddr = dest.bytes();
         e.comm = comm;
-        e.dport = u16::from_be(port as u16);
-        e.country = d.country;
-        e.hook = hook as u8;
-        e.family = d.family as u8;
-        e.protocol = protocol as u8;
-        e.outcome = d.outcome as u8;
-        e.mode = d.mode as u8;
-        e.source = d.source as u8;
     });
     if d.refuses() {
         return REFUSE;

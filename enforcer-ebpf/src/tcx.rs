@@ -30,7 +30,13 @@
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use enforcer_common::{CFG_GENERATION, Hook};
 
-use crate::{counters::count_packet, decide::decide_cached, events, maps::config, mode, packet};
+use crate::{
+    counters::count_packet,
+    decide::decide_cached,
+    events::{self, Target},
+    maps::config,
+    mode, packet,
+};
 
 /// Length of the Ethernet header before the IP header.
 const ETH_HLEN: usize = 14;
@@ -74,18 +80,13 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     if d.reportable() {
         // No pid, comm, uid or cgroup: the sender is not on this host, and
         // the event's zeroed fields say so.
-        events::emit(|e| {
-            e.daddr = p.dest.bytes();
-            e.bytes = bytes;
-            e.dport = p.dport;
-            e.country = d.country;
-            e.hook = Hook::TcxEgress as u8;
-            e.family = d.family as u8;
-            e.protocol = p.protocol;
-            e.outcome = d.outcome as u8;
-            e.mode = d.mode as u8;
-            e.source = d.source as u8;
-        });
+        let to = Target {
+            daddr: p.dest.bytes(),
+            dport: p.dport,
+            protocol: p.protocol,
+            bytes,
+        };
+        events::emit(Hook::TcxEgress, &d, to, |_| {});
     }
     if d.refuses() { TCX_DROP } else { TCX_NEXT }
 }
