@@ -68,13 +68,31 @@ pub struct Target {
     pub bytes: u32,
 }
 
-/// Emits the event of decision `d` in `hook` for traffic to `to` (its time
-/// is set here), or counts why not. `origin` fills what only the hook
-/// knows about the sender (cgroup, process, user), read only when the
-/// event is emitted; a hook that knows none leaves them zero. Does nothing
-/// when events are off (`CFG_EVENT_RATE` = 0).
+/// Fills the fields every hook's event has: the decision `d` in `hook`
+/// for traffic to `to`. Called inside [`emit`]'s `fill`, so nothing is
+/// computed for an event that is not emitted, and the programs keep the
+/// shape the verifier walks within its limit (building the fields before
+/// `emit`'s early returns cost `skb_egress` its last headroom).
 #[inline(always)]
-pub fn emit(hook: Hook, d: &Decision, to: Target, origin: impl FnOnce(&mut Event)) {
+pub fn describe(e: &mut Event, hook: Hook, d: &Decision, to: Target) {
+    e.daddr = to.daddr;
+    e.bytes = to.bytes;
+    e.dport = to.dport;
+    e.country = d.country;
+    e.hook = hook as u8;
+    e.family = d.family as u8;
+    e.protocol = to.protocol;
+    e.outcome = d.outcome as u8;
+    e.mode = d.mode as u8;
+    e.source = d.source as u8;
+}
+
+/// Emits the event `fill` describes (its time is set here; the hooks fill
+/// the rest with [`describe`] and what only they know about the sender),
+/// or counts why not. Does nothing when events are off
+/// (`CFG_EVENT_RATE` = 0).
+#[inline(always)]
+pub fn emit(fill: impl FnOnce(&mut Event)) {
     if config(CFG_EVENT_RATE) == 0 {
         return;
     }
@@ -93,20 +111,20 @@ pub fn emit(hook: Hook, d: &Decision, to: Target, origin: impl FnOnce(&mut Event
         cgroup_id: 0,
         pid_tgid: 0,
         uid_gid: 0,
-        daddr: to.daddr,
+        daddr: [0; 16],
         comm: [0; 16],
-        bytes: to.bytes,
-        dport: to.dport,
-        country: d.country,
-        hook: hook as u8,
-        family: d.family as u8,
-        protocol: to.protocol,
-        outcome: d.outcome as u8,
-        mode: d.mode as u8,
-        source: d.source as u8,
+        bytes: 0,
+        dport: 0,
+        country: 0,
+        hook: 0,
+        family: 0,
+        protocol: 0,
+        outcome: 0,
+        mode: 0,
+        source: 0,
         _pad: [0; 2],
     };
-    origin(&mut event);
+    fill(&mut event);
     entry.write(event);
     entry.submit(0);
 }

@@ -111,13 +111,14 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
             Some(c) if c.pid_tgid != 0 => (c.pid_tgid, c.uid_gid, c.comm),
             _ => (0, ctx.get_socket_uid() as u64, [0; 16]),
         };
-        let to = Target {
-            daddr,
-            dport: p.dport,
-            protocol: p.protocol,
-            bytes: len,
-        };
-        events::emit(Hook::SkbEgress, &d, to, |e| {
+        events::emit(|e| {
+            let to = Target {
+                daddr,
+                dport: p.dport,
+                protocol: p.protocol,
+                bytes: len,
+            };
+            events::describe(e, Hook::SkbEgress, &d, to);
             // SAFETY: the helper reads the socket's cgroup from the context.
             e.cgroup_id = unsafe { bpf_skb_cgroup_id(skb.cast()) };
             e.pid_tgid = pid_tgid;

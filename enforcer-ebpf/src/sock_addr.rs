@@ -77,13 +77,14 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // SAFETY: a valid context; user_port and protocol are 4-byte loads.
     let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
-    let to = Target {
-        daddr: dest.bytes(),
-        dport: u16::from_be(port as u16),
-        protocol: protocol as u8,
-        bytes: 0,
-    };
-    events::emit(hook, &d, to, |e| {
+    events::emit(|e| {
+        let to = Target {
+            daddr: dest.bytes(),
+            dport: u16::from_be(port as u16),
+            protocol: protocol as u8,
+            bytes: 0,
+        };
+        events::describe(e, hook, &d, to);
         // SAFETY: reads the current task's cgroup id.
         e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         e.pid_tgid = pid_tgid;

@@ -80,13 +80,15 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     if d.reportable() {
         // No pid, comm, uid or cgroup: the sender is not on this host, and
         // the event's zeroed fields say so.
-        let to = Target {
-            daddr: p.dest.bytes(),
-            dport: p.dport,
-            protocol: p.protocol,
-            bytes,
-        };
-        events::emit(Hook::TcxEgress, &d, to, |_| {});
+        events::emit(|e| {
+            let to = Target {
+                daddr: p.dest.bytes(),
+                dport: p.dport,
+                protocol: p.protocol,
+                bytes,
+            };
+            events::describe(e, Hook::TcxEgress, &d, to);
+        });
     }
     if d.refuses() { TCX_DROP } else { TCX_NEXT }
 }

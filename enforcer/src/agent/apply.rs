@@ -11,11 +11,11 @@ use enforcer_common::Mode;
 use super::prepare::{Prepared, release_free_memory};
 use crate::{
     config::Config,
-    datapath::Datapath,
+    datapath::{Datapath, SlotReport},
     paths,
     runtime_mode::RuntimeModes,
     scope,
-    status::{SharedStatus, unix_now},
+    status::{AgentStatus, SharedStatus, unix_now},
 };
 
 /// The modes to write: see [`effective_modes`].
@@ -199,6 +199,12 @@ pub(super) fn apply(
     s.mode = Some(mode);
     s.mode_from_runtime = mode_from_runtime;
     s.overrides = shown_overrides;
+    record_in_force(&mut s, p, &report);
+    Ok(())
+}
+
+/// What the status says about the policy now in force.
+fn record_in_force(s: &mut AgentStatus, p: &Prepared, report: &SlotReport) {
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
     s.geo_v4_entries = report.geo.v4_entries;
     s.geo_v6_ranges = report.geo.v6_entries;
@@ -219,5 +225,4 @@ pub(super) fn apply(
     s.approved_countries = p.config.approved.len();
     s.policy_loads_ok += 1;
     s.last_load_unix = unix_now();
-    Ok(())
 }

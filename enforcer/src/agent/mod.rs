@@ -36,7 +36,7 @@ use enforcer_common::Mode;
 use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::{oneshot, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
@@ -75,7 +75,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut signals = Signals::install()?;
+    let signals = Signals::install()?;
     let prepared = prepare_blocking(config_path.clone()).await?;
     let config = &prepared.config;
     let listener = metrics::bind(config.metrics_listen)
@@ -108,52 +108,8 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // ours, for as long as the agent runs.
     let _datapath_log = datapath::diagnostics::forward_log(&mut dp);
 
-    let event_counts = Arc::new(EventCounts::default());
-    let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
-    let (events_config, events_config_rx) = watch::channel(prepared.config.events.clone());
-    let (events_stop, events_stop_rx) = oneshot::channel::<()>();
-    let events_task = tokio::spawn(events::run(
-        pin_dir.clone(),
-        events_config_rx,
-        Arc::clone(&event_counts),
-        CgroupNames::new(cgroup_roots(&prepared.config)),
-        Arc::clone(&hub),
-        audit.clone(),
-        events_stop_rx,
-    ));
-
-    let counters = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
-    let registry = Arc::new(metrics::registry(EnforcerCollector::new(
-        counters,
-        Arc::clone(&status),
-        Arc::clone(&event_counts),
-        audit.clone(),
-    )));
-    let (metrics_stop, metrics_stop_rx) = oneshot::channel::<()>();
-    let metrics_task = tokio::spawn(metrics::serve(listener, registry, async {
-        let _ = metrics_stop_rx.await;
-    }));
-
-    let (commands_tx, mut commands) = tokio::sync::mpsc::channel::<control::Command>(16);
-    let control_path = control_socket.path().to_owned();
-    let handler = Arc::new(control::AgentHandler::new(
-        commands_tx,
-        Arc::clone(&status),
-        hub,
-        pin_dir.clone(),
-    ));
-    let (control_stop, control_stop_rx) = oneshot::channel::<()>();
-    let control_task = tokio::spawn(control_server::serve(control_socket, handler, async {
-        let _ = control_stop_rx.await;
-    }));
-    let services = Services {
-        metrics_stop,
-        metrics_task,
-        control_stop,
-        control_task,
-        events_stop,
-        events_task,
-    };
+    let (services, events_config, commands, control_path) =
+        Services::spawn(listener, control_socket, &prepared.config, &status, &audit)?;
 
     tracing::info!(
         mode = prepared.config.mode.label(),
@@ -172,10 +128,6 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         )),
     ]);
 
-    let suppressed_reader = CounterReader::open(&pin_dir).context("opening the pinned counters")?;
-    let mut suppressed = suppressed_reader.suppressed().unwrap_or_default();
-    let period = prepared.config.audit.checkpoint_interval;
-    let mut checkpoints = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let mut agent = Running {
         config_path,
         watcher: watch_sources(&prepared.config),
@@ -186,49 +138,9 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         audit,
         events_config,
     };
-    let stop_reason = loop {
-        let replaced = async {
-            match &mut agent.watcher {
-                Some(w) => w.replaced().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = signals.term.recv() => break "SIGTERM",
-            _ = signals.int.recv() => break "SIGINT",
-            _ = checkpoints.tick() => {
-                checkpoint(&agent.status, &agent.audit, &mut suppressed, &suppressed_reader);
-            }
-            files = replaced => {
-                tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
-                let _ = agent.reload(LoadTrigger::FileWatch, None).await;
-            }
-            _ = signals.hup.recv() => {
-                let _ = agent.reload(LoadTrigger::Sighup, None).await;
-            }
-            Some(command) = commands.recv() => match command {
-                control::Command::Reload { peer, reply } => {
-                    let answer = agent
-                        .reload(LoadTrigger::Control, Some(&peer))
-                        .await
-                        .map(|generation| serde_json::json!({ "generation": generation }));
-                    let _ = reply.send(answer);
-                }
-                control::Command::Mode { change, reply } => {
-                    let result = tokio::task::block_in_place(|| agent.change_mode(change));
-                    let _ = reply.send(result);
-                }
-            },
-        }
-    };
+    let stop_reason = agent.serve(signals, commands).await?;
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    checkpoint(
-        &agent.status,
-        &agent.audit,
-        &mut suppressed,
-        &suppressed_reader,
-    );
     services.stop().await;
     agent.audit.record_flush(Kind::AgentStop(audit::AgentStop {
         reason: format!("{stop_reason}; enforcement stays in place"),
@@ -367,6 +279,64 @@ impl Running {
         outcome
     }
 
+    /// Serves until SIGTERM or SIGINT, whose name it returns: signals,
+    /// the file watch, the checkpoint timer and control commands, one at a
+    /// time. Writes the last checkpoint before it returns.
+    async fn serve(
+        &mut self,
+        mut signals: Signals,
+        mut commands: mpsc::Receiver<control::Command>,
+    ) -> anyhow::Result<&'static str> {
+        let suppressed_reader =
+            CounterReader::open(&self.config.pin_dir).context("opening the pinned counters")?;
+        let mut suppressed = suppressed_reader.suppressed().unwrap_or_default();
+        let period = self.config.audit.checkpoint_interval;
+        let mut checkpoints =
+            tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let stop_reason = loop {
+            let replaced = async {
+                match &mut self.watcher {
+                    Some(w) => w.replaced().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = signals.term.recv() => break "SIGTERM",
+                _ = signals.int.recv() => break "SIGINT",
+                _ = checkpoints.tick() => {
+                    checkpoint(&self.status, &self.audit, &mut suppressed, &suppressed_reader);
+                }
+                files = replaced => {
+                    tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
+                    let _ = self.reload(LoadTrigger::FileWatch, None).await;
+                }
+                _ = signals.hup.recv() => {
+                    let _ = self.reload(LoadTrigger::Sighup, None).await;
+                }
+                Some(command) = commands.recv() => match command {
+                    control::Command::Reload { peer, reply } => {
+                        let answer = self
+                            .reload(LoadTrigger::Control, Some(&peer))
+                            .await
+                            .map(|generation| serde_json::json!({ "generation": generation }));
+                        let _ = reply.send(answer);
+                    }
+                    control::Command::Mode { change, reply } => {
+                        let result = tokio::task::block_in_place(|| self.change_mode(change));
+                        let _ = reply.send(result);
+                    }
+                },
+            }
+        };
+        checkpoint(
+            &self.status,
+            &self.audit,
+            &mut suppressed,
+            &suppressed_reader,
+        );
+        Ok(stop_reason)
+    }
+
     /// Settings bound at start-up are not changed by a reload: say so.
     fn warn_start_only_changes(&self, new: &Config) {
         let old = &self.config;
@@ -397,6 +367,72 @@ struct Services {
 }
 
 impl Services {
+    /// Starts the tasks beside the main loop: the events reader, the
+    /// metrics server, the control socket server. Returns them with the
+    /// events task's settings, the control commands for the main loop and
+    /// the socket's path.
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        control_socket: control_server::ControlSocket,
+        config: &Config,
+        status: &SharedStatus,
+        audit: &SharedAudit,
+    ) -> anyhow::Result<(
+        Services,
+        watch::Sender<EventsConfig>,
+        mpsc::Receiver<control::Command>,
+        PathBuf,
+    )> {
+        let event_counts = Arc::new(EventCounts::default());
+        let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
+        let (events_config, events_config_rx) = watch::channel(config.events.clone());
+        let (events_stop, events_stop_rx) = oneshot::channel::<()>();
+        let events_task = tokio::spawn(events::run(
+            config.pin_dir.clone(),
+            events_config_rx,
+            Arc::clone(&event_counts),
+            CgroupNames::new(cgroup_roots(config)),
+            Arc::clone(&hub),
+            audit.clone(),
+            events_stop_rx,
+        ));
+
+        let counters =
+            CounterReader::open(&config.pin_dir).context("opening the pinned counters")?;
+        let registry = Arc::new(metrics::registry(EnforcerCollector::new(
+            counters,
+            Arc::clone(status),
+            Arc::clone(&event_counts),
+            audit.clone(),
+        )));
+        let (metrics_stop, metrics_stop_rx) = oneshot::channel::<()>();
+        let metrics_task = tokio::spawn(metrics::serve(listener, registry, async {
+            let _ = metrics_stop_rx.await;
+        }));
+
+        let (commands_tx, commands) = tokio::sync::mpsc::channel::<control::Command>(16);
+        let control_path = control_socket.path().to_owned();
+        let handler = Arc::new(control::AgentHandler::new(
+            commands_tx,
+            Arc::clone(status),
+            hub,
+            config.pin_dir.clone(),
+        ));
+        let (control_stop, control_stop_rx) = oneshot::channel::<()>();
+        let control_task = tokio::spawn(control_server::serve(control_socket, handler, async {
+            let _ = control_stop_rx.await;
+        }));
+        let services = Services {
+            metrics_stop,
+            metrics_task,
+            control_stop,
+            control_task,
+            events_stop,
+            events_task,
+        };
+        Ok((services, events_config, commands, control_path))
+    }
+
     async fn stop(self) {
         let _ = self.control_stop.send(());
         let _ = self.metrics_stop.send(());

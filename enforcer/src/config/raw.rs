@@ -1,0 +1,529 @@
+//! The config file's own shape (what serde reads, with its defaults) and
+//! its validation into a [`Config`], one function per section, checked in
+//! file order so the first error reported is the first in the file.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::{Component, Path, PathBuf},
+};
+
+use enforcer_common::Mode;
+use geoip::CountryCode;
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use super::{
+    Audit, Config, Control, Events, MAX_CHECKPOINT_INTERVAL, MAX_INTERFACE_NAME, ModeOverride,
+    Origin, Scope, Site, Unknown,
+};
+use crate::paths;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ModeSetting {
+    #[default]
+    Observe,
+    Enforce,
+}
+
+impl From<ModeSetting> for Mode {
+    fn from(m: ModeSetting) -> Mode {
+        match m {
+            ModeSetting::Observe => Mode::Observe,
+            ModeSetting::Enforce => Mode::Enforce,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    mode: ModeSetting,
+    approved: Vec<String>,
+    #[serde(default)]
+    unknown: Unknown,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    site: Vec<RawSite>,
+    geoip: RawGeoip,
+    scope: RawScope,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    file: Option<PathBuf>,
+    #[serde(default = "default_checkpoint")]
+    checkpoint_interval: String,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            file: None,
+            checkpoint_interval: default_checkpoint(),
+        }
+    }
+}
+
+fn default_checkpoint() -> String {
+    "10m".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    admin_group: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    cidr: String,
+    country: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoip {
+    sources: Vec<PathBuf>,
+    #[serde(default = "default_true")]
+    watch: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    host_wide: bool,
+    #[serde(default, rename = "override")]
+    overrides: Vec<RawOverride>,
+    #[serde(default)]
+    interfaces: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    cgroup: PathBuf,
+    mode: ModeSetting,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    #[serde(default = "default_event_rate")]
+    rate_per_cpu: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    stdout: Option<bool>,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        Self {
+            rate_per_cpu: default_event_rate(),
+            burst: None,
+            file: None,
+            stdout: None,
+        }
+    }
+}
+
+fn default_event_rate() -> u32 {
+    100
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "default_listen")]
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    paths::DEFAULT_METRICS_LISTEN.to_owned()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    pin_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+}
+
+/// Which cgroups the datapath is attached to.
+/// The sections in the order they are checked, each by its own function;
+/// the first error, naming its key, is the one reported.
+impl RawConfig {
+    pub(super) fn validate(self, base: &Path, origin: Origin) -> Result<Config, String> {
+        let approved = approved(&self.approved)?;
+        let allow = parse_cidrs("allow", &self.allow)?;
+        let deny = parse_cidrs("deny", &self.deny)?;
+        let sites = sites(&self.site)?;
+        let sources = self.geoip.sources(base)?;
+        let scope = self.scope.scope()?;
+        let overrides = self.scope.overrides()?;
+        let interfaces = self.scope.interfaces()?;
+        let events = self.events.validate(base);
+        let metrics_listen = self.metrics.listen()?;
+        let (pin_dir, run_dir) = self.agent.dirs()?;
+        let control = self.control.validate(&run_dir)?;
+        let audit = self.audit.validate(base)?;
+        Ok(Config {
+            origin,
+            mode: self.mode.into(),
+            approved_items: self.approved,
+            approved,
+            unknown: self.unknown,
+            allow,
+            deny,
+            sites,
+            sources,
+            watch_sources: self.geoip.watch,
+            scope,
+            overrides,
+            interfaces,
+            events,
+            metrics_listen,
+            pin_dir,
+            run_dir,
+            control,
+            audit,
+        })
+    }
+}
+
+/// `approved`: codes and set names resolved to countries; an empty result
+/// would refuse everything, which is never what was meant.
+fn approved(items: &[String]) -> Result<BTreeSet<CountryCode>, String> {
+    let approved = geoip::sets::resolve(items).map_err(|e| format!("approved: {e}"))?;
+    if approved.is_empty() {
+        return Err(
+            "approved: the list resolves to no country; every destination would be refused".into(),
+        );
+    }
+    Ok(approved)
+}
+
+/// `[[site]]`: each CIDR with an assigned country; the same range may not
+/// be given two countries.
+fn sites(raw: &[RawSite]) -> Result<Vec<Site>, String> {
+    let mut sites: Vec<Site> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let net = parse_cidr(&s.cidr).map_err(|m| format!("site[{i}].cidr {:?}: {m}", s.cidr))?;
+        let country: CountryCode = s
+            .country
+            .parse()
+            .map_err(|e| format!("site[{i}].country {:?}: {e}", s.country))?;
+        if !country.is_assigned() {
+            return Err(format!(
+                "site[{i}].country {:?}: not an assigned ISO 3166-1 alpha-2 country code",
+                s.country
+            ));
+        }
+        if let Some(other) = sites.iter().find(|o| o.net == net && o.country != country) {
+            return Err(format!(
+                "site[{i}] {net} is {country}, but site {:?} says the same range is {}",
+                other.name, other.country
+            ));
+        }
+        sites.push(Site {
+            net,
+            country,
+            name: s.name.clone().unwrap_or_else(|| net.to_string()),
+        });
+    }
+    Ok(sites)
+}
+
+impl RawGeoip {
+    /// The sources, relative ones under the config's directory.
+    fn sources(&self, base: &Path) -> Result<Vec<PathBuf>, String> {
+        if self.sources.is_empty() {
+            return Err("geoip.sources: at least one database is needed".into());
+        }
+        Ok(self.sources.iter().map(|s| under(base, s)).collect())
+    }
+}
+
+impl RawScope {
+    /// Host-wide or a list of cgroups, never both, never neither.
+    fn scope(&self) -> Result<Scope, String> {
+        match (self.host_wide, self.cgroups.is_empty()) {
+            (true, true) => Ok(Scope::HostWide),
+            (true, false) => {
+                Err("scope: set either host_wide = true or cgroups = [...], not both".into())
+            }
+            (false, true) => Err(
+                "scope: no cgroups listed; set cgroups = [\"system.slice/my.service\"] or host_wide = true".into(),
+            ),
+            (false, false) => self
+                .cgroups
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    normalize_cgroup(c).map_err(|m| format!("scope.cgroups[{i}] {c:?}: {m}"))
+                })
+                .collect::<Result<_, _>>()
+                .map(Scope::Cgroups),
+        }
+    }
+
+    /// `[[scope.override]]`: one mode per cgroup.
+    fn overrides(&self) -> Result<Vec<ModeOverride>, String> {
+        let mut overrides = Vec::with_capacity(self.overrides.len());
+        for (i, o) in self.overrides.iter().enumerate() {
+            let cgroup = normalize_cgroup(&o.cgroup)
+                .map_err(|m| format!("scope.override[{i}].cgroup {:?}: {m}", o.cgroup))?;
+            if overrides.iter().any(|p: &ModeOverride| p.cgroup == cgroup) {
+                return Err(format!(
+                    "scope.override[{i}].cgroup {:?}: given twice",
+                    o.cgroup
+                ));
+            }
+            overrides.push(ModeOverride {
+                cgroup,
+                mode: o.mode.into(),
+            });
+        }
+        Ok(overrides)
+    }
+
+    /// `scope.interfaces`: names the kernel would accept, each once.
+    fn interfaces(&self) -> Result<Vec<String>, String> {
+        let mut interfaces: Vec<String> = Vec::with_capacity(self.interfaces.len());
+        for (i, name) in self.interfaces.iter().enumerate() {
+            check_interface_name(name)
+                .map_err(|m| format!("scope.interfaces[{i}] {name:?}: {m}"))?;
+            if interfaces.contains(name) {
+                return Err(format!("scope.interfaces[{i}] {name:?}: given twice"));
+            }
+            interfaces.push(name.clone());
+        }
+        Ok(interfaces)
+    }
+}
+
+impl RawEvents {
+    /// The burst defaults to two seconds' worth; stdout is on when there is
+    /// no file.
+    fn validate(self, base: &Path) -> Events {
+        Events {
+            rate_per_cpu: self.rate_per_cpu,
+            burst: self
+                .burst
+                .unwrap_or(self.rate_per_cpu.saturating_mul(2))
+                .max(1),
+            stdout: self.stdout.unwrap_or(self.file.is_none()),
+            file: self.file.map(|f| under(base, &f)),
+        }
+    }
+}
+
+impl RawMetrics {
+    fn listen(&self) -> Result<SocketAddr, String> {
+        self.listen.parse().map_err(|e| {
+            format!(
+                "metrics.listen {:?}: not an address:port ({e})",
+                self.listen
+            )
+        })
+    }
+}
+
+impl RawAgent {
+    /// The pin directory (on bpffs) and the runtime directory.
+    fn dirs(&self) -> Result<(PathBuf, PathBuf), String> {
+        let pin_dir = absolute(
+            "agent.pin_dir",
+            self.pin_dir.as_deref(),
+            paths::DEFAULT_PIN_DIR,
+            " on bpffs",
+        )?;
+        let run_dir = absolute(
+            "agent.run_dir",
+            self.run_dir.as_deref(),
+            paths::DEFAULT_RUN_DIR,
+            "",
+        )?;
+        Ok((pin_dir, run_dir))
+    }
+}
+
+impl RawControl {
+    /// The socket (under the runtime directory unless given) and the admin
+    /// group.
+    fn validate(self, run_dir: &Path) -> Result<Control, String> {
+        let socket = self
+            .socket
+            .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME));
+        let socket = absolute("control.socket", Some(&socket), "", "")?;
+        // sockaddr_un.sun_path is 108 bytes with the NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(format!(
+                "control.socket {socket:?}: longer than the 107 bytes a unix socket path may have"
+            ));
+        }
+        if let Some(g) = &self.admin_group
+            && (g.is_empty() || g.contains(['\0', ':', '\n']))
+        {
+            return Err(format!(
+                "control.admin_group {g:?}: not a group name or gid"
+            ));
+        }
+        Ok(Control {
+            socket,
+            admin_group: self.admin_group,
+        })
+    }
+}
+
+impl RawAudit {
+    /// The log file (relative to the config's directory) when the log is
+    /// on, and the checkpoint interval, from one second to a day.
+    fn validate(self, base: &Path) -> Result<Audit, String> {
+        let key = "audit.checkpoint_interval";
+        let text = &self.checkpoint_interval;
+        let checkpoint_interval = humantime::parse_duration(text)
+            .map_err(|e| format!("{key} {text:?}: {e} (e.g. \"10m\", \"1h\")"))?;
+        if checkpoint_interval < std::time::Duration::from_secs(1) {
+            return Err(format!("{key} {text:?}: at least 1s"));
+        }
+        if checkpoint_interval > MAX_CHECKPOINT_INTERVAL {
+            return Err(format!("{key} {text:?}: at most 1 day"));
+        }
+        let file = self
+            .file
+            .map(|f| under(base, &f))
+            .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_AUDIT_LOG));
+        Ok(Audit {
+            file: self.enabled.then_some(file),
+            checkpoint_interval,
+        })
+    }
+}
+
+/// `path` as given when absolute, else under `base` (the config file's
+/// directory).
+fn under(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+/// The path of `key` (or `default` when not given), which must be
+/// absolute: these are runtime locations, not relative to anything.
+fn absolute(key: &str, path: Option<&Path>, default: &str, on: &str) -> Result<PathBuf, String> {
+    let path = path.map_or_else(|| PathBuf::from(default), Path::to_owned);
+    if !path.is_absolute() {
+        return Err(format!("{key} {path:?}: must be an absolute path{on}"));
+    }
+    Ok(path)
+}
+
+/// Parses a CIDR (or a single address, as /32 or /128). Host bits must be
+/// zero: `10.0.0.1/8` is almost always a typo, and silently widening or
+/// narrowing an exception is worse than an error.
+fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    let net: IpNetwork = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a CIDR ({e})"))?;
+    if net.network() != net.ip() {
+        return Err(format!(
+            "host bits are set; the network is {}/{}",
+            net.network(),
+            net.prefix()
+        ));
+    }
+    Ok(net)
+}
+
+/// A list of CIDRs (`allow`, `deny`), each checked like [`parse_cidr`].
+fn parse_cidrs(field: &str, items: &[String]) -> Result<Vec<IpNetwork>, String> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse_cidr(t).map_err(|m| format!("{field}[{i}] {t:?}: {m}")))
+        .collect()
+}
+
+/// A scope cgroup as a path relative to the cgroup2 mount. Absolute paths
+/// are accepted when they are under the mount (checked at attach time, when
+/// the mount is known); `..` is refused so a scope can never climb out.
+fn normalize_cgroup(p: &Path) -> Result<PathBuf, String> {
+    if p.as_os_str().is_empty() {
+        return Err("empty path".into());
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("must not contain \"..\"".into());
+    }
+    Ok(p.to_owned())
+}
+
+/// Checks an interface name the way the kernel does (`dev_valid_name` in
+/// https://github.com/torvalds/linux/blob/v6.18/net/core/dev.c), so a name
+/// no interface can have is an error in the config, not a lookup failure
+/// at attach time.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    if name.len() > MAX_INTERFACE_NAME {
+        return Err(format!(
+            "{} bytes long; interface names have at most {MAX_INTERFACE_NAME}",
+            name.len()
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err("not an interface name".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
+    {
+        return Err(format!("contains {c:?}, which interface names cannot"));
+    }
+    Ok(())
+}
