@@ -14,6 +14,10 @@
 //! lookup is the exception: not mirrored but shared, the kernel's own code
 //! (`enforcer_common::lookup`) run on readers of the pinned maps.
 //!
+//! Here: the mirror of `decide()`. Beside it: `maps.rs` (opening the maps,
+//! the table readers), `cgroup.rs` (a cgroup's ancestry, for the mode
+//! overrides), `report.rs` (the answer, as JSON).
+//!
 //! # The matched prefix
 //!
 //! A userspace lookup in an LPM trie returns the value of the longest
@@ -35,34 +39,25 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Pod,
-    maps::{
-        Array, HashMap, Map, MapData, MapError,
-        lpm_trie::{Key, LpmTrie},
-    },
-};
+use aya::maps::{Array, HashMap, MapData, MapError, lpm_trie::LpmTrie};
 use enforcer_common::{
-    APPROVED, CFG_GENERATION, CFG_GEO6_FINE_LEN, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG,
-    COUNTRY_SLOTS, Family, GEO4_TREE, GEO4_WORDS, GEO6_BLOCK, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES,
-    Geo6Block, Geo6Leaf, LAYOUT_VERSION, MAX_CGROUP_DEPTH, MODE_OVERRIDES, Mode, Outcome, POLICY,
-    RULES4, RULES6, Rule, RuleKind, Source, UNKNOWN_COUNTRY, cfg_mode, country,
-    lookup::{Entries4, Tables4, Tables6},
+    APPROVED, CFG_GENERATION, CFG_LAYOUT, CFG_OVERRIDES, CFG_SLOT, CONFIG, COUNTRY_SLOTS, Family,
+    GEO4_TREE, GEO4_WORDS, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES, Geo6Block, LAYOUT_VERSION,
+    MAX_CGROUP_DEPTH, MODE_OVERRIDES, Mode, Outcome, POLICY, RULES4, RULES6, Rule, RuleKind,
+    Source, UNKNOWN_COUNTRY, cfg_mode, country,
 };
 use geoip::CountryCode;
 use ipnetwork::IpNetwork;
 
-use super::{
-    DatapathError, geo, geo4, geo6, map_err,
-    pinned::{Access, open_map},
-};
+use self::maps::{Paged, SlotV4, SlotV6, array, lpm, map_data, open_read_only, trie};
+use super::{DatapathError, geo4, geo6, map_err};
 use crate::{paths, policy::CompiledPolicy};
 
 mod cgroup;
+mod maps;
 mod report;
 
 pub use cgroup::CgroupAncestry;
@@ -100,164 +95,6 @@ pub struct Explainer {
     geo6: [MapData; 2],
     geo6_fine: [Array<MapData, Geo6Block>; 2],
     overrides: HashMap<MapData, u64, u32>,
-}
-
-/// Opens one pinned map read-only.
-fn open_read_only(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
-    open_map(pin_dir, name, Access::ReadOnly)
-}
-
-/// A pinned array for reading through a read-only mapping
-/// ([`geo::read_window`]). Its fd is opened read-write: the kernel maps a
-/// BPF map only shared (`bpf_map_mmap` refuses a mapping without
-/// VM_SHARED), and mmap drops VM_SHARED for a file not open for writing
-/// (mm/mmap.c, `do_mmap`); the mapping itself is PROT_READ, and the kernel
-/// then also clears VM_MAYWRITE, so it can never be made writable.
-fn map_data(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
-    match open_map(pin_dir, name, Access::ReadWrite)? {
-        Map::Array(data) => Ok(data),
-        _ => Err(map_err(name)(MapError::InvalidName {
-            name: name.to_owned(),
-        })),
-    }
-}
-
-fn trie<K: Pod, V: Pod>(
-    pin_dir: &Path,
-    name: &'static str,
-) -> Result<LpmTrie<MapData, K, V>, DatapathError> {
-    LpmTrie::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
-}
-
-fn array<V: Pod>(pin_dir: &Path, name: &'static str) -> Result<Array<MapData, V>, DatapathError> {
-    Array::try_from(open_read_only(pin_dir, name)?).map_err(map_err(name))
-}
-
-/// The largest aligned block of a `bits`-wide family that contains `a` and
-/// lies inside `start..=end`: the prefix of the minimal CIDR cover of that
-/// range which holds `a` (what the geoip crate's lookup answers).
-fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
-    (0..=bits)
-        .find(|&len| {
-            let host = bits - len;
-            let size_mask = if host >= 128 {
-                u128::MAX
-            } else {
-                (1u128 << host) - 1
-            };
-            let net = a & !size_mask;
-            net >= start && (net | size_mask) <= end
-        })
-        .unwrap_or(bits as u8 as u32) as u8
-}
-
-/// One map of a single large value (the GeoIP tables but `GEO6_FINE`: 256 KiB
-/// to 4 MiB), which a map lookup would copy whole (onto the stack, through
-/// aya): read through a read-only mapping instead, one page at a time, and
-/// the pages read are kept, as a descent reads several elements of one
-/// cache line.
-struct Paged<'a> {
-    name: &'static str,
-    data: &'a MapData,
-    /// The value's size.
-    bytes: usize,
-    pages: std::cell::RefCell<std::collections::HashMap<usize, Vec<u8>>>,
-}
-
-impl<'a> Paged<'a> {
-    fn new(name: &'static str, data: &'a MapData, bytes: usize) -> Paged<'a> {
-        Paged {
-            name,
-            data,
-            bytes,
-            pages: Default::default(),
-        }
-    }
-
-    /// Element `i` of the value seen as an array of `T`.
-    fn get<T: Pod>(&self, i: u32) -> Result<T, DatapathError> {
-        let size = std::mem::size_of::<T>();
-        let first = i as usize * size;
-        if first + size > self.bytes {
-            return Err(map_err(self.name)(MapError::OutOfBounds {
-                index: i,
-                max_entries: (self.bytes / size) as u32,
-            }));
-        }
-        // Whole pages: a mapping's offset must be a multiple of one. The
-        // tables' elements (4 or 64 bytes) never straddle two, but the copy
-        // below does not rely on it.
-        let page_bytes = geo::page_bytes();
-        let mut out = Vec::with_capacity(size);
-        let mut pages = self.pages.borrow_mut();
-        while out.len() < size {
-            let byte = first + out.len();
-            let page = byte / page_bytes;
-            let bytes = match pages.entry(page) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => e.insert(geo::read_window(
-                    self.data.fd().as_fd(),
-                    page * page_bytes,
-                    page_bytes.min(self.bytes - page * page_bytes),
-                    self.name,
-                )?),
-            };
-            let at = byte % page_bytes;
-            let take = (size - out.len()).min(bytes.len() - at);
-            out.extend_from_slice(&bytes[at..at + take]);
-        }
-        // SAFETY: `out` holds size_of::<T>() bytes, and T is Pod: plain
-        // bytes with no invalid values.
-        Ok(unsafe { std::ptr::read_unaligned(out.as_ptr().cast::<T>()) })
-    }
-}
-
-/// One slot's IPv4 tables, read from the pinned maps, for
-/// [`geo4::lookup`].
-struct SlotV4<'a> {
-    words: Paged<'a>,
-    entries: Paged<'a>,
-}
-
-impl<'a> Tables4 for SlotV4<'a> {
-    type Error = DatapathError;
-    type Entries<'s>
-        = &'s Paged<'a>
-    where
-        Self: 's;
-
-    fn word(&self, i: u32) -> Result<u32, DatapathError> {
-        self.words.get(i)
-    }
-
-    fn entries(&self) -> Result<&Paged<'a>, DatapathError> {
-        Ok(&self.entries)
-    }
-}
-
-/// `GEO4_TREE`'s entries, a page at a time.
-impl Entries4 for Paged<'_> {
-    type Error = DatapathError;
-
-    fn entry(&self, i: usize) -> Result<u32, DatapathError> {
-        // The lookup's indices are below GEO4_TREE_CAPACITY (2^20); a larger
-        // one is out of bounds all the same.
-        self.get(u32::try_from(i).unwrap_or(u32::MAX))
-    }
-}
-
-/// A longest-prefix-match lookup of a full-length key; `None` when nothing
-/// matches (the kernel's `get` returning `None`).
-fn lpm<const N: usize, V: Pod>(
-    trie: &LpmTrie<MapData, [u8; N], V>,
-    name: &'static str,
-    data: [u8; N],
-) -> Result<Option<V>, DatapathError> {
-    match trie.get(&Key::new((N * 8) as u32, data), 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(map_err(name)(e)),
-    }
 }
 
 /// A destination as the kernel decides it (decide.rs `Dest`).
@@ -341,51 +178,22 @@ struct AppliedMode {
     from: ModeFrom,
 }
 
-/// One slot's IPv6 tables, read from the pinned maps, for
-/// [`geo6::lookup`]: the index and the leaves a page at a time (each is one
-/// value), the fine table one block at a time.
-struct SlotV6<'a> {
-    explainer: &'a Explainer,
-    slot: usize,
-    index: Paged<'a>,
-    leaves: Paged<'a>,
-}
-
-impl Tables6 for SlotV6<'_> {
-    type Error = DatapathError;
-    type Node = [u64; 8];
-    type Leaf = Geo6Leaf;
-
-    fn node(&self, i: u32) -> Result<[u64; 8], DatapathError> {
-        self.index.get(i)
-    }
-
-    fn leaf(&self, i: u32) -> Result<Geo6Leaf, DatapathError> {
-        self.leaves.get(i)
-    }
-
-    fn fine_len(&self) -> Result<u32, DatapathError> {
-        self.explainer.word(CFG_GEO6_FINE_LEN[self.slot])
-    }
-
-    fn fine_start(&self, b: u32, j: usize) -> Result<(u64, u64), DatapathError> {
-        let block = self.fine_block(b)?;
-        let j = j % GEO6_BLOCK;
-        Ok((block.hi[j], block.lo[j]))
-    }
-
-    fn fine_country(&self, b: u32, j: usize) -> Result<u16, DatapathError> {
-        Ok(self.fine_block(b)?.country[j % GEO6_BLOCK])
-    }
-}
-
-impl SlotV6<'_> {
-    /// Fine block `b`, copied out of the map (4.5 KiB: a map lookup).
-    fn fine_block(&self, b: u32) -> Result<Geo6Block, DatapathError> {
-        self.explainer.geo6_fine[self.slot]
-            .get(&b, 0)
-            .map_err(map_err(GEO6_FINE[self.slot]))
-    }
+/// The largest aligned block of a `bits`-wide family that contains `a` and
+/// lies inside `start..=end`: the prefix of the minimal CIDR cover of that
+/// range which holds `a` (what the geoip crate's lookup answers).
+fn cover_prefix(a: u128, start: u128, end: u128, bits: u32) -> u8 {
+    (0..=bits)
+        .find(|&len| {
+            let host = bits - len;
+            let size_mask = if host >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << host) - 1
+            };
+            let net = a & !size_mask;
+            net >= start && (net | size_mask) <= end
+        })
+        .unwrap_or(bits as u8 as u32) as u8
 }
 
 impl Explainer {
