@@ -596,58 +596,15 @@ pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
     let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io_err)?);
     let mut summary = Summary::new(path);
     let mut buf = Vec::with_capacity(1024);
-    let mut line = 0u64;
-    let mut prev_hash = ZERO_HASH.to_owned();
-    let mut prev_seq = 0u64;
+    let mut chain = Chain::default();
     let mut first_time: Option<SystemTime> = None;
     let mut last_time: Option<SystemTime> = None;
-    loop {
-        buf.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io_err)?;
-        if n == 0 {
-            break;
-        }
-        line += 1;
-        if buf.last() != Some(&b'\n') {
-            return Err(broken(
-                line,
-                if buf.len() > MAX_LINE {
-                    Problem::TooLong
-                } else {
-                    Problem::Partial {
-                        bytes: buf.len() as u64,
-                    }
-                },
-            ));
-        }
-        buf.pop();
+    while let Some(line) = read_record(&mut reader, &mut buf, chain.line).map_err(|e| match e {
+        ReadError::Io(e) => io_err(e),
+        ReadError::Broken(line, p) => broken(line, p),
+    })? {
         let env = check_record(&buf).map_err(|p| broken(line, p))?;
-        if env.prev != prev_hash {
-            return Err(broken(
-                line,
-                if line == 1 {
-                    Problem::NotFirst { prev: env.prev }
-                } else {
-                    Problem::PrevMismatch {
-                        before: line - 1,
-                        expected: prev_hash,
-                        found: env.prev,
-                    }
-                },
-            ));
-        }
-        if env.seq != prev_seq + 1 {
-            return Err(broken(
-                line,
-                Problem::Seq {
-                    expected: prev_seq + 1,
-                    found: env.seq,
-                },
-            ));
-        }
+        chain.follow(line, &env).map_err(|p| broken(line, p))?;
         let time = humantime::parse_rfc3339(&env.time)
             .map_err(|_| broken(line, Problem::Time(env.time.clone())))?;
         if let Some(before) = last_time.filter(|&t| time < t) {
@@ -693,33 +650,146 @@ pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
             summary.first_time = Some(env.time.clone());
         }
         summary.last_time = Some(env.time);
-        prev_seq = env.seq;
-        prev_hash = env.hash;
+        chain.seq = env.seq;
+        chain.hash = env.hash;
     }
-    summary.tail = match anchor {
+    summary.tail = tail(anchor, chain.seq, &mut summary).map_err(|e| match e {
+        TailError::Missing(line, p) => broken(line, p),
+        TailError::Head(e) => e,
+    })?;
+    if let (Some(a), Some(b)) = (first_time, last_time) {
+        summary.span_seconds = Some(match b.duration_since(a) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        });
+    }
+    summary.last_hash = chain.hash;
+    Ok(summary)
+}
+
+/// Where the chain stands after the records read so far.
+struct Chain {
+    /// Lines read.
+    line: u64,
+    /// The last record's sequence number and hash (0 and 64 zeros before
+    /// the first).
+    seq: u64,
+    hash: String,
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain {
+            line: 0,
+            seq: 0,
+            hash: ZERO_HASH.to_owned(),
+        }
+    }
+}
+
+impl Chain {
+    /// Checks that `env`, read at `line`, follows the last record: it
+    /// names that record's hash and has the next sequence number.
+    fn follow(&mut self, line: u64, env: &Envelope) -> Result<(), Problem> {
+        self.line = line;
+        if env.prev != self.hash {
+            return Err(if line == 1 {
+                Problem::NotFirst {
+                    prev: env.prev.clone(),
+                }
+            } else {
+                Problem::PrevMismatch {
+                    before: line - 1,
+                    expected: self.hash.clone(),
+                    found: env.prev.clone(),
+                }
+            });
+        }
+        if env.seq != self.seq + 1 {
+            return Err(Problem::Seq {
+                expected: self.seq + 1,
+                found: env.seq,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a line could not be read as a record.
+enum ReadError {
+    Io(std::io::Error),
+    Broken(u64, Problem),
+}
+
+/// Reads the line after line `read` into `buf`, without its newline, and
+/// returns its number; `None` at the end of the file. A line cut short (no
+/// newline: a torn write) or longer than any record is broken.
+fn read_record(
+    reader: &mut impl std::io::BufRead,
+    buf: &mut Vec<u8>,
+    read: u64,
+) -> Result<Option<u64>, ReadError> {
+    buf.clear();
+    let n = reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', buf)
+        .map_err(ReadError::Io)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let line = read + 1;
+    if buf.last() != Some(&b'\n') {
+        let problem = if buf.len() > MAX_LINE {
+            Problem::TooLong
+        } else {
+            Problem::Partial {
+                bytes: buf.len() as u64,
+            }
+        };
+        return Err(ReadError::Broken(line, problem));
+    }
+    buf.pop();
+    Ok(Some(line))
+}
+
+/// Why the end of the log does not match its anchor.
+enum TailError {
+    Missing(u64, Problem),
+    Head(VerifyError),
+}
+
+/// How the log's end (`last_seq`) stands against the anchor: records the
+/// head says were written but are gone are an error; records after the
+/// head's are warned about.
+fn tail(
+    anchor: Result<Anchor, String>,
+    last_seq: u64,
+    summary: &mut Summary,
+) -> Result<Tail, TailError> {
+    Ok(match anchor {
         Err(reason) => Tail::Unanchored { reason },
-        Ok(a) if prev_seq < a.seq => {
-            return Err(broken(
-                prev_seq + 1,
+        Ok(a) if last_seq < a.seq => {
+            return Err(TailError::Missing(
+                last_seq + 1,
                 Problem::Missing {
-                    first: prev_seq + 1,
+                    first: last_seq + 1,
                     last: a.seq,
                     source: a.source,
                 },
             ));
         }
         Ok(a) if a.seq == 0 && a.hash != ZERO_HASH => {
-            return Err(VerifyError::Head {
+            return Err(TailError::Head(VerifyError::Head {
                 source_name: a.source,
                 problem: "seq 0 with a hash other than 64 zeros".into(),
-            });
+            }));
         }
-        Ok(a) if prev_seq == a.seq => Tail::Anchored {
+        Ok(a) if last_seq == a.seq => Tail::Anchored {
             source: a.source,
             seq: a.seq,
         },
         Ok(a) => {
-            let after = prev_seq.saturating_sub(a.seq);
+            let after = last_seq.saturating_sub(a.seq);
             summary.warn(format!(
                 "the {after} records after seq {} are not anchored by {} (written after its last update)",
                 a.seq, a.source
@@ -730,13 +800,5 @@ pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
                 unanchored_records: after,
             }
         }
-    };
-    if let (Some(a), Some(b)) = (first_time, last_time) {
-        summary.span_seconds = Some(match b.duration_since(a) {
-            Ok(d) => d.as_secs_f64(),
-            Err(e) => -e.duration().as_secs_f64(),
-        });
-    }
-    summary.last_hash = prev_hash;
-    Ok(summary)
+    })
 }
