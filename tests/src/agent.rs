@@ -82,11 +82,43 @@ pub struct Agent {
     leave_pins: bool,
 }
 
-/// Runs `enforcer uninstall --pin-dir DIR`.
-pub fn uninstall_command(pin_dir: &Path) -> Command {
+/// `enforcer uninstall --config CONFIG --pin-dir DIR --reason ...`: the
+/// test's own config, so the audit record goes into the test's audit log
+/// and the runtime mode file removed is the test's.
+pub fn uninstall_command(config: &Path, pin_dir: &Path) -> Command {
     let mut cmd = Command::new(enforcer_binary());
-    cmd.args(["uninstall", "--pin-dir"]).arg(pin_dir);
+    cmd.args([
+        "uninstall",
+        "--reason",
+        "integration test cleanup",
+        "--config",
+    ])
+    .arg(config)
+    .arg("--pin-dir")
+    .arg(pin_dir);
     cmd
+}
+
+/// The last resort of a cleanup that has no config of its own (a scenario
+/// or router dropped after a failure): uninstalls `pin_dir` with a scratch
+/// config that turns the audit log off and keeps runtime state in a
+/// scratch directory, so a cleanup never writes the host's /var/log or
+/// /run.
+pub fn cleanup_uninstall(pin_dir: &Path) {
+    let Ok(scratch) = tempfile::tempdir() else {
+        return;
+    };
+    let config = scratch.path().join("cleanup.toml");
+    let text = format!(
+        "approved = [\"EEA\"]\n[geoip]\nsources = [\"unused.csv\"]\n[scope]\nhost_wide = true\n\
+         [agent]\nrun_dir = \"{}\"\n[audit]\nenabled = false\n",
+        scratch.path().display()
+    );
+    if fs::write(&config, text).is_ok() {
+        let _ = uninstall_command(&config, pin_dir)
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 /// The metrics address in a READY notification's
@@ -199,7 +231,9 @@ impl Agent {
                     let _ = c.kill();
                     let _ = c.wait();
                 }
-                let _ = uninstall_command(pin_dir).stdout(Stdio::null()).status();
+                let _ = uninstall_command(config, pin_dir)
+                    .stdout(Stdio::null())
+                    .status();
                 panic!("agent not ready after {START_TIMEOUT:?}:\n{}", log());
             }
         }
@@ -302,7 +336,7 @@ impl Agent {
         if self.child.is_some() {
             self.stop();
         }
-        let out = uninstall_command(&self.pin_dir)
+        let out = uninstall_command(&self.config, &self.pin_dir)
             .output()
             .expect("run enforcer uninstall");
         assert!(
@@ -322,7 +356,7 @@ impl Drop for Agent {
         if self.leave_pins {
             return;
         }
-        let _ = uninstall_command(&self.pin_dir)
+        let _ = uninstall_command(&self.config, &self.pin_dir)
             .stdout(Stdio::null())
             .status();
         // Belt and braces: the pin directory must not survive a test.

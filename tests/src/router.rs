@@ -38,7 +38,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 use crate::{
-    agent::{Agent, StartFailure, uninstall_command},
+    agent::{Agent, StartFailure, cleanup_uninstall},
     probe::Attempt,
     sandbox::{PORT, PREFIX, addr, enter, probe_binary, remove_cgroup, sh, sweep_stale},
     scenario::TEST_DB_CSV,
@@ -485,9 +485,7 @@ impl Drop for Router {
                 self.id,
                 self.pin_dir.display()
             );
-            let _ = uninstall_command(&self.pin_dir)
-                .stdout(Stdio::null())
-                .status();
+            cleanup_uninstall(&self.pin_dir);
             let _ = fs::remove_dir_all(&self.pin_dir);
         }
         for ns in [&self.container_ns, &self.router_ns, &self.server_ns] {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    agent::{Agent, uninstall_command},
+    agent::{Agent, cleanup_uninstall},
     sandbox::{Sandbox, addr},
 };
 
@@ -172,9 +172,7 @@ impl Drop for Scenario {
                 self.sb.id,
                 self.pin_dir.display()
             );
-            let _ = uninstall_command(&self.pin_dir)
-                .stdout(std::process::Stdio::null())
-                .status();
+            cleanup_uninstall(&self.pin_dir);
             let _ = fs::remove_dir_all(&self.pin_dir);
         }
     }

@@ -74,13 +74,13 @@ mod writer;
 
 pub use record::{
     AgentStart, AgentStop, AuditEvent, Checkpoint, DatabaseRecord, EventsSuppressed, Kind,
-    LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,
+    LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered, Uninstall,
 };
 pub use shared::SharedAudit;
 pub use verify::{
     AgentSummary, Anchor, CheckpointSummary, EventSummary, HeadCheck, LIST_CAP, LoadFailure,
     ModeChangeEntry, PolicyLoadSummary, Problem, RecoveredEntry, Summary, SuppressedSummary, Tail,
-    VerifyError, verify,
+    UninstallEntry, VerifyError, verify,
 };
 pub use writer::{Appended, AuditError, AuditLog};
 

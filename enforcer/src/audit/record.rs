@@ -24,6 +24,8 @@ pub enum Kind {
     /// Written by [`super::AuditLog::open`] after it cut off an incomplete
     /// last line.
     Recovered(Recovered),
+    /// `enforcer uninstall`: enforcement is about to be removed.
+    Uninstall(Uninstall),
 }
 
 /// Every kind name [`Kind`] knows, as written in `kind`.
@@ -36,6 +38,7 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "events_suppressed",
     "checkpoint",
     "recovered",
+    "uninstall",
 ];
 
 impl Kind {
@@ -50,8 +53,25 @@ impl Kind {
             Kind::EventsSuppressed(_) => "events_suppressed",
             Kind::Checkpoint(_) => "checkpoint",
             Kind::Recovered(_) => "recovered",
+            Kind::Uninstall(_) => "uninstall",
         }
     }
+}
+
+/// `enforcer uninstall` is about to detach every program and remove every
+/// pinned map: written before anything is removed, so the log says who
+/// turned enforcement off and why even when the removal then fails half
+/// way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uninstall {
+    /// The caller's real uid and gid (under sudo: root's; the reason should
+    /// name the person).
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    pub pin_dir: String,
+    /// `--reason`, required.
+    pub reason: String,
 }
 
 /// The agent started (or adopted a pinned datapath).
@@ -319,6 +339,13 @@ mod tests {
                 discarded_bytes: 1,
                 discarded_sha256: String::new(),
                 discarded_start: String::new(),
+            }),
+            Kind::Uninstall(Uninstall {
+                uid: 0,
+                gid: 0,
+                pid: 1,
+                pin_dir: "/p".into(),
+                reason: "decommissioned".into(),
             }),
         ];
         for k in all {

@@ -245,6 +245,17 @@ pub struct ModeChangeEntry {
     pub reason: String,
 }
 
+/// An `enforcer uninstall`: enforcement turned off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UninstallEntry {
+    pub line: u64,
+    pub time: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub pin_dir: String,
+    pub reason: String,
+}
+
 /// A failed policy load.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LoadFailure {
@@ -326,6 +337,8 @@ pub struct Summary {
     pub suppressed: SuppressedSummary,
     pub last_checkpoint: Option<CheckpointSummary>,
     pub recovered: Vec<RecoveredEntry>,
+    /// Every `enforcer uninstall` (up to [`LIST_CAP`]).
+    pub uninstalls: Vec<UninstallEntry>,
     /// Records whose time is earlier than the record before.
     pub time_backwards: u64,
     /// Things an auditor should know that do not break the chain (the first
@@ -358,6 +371,7 @@ impl Summary {
             suppressed: SuppressedSummary::default(),
             last_checkpoint: None,
             recovered: Vec::new(),
+            uninstalls: Vec::new(),
             time_backwards: 0,
             warnings: Vec::new(),
             warnings_omitted: 0,
@@ -443,6 +457,22 @@ impl Summary {
                     policy_sha256: c.policy_sha256,
                     databases: c.databases.into_iter().map(|d| d.sha256).collect(),
                 })
+            }
+            Some(Kind::Uninstall(u)) => {
+                self.warn(format!(
+                    "line {line}: enforcement was uninstalled (uid {}, pin dir {}): {:?}",
+                    u.uid, u.pin_dir, u.reason
+                ));
+                if self.uninstalls.len() < LIST_CAP {
+                    self.uninstalls.push(UninstallEntry {
+                        line,
+                        time: time.clone(),
+                        uid: u.uid,
+                        gid: u.gid,
+                        pin_dir: u.pin_dir,
+                        reason: u.reason,
+                    });
+                }
             }
             Some(Kind::Recovered(r)) => {
                 self.warn(format!(

@@ -404,12 +404,27 @@ pub fn retire_other_versions(pins: &PinLayout) -> Result<Vec<String>, DatapathEr
 /// (all layout versions), then the directory if nothing else is in it.
 /// Refused while an agent holds the pin directory.
 pub fn uninstall(pin_dir: &Path) -> Result<UninstallReport, DatapathError> {
+    uninstall_after(pin_dir, || Ok(()))
+}
+
+/// [`uninstall`], running `before` once the pin directory is locked and
+/// before anything is removed (the audit record of who uninstalls and
+/// why); an error from it removes nothing. Not run when nothing is
+/// installed.
+pub fn uninstall_after(
+    pin_dir: &Path,
+    before: impl FnOnce() -> Result<(), String>,
+) -> Result<UninstallReport, DatapathError> {
     let mut report = UninstallReport::default();
     if !pin_dir.exists() {
         return Ok(report);
     }
     super::bpffs::check_inside(pin_dir)?;
     let _lock = super::bpffs::PinLock::take(pin_dir)?;
+    before().map_err(|detail| DatapathError::Pin {
+        path: pin_dir.to_owned(),
+        detail: format!("nothing removed: {detail}"),
+    })?;
     report.found = true;
     for entry in fs::read_dir(pin_dir).map_err(|e| pin_err(pin_dir, e))? {
         let entry = entry.map_err(|e| pin_err(pin_dir, e))?;

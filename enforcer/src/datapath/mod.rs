@@ -45,7 +45,7 @@ use enforcer_common::{
 pub use self::{
     bpffs::BpffsError,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
-    links::{AttachReport, Staged, UninstallReport, uninstall},
+    links::{AttachReport, Staged, UninstallReport, uninstall, uninstall_after},
     pinned::{Access, open_map},
     slots::{SlotReport, check_capacity},
 };

@@ -49,7 +49,9 @@ fn teardown() {
         // Agent first (its drop runs `enforcer uninstall`), then the sandbox.
         drop(live.agent.take());
         let _ = Command::new(enforcer_binary())
-            .args(["uninstall", "--pin-dir"])
+            .args(["uninstall", "--reason", "demo cleanup", "--config"])
+            .arg(&live.config)
+            .arg("--pin-dir")
             .arg(&live.pin_dir)
             .output();
         drop(live.sandbox.take());

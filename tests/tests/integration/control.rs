@@ -138,8 +138,11 @@ fn a_mode_switch_applies_to_the_next_connection_and_lasts_until_the_config_chang
         "a reload does not undo the switch"
     );
 
-    // So does a restart: the new agent reads the runtime state.
+    // So does a restart: the new agent reads the runtime state. (The
+    // pins stay, as in a real restart: an uninstall would remove the
+    // runtime state with them.)
     assert!(agent.stop().success(), "{}", agent.log());
+    agent.leave_pins();
     drop(agent);
     let agent = Agent::start_with(&s.dir.path().join("enforcer.toml"), &s.pin_dir)
         .unwrap_or_else(|f| panic!("restart failed: {}", f.stderr));

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use enforcer_tests::{
-    agent::enforcer,
+    agent::{enforcer, enforcer_at, verified_audit_summary},
     kernel::agent_programs,
     privileged,
     probe::{Proto, attempt},
@@ -103,11 +103,58 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
     );
     assert_eq!(q("would_deny"), 1.0, "{}", m.text);
 
-    // `enforcer uninstall` (after the agent stopped) leaves nothing.
+    // A runtime mode change, kept in the run directory for restarts...
+    let out = enforcer_at(
+        &s.control_socket(),
+        &["mode", "enforce", "--reason", "before the uninstall"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runtime_modes = s.run_dir().join(enforcer::paths::RUNTIME_MODE_NAME);
+    assert!(runtime_modes.exists(), "{}", runtime_modes.display());
+
+    // `enforcer uninstall` (after the agent stopped) leaves nothing: no
+    // pins, no programs, no runtime mode state that a later fresh start
+    // would come back in; and it said who and why in the audit log first.
     second.uninstall();
+    assert!(
+        !runtime_modes.exists(),
+        "the runtime mode state goes with the pins"
+    );
+    let summary = verified_audit_summary(&s.audit_log());
+    let uninstalls = summary["uninstalls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(uninstalls.len(), 1, "{summary:#}");
+    assert_eq!(
+        uninstalls[0]["reason"], "integration test cleanup",
+        "{summary:#}"
+    );
+    assert_eq!(uninstalls[0]["uid"], 0, "{summary:#}");
+    assert_eq!(
+        summary["kinds"]["uninstall"], 1,
+        "the last record, after the agent's stop: {summary:#}"
+    );
     assert!(!s.pin_dir.exists());
     assert_eq!(agent_programs(&s.sb.cgroup), 0);
-    let out = enforcer(&["uninstall", "--pin-dir", &s.pin_dir.display().to_string()]);
+    let config = s.dir.path().join("enforcer.toml").display().to_string();
+    let pin_dir = s.pin_dir.display().to_string();
+    let out = enforcer(&["uninstall", "--pin-dir", &pin_dir, "--config", &config]);
+    assert!(!out.status.success(), "no reason, no uninstall");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reason"));
+    let out = enforcer(&[
+        "uninstall",
+        "--pin-dir",
+        &pin_dir,
+        "--config",
+        &config,
+        "--reason",
+        "again",
+    ]);
     assert!(out.status.success(), "uninstall is idempotent");
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing installed"));
 }
