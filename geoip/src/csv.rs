@@ -102,8 +102,19 @@ fn is_header(fields: &[&str]) -> bool {
         && fields.first().is_some_and(|f| f.len() > 2)
 }
 
+/// A row's country: an assigned ISO 3166-1 alpha-2 code, as a policy must
+/// name it. A CSV is written by hand or by a script, so `UK` (the United
+/// Kingdom is `GB`) or `EU` is a mistake: located under a code no policy
+/// can approve, its addresses would be refused with nothing said.
 fn parse_country(text: &str) -> Result<CountryCode, String> {
-    CountryCode::from_str(text).map_err(|e| e.to_string())
+    let code = CountryCode::from_str(text).map_err(|e| e.to_string())?;
+    if !code.is_assigned() {
+        return Err(format!(
+            "{:?} is not an assigned ISO 3166-1 alpha-2 country code",
+            text.trim()
+        ));
+    }
+    Ok(code)
 }
 
 fn parse_row(fields: &[&str]) -> Result<(Row, CountryCode), String> {
@@ -263,6 +274,11 @@ mod tests {
         let e = err("10.0.0.0/8,DEU\n");
         assert!(
             e.starts_with("/data/test.csv:1: invalid country code \"DEU\""),
+            "{e}"
+        );
+        let e = err("10.0.0.0/8,DE\n10.1.0.0/16,UK\n");
+        assert!(
+            e.contains(":2: \"UK\" is not an assigned ISO 3166-1 alpha-2 country code"),
             "{e}"
         );
         let e = err("10.0.0.0/8,\n");

@@ -14,6 +14,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config.load()?;
+    // As `run` checks them: the admin group must exist.
+    crate::control::peer::Access::resolve(config.control.admin_group.as_deref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.origin))?;
     let policy = CompiledPolicy::compile(&config)?;
     let targets = scope::resolve(&config.scope)?;
     let interfaces = scope::resolve_interfaces(&config.interfaces)

@@ -14,7 +14,7 @@ use enforcer_tests::{
     skip_unless,
 };
 
-fn text(out: &Output) -> String {
+fn text_of(out: &Output) -> String {
     format!(
         "exit {}\nstdout:\n{}\nstderr:\n{}",
         out.status,
@@ -36,7 +36,7 @@ fn with_config(config: &Path, args: &[&str]) -> Output {
 #[test]
 fn version_names_the_commit_and_the_datapath_layout() {
     let out = enforcer(&["--version"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     let line = String::from_utf8_lossy(&out.stdout);
     let layout = format!("datapath layout v{}", enforcer_common::LAYOUT_VERSION);
     assert!(line.contains(&layout), "{line}");
@@ -55,7 +55,7 @@ fn version_names_the_commit_and_the_datapath_layout() {
 #[test]
 fn an_error_says_each_cause_once() {
     let out = enforcer(&["geoip", "inspect", "/nonexistent/geo.mmdb"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", text_of(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/geo.mmdb"), "{stderr}");
     assert_eq!(
@@ -90,7 +90,7 @@ fn text_logs_have_no_colour_codes_off_a_terminal() {
         "no ANSI escape codes: {stderr:?}"
     );
     // And the failure says why both ways to an answer failed.
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", text_of(&out));
     assert!(
         stderr.contains("/nonexistent/control.sock") && stderr.contains("no datapath is pinned"),
         "{stderr}"
@@ -119,11 +119,11 @@ fn status_reload_and_mode_reach_the_agent_while_the_config_is_broken() {
     assert!(
         !out.status.success(),
         "config check sees it: {}",
-        text(&out)
+        text_of(&out)
     );
 
     let out = with_config(&config, &["status", "--json"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
     assert_eq!(
         v["agent"]["pid"].as_u64(),
@@ -133,12 +133,12 @@ fn status_reload_and_mode_reach_the_agent_while_the_config_is_broken() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("sometimes"),
         "and the config's error is shown as a warning: {}",
-        text(&out)
+        text_of(&out)
     );
 
     // reload reaches the agent, which refuses the broken file and says why.
     let out = with_config(&config, &["reload"]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", text_of(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("the agent refused the request") && stderr.contains("sometimes"),
@@ -149,16 +149,42 @@ fn status_reload_and_mode_reach_the_agent_while_the_config_is_broken() {
         &config,
         &["mode", "enforce", "--reason", "broken config test"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("observe -> enforce"),
         "{}",
-        text(&out)
+        text_of(&out)
     );
 
     // Fixed: the reload goes through.
     fs::write(&config, &good).expect("fix the config");
     let out = with_config(&config, &["reload"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", text_of(&out));
     agent.uninstall();
+}
+
+#[test]
+fn config_check_refuses_an_admin_group_that_does_not_exist() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::write(dir.path().join("geo.csv"), TEST_DB_CSV).expect("write database");
+    let config = dir.path().join("enforcer.toml");
+    let text = |group: &str| {
+        format!(
+            "approved = [\"EEA\"]\n[geoip]\nsources = [\"geo.csv\"]\n[scope]\nhost_wide = true\n\
+             [control]\nadmin_group = \"{group}\"\n"
+        )
+    };
+    fs::write(&config, text("no-such-group-ee")).expect("write config");
+    let out = with_config(&config, &["config", "check"]);
+    assert!(!out.status.success(), "{}", text_of(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("control.admin_group \"no-such-group-ee\": no such group"),
+        "{}",
+        text_of(&out)
+    );
+    // A numeric gid needs no entry in the group database.
+    fs::write(&config, text("64123")).expect("write config");
+    let out = with_config(&config, &["config", "check"]);
+    assert!(out.status.success(), "{}", text_of(&out));
 }
