@@ -18,6 +18,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant, SystemTime},
@@ -159,7 +160,15 @@ impl Sinks {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                let f = OpenOptions::new().create(true).append(true).open(path)?;
+                // 0640: events name processes, users and destinations.
+                // O_NOFOLLOW: a symlink planted at the path would have root
+                // append to whatever it names.
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(path)?;
                 Some((path.clone(), f))
             }
             None => None,

@@ -242,6 +242,9 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o640)
+            // A symlink planted at the path would have root write to
+            // whatever it names.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io_err(&path, "opening"))?;
         let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -434,6 +437,7 @@ impl AuditLog {
             .create(true)
             .truncate(true)
             .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(|e| head_err("creating its temporary file", e))?;
         f.write_all(text.as_bytes())

@@ -125,6 +125,28 @@ fn truncated_mmdb_is_refused_with_its_file_name() {
 }
 
 #[test]
+fn an_events_file_that_is_a_symlink_is_refused() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    // Root would append events to whatever the link names.
+    let target = s.dir.path().join("not-the-events-file");
+    fs::write(&target, "keep me\n").expect("write target");
+    std::os::unix::fs::symlink(&target, s.events_file()).expect("plant symlink");
+    let path = s.dir.path().join("symlinked-events.toml");
+    fs::write(
+        &path,
+        s.config_with("enforce", "deny", &[], "", &s.events_table(10, 10)),
+    )
+    .expect("write config");
+    assert_fails_cleanly(&s, &path, "events.file");
+    assert_eq!(
+        fs::read_to_string(&target).expect("target"),
+        "keep me\n",
+        "nothing written through the link"
+    );
+}
+
+#[test]
 fn missing_database_is_refused_with_its_file_name() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
     let s = Scenario::new();

@@ -42,6 +42,9 @@ fn every_event_field_is_that_of_the_process_and_socket() {
     let s = Scenario::new();
     let file = s.events_file();
     let _agent = s.start(&s.config_with("enforce", "allow", &[], "", &s.events_table(1000, 1000)));
+    // Events name processes, users and destinations: not for every user.
+    let mode = std::fs::metadata(&file).expect("events file").mode() & 0o777;
+    assert_eq!(mode, 0o640, "events file mode {mode:o}");
     let cgroup_id = std::fs::metadata(&s.sb.cgroup).expect("cgroup").ino();
     let cgroup_path = s.sb.cgroup.display().to_string();
 
