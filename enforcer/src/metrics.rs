@@ -12,6 +12,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use enforcer_common::{Family, Mode};
@@ -438,9 +439,62 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_bounded(listener, app, shutdown).await;
+    Ok(())
+}
+
+/// Connections served at once. A scrape is one short request; a few
+/// Prometheus servers and a person with curl need far fewer.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last, request and answer.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `app` until `shutdown`: at most [`MAX_CONNECTIONS`] at once (a
+/// connection over the cap is closed at once), each with its headers
+/// within [`HEADER_TIMEOUT`] and over within [`CONNECTION_TIMEOUT`], one
+/// request per connection. Any local user can connect: without these
+/// bounds, a thousand half-sent requests held every file descriptor the
+/// agent had, and the control socket, the audit log and reloads failed.
+async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and the like: wait instead of spinning on them.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics listener: connection cap reached; closing a new connection");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+        });
+    }
 }
 
 /// Binds the metrics listener (done before anything touches the kernel, so

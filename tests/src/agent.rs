@@ -174,6 +174,26 @@ impl Agent {
         pin_dir: &Path,
         netns: Option<&str>,
     ) -> Result<Agent, StartFailure> {
+        Self::spawn(binary, config, pin_dir, netns, None)
+    }
+
+    /// [`Agent::start_with`] with the open-files limit (soft and hard) set
+    /// to `nofile`, as a host's service manager may start it.
+    pub fn start_with_nofile(
+        config: &Path,
+        pin_dir: &Path,
+        nofile: u64,
+    ) -> Result<Agent, StartFailure> {
+        Self::spawn(&enforcer_binary(), config, pin_dir, None, Some(nofile))
+    }
+
+    fn spawn(
+        binary: &Path,
+        config: &Path,
+        pin_dir: &Path,
+        netns: Option<&str>,
+        nofile: Option<u64>,
+    ) -> Result<Agent, StartFailure> {
         let dir = config.parent().expect("config dir");
         let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = fs::remove_file(&notify_path);
@@ -192,6 +212,21 @@ impl Agent {
             .stderr(stderr);
         if let Some(ns) = netns {
             crate::sandbox::enter(&mut cmd, ns, None);
+        }
+        if let Some(n) = nofile {
+            // SAFETY: only an async-signal-safe call between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("spawn enforcer run");
         let mut child = Some(child);

@@ -66,12 +66,35 @@ const RECENT_EVENTS: usize = 1000;
 /// without one) until SIGTERM or SIGINT. Enforcement stays in place when
 /// it returns.
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(main(config))
+}
+
+/// Raises the soft limit of open files to the hard one (1,024 is the usual
+/// soft default): the agent holds maps, links, the control socket, the
+/// audit log and the events file, and serves scrapes. The metrics listener
+/// caps its own connections (`metrics::MAX_CONNECTIONS`), so this is room,
+/// not a bound anyone can fill. Logged, never fatal.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // Enough for any host; an "unlimited" hard limit is not a value the
+    // kernel accepts for open files (fs.nr_open caps it).
+    const WANTED: u64 = 65_536;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard.min(WANTED) => {
+            let target = hard.min(WANTED);
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!(soft, target, error = %e, "cannot raise the open-files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-files limit"),
+    }
 }
 
 async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {

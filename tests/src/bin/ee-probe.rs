@@ -26,6 +26,11 @@
 //!   `{"seq":0,"dst":"ip:port","ok":true,"start_ns":..,"end_ns":..}`
 //!   (CLOCK_MONOTONIC, shared with the test process), on failure with
 //!   `errno`, `error`, `stage` (`connect` or `exchange`) and `timeout`.
+//! - `ee-probe halfopen <ip> <port> <count> <max_ms>`: `count` TCP
+//!   connections, each sent the first line of an HTTP request and never
+//!   the rest (a slow or hostile client), held until `max_ms` have passed
+//!   or a line (or end of input) arrives on stdin. Prints
+//!   `{"opened":n,"failed":m}` once all were tried.
 //! - `ee-probe serve <port>`: a dual-stack TCP greeter (a minimal HTTP
 //!   response, so `curl` works against it) and a UDP echo on `[::]:<port>`,
 //!   and a TCP echo (Fast Open enabled) on `<port>+1`; prints `ready` once
@@ -66,6 +71,16 @@ fn main() -> ExitCode {
                 println!("{}", report(result.map(|()| None)));
             }
             ExitCode::SUCCESS
+        }
+        ["halfopen", ip, port, count, max_ms] => {
+            match (
+                parse_dst(ip, port),
+                count.parse::<usize>(),
+                max_ms.parse::<u64>(),
+            ) {
+                (Some(dst), Ok(count), Ok(max_ms)) => halfopen(dst, count, max_ms),
+                _ => usage(),
+            }
         }
         ["hold", ip, port] => match parse_dst(ip, port) {
             Some(dst) => hold(dst),
@@ -621,5 +636,36 @@ fn serve(port: u16) -> ExitCode {
             body.len()
         );
     }
+    ExitCode::SUCCESS
+}
+
+/// `halfopen`: see the module doc.
+fn halfopen(dst: SocketAddr, count: usize, max_ms: u64) -> ExitCode {
+    let deadline = std::time::Instant::now() + Duration::from_millis(max_ms);
+    let mut held = Vec::with_capacity(count);
+    let mut failed = 0usize;
+    for _ in 0..count {
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        match TcpStream::connect_timeout(&dst, Duration::from_secs(1)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n");
+                held.push(s);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    println!("{{\"opened\":{},\"failed\":{failed}}}", held.len());
+    let _ = std::io::stdout().flush();
+    // Until told to stop (a line or end of input) or the time is up.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+    drop(held);
     ExitCode::SUCCESS
 }

@@ -29,4 +29,5 @@ mod offline;
 mod operator;
 mod overrides;
 mod packet_test_run;
+mod starvation;
 mod unknown_and_exempt;
