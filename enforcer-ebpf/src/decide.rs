@@ -1,6 +1,6 @@
 //! The one decision every hook makes.
 //!
-//! Order (see DESIGN.md, "The decision, in kernel"):
+//! Order (see docs/architecture.md, "The decision, in kernel"):
 //! 1. the destination address; an IPv4-mapped IPv6 address is decided as IPv4;
 //! 2. the exception rules of the active slot: configured deny and allow CIDRs,
 //!    site networks and the built-in never-geolocated ranges, folded by the

@@ -97,7 +97,8 @@ pub struct AgentStop {
 /// The mode in force changed, globally or for one cgroup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModeChange {
-    /// `enforce`, `observe`, or for a cgroup override `inherit` (none).
+    /// `enforce`, `observe`, or `none` (no mode: a cgroup without an
+    /// override, or no policy loaded yet).
     pub from: String,
     pub to: String,
     /// The cgroup whose override changed; absent for the global mode.

@@ -1,6 +1,6 @@
 //! The control socket: how ops talk to a running agent.
 //!
-//! A unix stream socket (DESIGN.md, "Local control only"), mode 0660,
+//! A unix stream socket (docs/architecture.md, "Local control only"), mode 0660,
 //! owned by root and the configured admin group. The file mode keeps other
 //! users from connecting; the agent checks the peer's credentials on every
 //! request anyway ([`peer`]), so a socket whose mode was loosened by hand,

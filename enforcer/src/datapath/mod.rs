@@ -2,7 +2,7 @@
 //! write policy slots, attach to cgroups and interfaces, read counters,
 //! uninstall.
 //!
-//! Invariants kept here (DESIGN.md):
+//! Invariants kept here (docs/architecture.md, "Invariants"):
 //! - enforcement outlives the agent: maps and links are pinned under a
 //!   versioned directory on bpffs, and `uninstall` is the only thing that
 //!   removes them;
