@@ -2,8 +2,9 @@
 //! pin directory and run its programs with `BPF_PROG_TEST_RUN`
 //! (packet_test_run.rs, check.rs, flat_tables.rs) and for ee-bench: the pin
 //! directory's guard, a reproducible random stream for drawing addresses,
-//! the UDP frame they hand the packet program, and the 1% change of a
-//! GeoIP table the reload tests and the benchmark apply.
+//! the UDP frame they hand the packet program, the 1% change of a GeoIP
+//! table the reload tests and the benchmark apply, and pinning the test's
+//! thread to one CPU.
 
 use std::{
     fs,
@@ -141,4 +142,18 @@ pub fn perturbed(geo: &GeoTable) -> GeoTable {
                 .map(|(i, (n, c))| (n, flip(i, c))),
         ),
     }
+}
+
+/// Pins the calling thread to one CPU: the datapath's per-CPU state (the
+/// event token bucket, the verdict cache, the log's rate limit) is then
+/// the same from one `BPF_PROG_TEST_RUN` to the next.
+pub fn pin_to_one_cpu() {
+    use nix::{sched, unistd::Pid};
+    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    let cpu = (0..sched::CpuSet::count())
+        .find(|&c| allowed.is_set(c).unwrap_or(false))
+        .expect("some CPU is allowed");
+    let mut one = sched::CpuSet::new();
+    one.set(cpu).expect("CPU index in range");
+    sched::sched_setaffinity(Pid::from_raw(0), &one).expect("sched_setaffinity");
 }

@@ -45,7 +45,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, sweep_stale},
     scenario::{DENIED_V4, Scenario, TEST_DB_CSV},
     skip_unless,
-    testrun::{PinDir, udp_frame},
+    testrun::{self, PinDir, udp_frame},
 };
 
 /// cgroup_skb return values.
@@ -74,18 +74,6 @@ fn faults(reader: &FaultCounts) -> BTreeMap<Fault, u64> {
         .collect()
 }
 
-/// Pins this thread to one CPU: the log's rate limit is per CPU.
-fn pin_to_one_cpu() {
-    use nix::{sched, unistd::Pid};
-    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
-    let cpu = (0..sched::CpuSet::count())
-        .find(|&c| allowed.is_set(c).unwrap_or(false))
-        .expect("some CPU is allowed");
-    let mut one = sched::CpuSet::new();
-    one.set(cpu).expect("CPU index in range");
-    sched::sched_setaffinity(Pid::from_raw(0), &one).expect("sched_setaffinity");
-}
-
 /// Runs `skb_egress` once on `data` and returns its verdict.
 fn run(dp: &Datapath, data: &[u8]) -> u32 {
     let prog: &CgroupSkb = dp
@@ -105,7 +93,8 @@ fn run(dp: &Datapath, data: &[u8]) -> u32 {
 fn failures_are_counted_and_logged_under_test_run() {
     skip_unless!(privileged(), "needs root to load BPF programs");
     sweep_stale();
-    pin_to_one_cpu();
+    // Per-CPU state (rate limits, caches) must be the same between runs.
+    testrun::pin_to_one_cpu();
     let id = format!("{PREFIX}{}x0-diag", std::process::id());
     // Declared first so it is dropped last, after the datapath's fds.
     let pins = PinDir(PathBuf::from(enforcer::paths::BPFFS).join(&id));

@@ -44,7 +44,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, addr, sweep_stale},
     scenario::TEST_DB_CSV,
     skip_unless,
-    testrun::PinDir,
+    testrun::{self, PinDir},
 };
 
 /// `BPF_PROG_TEST_RUN` for skb programs (net/bpf/test_run.c,
@@ -426,19 +426,6 @@ fn skb_egress(dp: &Datapath) -> &CgroupSkb {
         .unwrap_or_else(|e| panic!("{PROGRAM} is not cgroup_skb: {e}"))
 }
 
-/// Pins this thread to one CPU: the event token bucket is per CPU, and the
-/// cache probe compares two runs against the same bucket.
-fn pin_to_one_cpu() {
-    use nix::{sched, unistd::Pid};
-    let allowed = sched::sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
-    let cpu = (0..sched::CpuSet::count())
-        .find(|&c| allowed.is_set(c).unwrap_or(false))
-        .expect("some CPU is allowed");
-    let mut one = sched::CpuSet::new();
-    one.set(cpu).expect("CPU index in range");
-    sched::sched_setaffinity(Pid::from_raw(0), &one).expect("sched_setaffinity");
-}
-
 #[test]
 fn skb_egress_decisions_under_test_run() {
     skip_unless!(privileged(), "needs root to load BPF programs");
@@ -635,7 +622,8 @@ fn tcx_skips_local_sockets(dp: &Datapath, counters: &Counters<'_>) {
 /// (a new socket) decides afresh and finds the bucket empty: one suppressed,
 /// which shows the probe can tell the two apart.
 fn cache_probe(dp: &mut Datapath, counters: &Counters<'_>) {
-    pin_to_one_cpu();
+    // Per-CPU state (rate limits, caches) must be the same between runs.
+    testrun::pin_to_one_cpu();
     dp.set_mode(Mode::Enforce)
         .unwrap_or_else(|e| panic!("set_mode: {e}"));
     dp.set_event_limits(1, 1)
