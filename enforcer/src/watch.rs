@@ -40,6 +40,10 @@ pub struct Watcher {
     fd: AsyncFd<InotifyFd>,
     /// Per watched directory: the file names in it that matter.
     dirs: BTreeMap<WatchDescriptor, (PathBuf, BTreeSet<OsString>)>,
+    /// Files seen replaced and not yet returned by [`Watcher::replaced`]:
+    /// kept here, not in its future, so a reload for another reason (a
+    /// SIGHUP during the debounce drops that future) loses none of them.
+    pending: BTreeSet<PathBuf>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -91,34 +95,45 @@ impl Watcher {
         // SAFETY: InotifyFd owns the inotify fd for as long as it lives
         // and always reports that same fd.
         let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(|e| e.into_parts().1)?;
-        Ok(Watcher { fd, dirs })
+        Ok(Watcher {
+            fd,
+            dirs,
+            pending: BTreeSet::new(),
+        })
     }
 
-    /// Waits until a watched file was replaced, then until no event came
-    /// for [`DEBOUNCE`]; returns the files replaced.
+    /// Waits until a watched file was replaced, then until no watched
+    /// file was replaced for [`DEBOUNCE`]; returns the files replaced.
+    ///
+    /// Only events for the watched names move the deadline: other files in
+    /// the same directory (the audit log's head is rewritten there several
+    /// times a second when they share one) must not put the reload off for
+    /// ever.
     pub async fn replaced(&mut self) -> BTreeSet<PathBuf> {
-        let mut changed = BTreeSet::new();
-        while changed.is_empty() {
-            self.read_into(&mut changed).await;
+        while self.pending.is_empty() {
+            self.read_events().await;
         }
+        let mut deadline = tokio::time::Instant::now() + DEBOUNCE;
         loop {
-            match tokio::time::timeout(DEBOUNCE, self.read_into(&mut changed)).await {
-                Ok(()) => continue,
-                Err(_) => return changed,
+            match tokio::time::timeout_at(deadline, self.read_events()).await {
+                Ok(true) => deadline = tokio::time::Instant::now() + DEBOUNCE,
+                Ok(false) => {}
+                Err(_) => return std::mem::take(&mut self.pending),
             }
         }
     }
 
-    /// Reads one batch of events, adding the watched files they name.
-    async fn read_into(&mut self, changed: &mut BTreeSet<PathBuf>) {
+    /// Reads one batch of events, adding the watched files they name to
+    /// the pending ones; whether any did.
+    async fn read_events(&mut self) -> bool {
         let mut guard = match self.fd.readable().await {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!(error = %e, "file watch failed; reload with SIGHUP or `enforcer reload`");
-                std::future::pending::<()>().await;
-                return;
+                return std::future::pending::<bool>().await;
             }
         };
+        let mut added = false;
         match guard.get_inner().0.read_events() {
             Ok(events) => {
                 for e in events {
@@ -126,13 +141,15 @@ impl Watcher {
                         continue;
                     };
                     if names.contains(&name) {
-                        changed.insert(dir.join(name));
+                        self.pending.insert(dir.join(name));
+                        added = true;
                     }
                 }
             }
             Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(e) => tracing::warn!(error = %e, "reading file watch events"),
         }
+        added
     }
 }
 
@@ -160,6 +177,53 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(10), w.replaced())
             .await
             .expect("an event within 10 s");
+        assert_eq!(got, BTreeSet::from([db]));
+    }
+
+    #[tokio::test]
+    async fn other_files_replaced_without_pause_do_not_put_a_reload_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db.mmdb");
+        std::fs::write(&db, b"old").expect("write");
+        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        // Another file in the same directory renamed over every 100 ms (as
+        // an audit head beside the database), for far longer than the
+        // debounce.
+        let busy = dir.path().to_owned();
+        let churn = tokio::spawn(async move {
+            for i in 0..100u32 {
+                let tmp = busy.join("head.tmp");
+                let _ = std::fs::write(&tmp, i.to_string());
+                let _ = std::fs::rename(&tmp, busy.join("head"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let tmp = dir.path().join("db.mmdb.tmp");
+        std::fs::write(&tmp, b"new").expect("write tmp");
+        std::fs::rename(&tmp, &db).expect("rename");
+        let got = tokio::time::timeout(DEBOUNCE * 4, w.replaced())
+            .await
+            .expect("the replaced database is reported while the other file churns");
+        assert_eq!(got, BTreeSet::from([db]));
+        churn.abort();
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_before_the_wait_is_dropped_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db.mmdb");
+        std::fs::write(&db, b"old").expect("write");
+        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        let tmp = dir.path().join("db.mmdb.tmp");
+        std::fs::write(&tmp, b"new").expect("write tmp");
+        std::fs::rename(&tmp, &db).expect("rename");
+        // The agent's loop drops the wait when something else comes first
+        // (a SIGHUP), here half-way through the debounce.
+        let cut = tokio::time::timeout(DEBOUNCE / 2, w.replaced()).await;
+        assert!(cut.is_err(), "still debouncing");
+        let got = tokio::time::timeout(DEBOUNCE * 4, w.replaced())
+            .await
+            .expect("the change seen before is reported");
         assert_eq!(got, BTreeSet::from([db]));
     }
 }

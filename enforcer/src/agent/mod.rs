@@ -277,7 +277,14 @@ impl Running {
                     }));
                 }
                 let _ = self.events_config.send(config.events.clone());
-                self.watcher = watch_sources(&config);
+                // The same files: keep the watcher, and with it a change
+                // it saw that this reload may have read too early.
+                if self.watcher.is_none()
+                    || config.sources != self.config.sources
+                    || config.watch_sources != self.config.watch_sources
+                {
+                    self.watcher = watch_sources(&config);
+                }
                 self.config = config;
                 Ok(self.read_status().generation)
             }
