@@ -203,7 +203,7 @@ impl RawConfig {
         let scope = self.scope.scope()?;
         let overrides = self.scope.overrides()?;
         let interfaces = self.scope.interfaces()?;
-        let events = self.events.validate(base);
+        let events = self.events.validate(base)?;
         let metrics_listen = self.metrics.listen()?;
         let (pin_dir, run_dir) = self.agent.dirs()?;
         let control = self.control.validate(&run_dir)?;
@@ -343,19 +343,38 @@ impl RawScope {
     }
 }
 
+/// The most events per CPU per second. The datapath's token bucket
+/// multiplies the rate by up to ten seconds of nanoseconds, which a rate
+/// beyond about 1.8e9 would overflow; and the ring buffer holds about ten
+/// thousand events, so more could only be dropped as ring_full.
+pub const MAX_EVENT_RATE: u32 = 1_000_000;
+/// The largest burst: two seconds at the highest rate (the default burst
+/// is two seconds' worth).
+pub const MAX_EVENT_BURST: u32 = 2 * MAX_EVENT_RATE;
+
 impl RawEvents {
     /// The burst defaults to two seconds' worth; stdout is on when there is
-    /// no file.
-    fn validate(self, base: &Path) -> Events {
-        Events {
+    /// no file. Rate and burst are bounded.
+    fn validate(self, base: &Path) -> Result<Events, String> {
+        if self.rate_per_cpu > MAX_EVENT_RATE {
+            return Err(format!(
+                "events.rate_per_cpu {}: at most {MAX_EVENT_RATE} per CPU per second",
+                self.rate_per_cpu
+            ));
+        }
+        let burst = self
+            .burst
+            .unwrap_or(self.rate_per_cpu.saturating_mul(2))
+            .max(1);
+        if burst > MAX_EVENT_BURST {
+            return Err(format!("events.burst {burst}: at most {MAX_EVENT_BURST}"));
+        }
+        Ok(Events {
             rate_per_cpu: self.rate_per_cpu,
-            burst: self
-                .burst
-                .unwrap_or(self.rate_per_cpu.saturating_mul(2))
-                .max(1),
+            burst,
             stdout: self.stdout.unwrap_or(self.file.is_none()),
             file: self.file.map(|f| under(base, &f)),
-        }
+        })
     }
 }
 

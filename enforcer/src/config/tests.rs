@@ -195,6 +195,14 @@ fn errors_name_the_file_and_the_problem() {
             "audit.checkpoint_interval \"300000000000y\"",
         ),
         (
+            &format!("{MINIMAL}[events]\nrate_per_cpu = 4000000000\n"),
+            "events.rate_per_cpu 4000000000: at most 1000000 per CPU per second",
+        ),
+        (
+            &format!("{MINIMAL}[events]\nrate_per_cpu = 10\nburst = 2000001\n"),
+            "events.burst 2000001: at most 2000000",
+        ),
+        (
             &format!("{MINIMAL}[audit]\ncheckpoint_interval = \"25h\"\n"),
             "audit.checkpoint_interval \"25h\": at most 1 day",
         ),
