@@ -214,19 +214,7 @@ impl Agent {
             crate::sandbox::enter(&mut cmd, ns, None);
         }
         if let Some(n) = nofile {
-            // SAFETY: only an async-signal-safe call between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            crate::exec_as::limit_open_files(&mut cmd, n);
         }
         let child = cmd.spawn().expect("spawn enforcer run");
         let mut child = Some(child);

@@ -3,11 +3,13 @@
 //! enter (root's home, a `mktemp -d` directory: both 0700); a process that
 //! has dropped to another uid then cannot exec them (EACCES on the path).
 //! [`ReachableCopy`] copies a binary into a fresh directory under `/tmp`
-//! that every uid can traverse, for as long as a test needs it.
+//! that every uid can traverse, for as long as a test needs it;
+//! [`as_user`] makes a command drop to that uid, and [`limit_open_files`]
+//! sets its descriptor limit, both between fork and exec.
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -76,6 +78,45 @@ impl ReachableCopy {
 fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Makes `cmd` run as `uid` (gid = uid) with exactly the supplementary
+/// `groups`. Not `Command::uid`: std drops privileges before it runs
+/// `pre_exec` closures, and closures added earlier (joining a cgroup or
+/// a namespace, [`limit_open_files`]) need root; closures run in the
+/// order they were added, so add this one last.
+pub fn as_user(cmd: &mut Command, uid: u32, groups: &[u32]) {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Sets `cmd`'s open-files limit, soft and hard, to `n` (root may raise
+/// it; add it before [`as_user`]).
+pub fn limit_open_files(cmd: &mut Command, n: u64) {
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr},
-    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex},
@@ -111,21 +110,9 @@ impl<'a> Runner<'a> {
         };
         enter(&mut cmd, &self.sb.client_ns, self.cgroup);
         if let Some(uid) = self.uid {
-            // Not Command::uid: std drops privileges before running pre_exec
-            // closures, and joining the cgroup and namespace needs root. The
-            // closures run in order, so this one runs after `enter`'s.
-            // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid).
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            // After `enter`'s closure: joining the cgroup and namespace
+            // needs root.
+            crate::exec_as::as_user(&mut cmd, uid, &[]);
         }
         cmd.args(args);
         cmd

@@ -10,7 +10,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::IpAddr,
-    os::unix::{fs::MetadataExt as _, fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{fs::MetadataExt as _, fs::PermissionsExt as _},
     path::Path,
     process::{Command, Output, Stdio},
     sync::mpsc,
@@ -19,7 +19,7 @@ use std::{
 
 use enforcer_tests::{
     agent::{Agent, enforcer_at, enforcer_binary},
-    exec_as::ReachableCopy,
+    exec_as::{self, ReachableCopy},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -43,19 +43,7 @@ fn ctl_as(cli: &ReachableCopy, socket: &Path, user: (u32, &[u32]), args: &[&str]
     let mut cmd = Command::new(cli.path());
     cmd.args(args).arg("--socket").arg(socket);
     let (uid, groups) = user;
-    let groups: Vec<libc::gid_t> = groups.to_vec();
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    exec_as::as_user(&mut cmd, uid, groups);
     cmd.output().expect("run enforcer")
 }
 

@@ -8,14 +8,13 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::process::CommandExt as _,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use enforcer_tests::{
     agent::{Agent, enforcer_at},
-    exec_as::ReachableCopy,
+    exec_as::{self, ReachableCopy},
     privileged,
     sandbox::probe_binary,
     scenario::*,
@@ -51,23 +50,8 @@ fn half_open_metrics_connections_do_not_starve_the_agent() {
     ])
     .stdin(Stdio::piped())
     .stdout(Stdio::piped());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: 4096,
-                rlim_max: 4096,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0
-                || libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(NOBODY) != 0
-                || libc::setuid(NOBODY) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    exec_as::limit_open_files(&mut cmd, 4096);
+    exec_as::as_user(&mut cmd, NOBODY, &[]);
     let mut client = cmd.spawn().expect("run ee-probe halfopen as nobody");
     let mut stdout = BufReader::new(client.stdout.take().expect("probe stdout"));
     let mut line = String::new();
