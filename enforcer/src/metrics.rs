@@ -406,7 +406,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) {
     use axum::{Router, http::header, response::IntoResponse, routing::get};
 
     let app = Router::new().route(
@@ -440,7 +440,6 @@ pub async fn serve(
         }),
     );
     serve_bounded(listener, app, shutdown).await;
-    Ok(())
 }
 
 /// Connections served at once. A scrape is one short request; a few

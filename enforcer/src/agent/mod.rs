@@ -389,7 +389,7 @@ impl Running {
 /// The tasks beside the main loop and how to stop them.
 struct Services {
     metrics_stop: oneshot::Sender<()>,
-    metrics_task: JoinHandle<std::io::Result<()>>,
+    metrics_task: JoinHandle<()>,
     control_stop: oneshot::Sender<()>,
     control_task: JoinHandle<()>,
     events_stop: oneshot::Sender<()>,
