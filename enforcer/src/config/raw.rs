@@ -392,16 +392,17 @@ impl RawMetrics {
 impl RawAgent {
     /// The pin directory (on bpffs) and the runtime directory.
     fn dirs(&self) -> Result<(PathBuf, PathBuf), String> {
+        let given_or = |p: &Option<PathBuf>, default: &str| {
+            p.clone().unwrap_or_else(|| PathBuf::from(default))
+        };
         let pin_dir = absolute(
             "agent.pin_dir",
-            self.pin_dir.as_deref(),
-            paths::DEFAULT_PIN_DIR,
+            given_or(&self.pin_dir, paths::DEFAULT_PIN_DIR),
             " on bpffs",
         )?;
         let run_dir = absolute(
             "agent.run_dir",
-            self.run_dir.as_deref(),
-            paths::DEFAULT_RUN_DIR,
+            given_or(&self.run_dir, paths::DEFAULT_RUN_DIR),
             "",
         )?;
         Ok((pin_dir, run_dir))
@@ -415,7 +416,7 @@ impl RawControl {
         let socket = self
             .socket
             .unwrap_or_else(|| run_dir.join(paths::CONTROL_SOCKET_NAME));
-        let socket = absolute("control.socket", Some(&socket), "", "")?;
+        let socket = absolute("control.socket", socket, "")?;
         // sockaddr_un.sun_path is 108 bytes with the NUL.
         if socket.as_os_str().len() > 107 {
             return Err(format!(
@@ -471,10 +472,9 @@ fn under(base: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// The path of `key` (or `default` when not given), which must be
-/// absolute: these are runtime locations, not relative to anything.
-fn absolute(key: &str, path: Option<&Path>, default: &str, on: &str) -> Result<PathBuf, String> {
-    let path = path.map_or_else(|| PathBuf::from(default), Path::to_owned);
+/// `path`, the value of `key`, which must be absolute: these are runtime
+/// locations, not relative to anything (`on` says where, for the error).
+fn absolute(key: &str, path: PathBuf, on: &str) -> Result<PathBuf, String> {
     if !path.is_absolute() {
         return Err(format!("{key} {path:?}: must be an absolute path{on}"));
     }
