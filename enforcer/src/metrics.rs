@@ -30,6 +30,19 @@ use crate::{
     status::{SharedStatus, country_label, map_fill_table, programs_attached},
 };
 
+/// Every cause of a coverage repair, so each series exists from the
+/// start (a counter that appears only on its first increment hides the
+/// first repair from `increase()`).
+const COVERAGE_CAUSES: &[&str] = &[
+    "cgroup_created",
+    "cgroup_recreated",
+    "interface_created",
+    "interface_recreated",
+    "link_detached",
+    "pin_deleted",
+    "override_cgroup_changed",
+];
+
 /// Reads kernel counters and agent status on each scrape.
 pub struct EnforcerCollector {
     counters: CounterReader,
@@ -335,6 +348,54 @@ impl EnforcerCollector {
             for (hook, n) in programs_attached(dir) {
                 let labels = [("hook", hook.as_str())];
                 ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "enforcer_scope_attached",
+                "Whether the kernel lists this agent's program on a configured scope entry (cgroup path or interface name), by hook: 1 covered, 0 not (absent, or a repair failed). Checked every second.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for e in &status.coverage {
+                for (hook, on) in &e.hooks {
+                    let labels = [("scope", e.scope.as_str()), ("hook", hook)];
+                    ConstGauge::new(i64::from(*on)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "enforcer_scope_waiting",
+                "1 while a configured scope entry does not exist (a stopped service): nothing to cover until it is created.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for e in &status.coverage {
+                let labels = [("scope", e.scope.as_str())];
+                ConstGauge::new(i64::from(e.state == "waiting"))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "enforcer_scope_last_covered_timestamp_seconds",
+                "When a configured scope entry was last seen covered (Unix time).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for e in &status.coverage {
+                if let Some(t) = e.last_covered_unix {
+                    let labels = [("scope", e.scope.as_str())];
+                    ConstGauge::new(t).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "enforcer_coverage_repairs",
+                "Scope entries covered again by the agent, by cause (cgroup_created, cgroup_recreated, interface_created, interface_recreated, link_detached, pin_deleted, override_cgroup_changed).",
+                None,
+                MetricType::Counter,
+            )?;
+            for cause in COVERAGE_CAUSES {
+                let n = status.coverage_repairs.get(cause).copied().unwrap_or(0);
+                let labels = [("cause", *cause)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
         for (name, help, value) in [

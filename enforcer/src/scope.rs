@@ -3,8 +3,12 @@
 //!
 //! Every target is opened (and checked to be a cgroup2 directory) or
 //! looked up (an Ethernet interface in the agent's network namespace)
-//! before anything is attached, so a missing cgroup or interface fails the
-//! whole attach instead of leaving half the scope enforced.
+//! before anything is attached. One that is wrong (not a cgroup2
+//! directory, not Ethernet, nested in another) fails the whole load; one
+//! that does not exist *yet* is not an error: a scoped service may be
+//! stopped, or not started at boot before the agent. It is reported as
+//! absent, and the agent covers it the moment it appears (see
+//! `agent::coverage`).
 
 use std::{
     fs::File,
@@ -63,24 +67,40 @@ const ARPHRD_ETHER: u16 = 1;
 /// is Ethernet, since the tcx program finds the IP header after an
 /// Ethernet header: on a device without one (WireGuard, tun, IP tunnels,
 /// loopback) it would read the wrong bytes and decide nothing.
-pub fn resolve_interfaces(names: &[String]) -> Result<Vec<InterfaceTarget>, ScopeError> {
-    names.iter().map(|name| resolve_interface(name)).collect()
+/// Names that do not exist (yet) are returned apart, in config order.
+pub fn resolve_interfaces(
+    names: &[String],
+) -> Result<(Vec<InterfaceTarget>, Vec<String>), ScopeError> {
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for name in names {
+        match resolve_interface_if_present(name)? {
+            Some(t) => present.push(t),
+            None => absent.push(name.clone()),
+        }
+    }
+    Ok((present, absent))
 }
 
 /// One interface: its index, and a check that it is Ethernet.
 pub fn resolve_interface(name: &str) -> Result<InterfaceTarget, ScopeError> {
+    resolve_interface_if_present(name)?.ok_or_else(|| ScopeError::Interface {
+        name: name.to_owned(),
+        message: "no such interface in the agent's network namespace".to_owned(),
+    })
+}
+
+/// [`resolve_interface`], with `None` for a name that no interface has.
+pub fn resolve_interface_if_present(name: &str) -> Result<Option<InterfaceTarget>, ScopeError> {
     let err = |message: String| ScopeError::Interface {
         name: name.to_owned(),
         message,
     };
-    let ifindex = nix::net::if_::if_nametoindex(name).map_err(|e| {
-        err(match e {
-            nix::errno::Errno::ENODEV => {
-                "no such interface in the agent's network namespace".to_owned()
-            }
-            e => format!("cannot look it up: {e}"),
-        })
-    })?;
+    let ifindex = match nix::net::if_::if_nametoindex(name) {
+        Ok(i) => i,
+        Err(nix::errno::Errno::ENODEV) => return Ok(None),
+        Err(e) => return Err(err(format!("cannot look it up: {e}"))),
+    };
     match link_type(name) {
         Ok(ARPHRD_ETHER) => {}
         Ok(other) => {
@@ -90,12 +110,14 @@ pub fn resolve_interface(name: &str) -> Result<InterfaceTarget, ScopeError> {
                  \"Forwarded traffic\")"
             )));
         }
+        // Deleted between the two calls: absent.
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
         Err(e) => return Err(err(format!("cannot read its link type: {e}"))),
     }
-    Ok(InterfaceTarget {
+    Ok(Some(InterfaceTarget {
         name: name.to_owned(),
         ifindex,
-    })
+    }))
 }
 
 /// The interface's link type (`ARPHRD_*`), from SIOCGIFHWADDR on a socket
@@ -129,10 +151,28 @@ fn link_type(name: &str) -> io::Result<u16> {
     Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// Opens every cgroup of the scope.
-pub fn resolve(scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
+/// The scope's cgroups as they are now.
+#[derive(Debug, Default)]
+pub struct ResolvedScope {
+    /// The cgroups that exist, opened.
+    pub present: Vec<CgroupTarget>,
+    /// Configured cgroups that do not exist (yet), as absolute paths.
+    pub absent: Vec<PathBuf>,
+}
+
+/// Opens every cgroup of the scope that exists.
+pub fn resolve(scope: &Scope) -> Result<ResolvedScope, ScopeError> {
     let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
     resolve_under(&mount, scope)
+}
+
+/// The absolute paths of the scope's cgroups, as configured (host-wide:
+/// the mount itself).
+pub fn configured_paths(mount: &Path, scope: &Scope) -> Vec<PathBuf> {
+    match scope {
+        Scope::HostWide => vec![mount.to_owned()],
+        Scope::Cgroups(list) => list.iter().map(|p| absolute(mount, p)).collect(),
+    }
 }
 
 /// A resolved per-cgroup mode override.
@@ -144,42 +184,64 @@ pub struct ResolvedOverride {
 
 /// Opens the cgroup of every override and checks that it is inside the
 /// scope: the datapath never runs outside it, so an override there would
-/// silently do nothing.
+/// silently do nothing. One whose cgroup does not exist is an error.
 pub fn resolve_overrides(
     scope: &Scope,
     overrides: &[ModeOverride],
 ) -> Result<Vec<ResolvedOverride>, ScopeError> {
+    let (present, absent) = resolve_present_overrides(scope, overrides)?;
+    match absent.into_iter().next() {
+        Some(path) => Err(ScopeError::Cgroup {
+            path,
+            message: "cannot open: no such cgroup".into(),
+        }),
+        None => Ok(present),
+    }
+}
+
+/// [`resolve_overrides`], returning the overrides whose cgroup does not
+/// exist (yet) apart instead of failing: like a scope cgroup, an override's
+/// service may be stopped. Its override applies once it exists (the
+/// coverage loop resolves them again).
+pub fn resolve_present_overrides(
+    scope: &Scope,
+    overrides: &[ModeOverride],
+) -> Result<(Vec<ResolvedOverride>, Vec<PathBuf>), ScopeError> {
     if overrides.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
-    let roots: Vec<PathBuf> = match scope {
-        Scope::HostWide => vec![mount.clone()],
-        Scope::Cgroups(list) => list
-            .iter()
-            .map(|p| {
-                let p = absolute(&mount, p);
-                std::fs::canonicalize(&p).unwrap_or(p)
-            })
-            .collect(),
-    };
-    overrides
-        .iter()
-        .map(|o| {
-            let target = open(&mount, absolute(&mount, &o.cgroup))?;
-            if !roots.iter().any(|r| target.path.starts_with(r)) {
+    let roots: Vec<PathBuf> = configured_paths(&mount, scope)
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for o in overrides {
+        let path = absolute(&mount, &o.cgroup);
+        let Some(target) = open(&mount, path.clone())? else {
+            if !roots.iter().any(|r| path.starts_with(r)) {
                 return Err(ScopeError::Cgroup {
-                    path: target.path,
+                    path,
                     message: "has a mode override but is not inside the scope (scope.cgroups)"
                         .into(),
                 });
             }
-            Ok(ResolvedOverride {
-                target,
-                mode: o.mode,
-            })
-        })
-        .collect()
+            absent.push(path);
+            continue;
+        };
+        if !roots.iter().any(|r| target.path.starts_with(r)) {
+            return Err(ScopeError::Cgroup {
+                path: target.path,
+                message: "has a mode override but is not inside the scope (scope.cgroups)".into(),
+            });
+        }
+        present.push(ResolvedOverride {
+            target,
+            mode: o.mode,
+        });
+    }
+    Ok((present, absent))
 }
 
 pub fn absolute(mount: &Path, p: &Path) -> PathBuf {
@@ -191,17 +253,61 @@ pub fn absolute(mount: &Path, p: &Path) -> PathBuf {
 }
 
 /// Like [`resolve`] with a known cgroup2 mount point.
-pub fn resolve_under(mount: &Path, scope: &Scope) -> Result<Vec<CgroupTarget>, ScopeError> {
-    let paths: Vec<PathBuf> = match scope {
-        Scope::HostWide => vec![mount.to_owned()],
-        Scope::Cgroups(list) => list.iter().map(|p| absolute(mount, p)).collect(),
-    };
-    let targets = paths
-        .into_iter()
-        .map(|p| open(mount, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    check_disjoint(&targets)?;
-    Ok(targets)
+pub fn resolve_under(mount: &Path, scope: &Scope) -> Result<ResolvedScope, ScopeError> {
+    let mut resolved = ResolvedScope::default();
+    for path in configured_paths(mount, scope) {
+        match open(mount, path.clone())? {
+            Some(t) => resolved.present.push(t),
+            None => resolved.absent.push(path),
+        }
+    }
+    check_disjoint(&resolved.present)?;
+    check_disjoint_absent(&resolved)?;
+    Ok(resolved)
+}
+
+/// [`check_disjoint`] for the cgroups that do not exist yet, by their
+/// configured paths: they cannot be canonicalized, and one that will be
+/// created inside another entry must be refused now, not when it appears.
+fn check_disjoint_absent(r: &ResolvedScope) -> Result<(), ScopeError> {
+    let present = r.present.iter().map(|t| t.path.as_path());
+    let all: Vec<&Path> = present
+        .chain(r.absent.iter().map(PathBuf::as_path))
+        .collect();
+    for a in &r.absent {
+        for b in &all {
+            if std::ptr::eq(*b, a.as_path()) {
+                continue;
+            }
+            let message = if a == b {
+                "is listed twice in scope.cgroups".to_owned()
+            } else if a.starts_with(b) {
+                format!(
+                    "is inside scope cgroup {}, which already covers it; list only the outer one",
+                    b.display()
+                )
+            } else if b.starts_with(a) {
+                format!(
+                    "contains scope cgroup {}, which it would already cover; list only the outer one",
+                    b.display()
+                )
+            } else {
+                continue;
+            };
+            return Err(ScopeError::Cgroup {
+                path: a.clone(),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Opens one cgroup by path now (the coverage loop's look at an entry):
+/// `None` while it does not exist.
+pub fn open_cgroup(path: &Path) -> Result<Option<CgroupTarget>, ScopeError> {
+    let mount = paths::cgroup2_mount().map_err(ScopeError::Mount)?;
+    open(&mount, path.to_owned())
 }
 
 /// Refuses a scope that lists one cgroup twice or one inside another: the
@@ -238,14 +344,19 @@ fn check_disjoint(targets: &[CgroupTarget]) -> Result<(), ScopeError> {
     Ok(())
 }
 
-fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
+/// Opens a cgroup directory; `None` when it (or a parent) does not exist.
+fn open(mount: &Path, path: PathBuf) -> Result<Option<CgroupTarget>, ScopeError> {
     let err = |message: String| ScopeError::Cgroup {
         path: path.clone(),
         message,
     };
     // Resolve `..` and symbolic links first, so that the checks below (and
     // the nesting check) see the cgroup's real place in the hierarchy.
-    let path = std::fs::canonicalize(&path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let path = match std::fs::canonicalize(&path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("cannot open: {e}"))),
+    };
     let err = |message: String| ScopeError::Cgroup {
         path: path.clone(),
         message,
@@ -256,7 +367,12 @@ fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
             mount.display()
         )));
     }
-    let dir = File::open(&path).map_err(|e| err(format!("cannot open: {e}")))?;
+    let dir = match File::open(&path) {
+        Ok(d) => d,
+        // Removed since it was canonicalized.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("cannot open: {e}"))),
+    };
     let meta = dir.metadata().map_err(|e| err(e.to_string()))?;
     if !meta.is_dir() {
         return Err(err("not a directory".into()));
@@ -266,11 +382,11 @@ fn open(mount: &Path, path: PathBuf) -> Result<CgroupTarget, ScopeError> {
         Ok(_) => return Err(err("not on a cgroup2 file system".into())),
         Err(e) => return Err(err(format!("statfs: {e}"))),
     }
-    Ok(CgroupTarget {
+    Ok(Some(CgroupTarget {
         id: meta.ino(),
         path,
         dir,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -278,8 +394,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_missing_interface_is_named() {
-        let e = resolve_interfaces(&["eesb-no-such".into()])
+    fn a_missing_interface_is_absent_not_an_error() {
+        let (present, absent) =
+            resolve_interfaces(&["eesb-no-such".into()]).expect("absent is not an error");
+        assert!(present.is_empty());
+        assert_eq!(absent, ["eesb-no-such"]);
+        let e = resolve_interface("eesb-no-such")
             .expect_err("no such interface")
             .to_string();
         assert!(

@@ -70,3 +70,46 @@ pub fn agent_programs(cgroup: &Path) -> u32 {
     .map(|t| attached_programs(cgroup, t))
     .sum()
 }
+
+/// Detaches the bpf_link pinned at `path` the way any other process with
+/// an fd of it can (`BPF_OBJ_GET`, then `BPF_LINK_DETACH`), leaving the
+/// pin in place: the link then exists but decides nothing.
+pub fn detach_pinned_link(path: &Path) {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("a path without NUL");
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr prefix of the size passed whose
+    // pathname points at c_path, which outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let mut attr = [0u64; 16];
+    attr[0] = fd as u64;
+    // SAFETY: as above; link_fd is the fd just opened.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours and closed once.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "BPF_LINK_DETACH {}: {err}", path.display());
+}

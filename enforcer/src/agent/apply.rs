@@ -27,13 +27,20 @@ pub(super) struct Modes {
     pub shown: Vec<(String, Mode, &'static str)>,
     /// The runtime changes that still apply.
     pub runtime: RuntimeModes,
+    /// Overrides whose cgroup does not exist now: they apply once it is
+    /// created (the coverage loop resolves them again).
+    pub waiting: Vec<PathBuf>,
+    /// Runtime changes dropped, and why (for the log).
+    pub dropped: Vec<String>,
 }
 
 /// The config's mode and overrides with the runtime changes layered over
 /// them, resolved to cgroup ids. Works on a copy of `runtime`, which the
-/// caller keeps only if the policy is applied. A runtime override whose
-/// cgroup is gone is dropped with a warning (the service was removed); a
-/// config override that cannot be resolved fails (bad input).
+/// caller keeps only if the policy is applied. An override whose cgroup
+/// does not exist is waiting (a stopped service keeps its override for
+/// when it starts again); a runtime override that no longer fits the
+/// scope is dropped; a config override that does not fit fails (bad
+/// input). Logs nothing: the coverage loop calls it every second.
 pub(super) fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow::Result<Modes> {
     let mut runtime = runtime.clone();
     let mount = if runtime == RuntimeModes::default() {
@@ -42,16 +49,16 @@ pub(super) fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow
         paths::cgroup2_mount().context("finding the cgroup2 mount")?
     };
     let eff = runtime.apply(config, &mount);
-    for d in &eff.dropped {
-        tracing::warn!("runtime mode change no longer applies: {d}");
-    }
+    let mut dropped: Vec<String> = eff.dropped.iter().map(ToString::to_string).collect();
     let mut ids = Vec::new();
     let mut shown = Vec::new();
+    let mut waiting = Vec::new();
     for o in &eff.overrides {
         let from_runtime = runtime.cgroups.contains_key(&o.cgroup);
-        match scope::resolve_overrides(&config.scope, std::slice::from_ref(o)) {
-            Ok(r) => {
-                for r in r {
+        match scope::resolve_present_overrides(&config.scope, std::slice::from_ref(o)) {
+            Ok((present, absent)) => {
+                waiting.extend(absent);
+                for r in present {
                     ids.push((r.target.id, r.mode));
                     shown.push((
                         r.target.path.display().to_string(),
@@ -61,7 +68,7 @@ pub(super) fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow
                 }
             }
             Err(e) if from_runtime => {
-                tracing::warn!(error = %e, "dropping a runtime mode change whose cgroup is gone");
+                dropped.push(format!("{e}"));
                 runtime.cgroups.remove(&o.cgroup);
             }
             Err(e) => return Err(e.into()),
@@ -72,6 +79,8 @@ pub(super) fn effective_modes(config: &Config, runtime: &RuntimeModes) -> anyhow
         ids,
         shown,
         runtime,
+        waiting,
+        dropped,
     })
 }
 
@@ -94,7 +103,8 @@ impl RuntimeState {
     }
 }
 
-/// Writes, flips and attaches a prepared policy, all or nothing.
+/// Writes, flips and attaches a prepared policy, all or nothing. Returns
+/// the per-cgroup mode overrides written (cgroup id, mode).
 ///
 /// On a fresh install the slot is written before any program is attached,
 /// so no program ever decides with an empty slot. On an adopted datapath or
@@ -109,13 +119,21 @@ pub(super) fn apply(
     status: &SharedStatus,
     fresh: bool,
     runtime: &mut RuntimeState,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<(u64, Mode)>> {
     let Modes {
         mode,
         ids: overrides,
         shown: shown_overrides,
         runtime: new_runtime,
+        waiting,
+        dropped,
     } = effective_modes(&p.config, &runtime.modes)?;
+    for d in &dropped {
+        tracing::warn!("runtime mode change no longer applies: {d}");
+    }
+    for w in &waiting {
+        tracing::warn!(cgroup = %w.display(), "mode override's cgroup does not exist yet; it applies when the cgroup is created");
+    }
     let staged = if fresh {
         None
     } else {
@@ -200,7 +218,7 @@ pub(super) fn apply(
     s.mode_from_runtime = mode_from_runtime;
     s.overrides = shown_overrides;
     record_in_force(&mut s, p, &report);
-    Ok(())
+    Ok(overrides)
 }
 
 /// What the status says about the policy now in force.

@@ -291,6 +291,7 @@ impl Running {
             ids,
             shown,
             runtime: modes,
+            ..
         } = effective_modes(&self.config, &modes).map_err(|e| format!("{e:#}"))?;
         modes
             .save(&self.runtime.path)

@@ -23,6 +23,7 @@
 
 mod apply;
 mod control;
+mod coverage;
 mod prepare;
 mod records;
 
@@ -42,6 +43,7 @@ use tokio::{
 
 use self::{
     apply::{RuntimeState, apply},
+    coverage::{Coverage, RECONCILE_INTERVAL},
     prepare::{Prepared, prepare_blocking, release_free_memory},
     records::{checkpoint, load_record},
 };
@@ -124,9 +126,15 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ..AgentStatus::default()
     }));
 
-    let mut dp = tokio::task::block_in_place(|| {
+    let (mut dp, overrides) = tokio::task::block_in_place(|| {
         start_datapath(&pin_dir, &prepared, &status, &mut runtime, &audit)
     })?;
+    // The first look at the scope before READY: `status` shows every
+    // entry (covered or waiting) from the start.
+    let mut coverage = Coverage::new(&prepared.config, &overrides, None);
+    tokio::task::block_in_place(|| {
+        coverage.reconcile(&mut dp, &prepared.config, &runtime.modes, &status, &audit)
+    });
     // The datapath's own log (aya-log: its rare internal failures) into
     // ours, for as long as the agent runs.
     let _datapath_log = datapath::diagnostics::forward_log(&mut dp);
@@ -152,6 +160,7 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     ]);
 
     let mut agent = Running {
+        coverage,
         config_path,
         watcher: watch_sources(&prepared.config),
         config: prepared.config,
@@ -181,25 +190,28 @@ fn start_datapath(
     status: &SharedStatus,
     runtime: &mut RuntimeState,
     audit: &SharedAudit,
-) -> anyhow::Result<Datapath> {
+) -> anyhow::Result<(Datapath, Vec<(u64, Mode)>)> {
     let mut dp = Datapath::load(pin_dir).context("loading the datapath")?;
     release_free_memory("datapath loaded");
     if dp.adopted() {
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned datapath of an earlier agent");
     }
     let fresh = !dp.adopted();
-    if let Err(e) = apply(&mut dp, prepared, status, fresh, runtime) {
-        dp.discard_if_new();
-        audit.record(load_record(
-            status,
-            LoadTrigger::Start,
-            Some(format!("{e:#}")),
-        ));
-        audit.record_flush(Kind::AgentStop(audit::AgentStop {
-            reason: "start failed; nothing changed".into(),
-        }));
-        return Err(e);
-    }
+    let overrides = match apply(&mut dp, prepared, status, fresh, runtime) {
+        Ok(o) => o,
+        Err(e) => {
+            dp.discard_if_new();
+            audit.record(load_record(
+                status,
+                LoadTrigger::Start,
+                Some(format!("{e:#}")),
+            ));
+            audit.record_flush(Kind::AgentStop(audit::AgentStop {
+                reason: "start failed; nothing changed".into(),
+            }));
+            return Err(e);
+        }
+    };
     audit.record(Kind::AgentStart(audit::AgentStart {
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
@@ -209,7 +221,7 @@ fn start_datapath(
     }));
     audit.record_flush(load_record(status, LoadTrigger::Start, None));
     status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
-    Ok(dp)
+    Ok((dp, overrides))
 }
 
 /// What the main loop holds: the datapath and the state that changes with
@@ -227,6 +239,8 @@ struct Running {
     events_config: watch::Sender<EventsConfig>,
     /// The GeoIP sources' file watch, rebuilt at each reload.
     watcher: Option<Watcher>,
+    /// The scope entries and their coverage (see [`coverage`]).
+    coverage: Coverage,
 }
 
 impl Running {
@@ -256,13 +270,13 @@ impl Running {
                 tokio::task::block_in_place(|| {
                     apply(&mut self.dp, &p, &self.status, false, &mut self.runtime)
                 })
-                .map(|()| p.config)
+                .map(|overrides| (p.config, overrides))
             }
             Err(e) => Err(e),
         };
         let _ = sd_notify::notify(&[NotifyState::Ready]);
         let outcome = match result {
-            Ok(config) => {
+            Ok((config, overrides)) => {
                 tracing::info!(trigger = trigger_label, "reloaded");
                 self.audit.record(load_record(&self.status, trigger, None));
                 let mode_after = self.read_status().mode;
@@ -286,6 +300,7 @@ impl Running {
                     self.watcher = watch_sources(&config);
                 }
                 self.config = config;
+                self.replace_coverage(&overrides);
                 Ok(self.read_status().generation)
             }
             Err(e) => {
@@ -323,6 +338,11 @@ impl Running {
         let period = self.config.audit.checkpoint_interval;
         let mut checkpoints =
             tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut coverage_ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + RECONCILE_INTERVAL,
+            RECONCILE_INTERVAL,
+        );
+        coverage_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop_reason = loop {
             let replaced = async {
                 match &mut self.watcher {
@@ -330,9 +350,12 @@ impl Running {
                     None => std::future::pending().await,
                 }
             };
+            let scope_changed = self.coverage.changed();
             tokio::select! {
                 _ = signals.term.recv() => break "SIGTERM",
                 _ = signals.int.recv() => break "SIGINT",
+                () = scope_changed => self.reconcile(),
+                _ = coverage_ticks.tick() => self.reconcile(),
                 _ = checkpoints.tick() => {
                     checkpoint(&self.status, &self.audit, &mut suppressed, &suppressed_reader);
                 }
@@ -365,6 +388,30 @@ impl Running {
             &suppressed_reader,
         );
         Ok(stop_reason)
+    }
+
+    /// The coverage of the config now in force, keeping what the old one
+    /// knew about the same entries, compared with the kernel at once.
+    fn replace_coverage(&mut self, overrides: &[(u64, Mode)]) {
+        let old = std::mem::replace(
+            &mut self.coverage,
+            Coverage::new(&self.config, overrides, None),
+        );
+        self.coverage = Coverage::new(&self.config, overrides, Some(old));
+        self.reconcile();
+    }
+
+    /// One pass of the coverage loop.
+    fn reconcile(&mut self) {
+        tokio::task::block_in_place(|| {
+            self.coverage.reconcile(
+                &mut self.dp,
+                &self.config,
+                &self.runtime.modes,
+                &self.status,
+                &self.audit,
+            )
+        });
     }
 
     /// Settings bound at start-up are not changed by a reload: say so.

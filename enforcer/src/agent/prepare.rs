@@ -16,6 +16,8 @@ use crate::{
 pub(super) struct Prepared {
     pub config: Config,
     pub policy: CompiledPolicy,
+    /// The scope cgroups and interfaces that exist now (the others are
+    /// covered by the coverage loop when they appear).
     pub targets: Vec<scope::CgroupTarget>,
     pub interfaces: Vec<scope::InterfaceTarget>,
     pub access: Access,
@@ -42,14 +44,24 @@ pub(super) fn prepare(path: Option<&Path>) -> anyhow::Result<Prepared> {
         );
     }
     datapath::check_capacity(&policy)?;
-    let targets = scope::resolve(&config.scope)?;
+    // Absent entries are not an error: they are covered when they appear.
+    let scope::ResolvedScope {
+        present: targets,
+        absent: absent_cgroups,
+    } = scope::resolve(&config.scope)?;
     // Interface names mean something only in a network namespace: the
     // agent's own, which is the one it attaches in.
-    let interfaces = scope::resolve_interfaces(&config.interfaces)
+    let (interfaces, absent_interfaces) = scope::resolve_interfaces(&config.interfaces)
         .with_context(|| format!("{}: scope.interfaces", config.origin))?;
-    // Opened now so a missing override cgroup fails here, before the
+    for path in &absent_cgroups {
+        tracing::warn!(cgroup = %path.display(), "scope cgroup does not exist yet; it is covered when it is created");
+    }
+    for name in &absent_interfaces {
+        tracing::warn!(interface = %name, "scope interface does not exist yet; it is covered when it is created");
+    }
+    // Opened now so an override outside the scope fails here, before the
     // kernel; resolved again with the runtime changes when applied.
-    scope::resolve_overrides(&config.scope, &config.overrides)?;
+    scope::resolve_present_overrides(&config.scope, &config.overrides)?;
     let access = Access::resolve(config.control.admin_group.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.origin))?;
     events::check_sinks(&config.events).with_context(|| {

@@ -73,8 +73,8 @@ mod verify;
 mod writer;
 
 pub use record::{
-    AgentStart, AgentStop, AuditEvent, Checkpoint, DatabaseRecord, EventsSuppressed, Kind,
-    LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered, Uninstall,
+    AgentStart, AgentStop, AuditEvent, Checkpoint, Coverage, DatabaseRecord, EventsSuppressed,
+    Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered, Uninstall,
 };
 pub use shared::SharedAudit;
 pub use verify::{

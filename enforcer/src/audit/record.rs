@@ -26,6 +26,8 @@ pub enum Kind {
     Recovered(Recovered),
     /// `enforcer uninstall`: enforcement is about to be removed.
     Uninstall(Uninstall),
+    /// A scope entry's coverage changed (see `agent::coverage`).
+    Coverage(Coverage),
 }
 
 /// Every kind name [`Kind`] knows, as written in `kind`.
@@ -39,6 +41,7 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "checkpoint",
     "recovered",
     "uninstall",
+    "coverage",
 ];
 
 impl Kind {
@@ -54,6 +57,7 @@ impl Kind {
             Kind::Checkpoint(_) => "checkpoint",
             Kind::Recovered(_) => "recovered",
             Kind::Uninstall(_) => "uninstall",
+            Kind::Coverage(_) => "coverage",
         }
     }
 }
@@ -72,6 +76,27 @@ pub struct Uninstall {
     pub pin_dir: String,
     /// `--reason`, required.
     pub reason: String,
+}
+
+/// A scope entry (a configured cgroup or interface) was covered again, is
+/// waiting to exist, or could not be covered: what an auditor needs to
+/// tell "enforced all along" from "enforced except between these records".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// The configured entry: a cgroup path or an interface name.
+    pub scope: String,
+    /// `repaired` (programs attached again), `waiting` (the entry does not
+    /// exist: nothing to cover until it is created), or `failed`.
+    pub event: String,
+    /// Why: `cgroup_created`, `cgroup_recreated`, `cgroup_removed`,
+    /// `interface_created`, `interface_recreated`, `interface_removed`,
+    /// `link_detached`, `pin_deleted`, `override_cgroup_changed`.
+    pub cause: String,
+    /// The links attached or pinned again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The agent started (or adopted a pinned datapath).
@@ -347,6 +372,13 @@ mod tests {
                 pid: 1,
                 pin_dir: "/p".into(),
                 reason: "decommissioned".into(),
+            }),
+            Kind::Coverage(Coverage {
+                scope: "system.slice/minio.service".into(),
+                event: "repaired".into(),
+                cause: "cgroup_recreated".into(),
+                links: vec!["connect4-cg7".into()],
+                error: None,
             }),
         ];
         for k in all {

@@ -339,6 +339,8 @@ pub struct Summary {
     pub recovered: Vec<RecoveredEntry>,
     /// Every `enforcer uninstall` (up to [`LIST_CAP`]).
     pub uninstalls: Vec<UninstallEntry>,
+    /// Coverage records by event (`repaired`, `waiting`, `failed`).
+    pub coverage: BTreeMap<String, u64>,
     /// Records whose time is earlier than the record before.
     pub time_backwards: u64,
     /// Things an auditor should know that do not break the chain (the first
@@ -372,6 +374,7 @@ impl Summary {
             last_checkpoint: None,
             recovered: Vec::new(),
             uninstalls: Vec::new(),
+            coverage: BTreeMap::new(),
             time_backwards: 0,
             warnings: Vec::new(),
             warnings_omitted: 0,
@@ -457,6 +460,20 @@ impl Summary {
                     policy_sha256: c.policy_sha256,
                     databases: c.databases.into_iter().map(|d| d.sha256).collect(),
                 })
+            }
+            Some(Kind::Coverage(c)) => {
+                if c.event != "repaired" {
+                    self.warn(format!(
+                        "line {line}: scope {:?} was not covered ({}: {}){}",
+                        c.scope,
+                        c.event,
+                        c.cause,
+                        c.error.map(|e| format!(": {e}")).unwrap_or_default()
+                    ));
+                }
+                if self.coverage.len() < LIST_CAP || self.coverage.contains_key(&c.event) {
+                    *self.coverage.entry(c.event).or_default() += 1;
+                }
             }
             Some(Kind::Uninstall(u)) => {
                 self.warn(format!(

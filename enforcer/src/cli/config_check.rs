@@ -53,23 +53,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");
     match &config.scope {
         Scope::HostWide => {
-            if let Some(root) = targets.first() {
+            if let Some(root) = targets.present.first() {
                 println!("scope:    host-wide ({})", root.path.display());
             }
         }
         Scope::Cgroups(_) => {
-            for t in &targets {
+            for t in &targets.present {
                 println!("scope:    {} (cgroup id {})", t.path.display(), t.id);
             }
         }
     }
-    if interfaces.is_empty() {
+    for path in &targets.absent {
+        println!(
+            "scope:    {} (does not exist yet: waiting; covered when it is created)",
+            path.display()
+        );
+        eprintln!(
+            "warning: scope cgroup {} does not exist; the agent covers it the moment it is created",
+            path.display()
+        );
+    }
+    let (present, absent) = interfaces;
+    if present.is_empty() && absent.is_empty() {
         println!("forward:  no interfaces (forwarded traffic is not decided)");
     }
-    for i in &interfaces {
+    for i in &present {
         println!(
             "forward:  {} (ifindex {}, tcx egress, global mode)",
             i.name, i.ifindex
+        );
+    }
+    for name in &absent {
+        println!("forward:  {name} (does not exist yet: waiting; covered when it is created)");
+        eprintln!(
+            "warning: scope interface {name:?} does not exist; the agent covers it the moment it is created"
         );
     }
     println!("metrics:  http://{}/metrics", config.metrics_listen);

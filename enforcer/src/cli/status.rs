@@ -103,6 +103,40 @@ fn print_agent(a: &serde_json::Value) {
     };
     println!("scope:      {}", list(&a["scope"]));
     println!("interfaces: {}", list(&a["interfaces"]));
+    for e in a["coverage"].as_array().into_iter().flatten() {
+        let hooks: Vec<String> = e["hooks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, on)| on.as_bool() != Some(true))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let detail = match e["state"].as_str() {
+            Some("covered") => format!("{} {}", s(&e["kind"]), s(&e["id"])),
+            Some("waiting") => "does not exist; covered when it is created".to_owned(),
+            _ => format!(
+                "NOT COVERED: {}{}",
+                if hooks.is_empty() {
+                    String::new()
+                } else {
+                    format!("hooks missing {}; ", hooks.join(" "))
+                },
+                s(&e["error"])
+            ),
+        };
+        println!(
+            "coverage:   {} {} ({detail})",
+            s(&e["scope"]),
+            s(&e["state"])
+        );
+    }
+    if let Some(repairs) = a["coverage_repairs"].as_object().filter(|r| !r.is_empty()) {
+        let list: Vec<String> = repairs
+            .iter()
+            .map(|(cause, n)| format!("{cause} {}", s(n)))
+            .collect();
+        println!("repairs:    {}", list.join(", "));
+    }
     for d in a["databases"].as_array().into_iter().flatten() {
         let built = d["build_epoch"]
             .as_u64()

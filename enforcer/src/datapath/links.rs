@@ -10,10 +10,15 @@
 //! pin, then detaches the old link (see [`super::detach`] for why
 //! explicitly). At every instant at least one of the two programs is
 //! attached.
+//!
+//! The agent also holds an fd of every link it pinned ([`HeldLink`]): a
+//! deleted pin then no longer detaches the hook (the fd keeps the link),
+//! and the coverage loop can pin it again.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -44,12 +49,33 @@ pub struct AttachReport {
     pub detached: Vec<String>,
 }
 
+/// What a pinned link of this agent is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkTarget {
+    /// A cgroup, by id.
+    Cgroup(u64),
+    /// A network interface, by index.
+    Interface(u32),
+}
+
+/// A link this agent attached and pinned, with an fd of its own.
+#[derive(Debug)]
+pub struct HeldLink {
+    pub program: &'static str,
+    pub target: LinkTarget,
+    pub fd: OwnedFd,
+}
+
+/// The links this agent holds, by pin name.
+pub type HeldLinks = BTreeMap<String, HeldLink>;
+
 /// Staged pins are `staged-<name>`: bpffs refuses names with a dot
 /// ("reserved for future extensions", bpf_lookup in
 /// https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/inode.c).
 pub const TEMP_PREFIX: &str = "staged-";
 
-fn link_name(program: &str, cgroup_id: u64) -> String {
+/// The pin name of a cgroup program's link on a cgroup.
+pub fn link_name(program: &str, cgroup_id: u64) -> String {
     format!("{program}-cg{cgroup_id}")
 }
 
@@ -109,8 +135,8 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[must_use = "staged links are detached when dropped"]
 pub struct Staged {
     links_dir: PathBuf,
-    /// (temporary pin, final pin)
-    entries: Vec<(PathBuf, PathBuf)>,
+    /// (temporary pin, final pin, the link)
+    entries: Vec<(PathBuf, PathBuf, HeldLink)>,
     /// Wanted links this agent already owns: not staged again, kept.
     kept: Vec<String>,
 }
@@ -120,30 +146,15 @@ impl Staged {
     /// replaces), then detaches pinned links that are no longer wanted.
     /// Entries are taken one at a time: if a rename fails, the ones not yet
     /// committed are still staged, and dropping `self` detaches them.
-    pub fn commit(mut self) -> Result<AttachReport, DatapathError> {
-        let mut report = AttachReport {
-            kept: std::mem::take(&mut self.kept),
-            ..AttachReport::default()
-        };
-        let mut wanted: BTreeSet<String> = report.kept.iter().cloned().collect();
-        while let Some((tmp, fin)) = self.entries.pop() {
-            // The link being replaced, held open so that it can be detached
-            // right after the rename drops its pin.
-            let old = fin.exists().then(|| pinned::obj_get(&fin, 0));
-            if old.is_some() {
-                report.replaced += 1;
-            }
-            if let Err(e) = fs::rename(&tmp, &fin) {
-                let _ = detach::unpin_and_detach(&tmp);
-                return Err(pin_err(&fin, format!("rename from {}: {e}", tmp.display())));
-            }
-            if let Some(Ok(old)) = old {
-                detach::detach_logged(&old, &fin);
-            }
-            let name = file_name(&fin);
-            wanted.insert(name.clone());
-            report.attached.push(name);
-        }
+    /// The new links are returned to be held.
+    pub fn commit(mut self) -> Result<(AttachReport, HeldLinks), DatapathError> {
+        let (mut report, held) = self.rename_all()?;
+        let wanted: BTreeSet<String> = report
+            .kept
+            .iter()
+            .chain(&report.attached)
+            .cloned()
+            .collect();
         for entry in fs::read_dir(&self.links_dir).map_err(|e| pin_err(&self.links_dir, e))? {
             let entry = entry.map_err(|e| pin_err(&self.links_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -152,7 +163,41 @@ impl Staged {
                 report.detached.push(name);
             }
         }
-        Ok(report)
+        Ok((report, held))
+    }
+
+    /// Renames every staged pin over its final name and nothing else: a
+    /// repair of some links, which leaves every other pin as it is.
+    pub fn commit_only_these(mut self) -> Result<HeldLinks, DatapathError> {
+        self.rename_all().map(|(_, held)| held)
+    }
+
+    fn rename_all(&mut self) -> Result<(AttachReport, HeldLinks), DatapathError> {
+        let mut report = AttachReport {
+            kept: std::mem::take(&mut self.kept),
+            ..AttachReport::default()
+        };
+        let mut held = HeldLinks::new();
+        while let Some((tmp, fin, link)) = self.entries.pop() {
+            // The link being replaced, held open so that it can be detached
+            // right after the rename drops its pin.
+            let old = fin.exists().then(|| pinned::obj_get(&fin, 0));
+            if old.is_some() {
+                report.replaced += 1;
+            }
+            if let Err(e) = fs::rename(&tmp, &fin) {
+                let _ = detach::unpin_and_detach(&tmp);
+                let _ = detach::detach(&link.fd);
+                return Err(pin_err(&fin, format!("rename from {}: {e}", tmp.display())));
+            }
+            if let Some(Ok(old)) = old {
+                detach::detach_logged(&old, &fin);
+            }
+            let name = file_name(&fin);
+            report.attached.push(name.clone());
+            held.insert(name, link);
+        }
+        Ok((report, held))
     }
 
     /// Detaches every staged link; the pinned ones are untouched.
@@ -161,10 +206,12 @@ impl Staged {
     }
 
     fn remove_staged(&mut self) {
-        for (tmp, _) in self.entries.drain(..) {
+        for (tmp, _, link) in self.entries.drain(..) {
             if let Err(e) = detach::unpin_and_detach(&tmp) {
                 tracing::warn!(path = %tmp.display(), error = %e, "cannot remove a staged link");
             }
+            // The pin was not the last reference: the held fd is.
+            detach::detach_logged(&link.fd, &tmp);
         }
     }
 }
@@ -184,17 +231,66 @@ pub fn stage(
     pins: &PinLayout,
     targets: &[CgroupTarget],
     interfaces: &[InterfaceTarget],
-    owned: &BTreeSet<String>,
+    owned: &HeldLinks,
 ) -> Result<Staged, DatapathError> {
-    fs::create_dir_all(&pins.links).map_err(|e| pin_err(&pins.links, e))?;
-    let mut staged = Staged {
-        links_dir: pins.links.clone(),
-        entries: Vec::new(),
-        kept: Vec::new(),
-    };
+    let mut staged = Staged::new(pins)?;
     // On error `staged` is dropped, which detaches what was attached so far.
     stage_into(ebpf, pins, targets, interfaces, owned, &mut staged)?;
     Ok(staged)
+}
+
+/// Attaches `programs` to one cgroup, pinned under temporary names: a
+/// repair ([`Staged::commit_only_these`] puts them in place).
+pub fn stage_cgroup(
+    ebpf: &mut Ebpf,
+    pins: &PinLayout,
+    target: &CgroupTarget,
+    programs: &[(&'static str, ProgramKind)],
+) -> Result<Staged, DatapathError> {
+    let mut staged = Staged::new(pins)?;
+    for &(name, kind) in programs {
+        let link = attach_one(ebpf, name, kind, target)?;
+        stage_link(
+            pins,
+            &mut staged,
+            link_name(name, target.id),
+            link,
+            name,
+            LinkTarget::Cgroup(target.id),
+        )?;
+    }
+    Ok(staged)
+}
+
+/// Attaches the tcx program to one interface, pinned under a temporary
+/// name: a repair, like [`stage_cgroup`].
+pub fn stage_interface(
+    ebpf: &mut Ebpf,
+    pins: &PinLayout,
+    iface: &InterfaceTarget,
+) -> Result<Staged, DatapathError> {
+    let mut staged = Staged::new(pins)?;
+    let link = attach_tcx(ebpf, iface)?;
+    stage_link(
+        pins,
+        &mut staged,
+        tcx_link_name(iface),
+        link,
+        TCX_PROGRAM,
+        LinkTarget::Interface(iface.ifindex),
+    )?;
+    Ok(staged)
+}
+
+impl Staged {
+    fn new(pins: &PinLayout) -> Result<Staged, DatapathError> {
+        fs::create_dir_all(&pins.links).map_err(|e| pin_err(&pins.links, e))?;
+        Ok(Staged {
+            links_dir: pins.links.clone(),
+            entries: Vec::new(),
+            kept: Vec::new(),
+        })
+    }
 }
 
 fn file_name(p: &Path) -> String {
@@ -209,10 +305,11 @@ fn stage_into(
     pins: &PinLayout,
     targets: &[CgroupTarget],
     interfaces: &[InterfaceTarget],
-    owned: &BTreeSet<String>,
+    owned: &HeldLinks,
     staged: &mut Staged,
 ) -> Result<(), DatapathError> {
-    let kept = |link_name: &str| owned.contains(link_name) && pins.links.join(link_name).exists();
+    let kept =
+        |link_name: &str| owned.contains_key(link_name) && pins.links.join(link_name).exists();
     for target in targets {
         for &(name, kind) in PROGRAMS {
             let link_name = link_name(name, target.id);
@@ -221,7 +318,14 @@ fn stage_into(
                 continue;
             }
             let link = attach_one(ebpf, name, kind, target)?;
-            stage_link(pins, staged, link_name, link)?;
+            stage_link(
+                pins,
+                staged,
+                link_name,
+                link,
+                name,
+                LinkTarget::Cgroup(target.id),
+            )?;
             tracing::debug!(program = name, cgroup = %target.path.display(), "attached");
         }
     }
@@ -232,24 +336,51 @@ fn stage_into(
             continue;
         }
         let link = attach_tcx(ebpf, iface)?;
-        stage_link(pins, staged, link_name, link)?;
+        stage_link(
+            pins,
+            staged,
+            link_name,
+            link,
+            TCX_PROGRAM,
+            LinkTarget::Interface(iface.ifindex),
+        )?;
         tracing::debug!(program = TCX_PROGRAM, interface = %iface.name, "attached");
     }
     Ok(())
 }
 
-/// Pins a new link under its temporary name and records it in `staged`.
+/// Pins a new link under its temporary name and records it, with an fd
+/// of its own, in `staged`.
 fn stage_link(
     pins: &PinLayout,
     staged: &mut Staged,
     link_name: String,
     link: FdLink,
+    program: &'static str,
+    target: LinkTarget,
 ) -> Result<(), DatapathError> {
     // A staged pin left by an agent that died mid-attach.
     let tmp = pins.links.join(format!("{TEMP_PREFIX}{link_name}"));
     let _ = detach::unpin_and_detach(&tmp);
     link.pin(&tmp).map_err(|e| pin_err(&tmp, chain(&e)))?;
-    staged.entries.push((tmp, pins.links.join(link_name)));
+    // aya's pinned link closes its fd when dropped: open the pin again for
+    // the fd this agent keeps.
+    let fd = match pinned::obj_get(&tmp, 0) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = detach::unpin_and_detach(&tmp);
+            return Err(pin_err(&tmp, format!("cannot open the pinned link: {e}")));
+        }
+    };
+    staged.entries.push((
+        tmp,
+        pins.links.join(link_name),
+        HeldLink {
+            program,
+            target,
+            fd,
+        },
+    ));
     Ok(())
 }
 

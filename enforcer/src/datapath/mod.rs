@@ -24,6 +24,7 @@ mod geo4;
 mod geo6;
 mod links;
 mod pinned;
+mod query;
 mod slots;
 
 use std::{
@@ -45,7 +46,10 @@ use enforcer_common::{
 pub use self::{
     bpffs::BpffsError,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
-    links::{AttachReport, Staged, UninstallReport, uninstall, uninstall_after},
+    links::{
+        AttachReport, HeldLink, HeldLinks, LinkTarget, Staged, UninstallReport, link_name,
+        tcx_link_name, uninstall, uninstall_after,
+    },
     pinned::{Access, open_map},
     slots::{SlotReport, check_capacity},
 };
@@ -156,8 +160,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     pins: PinLayout,
     adopted: bool,
-    /// Links this process attached and pinned (pin names).
-    owned: BTreeSet<String>,
+    /// Links this process attached and pinned, by pin name, each with an
+    /// fd of its own.
+    held: HeldLinks,
     /// What this process created, so a failed first install removes that
     /// and only that: the pin directory itself, or this layout's directory.
     created_root: bool,
@@ -192,7 +197,7 @@ impl Datapath {
                 ebpf,
                 pins,
                 adopted: !fresh,
-                owned: BTreeSet::new(),
+                held: HeldLinks::new(),
                 created_root,
                 created_versioned,
                 _lock: lock,
@@ -381,19 +386,162 @@ impl Datapath {
         targets: &[CgroupTarget],
         interfaces: &[InterfaceTarget],
     ) -> Result<Staged, DatapathError> {
-        links::stage(&mut self.ebpf, &self.pins, targets, interfaces, &self.owned)
+        links::stage(&mut self.ebpf, &self.pins, targets, interfaces, &self.held)
     }
 
-    /// Commits staged links and remembers them as this agent's own.
+    /// Commits staged links and holds them as this agent's own; links it
+    /// held that are no longer wanted were detached by the commit.
     pub fn commit(&mut self, staged: Staged) -> Result<AttachReport, DatapathError> {
-        let report = staged.commit()?;
-        self.owned = report
-            .attached
-            .iter()
-            .chain(&report.kept)
-            .cloned()
-            .collect();
+        let (report, new) = staged.commit()?;
+        let kept: BTreeSet<&String> = report.kept.iter().collect();
+        self.held.retain(|name, _| kept.contains(name));
+        self.held.extend(new);
         Ok(report)
+    }
+
+    /// The links this agent holds, by pin name.
+    pub fn held_links(&self) -> &HeldLinks {
+        &self.held
+    }
+
+    /// The kernel id of one of this agent's loaded programs.
+    fn program_id(&self, name: &str) -> Result<u32, DatapathError> {
+        let program = self.ebpf.program(name).ok_or(DatapathError::Program {
+            name: "coverage",
+            source: ProgramError::NotLoaded,
+        })?;
+        program
+            .info()
+            .map(|i| i.id())
+            .map_err(|source| DatapathError::Program {
+                name: "coverage",
+                source,
+            })
+    }
+
+    /// The cgroup programs whose link from this agent the kernel does not
+    /// list on `target` (`BPF_PROG_QUERY`, the kernel's own answer).
+    pub fn missing_on_cgroup(
+        &self,
+        target: &CgroupTarget,
+    ) -> Result<Vec<(&'static str, ProgramKind)>, DatapathError> {
+        use std::os::fd::AsFd as _;
+        let mut missing = Vec::new();
+        for &(name, kind) in PROGRAMS {
+            let id = self.program_id(name)?;
+            let attached = query::attached_programs(
+                query::QueryTarget::Cgroup(target.dir.as_fd()),
+                query_attach_type(name),
+            )
+            .map_err(|e| DatapathError::Pin {
+                path: target.path.clone(),
+                detail: format!("BPF_PROG_QUERY for {name}: {e}"),
+            })?;
+            if !attached.contains(&id) {
+                missing.push((name, kind));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Whether the kernel lists this agent's tcx program on egress of
+    /// `iface` (by index).
+    pub fn tcx_attached(&self, iface: &InterfaceTarget) -> Result<bool, DatapathError> {
+        let id = self.program_id(TCX_PROGRAM)?;
+        let attached = query::attached_programs(
+            query::QueryTarget::Interface(iface.ifindex),
+            query::BPF_TCX_EGRESS,
+        )
+        .map_err(|e| DatapathError::Interface {
+            name: iface.name.clone(),
+            detail: format!("BPF_PROG_QUERY: {e}"),
+        })?;
+        Ok(attached.contains(&id))
+    }
+
+    /// Attaches `programs` to one cgroup and pins them, replacing pins of
+    /// the same name (a link that was detached); every other link stays
+    /// as it is. Returns the pin names.
+    pub fn repair_cgroup(
+        &mut self,
+        target: &CgroupTarget,
+        programs: &[(&'static str, ProgramKind)],
+    ) -> Result<Vec<String>, DatapathError> {
+        let staged = links::stage_cgroup(&mut self.ebpf, &self.pins, target, programs)?;
+        let new = staged.commit_only_these()?;
+        let names = new.keys().cloned().collect();
+        self.held.extend(new);
+        Ok(names)
+    }
+
+    /// Attaches the tcx program to one interface, like [`Self::repair_cgroup`].
+    pub fn repair_interface(&mut self, iface: &InterfaceTarget) -> Result<String, DatapathError> {
+        let staged = links::stage_interface(&mut self.ebpf, &self.pins, iface)?;
+        let new = staged.commit_only_these()?;
+        let names: Vec<String> = new.keys().cloned().collect();
+        self.held.extend(new);
+        Ok(names.into_iter().next().unwrap_or_default())
+    }
+
+    /// Detaches and unpins this agent's links to `target` (a cgroup that
+    /// was removed, an interface that was deleted: what they were attached
+    /// to is gone). Returns the pin names.
+    pub fn release(&mut self, target: LinkTarget) -> Vec<String> {
+        let names: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, l)| l.target == target)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &names {
+            let path = self.pins.links.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the pin of a defunct link")
+                }
+            }
+            if let Some(link) = self.held.remove(name) {
+                let _ = detach::detach(&link.fd);
+            }
+        }
+        names
+    }
+
+    /// Pins again every held link whose pin is gone (someone deleted it:
+    /// the held fd kept the link attached). Returns the pin names.
+    pub fn repin_missing(&mut self) -> Result<Vec<String>, DatapathError> {
+        use std::os::fd::AsFd as _;
+        let mut repinned = Vec::new();
+        for (name, link) in &self.held {
+            let path = self.pins.links.join(name);
+            if path.exists() {
+                continue;
+            }
+            fs::create_dir_all(&self.pins.links).map_err(|e| DatapathError::Pin {
+                path: self.pins.links.clone(),
+                detail: e.to_string(),
+            })?;
+            query::obj_pin(link.fd.as_fd(), &path).map_err(|e| DatapathError::Pin {
+                path: path.clone(),
+                detail: format!("pinning the held link again: {e}"),
+            })?;
+            repinned.push(name.clone());
+        }
+        Ok(repinned)
+    }
+}
+
+/// The attach type a program is queried at (`BPF_PROG_QUERY`).
+fn query_attach_type(program: &str) -> u32 {
+    match program {
+        "connect4" => query::BPF_CGROUP_INET4_CONNECT,
+        "connect6" => query::BPF_CGROUP_INET6_CONNECT,
+        "sendmsg4" => query::BPF_CGROUP_UDP4_SENDMSG,
+        "sendmsg6" => query::BPF_CGROUP_UDP6_SENDMSG,
+        "skb_egress" => query::BPF_CGROUP_INET_EGRESS,
+        _ => query::BPF_TCX_EGRESS,
     }
 }
 

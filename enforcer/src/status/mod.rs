@@ -61,6 +61,35 @@ pub struct AgentStatus {
     pub policy_sha256: Option<String>,
     /// Where the links are pinned, to count the programs attached.
     pub links_dir: Option<std::path::PathBuf>,
+    /// Each configured scope entry as the coverage loop last found it.
+    pub coverage: Vec<ScopeEntry>,
+    /// Coverage repairs by cause (see `audit::Coverage::cause`).
+    pub coverage_repairs: std::collections::BTreeMap<&'static str, u64>,
+    /// When the coverage loop last compared the scope with the kernel.
+    pub coverage_checked_unix: f64,
+}
+
+/// One configured scope entry (a cgroup or an interface) and whether the
+/// kernel has this agent's programs on it, by the kernel's own answer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ScopeEntry {
+    /// As configured: a cgroup path (absolute) or an interface name.
+    pub scope: String,
+    /// `cgroup` or `interface`.
+    pub kind: &'static str,
+    /// `covered` (every hook attached), `waiting` (it does not exist; it
+    /// is covered when it is created), `partial` (a repair failed for
+    /// some hook) or `error` (it cannot be looked at).
+    pub state: &'static str,
+    /// The cgroup id or interface index covered.
+    pub id: Option<u64>,
+    /// Per hook (program): attached or not.
+    pub hooks: std::collections::BTreeMap<&'static str, bool>,
+    /// When it was last seen covered (Unix time).
+    pub last_covered_unix: Option<f64>,
+    /// Since when it has been in this state.
+    pub since_unix: f64,
+    pub error: Option<String>,
 }
 
 /// Programs attached, by program (hook): the pinned links, named

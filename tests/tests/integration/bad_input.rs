@@ -79,10 +79,12 @@ fn malformed_config_is_refused_with_its_file_name() {
 }
 
 #[test]
-fn missing_scope_cgroup_is_refused_before_anything_is_attached() {
+fn a_scope_cgroup_that_is_not_a_directory_is_refused_before_anything_is_attached() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    // (A scope cgroup that does not exist is not an error: it waits, see
+    // scope.rs. One that exists and is wrong is.)
     let s = Scenario::new();
-    let missing = s.sb.cgroup.with_file_name(format!("{}-missing", s.sb.id));
+    let missing = s.sb.cgroup.join("cgroup.procs");
     let text = s.config("enforce", "deny", &[]).replace(
         &format!("cgroups = [{:?}]", s.sb.cgroup.display().to_string()),
         &format!(
@@ -91,9 +93,10 @@ fn missing_scope_cgroup_is_refused_before_anything_is_attached() {
             missing.display().to_string()
         ),
     );
-    let path = s.dir.path().join("missing-cgroup.toml");
+    let path = s.dir.path().join("not-a-cgroup.toml");
     fs::write(&path, text).expect("write config");
     assert_fails_cleanly(&s, &path, &missing.display().to_string());
+    assert_fails_cleanly(&s, &path, "not a directory");
 }
 
 #[test]

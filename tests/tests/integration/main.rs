@@ -29,5 +29,6 @@ mod offline;
 mod operator;
 mod overrides;
 mod packet_test_run;
+mod scope;
 mod starvation;
 mod unknown_and_exempt;
