@@ -143,30 +143,35 @@ pub(super) struct Coverage {
 }
 
 impl Coverage {
-    /// The entries of `config`, keeping what `old` knew about the same
-    /// ones (whether they existed, when they were last covered).
-    pub(super) fn new(config: &Config, overrides: &[(u64, Mode)], old: Option<Coverage>) -> Self {
+    /// The entries of `config`, none looked at yet.
+    pub(super) fn new(config: &Config, overrides: &[(u64, Mode)]) -> Self {
+        let mut coverage = Coverage {
+            entries: Vec::new(),
+            overrides: Vec::new(),
+            watch: ScopeWatch::new(),
+        };
+        coverage.reconfigure(config, overrides);
+        coverage
+    }
+
+    /// The entries of a new config (after a reload), keeping what was
+    /// known about the same ones (whether they existed, when they were
+    /// last covered), and the overrides the load wrote.
+    pub(super) fn reconfigure(&mut self, config: &Config, overrides: &[(u64, Mode)]) {
         let mount = paths::cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup"));
         let targets = scope::configured_paths(&mount, &config.scope)
             .into_iter()
             .map(Target::Cgroup)
             .chain(config.interfaces.iter().cloned().map(Target::Interface));
-        let (mut old_entries, watch) = match old {
-            Some(o) => (o.entries, o.watch),
-            None => (Vec::new(), ScopeWatch::new()),
-        };
-        let entries = targets
-            .map(|t| match old_entries.iter().position(|e| e.target == t) {
-                Some(i) => old_entries.swap_remove(i),
+        let mut old = std::mem::take(&mut self.entries);
+        self.entries = targets
+            .map(|t| match old.iter().position(|e| e.target == t) {
+                Some(i) => old.swap_remove(i),
                 None => Entry::new(t),
             })
             .collect();
-        let mut coverage = Coverage {
-            entries,
-            overrides: overrides.to_vec(),
-            watch,
-        };
-        let mut dirs: Vec<PathBuf> = coverage
+        self.overrides = overrides.to_vec();
+        let mut dirs: Vec<PathBuf> = self
             .entries
             .iter()
             .filter_map(|e| match &e.target {
@@ -174,20 +179,20 @@ impl Coverage {
                 Target::Interface(_) => None,
             })
             .collect();
+        // Runtime overrides' cgroups are not watched: the periodic look
+        // finds them within a second.
         dirs.extend(
             config
                 .overrides
                 .iter()
                 .map(|o| scope::absolute(&mount, &o.cgroup)),
         );
-        coverage.watch.set_paths(dirs);
-        coverage.watch.want_links(
-            coverage
-                .entries
+        self.watch.set_paths(dirs);
+        self.watch.want_links(
+            self.entries
                 .iter()
                 .any(|e| matches!(e.target, Target::Interface(_))),
         );
-        coverage
     }
 
     /// Waits until something may have changed the scope (a directory next
@@ -383,6 +388,7 @@ fn reconcile_cgroup(dp: &mut Datapath, entry: &mut Entry, path: &Path, changes: 
                 });
             }
             entry.error = Some(message);
+            entry.hooks = PROGRAMS.iter().map(|&(p, _)| (p, false)).collect();
             entry.set_state("error");
             return;
         }
@@ -410,6 +416,8 @@ fn reconcile_cgroup(dp: &mut Datapath, entry: &mut Entry, path: &Path, changes: 
     let missing = match dp.missing_on_cgroup(&target) {
         Ok(m) => m,
         Err(e) => {
+            // Not known to be attached: shown as not attached.
+            entry.hooks = PROGRAMS.iter().map(|&(p, _)| (p, false)).collect();
             fail(entry, label, "query_failed", e.to_string(), changes);
             return;
         }
@@ -474,6 +482,7 @@ fn reconcile_interface(
                 });
             }
             entry.error = Some(message);
+            entry.hooks = [(TCX_PROGRAM, false)].into();
             entry.set_state("error");
             return;
         }
@@ -502,6 +511,7 @@ fn reconcile_interface(
     let attached = match dp.tcx_attached(&iface) {
         Ok(a) => a,
         Err(e) => {
+            entry.hooks = [(TCX_PROGRAM, false)].into();
             fail(entry, label, "query_failed", e.to_string(), changes);
             return;
         }

@@ -131,7 +131,7 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
     // The first look at the scope before READY: `status` shows every
     // entry (covered or waiting) from the start.
-    let mut coverage = Coverage::new(&prepared.config, &overrides, None);
+    let mut coverage = Coverage::new(&prepared.config, &overrides);
     tokio::task::block_in_place(|| {
         coverage.reconcile(&mut dp, &prepared.config, &runtime.modes, &status, &audit)
     });
@@ -393,11 +393,7 @@ impl Running {
     /// The coverage of the config now in force, keeping what the old one
     /// knew about the same entries, compared with the kernel at once.
     fn replace_coverage(&mut self, overrides: &[(u64, Mode)]) {
-        let old = std::mem::replace(
-            &mut self.coverage,
-            Coverage::new(&self.config, overrides, None),
-        );
-        self.coverage = Coverage::new(&self.config, overrides, Some(old));
+        self.coverage.reconfigure(&self.config, overrides);
         self.reconcile();
     }
 
