@@ -21,6 +21,7 @@
 
 mod bpf;
 mod connect;
+mod coverage;
 mod decision;
 mod events;
 mod load;
@@ -71,7 +72,14 @@ struct Args {
 }
 
 /// The sections `--only` can name, in the order they run.
-const SECTIONS: [&str; 5] = ["load", "decision", "memory", "firewalls", "connect"];
+const SECTIONS: [&str; 6] = [
+    "load",
+    "decision",
+    "memory",
+    "firewalls",
+    "connect",
+    "coverage",
+];
 
 impl Args {
     /// Whether `section` runs.
@@ -197,6 +205,15 @@ fn run() -> Result<()> {
                     "connect()+close() rate and agent RSS: the run failed: {e:#}"
                 ));
             }
+        }
+    }
+    // The window between a scope cgroup's re-creation and its coverage.
+    if args.wants("coverage") {
+        println!("{} coverage window of a service restart", elapsed());
+        if let Err(e) = coverage::measure(&mut rep) {
+            println!("  coverage window failed: {e:#}");
+            rep.not_measured
+                .push(format!("coverage window: the run failed: {e:#}"));
         }
     }
     if !args.only.is_empty() {

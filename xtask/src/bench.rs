@@ -26,15 +26,32 @@ pub struct Args {
     /// Random destinations per family per run for the decision cost.
     #[arg(long, default_value_t = 100_000)]
     pub packets: usize,
+    /// Only these sections (comma-separated: load, decision, memory,
+    /// firewalls, connect, coverage). A partial run writes its table to
+    /// `target/bench-partial/` and leaves docs/benchmarks.md alone.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     setup::ensure_bench(&setup::Opts { require_root: true })?;
     let files = geoip::ensure()?;
     cargo(&["build", "--release", "--bins"], &[])?;
-    let bin = workspace()?.target_dir.join("release");
-    let out = workspace_root().join("bench").join("results");
-    let page = workspace_root().join("docs").join("benchmarks.md");
+    let target = workspace()?.target_dir;
+    let bin = target.join("release");
+    let (out, page) = if args.only.is_empty() {
+        (
+            workspace_root().join("bench").join("results"),
+            workspace_root().join("docs").join("benchmarks.md"),
+        )
+    } else {
+        let dir = target.join("bench-partial");
+        std::fs::create_dir_all(&dir).context("creating target/bench-partial")?;
+        let page = dir.join("benchmarks.md");
+        std::fs::write(&page, "<!-- bench:begin -->\n<!-- bench:end -->\n")
+            .context("writing target/bench-partial/benchmarks.md")?;
+        (dir, page)
+    };
     let _bpffs = crate::bpffs::Restore::new();
     let status = Command::new(bin.join("ee-bench"))
         .arg("--db")
@@ -45,6 +62,11 @@ pub fn run(args: Args) -> Result<()> {
         .arg(&page)
         .args(["--runs", &args.runs.to_string()])
         .args(["--packets", &args.packets.to_string()])
+        .args(if args.only.is_empty() {
+            Vec::new()
+        } else {
+            vec!["--only".to_owned(), args.only.join(",")]
+        })
         .env("ENFORCER_BIN", bin.join("enforcer"))
         .env("EE_PROBE_BIN", bin.join("ee-probe"))
         .status()
