@@ -306,6 +306,24 @@ impl EnforcerCollector {
                     .encode(age.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut stale = encoder.encode_descriptor(
+                "enforcer_geoip_database_stale",
+                "1 when the file at a GeoIP source's path is not the one in force (another content, or unreadable): a reload would read something else. By file name.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for disk in &status.sources_on_disk {
+                let name = disk
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let labels = [("database", name.as_str())];
+                ConstGauge::new(i64::from(disk.state != crate::status::OnDisk::InForce))
+                    .encode(stale.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 

@@ -35,15 +35,32 @@ impl std::os::fd::AsRawFd for InotifyFd {
     }
 }
 
+/// An inotify fd, before and after its registration with tokio.
+enum Registration {
+    Pending(Option<Inotify>),
+    Registered(AsyncFd<InotifyFd>),
+    /// Registration failed (logged once); the watch never fires.
+    Failed,
+}
+
 /// Watches the directories of a set of files.
 pub struct Watcher {
-    fd: AsyncFd<InotifyFd>,
+    /// The inotify instance: registered with the tokio runtime at the
+    /// first wait, not at creation, so that a watch set up before the
+    /// runtime that serves it (or on another one) loses no event: the
+    /// kernel queues them from `inotify_add_watch` on.
+    fd: Registration,
     /// Per watched directory: the file names in it that matter.
     dirs: BTreeMap<WatchDescriptor, (PathBuf, BTreeSet<OsString>)>,
     /// Files seen replaced and not yet returned by [`Watcher::replaced`]:
     /// kept here, not in its future, so a reload for another reason (a
     /// SIGHUP during the debounce drops that future) loses none of them.
     pending: BTreeSet<PathBuf>,
+    /// When the debounce of the pending files ends. Kept here too: the
+    /// agent's loop drops the wait whenever another branch wins (the
+    /// coverage tick does every second), and a deadline restarted by each
+    /// new wait would never be reached.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl std::fmt::Debug for Watcher {
@@ -58,8 +75,8 @@ impl std::fmt::Debug for Watcher {
 }
 
 impl Watcher {
-    /// Watches `files` (their directories must exist). Needs a tokio
-    /// runtime.
+    /// Watches `files` (their directories must exist). Needs no runtime;
+    /// waiting ([`Watcher::replaced`]) does.
     pub fn new(files: &[PathBuf]) -> std::io::Result<Watcher> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let mut by_dir: BTreeMap<PathBuf, BTreeSet<OsString>> = BTreeMap::new();
@@ -92,13 +109,11 @@ impl Watcher {
                 })?;
             dirs.insert(wd, (dir, names));
         }
-        // SAFETY: InotifyFd owns the inotify fd for as long as it lives
-        // and always reports that same fd.
-        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }.map_err(|e| e.into_parts().1)?;
         Ok(Watcher {
-            fd,
+            fd: Registration::Pending(Some(inotify)),
             dirs,
             pending: BTreeSet::new(),
+            deadline: None,
         })
     }
 
@@ -109,31 +124,55 @@ impl Watcher {
     /// the same directory (the audit log's head is rewritten there several
     /// times a second when they share one) must not put the reload off for
     /// ever.
+    ///
+    /// Cancel-safe: a dropped wait loses neither the pending files nor the
+    /// debounce deadline, so a caller that drops it more often than
+    /// [`DEBOUNCE`] still gets its answer when the deadline passes.
     pub async fn replaced(&mut self) -> BTreeSet<PathBuf> {
-        while self.pending.is_empty() {
-            self.read_events().await;
-        }
-        let mut deadline = tokio::time::Instant::now() + DEBOUNCE;
         loop {
-            match tokio::time::timeout_at(deadline, self.read_events()).await {
-                Ok(true) => deadline = tokio::time::Instant::now() + DEBOUNCE,
-                Ok(false) => {}
-                Err(_) => return std::mem::take(&mut self.pending),
+            match self.deadline {
+                None => {
+                    self.read_events().await;
+                }
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, self.read_events())
+                        .await
+                        .is_err()
+                    {
+                        self.deadline = None;
+                        return std::mem::take(&mut self.pending);
+                    }
+                }
             }
         }
     }
 
     /// Reads one batch of events, adding the watched files they name to
-    /// the pending ones; whether any did.
-    async fn read_events(&mut self) -> bool {
-        let mut guard = match self.fd.readable().await {
+    /// the pending ones and moving the debounce deadline for each.
+    async fn read_events(&mut self) {
+        if let Registration::Pending(inotify) = &mut self.fd
+            && let Some(inotify) = inotify.take()
+        {
+            // SAFETY: InotifyFd owns the inotify fd for as long as it lives
+            // and always reports that same fd.
+            self.fd = match unsafe { AsyncFd::register(InotifyFd(inotify)) } {
+                Ok(fd) => Registration::Registered(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e.into_parts().1, "cannot wait on the file watch; reload with SIGHUP or `enforcer reload`");
+                    Registration::Failed
+                }
+            };
+        }
+        let Registration::Registered(fd) = &self.fd else {
+            return std::future::pending::<()>().await;
+        };
+        let mut guard = match fd.readable().await {
             Ok(g) => g,
             Err(e) => {
                 tracing::warn!(error = %e, "file watch failed; reload with SIGHUP or `enforcer reload`");
-                return std::future::pending::<bool>().await;
+                return std::future::pending::<()>().await;
             }
         };
-        let mut added = false;
         match guard.get_inner().0.read_events() {
             Ok(events) => {
                 for e in events {
@@ -142,14 +181,13 @@ impl Watcher {
                     };
                     if names.contains(&name) {
                         self.pending.insert(dir.join(name));
-                        added = true;
+                        self.deadline = Some(tokio::time::Instant::now() + DEBOUNCE);
                     }
                 }
             }
             Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(e) => tracing::warn!(error = %e, "reading file watch events"),
         }
-        added
     }
 }
 
@@ -225,5 +263,28 @@ mod tests {
             .await
             .expect("the change seen before is reported");
         assert_eq!(got, BTreeSet::from([db]));
+    }
+
+    #[tokio::test]
+    async fn waits_dropped_more_often_than_the_debounce_still_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("db.mmdb");
+        std::fs::write(&db, b"old").expect("write");
+        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        let tmp = dir.path().join("db.mmdb.tmp");
+        std::fs::write(&tmp, b"new").expect("write tmp");
+        std::fs::rename(&tmp, &db).expect("rename");
+        // As the agent's loop does when its one-second coverage tick wins:
+        // every wait is dropped before a whole debounce has passed.
+        let mut waits = 0;
+        let got = loop {
+            waits += 1;
+            assert!(waits <= 8, "the debounce never ended");
+            if let Ok(got) = tokio::time::timeout(DEBOUNCE * 3 / 4, w.replaced()).await {
+                break got;
+            }
+        };
+        assert_eq!(got, BTreeSet::from([db]));
+        assert!(waits <= 3, "took {waits} waits of 3/4 of the debounce");
     }
 }

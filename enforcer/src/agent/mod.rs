@@ -24,6 +24,7 @@
 mod apply;
 mod control;
 mod coverage;
+mod freshness;
 mod prepare;
 mod records;
 
@@ -44,6 +45,7 @@ use tokio::{
 use self::{
     apply::{RuntimeState, apply},
     coverage::{Coverage, RECONCILE_INTERVAL},
+    freshness::Freshness,
     prepare::{Prepared, prepare_blocking, release_free_memory},
     records::{checkpoint, load_record},
 };
@@ -57,7 +59,7 @@ use crate::{
     paths,
     runtime_mode::RuntimeModes,
     scope,
-    status::{AgentStatus, SharedStatus, unix_now},
+    status::{AgentStatus, OnDisk, SharedStatus, unix_now},
     watch::Watcher,
 };
 
@@ -103,6 +105,10 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let prepared = prepare_blocking(config_path.clone()).await?;
     let config = &prepared.config;
+    // The file watch from the moment the sources are known, long before
+    // READY: a database replaced during the start is a pending change, not
+    // a lost one (the freshness check catches one replaced before this).
+    let watcher = watch_sources(config);
     let listener = metrics::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding the metrics listener on {}", config.metrics_listen))?;
@@ -151,6 +157,20 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         pin_dir = %pin_dir.display(),
         "enforcer running"
     );
+    let mut agent = Running {
+        coverage,
+        config_path,
+        watcher,
+        config: prepared.config,
+        dp,
+        status,
+        runtime,
+        audit,
+        events_config,
+        freshness: Freshness::default(),
+    };
+    // `status` shows each database against its file on disk from the start.
+    agent.check_sources();
     let _ = sd_notify::notify(&[
         NotifyState::Ready,
         NotifyState::Status(&format!(
@@ -159,17 +179,6 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         )),
     ]);
 
-    let mut agent = Running {
-        coverage,
-        config_path,
-        watcher: watch_sources(&prepared.config),
-        config: prepared.config,
-        dp,
-        status,
-        runtime,
-        audit,
-        events_config,
-    };
     let stop_reason = agent.serve(signals, commands).await?;
 
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
@@ -241,6 +250,8 @@ struct Running {
     watcher: Option<Watcher>,
     /// The scope entries and their coverage (see [`coverage`]).
     coverage: Coverage,
+    /// Each source in force against its file on disk (see [`freshness`]).
+    freshness: Freshness,
 }
 
 impl Running {
@@ -275,6 +286,7 @@ impl Running {
             Err(e) => Err(e),
         };
         let _ = sd_notify::notify(&[NotifyState::Ready]);
+        self.freshness.reloaded();
         let outcome = match result {
             Ok((config, overrides)) => {
                 tracing::info!(trigger = trigger_label, "reloaded");
@@ -321,7 +333,41 @@ impl Running {
             }
         };
         self.audit.flush();
+        self.check_sources();
         outcome
+    }
+
+    /// Compares each database in force with its file on disk and shows the
+    /// result in `status` and the metrics; returns the sources whose new
+    /// content has waited longer than the file watch would have.
+    fn check_sources(&mut self) -> Vec<PathBuf> {
+        let in_force = self.read_status().sources.clone();
+        let on_disk = tokio::task::block_in_place(|| self.freshness.check(&in_force));
+        for disk in &on_disk {
+            let before = self
+                .read_status()
+                .sources_on_disk
+                .iter()
+                .find(|o| o.path == disk.path)
+                .map(|o| o.state.label());
+            if before != Some(disk.state.label()) && disk.state != OnDisk::InForce {
+                tracing::warn!(
+                    path = %disk.path.display(),
+                    on_disk = disk.state.label(),
+                    detail = ?disk.state,
+                    "a GeoIP database on disk is not the one in force",
+                );
+            }
+        }
+        self.status
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .sources_on_disk = on_disk;
+        if self.watcher.is_some() {
+            self.freshness.overdue()
+        } else {
+            Vec::new()
+        }
     }
 
     /// Serves until SIGTERM or SIGINT, whose name it returns: signals,
@@ -355,7 +401,17 @@ impl Running {
                 _ = signals.term.recv() => break "SIGTERM",
                 _ = signals.int.recv() => break "SIGINT",
                 () = scope_changed => self.reconcile(),
-                _ = coverage_ticks.tick() => self.reconcile(),
+                _ = coverage_ticks.tick() => {
+                    self.reconcile();
+                    let overdue = self.check_sources();
+                    if !overdue.is_empty() {
+                        // The watch missed it (replaced before the watch
+                        // was set up, or an inotify overflow): reload
+                        // anyway, once per new content.
+                        tracing::warn!(files = ?overdue, "a GeoIP database on disk differs from the one in force and the file watch did not report it");
+                        let _ = self.reload(LoadTrigger::FileWatch, None).await;
+                    }
+                }
                 _ = checkpoints.tick() => {
                     checkpoint(&self.status, &self.audit, &mut suppressed, &suppressed_reader);
                 }

@@ -153,6 +153,17 @@ fn print_agent(a: &serde_json::Value) {
             s(&d["type"]),
             s(&d["sha256"])
         );
+        match d["on_disk"].as_str() {
+            Some("differs") => println!(
+                "            the file on disk differs (sha256 {}): not in force until a reload",
+                s(&d["on_disk_sha256"])
+            ),
+            Some("unreadable") => println!(
+                "            the file on disk cannot be read ({}): a reload would fail",
+                s(&d["on_disk_error"])
+            ),
+            _ => {}
+        }
     }
     println!(
         "prefixes:   {} IPv4 + {} IPv6; rules {} IPv4 + {} IPv6",

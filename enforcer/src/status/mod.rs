@@ -67,6 +67,39 @@ pub struct AgentStatus {
     pub coverage_repairs: std::collections::BTreeMap<&'static str, u64>,
     /// When the coverage loop last compared the scope with the kernel.
     pub coverage_checked_unix: f64,
+    /// Each source in force against its file on disk (see
+    /// `agent::freshness`); empty until the first comparison.
+    pub sources_on_disk: Vec<SourceOnDisk>,
+}
+
+/// One GeoIP source in force and the file at its path now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceOnDisk {
+    pub path: std::path::PathBuf,
+    pub state: OnDisk,
+}
+
+/// Whether the file on disk is the one in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OnDisk {
+    /// The same content (SHA-256) as the one in force.
+    InForce,
+    /// Another content: a reload would read something else.
+    Differs { sha256: String },
+    /// The file cannot be read (moved away, deleted, no permission): a
+    /// reload would fail.
+    Unreadable { error: String },
+}
+
+impl OnDisk {
+    /// As `status` shows it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OnDisk::InForce => "in_force",
+            OnDisk::Differs { .. } => "differs",
+            OnDisk::Unreadable { .. } => "unreadable",
+        }
+    }
 }
 
 /// One configured scope entry (a cgroup or an interface) and whether the

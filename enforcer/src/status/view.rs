@@ -50,12 +50,27 @@ pub fn databases(s: &AgentStatus) -> Vec<serde_json::Value> {
     s.sources
         .iter()
         .map(|d| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "path": d.path,
                 "type": d.database_type,
                 "build_epoch": d.build_epoch,
                 "sha256": d.sha256,
-            })
+            });
+            // The running agent's last comparison with the file on disk
+            // (`check` and an agent that has not compared yet show none).
+            if let Some(disk) = s.sources_on_disk.iter().find(|o| o.path == d.path) {
+                v["on_disk"] = serde_json::json!(disk.state.label());
+                match &disk.state {
+                    crate::status::OnDisk::InForce => {}
+                    crate::status::OnDisk::Differs { sha256 } => {
+                        v["on_disk_sha256"] = serde_json::json!(sha256);
+                    }
+                    crate::status::OnDisk::Unreadable { error } => {
+                        v["on_disk_error"] = serde_json::json!(error);
+                    }
+                }
+            }
+            v
         })
         .collect()
 }
