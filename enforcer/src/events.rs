@@ -501,8 +501,13 @@ pub async fn run(
                 // A reload (or SIGHUP, or `enforcer reload`, even a failed
                 // one): open the sinks again at their paths.
                 current = config.borrow_and_update().clone();
+                let moved = matches!(&sinks, Some(Sinks { file: Some(f), .. }) if f.moved());
                 health.file.update(|st| st.path.clone_from(&current.file));
                 sinks = open_sinks(&current, &health);
+                if moved && sinks.as_ref().is_some_and(|s| s.file.is_some()) {
+                    tracing::info!(file = ?current.file, "the events file was moved; writing to a new file at its path");
+                    health.file.update(|st| st.reopens += 1);
+                }
             }
             _ = sink_checks.tick() => {
                 if let Some(Sinks { file: Some(f), .. }) = &mut sinks

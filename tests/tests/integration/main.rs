@@ -30,5 +30,6 @@ mod operator;
 mod overrides;
 mod packet_test_run;
 mod scope;
+mod sinks;
 mod starvation;
 mod unknown_and_exempt;
