@@ -614,6 +614,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_moved_events_file_is_noticed_and_batches_count_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.jsonl");
+        let config = EventsConfig {
+            rate_per_cpu: 1,
+            burst: 1,
+            file: Some(path.clone()),
+            stdout: false,
+        };
+        let health = SinksHealth::new(&config);
+        let mut sinks = open_sinks(&config, &health);
+        assert_eq!(write_batch(&mut sinks, &config, "{}\n{}\n", 2, &health), 0);
+        let old = dir.path().join("events.jsonl.1");
+        std::fs::rename(&path, &old).expect("rename");
+        assert!(
+            sinks
+                .as_ref()
+                .and_then(|s| s.file.as_ref())
+                .is_some_and(EventsFile::moved)
+        );
+        assert_eq!(write_batch(&mut sinks, &config, "{}\n", 1, &health), 0);
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "{}\n{}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        let st = health.file.snapshot();
+        assert_eq!((st.reopens, st.dropped, st.healthy), (1, 0, true));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_whole_lines_and_counts_the_events_not_written() {
+        // /dev/full: every write fails with ENOSPC.
+        let mut f = EventsFile {
+            path: PathBuf::from("/dev/full"),
+            file: OpenOptions::new()
+                .append(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        };
+        let (written, error) = f.write("{}\n{}\n{}\n");
+        assert_eq!(written, 0);
+        assert_eq!(error.and_then(|e| e.raw_os_error()), Some(libc::ENOSPC));
+    }
+
+    #[test]
     fn decodes_a_connect_event() {
         let mut daddr = [0u8; 16];
         daddr[..4].copy_from_slice(&[198, 51, 100, 20]);

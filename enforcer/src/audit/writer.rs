@@ -115,8 +115,8 @@ pub enum AuditError {
     TooLong { path: PathBuf, line: u64 },
     #[error(
         "audit log {}: its head {} records {head_seq} records but the log ends at seq {log_seq}: \
-         records were removed; not appending (`enforcer audit verify` checks the log; if the log \
-         was rotated, move its head file with it)",
+         records were removed from it; not appending (`enforcer audit verify` checks the log; \
+         move the log aside to start a new file, which then continues the chain from the head)",
         path.display(), head.display()
     )]
     HeadAhead {
