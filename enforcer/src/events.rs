@@ -542,7 +542,11 @@ pub async fn run(
                 // ahead of the file.
                 let mut read = Vec::new();
                 let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
+                let mut drained = true;
+                while n_lines < MAX_BATCH {
+                    let Some(item) = rb.next() else {
+                        break;
+                    };
                     if item.len() < size_of::<Event>() {
                         continue;
                     }
@@ -573,7 +577,14 @@ pub async fn run(
                         Err(e) => tracing::warn!(error = %e, "cannot encode an event"),
                     }
                 }
-                guard.clear_ready();
+                if n_lines >= MAX_BATCH {
+                    // More may wait: stay ready, and come back after this
+                    // batch is written.
+                    drained = false;
+                }
+                if drained {
+                    guard.clear_ready();
+                }
                 if !lines.is_empty() {
                     // One fsync per batch of events, not per event.
                     audit.flush();
@@ -588,6 +599,11 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// Events per batch at most: a full ring buffer (1 MiB, about 8,000
+/// events) is written in several batches, so the lines of one batch stay
+/// small in memory.
+const MAX_BATCH: usize = 1024;
 
 /// How often the events task checks, between batches, whether the events
 /// file or the audit log was moved, and retries waiting audit records.
