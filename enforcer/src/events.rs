@@ -11,7 +11,15 @@
 //!
 //! The kernel rate-limits events per CPU and counts what it suppressed
 //! (`enforcer_events_suppressed_total`); the agent counts what it read
-//! (`enforcer_events_total`) and what it could not write.
+//! (`enforcer_events_total`) and the events it could not write
+//! (`enforcer_events_write_errors_total`).
+//!
+//! The events file only ever holds whole lines: a failed or short write is
+//! cut back to its last complete line (`ftruncate`) and the events not in
+//! the file are counted. A moved, deleted or rotated file is noticed (its
+//! device and inode against the path's, at each batch and every second)
+//! and the path opened again; a reload (SIGHUP, `enforcer reload`, also
+//! one that fails) opens it again too.
 
 use std::{
     collections::HashMap,
@@ -147,30 +155,95 @@ impl EventRecord {
     }
 }
 
+/// The events file: appended, whole lines only, opened again when it is
+/// moved, deleted or rotated.
+struct EventsFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl EventsFile {
+    fn open(path: &Path) -> io::Result<EventsFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // 0640: events name processes, users and destinations.
+        // O_NOFOLLOW: a symlink planted at the path would have root
+        // append to whatever it names.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok(EventsFile {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Whether the path no longer names the open file (renamed away,
+    /// deleted, or another file put there).
+    fn moved(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Ok(open) = self.file.metadata() else {
+            return false;
+        };
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => m.dev() != open.dev() || m.ino() != open.ino(),
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
+    }
+
+    /// Writes `lines` (each `\n`-terminated); returns how many of them are
+    /// in the file. After a failed or short write the file is cut back to
+    /// its last complete line, so it only ever holds whole lines.
+    fn write(&mut self, lines: &str) -> (usize, Option<io::Error>) {
+        let start = self.file.metadata().map(|m| m.len());
+        let bytes = lines.as_bytes();
+        let mut written = 0;
+        let error = loop {
+            if written == bytes.len() {
+                break None;
+            }
+            match (&self.file).write(&bytes[written..]) {
+                Ok(0) => break Some(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        let whole = bytes[..written]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        if whole < written {
+            match start {
+                Ok(start) => {
+                    if let Err(e) = self.file.set_len(start + whole as u64) {
+                        tracing::warn!(file = %self.path.display(), error = %e, "cannot cut a torn event line back");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot cut a torn event line back")
+                }
+            }
+        }
+        let complete = bytes[..whole].iter().filter(|&&b| b == b'\n').count();
+        (complete, error)
+    }
+}
+
 /// Where lines go.
 struct Sinks {
-    file: Option<(PathBuf, File)>,
+    file: Option<EventsFile>,
     stdout: bool,
 }
 
 impl Sinks {
     fn open(config: &EventsConfig) -> io::Result<Sinks> {
         let file = match &config.file {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                // 0640: events name processes, users and destinations.
-                // O_NOFOLLOW: a symlink planted at the path would have root
-                // append to whatever it names.
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(path)?;
-                Some((path.clone(), f))
-            }
+            Some(path) => Some(EventsFile::open(path)?),
             None => None,
         };
         Ok(Sinks {
@@ -178,19 +251,88 @@ impl Sinks {
             stdout: config.stdout,
         })
     }
+}
 
-    fn write(&mut self, lines: &str) -> io::Result<()> {
-        if let Some((_, f)) = &mut self.file {
-            f.write_all(lines.as_bytes())?;
-            f.flush()?;
+/// The events sinks' health and how events reach them.
+#[derive(Debug)]
+pub struct SinksHealth {
+    pub file: std::sync::Arc<crate::status::SinkHealth>,
+    pub stdout: std::sync::Arc<crate::status::SinkHealth>,
+}
+
+impl SinksHealth {
+    pub fn new(config: &EventsConfig) -> Self {
+        use crate::status::SinkHealth;
+        SinksHealth {
+            file: std::sync::Arc::new(SinkHealth::new("events_file", config.file.clone())),
+            stdout: std::sync::Arc::new(SinkHealth::new("events_stdout", None)),
         }
-        if self.stdout {
-            let mut out = io::stdout().lock();
-            out.write_all(lines.as_bytes())?;
-            out.flush()?;
-        }
-        Ok(())
     }
+}
+
+/// Writes a batch of `n` event lines to the sinks; returns how many events
+/// some sink did not get (`enforcer_events_write_errors_total` counts
+/// events, not batches).
+fn write_batch(
+    sinks: &mut Option<Sinks>,
+    config: &EventsConfig,
+    lines: &str,
+    n: usize,
+    health: &SinksHealth,
+) -> usize {
+    let Some(s) = sinks else {
+        // The file could not be opened: try again at each batch.
+        if config.file.is_some() {
+            health.file.update(|st| st.dropped += n as u64);
+            *sinks = open_sinks(config, health);
+            if sinks.is_none() {
+                return n;
+            }
+            return write_batch(sinks, config, lines, n, health);
+        }
+        return n;
+    };
+    let mut lost = 0;
+    if let Some(f) = &mut s.file {
+        if f.moved() {
+            match EventsFile::open(&f.path) {
+                Ok(new) => {
+                    tracing::info!(file = %f.path.display(), "the events file was moved; writing to a new file at its path");
+                    *f = new;
+                    health.file.update(|st| st.reopens += 1);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %f.path.display(), error = %e, "the events file was moved and cannot be opened again; still writing to the moved file")
+                }
+            }
+        }
+        let (written, error) = f.write(lines);
+        let file_lost = n.saturating_sub(written);
+        match error {
+            None => health.file.update(|st| st.healthy = true),
+            Some(e) => {
+                tracing::warn!(file = %f.path.display(), error = %e, lost = file_lost, "cannot write events");
+                health.file.failed(e.to_string());
+            }
+        }
+        if file_lost > 0 {
+            health.file.update(|st| st.dropped += file_lost as u64);
+        }
+        lost = lost.max(file_lost);
+    }
+    if s.stdout {
+        let mut out = io::stdout().lock();
+        match out.write_all(lines.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => health.stdout.update(|st| st.healthy = true),
+            Err(e) => {
+                // A pipe does not take a line back: the batch counts as lost.
+                health.stdout.failed(e.to_string());
+                health.stdout.update(|st| st.dropped += n as u64);
+                lost = n;
+            }
+        }
+    }
+    lost
 }
 
 /// Opens the event sinks a config asks for (done before anything is
@@ -319,6 +461,9 @@ impl EventsHub {
 
 /// Reads events until `stop` resolves: decodes, counts, writes. Config
 /// changes (a reload) arrive on `config`.
+// Each argument is a distinct handle the agent shares with this task; a
+// struct bundling them would only move the list.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     pin_dir: PathBuf,
     mut config: tokio::sync::watch::Receiver<EventsConfig>,
@@ -326,6 +471,7 @@ pub async fn run(
     mut names: CgroupNames,
     hub: std::sync::Arc<EventsHub>,
     audit: crate::audit::SharedAudit,
+    health: std::sync::Arc<SinksHealth>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), DatapathError> {
     let ring: RingBuf<MapData> =
@@ -339,7 +485,12 @@ pub async fn run(
                 detail: format!("polling the EVENTS ring buffer: {}", e.into_parts().1),
             }
         })?;
-    let mut sinks = open_sinks(&config.borrow_and_update());
+    let mut current = config.borrow_and_update().clone();
+    let mut sinks = open_sinks(&current, &health);
+    // Between batches, a moved events file or audit log is noticed within
+    // this period (a batch checks at once).
+    let mut sink_checks = tokio::time::interval(SINK_CHECK_INTERVAL);
+    sink_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -347,7 +498,33 @@ pub async fn run(
                 if changed.is_err() {
                     break;
                 }
-                sinks = open_sinks(&config.borrow_and_update());
+                // A reload (or SIGHUP, or `enforcer reload`, even a failed
+                // one): open the sinks again at their paths.
+                current = config.borrow_and_update().clone();
+                let moved = matches!(&sinks, Some(Sinks { file: Some(f), .. }) if f.moved());
+                health.file.update(|st| st.path.clone_from(&current.file));
+                sinks = open_sinks(&current, &health);
+                if moved && sinks.as_ref().is_some_and(|s| s.file.is_some()) {
+                    tracing::info!(file = ?current.file, "the events file was moved; writing to a new file at its path");
+                    health.file.update(|st| st.reopens += 1);
+                }
+            }
+            _ = sink_checks.tick() => {
+                if let Some(Sinks { file: Some(f), .. }) = &mut sinks
+                    && f.moved()
+                {
+                    match EventsFile::open(&f.path) {
+                        Ok(new) => {
+                            tracing::info!(file = %f.path.display(), "the events file was moved; writing to a new file at its path");
+                            *f = new;
+                            health.file.update(|st| st.reopens += 1);
+                        }
+                        Err(e) => tracing::warn!(file = %f.path.display(), error = %e, "the events file was moved and cannot be opened again"),
+                    }
+                }
+                // Writes anything waiting (a full disk that has space
+                // again), chains in a gap record, follows a moved log.
+                audit.flush();
             }
             guard = ring.readable_mut() => {
                 let mut guard = match guard {
@@ -359,12 +536,17 @@ pub async fn run(
                 };
                 let to_wall = boot_to_wall();
                 let mut lines = String::new();
+                let mut n_lines = 0usize;
                 // (hook, outcome) of each event of the batch: counted once
                 // the batch is written, so enforcer_events_total never runs
                 // ahead of the file.
                 let mut read = Vec::new();
                 let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
+                let mut drained = true;
+                while n_lines < MAX_BATCH {
+                    let Some(item) = rb.next() else {
+                        break;
+                    };
                     if item.len() < size_of::<Event>() {
                         continue;
                     }
@@ -390,22 +572,24 @@ pub async fn run(
                             hub.publish(&line);
                             lines.push_str(&line);
                             lines.push('\n');
+                            n_lines += 1;
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot encode an event"),
                     }
                 }
-                guard.clear_ready();
+                if n_lines >= MAX_BATCH {
+                    // More may wait: stay ready, and come back after this
+                    // batch is written.
+                    drained = false;
+                }
+                if drained {
+                    guard.clear_ready();
+                }
                 if !lines.is_empty() {
                     // One fsync per batch of events, not per event.
                     audit.flush();
-                    if let Some(s) = &mut sinks {
-                        if let Err(e) = s.write(&lines) {
-                            counts.write_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "cannot write events");
-                        }
-                    } else {
-                        counts.write_errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let lost = write_batch(&mut sinks, &current, &lines, n_lines, &health);
+                    counts.write_errors.fetch_add(lost as u64, Ordering::Relaxed);
                 }
                 for (h, o) in read {
                     counts.read[h][o].fetch_add(1, Ordering::Relaxed);
@@ -416,11 +600,26 @@ pub async fn run(
     Ok(())
 }
 
-fn open_sinks(config: &EventsConfig) -> Option<Sinks> {
+/// Events per batch at most: a full ring buffer (1 MiB, about 8,000
+/// events) is written in several batches, so the lines of one batch stay
+/// small in memory.
+const MAX_BATCH: usize = 1024;
+
+/// How often the events task checks, between batches, whether the events
+/// file or the audit log was moved, and retries waiting audit records.
+const SINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+fn open_sinks(config: &EventsConfig, health: &SinksHealth) -> Option<Sinks> {
     match Sinks::open(config) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if s.file.is_some() {
+                health.file.update(|st| st.healthy = true);
+            }
+            Some(s)
+        }
         Err(e) => {
             tracing::error!(error = %e, file = ?config.file, "cannot open the events file; events are counted, not written");
+            health.file.failed(format!("opening: {e}"));
             None
         }
     }
@@ -429,6 +628,49 @@ fn open_sinks(config: &EventsConfig) -> Option<Sinks> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_moved_events_file_is_noticed_and_batches_count_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.jsonl");
+        let config = EventsConfig {
+            rate_per_cpu: 1,
+            burst: 1,
+            file: Some(path.clone()),
+            stdout: false,
+        };
+        let health = SinksHealth::new(&config);
+        let mut sinks = open_sinks(&config, &health);
+        assert_eq!(write_batch(&mut sinks, &config, "{}\n{}\n", 2, &health), 0);
+        let old = dir.path().join("events.jsonl.1");
+        std::fs::rename(&path, &old).expect("rename");
+        assert!(
+            sinks
+                .as_ref()
+                .and_then(|s| s.file.as_ref())
+                .is_some_and(EventsFile::moved)
+        );
+        assert_eq!(write_batch(&mut sinks, &config, "{}\n", 1, &health), 0);
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "{}\n{}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        let st = health.file.snapshot();
+        assert_eq!((st.reopens, st.dropped, st.healthy), (1, 0, true));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_whole_lines_and_counts_the_events_not_written() {
+        // /dev/full: every write fails with ENOSPC.
+        let mut f = EventsFile {
+            path: PathBuf::from("/dev/full"),
+            file: OpenOptions::new()
+                .append(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        };
+        let (written, error) = f.write("{}\n{}\n{}\n");
+        assert_eq!(written, 0);
+        assert_eq!(error.and_then(|e| e.raw_os_error()), Some(libc::ENOSPC));
+    }
 
     #[test]
     fn decodes_a_connect_event() {

@@ -182,7 +182,7 @@ impl EnforcerCollector {
             let metric = ConstCounter::new(self.events.write_errors.load(Ordering::Relaxed));
             let enc = encoder.encode_descriptor(
                 "enforcer_events_write_errors",
-                "Events read from the kernel that could not be written to a sink.",
+                "Events read from the kernel that some sink did not get (counted per event; a failed or short write of a batch counts the events not in the file).",
                 None,
                 metric.metric_type(),
             )?;
@@ -431,6 +431,57 @@ impl EnforcerCollector {
             let metric = ConstCounter::new(value);
             let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
             metric.encode(enc)?;
+        }
+        {
+            let sinks: Vec<_> = status
+                .sinks
+                .iter()
+                .map(|h| (h.name, h.snapshot()))
+                .collect();
+            let mut family = encoder.encode_descriptor(
+                "enforcer_sink_healthy",
+                "1 when the sink's last write succeeded, 0 while it fails (sink: audit, events_file, events_stdout).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, st) in &sinks {
+                ConstGauge::new(i64::from(st.healthy))
+                    .encode(family.encode_family(&[("sink", *name)])?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "enforcer_sink_pending_bytes",
+                "Bytes waiting to be written to the sink (the audit log's buffer, bounded at 4 MiB).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, st) in &sinks {
+                ConstGauge::new(st.pending_bytes as i64)
+                    .encode(family.encode_family(&[("sink", *name)])?)?;
+            }
+            for (metric, help, get) in [
+                (
+                    "enforcer_sink_dropped",
+                    "Records (audit) or events (events sinks) lost for good because the sink could not be written.",
+                    (|st: &crate::status::SinkState| st.dropped)
+                        as fn(&crate::status::SinkState) -> u64,
+                ),
+                (
+                    "enforcer_sink_write_errors",
+                    "Writes (or opens) of the sink that failed.",
+                    |st| st.write_errors,
+                ),
+                (
+                    "enforcer_sink_reopens",
+                    "Times the sink's file was opened again at its path after it was moved, deleted or rotated.",
+                    |st| st.reopens,
+                ),
+            ] {
+                let mut family =
+                    encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+                for (name, st) in &sinks {
+                    ConstCounter::new(get(st)).encode(family.encode_family(&[("sink", *name)])?)?;
+                }
+            }
         }
         {
             let mut family = encoder.encode_descriptor(

@@ -275,6 +275,10 @@ impl Running {
         }
         let _ = sd_notify::notify(&reloading);
         tracing::info!(trigger = trigger_label, "reloading");
+        // Log rotation: open the audit log and the events file again at
+        // their paths, whether or not the reload succeeds.
+        self.audit.reopen();
+        self.events_config.send_modify(|_| ());
         let result = match prepare_blocking(self.config_path.clone()).await {
             Ok(p) => {
                 self.warn_start_only_changes(&p.config);
@@ -513,6 +517,19 @@ impl Services {
         PathBuf,
     )> {
         let event_counts = Arc::new(EventCounts::default());
+        let sinks_health = Arc::new(events::SinksHealth::new(&config.events));
+        {
+            let mut s = status.write().unwrap_or_else(|e| e.into_inner());
+            if config.audit.file.is_some() {
+                s.sinks.push(audit.health());
+            }
+            if config.events.file.is_some() {
+                s.sinks.push(Arc::clone(&sinks_health.file));
+            }
+            if config.events.stdout {
+                s.sinks.push(Arc::clone(&sinks_health.stdout));
+            }
+        }
         let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
         let (events_config, events_config_rx) = watch::channel(config.events.clone());
         let (events_stop, events_stop_rx) = oneshot::channel::<()>();
@@ -523,6 +540,7 @@ impl Services {
             CgroupNames::new(cgroup_roots(config)),
             Arc::clone(&hub),
             audit.clone(),
+            sinks_health,
             events_stop_rx,
         ));
 

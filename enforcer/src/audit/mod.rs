@@ -73,14 +73,16 @@ mod verify;
 mod writer;
 
 pub use record::{
-    AgentStart, AgentStop, AuditEvent, Checkpoint, Coverage, DatabaseRecord, EventsSuppressed,
-    Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered, Uninstall,
+    AgentStart, AgentStop, AuditEvent, Checkpoint, Continued, Coverage, DatabaseRecord,
+    EventsSuppressed, Gap, Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,
+    Uninstall,
 };
 pub use shared::SharedAudit;
 pub use verify::{
-    AgentSummary, Anchor, CheckpointSummary, EventSummary, HeadCheck, LIST_CAP, LoadFailure,
-    ModeChangeEntry, PolicyLoadSummary, Problem, RecoveredEntry, Summary, SuppressedSummary, Tail,
-    UninstallEntry, VerifyError, verify,
+    AgentSummary, Anchor, CheckpointSummary, ContinuedEntry, EventSummary, FileSummary, GapEntry,
+    GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry, PolicyLoadSummary, Problem,
+    RecoveredEntry, Summary, SuppressedSummary, Tail, UninstallEntry, VerifyError, verify,
+    verify_files,
 };
 pub use writer::{Appended, AuditError, AuditLog};
 
@@ -100,6 +102,14 @@ const HASH_PREFIX: &str = ",\"hash\":\"";
 /// a few hundred bytes; anything near this is not a record, and the bound
 /// keeps the verifier's memory independent of its input.
 pub const MAX_LINE: usize = 1 << 20;
+
+/// The most bytes of sealed records the writer keeps waiting for a write
+/// that fails (a full disk): beyond it, records are dropped (never
+/// numbered) and a [`Gap`] record says how many and which kinds, once
+/// writing works again. 4 MiB is about 8,000 event records: several
+/// seconds of the kernel's default event rate, while bounding what a full
+/// disk can cost the agent's memory.
+pub const MAX_PENDING: usize = 4 << 20;
 
 /// The head file: the last record made durable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

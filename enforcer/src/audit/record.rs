@@ -28,6 +28,13 @@ pub enum Kind {
     Uninstall(Uninstall),
     /// A scope entry's coverage changed (see `agent::coverage`).
     Coverage(Coverage),
+    /// Records that could not be written (the disk was full beyond the
+    /// writer's memory bound) and were dropped: chained in where they
+    /// would have been, once writing works again.
+    Gap(Gap),
+    /// The first record of a log file that continues the chain of an
+    /// earlier one (the log was rotated, moved or deleted).
+    Continued(Continued),
 }
 
 /// Every kind name [`Kind`] knows, as written in `kind`.
@@ -42,6 +49,8 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "recovered",
     "uninstall",
     "coverage",
+    "gap",
+    "continued",
 ];
 
 impl Kind {
@@ -58,6 +67,8 @@ impl Kind {
             Kind::Recovered(_) => "recovered",
             Kind::Uninstall(_) => "uninstall",
             Kind::Coverage(_) => "coverage",
+            Kind::Gap(_) => "gap",
+            Kind::Continued(_) => "continued",
         }
     }
 }
@@ -76,6 +87,49 @@ pub struct Uninstall {
     pub pin_dir: String,
     /// `--reason`, required.
     pub reason: String,
+}
+
+/// Records the writer dropped because they could not be written and its
+/// memory bound ([`super::MAX_PENDING`]) was reached. Dropped records were
+/// never numbered: the gap record takes the next sequence number after
+/// `after_seq`, so the chain itself has no hole (an older verifier still
+/// checks it) and this record states what is missing there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// How many records were dropped.
+    pub dropped: u64,
+    /// They would have followed the record with this sequence number.
+    pub after_seq: u64,
+    /// The dropped records by kind.
+    pub kinds: std::collections::BTreeMap<String, u64>,
+    /// When the first and the last of them were made (RFC 3339 UTC).
+    pub first_time: String,
+    pub last_time: String,
+    /// The write error that made them pile up (e.g. "No space left on
+    /// device").
+    pub error: String,
+    /// The bound on the bytes of records waiting to be written.
+    pub bound_bytes: u64,
+}
+
+/// The first record of a log file that continues the chain of another one:
+/// its `seq` and `prev` follow that file's last record, so `enforcer audit
+/// verify OLD NEW` checks the two as one chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Continued {
+    /// The previous file as the agent last knew it (where a rename took it,
+    /// ending in ` (deleted)` when it was deleted); absent when the agent
+    /// found only a head file at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_file: Option<String>,
+    /// The previous file's last record: always this record's `seq - 1` and
+    /// `prev` (the verifier checks that).
+    pub previous_seq: u64,
+    pub previous_hash: String,
+    /// Why a new file: `renamed`, `deleted` (the path had another file or
+    /// none), or `missing_at_start` (the head file records records the
+    /// path no longer holds).
+    pub cause: String,
 }
 
 /// A scope entry (a configured cgroup or interface) was covered again, is
@@ -379,6 +433,21 @@ mod tests {
                 cause: "cgroup_recreated".into(),
                 links: vec!["connect4-cg7".into()],
                 error: None,
+            }),
+            Kind::Gap(Gap {
+                dropped: 3,
+                after_seq: 9,
+                kinds: [("event".to_owned(), 3)].into(),
+                first_time: "t0".into(),
+                last_time: "t1".into(),
+                error: "No space left on device".into(),
+                bound_bytes: 1,
+            }),
+            Kind::Continued(Continued {
+                previous_file: Some("/var/log/a.jsonl.1".into()),
+                previous_seq: 9,
+                previous_hash: "ab".into(),
+                cause: "renamed".into(),
             }),
         ];
         for k in all {

@@ -15,6 +15,7 @@ use std::{
 };
 
 use super::{AuditError, AuditLog, Kind};
+use crate::status::SinkHealth;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -22,6 +23,7 @@ struct Inner {
     records: AtomicU64,
     errors: AtomicU64,
     since_checkpoint: AtomicU64,
+    health: Arc<SinkHealth>,
 }
 
 /// A cheap handle; clones share the log.
@@ -55,6 +57,7 @@ impl SharedAudit {
         let log = AuditLog::open(file)?;
         Ok(SharedAudit(Arc::new(Inner {
             log: Mutex::new(Some(log)),
+            health: Arc::new(SinkHealth::new("audit", Some(file.to_owned()))),
             ..Inner::default()
         })))
     }
@@ -62,27 +65,56 @@ impl SharedAudit {
     fn with<T>(&self, f: impl FnOnce(&mut AuditLog) -> Result<T, AuditError>) -> Option<T> {
         let mut guard = self.0.log.lock().unwrap_or_else(|e| e.into_inner());
         let log = guard.as_mut()?;
-        match f(log) {
+        let result = f(log);
+        let (dropped, reopens, pending) = (log.dropped(), log.reopens(), log.buffered() as u64);
+        drop(guard);
+        self.0.health.update(|s| {
+            s.dropped = dropped;
+            s.reopens = reopens;
+            s.pending_bytes = pending;
+        });
+        match result {
             Ok(v) => Some(v),
             Err(e) => {
                 self.0.errors.fetch_add(1, Ordering::Relaxed);
+                // Once per failing flush, not per record: appends fail
+                // only on encoding.
                 tracing::error!(error = %e, "cannot write the audit log; enforcement is unaffected");
+                self.0.health.failed(e.to_string());
                 None
             }
         }
     }
 
-    /// Appends a record (buffered).
+    /// Appends a record (buffered; dropped beyond the memory bound while
+    /// writes fail, see [`crate::audit::MAX_PENDING`]).
     pub fn record(&self, kind: Kind) {
-        if self.with(|log| log.append(kind)).is_some() {
+        if self
+            .with(|log| log.append(kind))
+            .is_some_and(|a| !a.dropped)
+        {
             self.0.records.fetch_add(1, Ordering::Relaxed);
             self.0.since_checkpoint.fetch_add(1, Ordering::Relaxed);
         }
     }
 
+    /// Opens the log's path again when the file there is no longer the
+    /// one open (rotated, moved, deleted): SIGHUP and `enforcer reload`.
+    /// Every flush checks the same.
+    pub fn reopen(&self) {
+        self.with(|log| log.reopen_if_moved().map(drop));
+    }
+
+    /// The log's health for `status` and the metrics.
+    pub fn health(&self) -> Arc<SinkHealth> {
+        Arc::clone(&self.0.health)
+    }
+
     /// Writes what is buffered to disk and updates the head.
     pub fn flush(&self) {
-        self.with(AuditLog::flush);
+        if self.with(AuditLog::flush).is_some() {
+            self.0.health.update(|s| s.healthy = true);
+        }
     }
 
     /// [`record`](Self::record) then [`flush`](Self::flush).

@@ -877,3 +877,184 @@ fn a_record_too_long_is_refused_and_the_chain_is_unchanged() {
     drop(log);
     assert_eq!(f.verify().unwrap().records, 1);
 }
+
+/// Every line of the file ends with `\n` and is a sealed record.
+fn whole_records_only(path: &Path) {
+    let text = fs::read(path).expect("read log");
+    assert!(
+        text.is_empty() || text.ends_with(b"\n"),
+        "the file ends inside a line"
+    );
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        if !line.is_empty() {
+            verify::check_record(line).unwrap_or_else(|p| panic!("line {}: {p}", n + 1));
+        }
+    }
+}
+
+#[test]
+fn a_failing_disk_leaves_whole_lines_and_a_later_flush_writes_the_rest() {
+    let f = Fixture::with_records(2);
+    let mut log = AuditLog::open(&f.log).unwrap();
+    for i in 0..5 {
+        log.append(event("denied", if i % 2 == 0 { "US" } else { "CN" }))
+            .unwrap();
+    }
+    // 150 bytes: the first event line is cut short, then ENOSPC.
+    log.fail_after = Some(150);
+    assert!(log.flush().is_err());
+    whole_records_only(&f.log);
+    assert_eq!(f.lines().len(), 2, "the torn line was cut back");
+    assert_eq!(
+        log.last_error(),
+        Some("No space left on device (os error 28)")
+    );
+    log.fail_after = None;
+    log.flush().unwrap();
+    whole_records_only(&f.log);
+    let s = f.verify().expect("intact");
+    assert_eq!(s.records, 7);
+    assert_eq!(s.events.total, 5);
+    assert_eq!(s.gaps.records, 0);
+}
+
+#[test]
+fn beyond_the_memory_bound_records_are_dropped_and_a_gap_record_follows() {
+    let f = Fixture::with_records(1);
+    let mut log = AuditLog::open(&f.log).unwrap();
+    log.fail_after = Some(0);
+    let mut dropped = 0u64;
+    let mut kept = 0u64;
+    for _ in 0..20_000 {
+        let a = log.append(event("denied", "US")).unwrap();
+        if a.dropped {
+            dropped += 1;
+        } else {
+            kept += 1;
+        }
+        assert!(
+            log.buffered() <= MAX_PENDING,
+            "the buffer stays under the bound: {}",
+            log.buffered()
+        );
+    }
+    assert!(dropped > 0 && kept > 0, "kept {kept}, dropped {dropped}");
+    assert_eq!(log.dropped(), dropped);
+    assert!(log.flush().is_err(), "still failing");
+    // A checkpoint while dropping is dropped too (and stated).
+    assert!(log.append(stop("x")).unwrap().dropped);
+    log.fail_after = None;
+    log.flush().unwrap();
+    whole_records_only(&f.log);
+    let s = f.verify().expect("intact, the gap chained in");
+    assert_eq!(s.gaps.records, 1);
+    assert_eq!(s.gaps.dropped, dropped + 1);
+    assert_eq!(s.records, 1 + kept + 1, "first record, kept, the gap");
+    let g = &s.gaps.entries[0];
+    assert_eq!(g.after_seq, 1 + kept);
+    assert!(g.error.contains("No space left"), "{g:?}");
+    assert!(matches!(s.tail, Tail::Anchored { .. }), "{:?}", s.tail);
+    // Appends go on normally after the gap.
+    let a = log.append_flush(stop("y")).unwrap();
+    assert!(!a.dropped);
+    assert_eq!(a.seq, 1 + kept + 2);
+}
+
+#[test]
+fn a_large_burst_without_faults_is_written_not_dropped() {
+    let f = Fixture::new();
+    let mut log = AuditLog::open(&f.log).unwrap();
+    for _ in 0..20_000 {
+        assert!(!log.append(event("denied", "US")).unwrap().dropped);
+    }
+    log.flush().unwrap();
+    assert_eq!(f.verify().expect("intact").records, 20_000);
+}
+
+#[test]
+fn a_renamed_log_is_continued_in_a_new_file_and_verifies_across_both() {
+    let f = Fixture::with_records(3);
+    let old = f.log.with_extension("log.1");
+    let mut log = AuditLog::open(&f.log).unwrap();
+    log.append(stop("a")).unwrap();
+    log.flush().unwrap();
+    fs::rename(&f.log, &old).unwrap();
+    log.append(stop("b")).unwrap();
+    // The buffered record goes to the old file, then the path is opened again.
+    log.flush().unwrap();
+    assert_eq!(log.reopens(), 1);
+    log.append_flush(stop("c")).unwrap();
+    whole_records_only(&old);
+    whole_records_only(&f.log);
+    let new_lines = f.lines();
+    assert_eq!(new_lines.len(), 2, "{new_lines:?}");
+    assert!(new_lines[0].contains(r#""kind":"continued""#));
+    assert!(
+        new_lines[0].contains(&format!(r#""previous_file":"{}""#, old.display())),
+        "{}",
+        new_lines[0]
+    );
+    let s = verify_files(&[old.clone(), f.log.clone()], HeadCheck::Auto).expect("across both");
+    assert_eq!(s.records, 7);
+    assert_eq!(s.files.len(), 2);
+    assert_eq!(s.files[1].first_seq, 6);
+    assert!(s.continued[0].checked);
+    assert_eq!(s.continued[0].cause, "renamed");
+    assert!(
+        matches!(s.tail, Tail::Anchored { seq: 7, .. }),
+        "{:?}",
+        s.tail
+    );
+    // Alone, the new file verifies but says its link is not checked.
+    let alone = f.verify().expect("alone");
+    assert!(!alone.continued[0].checked);
+    assert!(alone.warnings.iter().any(|w| w.contains("not checked")));
+    // Out of order, or with a file that does not continue, it fails.
+    assert!(verify_files(&[f.log.clone(), old.clone()], HeadCheck::None).is_err());
+    let other = Fixture::with_records(2);
+    let e = verify_files(&[other.log.clone(), f.log.clone()], HeadCheck::Auto).unwrap_err();
+    assert!(e.to_string().contains("does not follow"), "{e}");
+}
+
+#[test]
+fn a_deleted_log_is_noticed_by_reopen() {
+    let f = Fixture::with_records(2);
+    let mut log = AuditLog::open(&f.log).unwrap();
+    fs::remove_file(&f.log).unwrap();
+    assert!(log.reopen_if_moved().unwrap());
+    assert!(!log.reopen_if_moved().unwrap(), "once");
+    let lines = f.lines();
+    assert!(lines[0].contains(r#""cause":"deleted""#), "{lines:?}");
+    assert!(lines[0].contains("(deleted)"), "{lines:?}");
+    let s = f.verify().expect("the new file verifies");
+    assert!(matches!(s.tail, Tail::Anchored { seq: 3, .. }));
+}
+
+#[test]
+fn a_log_missing_at_start_continues_from_its_head_instead_of_refusing() {
+    let f = Fixture::with_records(4);
+    let old = f.log.with_extension("log.1");
+    fs::rename(&f.log, &old).unwrap();
+    let mut log = AuditLog::open(&f.log).expect("starts on the head");
+    assert_eq!(log.last().seq, 5);
+    log.append_flush(stop("a")).unwrap();
+    let s = verify_files(&[old, f.log.clone()], HeadCheck::Auto).expect("across both");
+    assert_eq!(s.records, 6);
+    assert_eq!(s.continued[0].cause, "missing_at_start");
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.contains("missing when the agent started")),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn a_log_shorter_than_its_head_but_not_empty_is_still_refused() {
+    let f = Fixture::with_records(4);
+    let lines = f.lines();
+    f.write_lines(&lines[..2]);
+    let e = AuditLog::open(&f.log).unwrap_err();
+    assert!(matches!(e, AuditError::HeadAhead { .. }), "{e}");
+}

@@ -313,10 +313,59 @@ pub struct RecoveredEntry {
     pub discarded_sha256: String,
 }
 
+/// One file of a chain verified across several files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileSummary {
+    pub file: String,
+    pub records: u64,
+    /// Its first and last record's seq (0 for an empty file).
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// A `gap` record: records the writer dropped (the disk was full beyond
+/// its memory bound).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GapEntry {
+    pub file: String,
+    pub line: u64,
+    pub time: String,
+    pub dropped: u64,
+    pub after_seq: u64,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GapSummary {
+    /// `gap` records.
+    pub records: u64,
+    /// Records they say were dropped, in all.
+    pub dropped: u64,
+    /// The first [`LIST_CAP`].
+    pub entries: Vec<GapEntry>,
+}
+
+/// A `continued` record: a file that continues the chain of another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ContinuedEntry {
+    pub file: String,
+    pub line: u64,
+    pub time: String,
+    pub previous_file: Option<String>,
+    pub previous_seq: u64,
+    pub cause: String,
+    /// The link was checked against the previous file's last record (it
+    /// was verified before this one); false for the first file verified.
+    pub checked: bool,
+}
+
 /// What an intact log states.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
+    /// The file, or the files in order joined by ` + `.
     pub file: String,
+    /// Each file verified, in order.
+    pub files: Vec<FileSummary>,
     pub records: u64,
     pub first_time: Option<String>,
     pub last_time: Option<String>,
@@ -341,6 +390,10 @@ pub struct Summary {
     pub uninstalls: Vec<UninstallEntry>,
     /// Coverage records by event (`repaired`, `waiting`, `failed`).
     pub coverage: BTreeMap<String, u64>,
+    /// `gap` records: records dropped while the log could not be written.
+    pub gaps: GapSummary,
+    /// `continued` records: where the chain goes from one file to the next.
+    pub continued: Vec<ContinuedEntry>,
     /// Records whose time is earlier than the record before.
     pub time_backwards: u64,
     /// Things an auditor should know that do not break the chain (the first
@@ -356,6 +409,7 @@ impl Summary {
     fn new(file: &Path) -> Self {
         Summary {
             file: file.display().to_string(),
+            files: Vec::new(),
             records: 0,
             first_time: None,
             last_time: None,
@@ -375,6 +429,8 @@ impl Summary {
             recovered: Vec::new(),
             uninstalls: Vec::new(),
             coverage: BTreeMap::new(),
+            gaps: GapSummary::default(),
+            continued: Vec::new(),
             time_backwards: 0,
             warnings: Vec::new(),
             warnings_omitted: 0,
@@ -389,7 +445,7 @@ impl Summary {
         }
     }
 
-    fn add(&mut self, line: u64, env: &Envelope, kind: Option<Kind>) {
+    fn add(&mut self, file: &Path, line: u64, env: &Envelope, kind: Option<Kind>) {
         self.records += 1;
         *self.kinds.entry(env.kind.clone()).or_default() += 1;
         let time = &env.time;
@@ -491,6 +547,33 @@ impl Summary {
                     });
                 }
             }
+            Some(Kind::Gap(g)) => {
+                self.warn(format!(
+                    "{}: {} records after seq {} were dropped ({}): they could not be written and the writer's memory bound was reached",
+                    if self.files.is_empty() && !self.file.contains(" + ") {
+                        format!("line {line}")
+                    } else {
+                        format!("{}:{line}", file.display())
+                    },
+                    g.dropped,
+                    g.after_seq,
+                    g.error
+                ));
+                self.gaps.records += 1;
+                self.gaps.dropped = self.gaps.dropped.saturating_add(g.dropped);
+                if self.gaps.entries.len() < LIST_CAP {
+                    self.gaps.entries.push(GapEntry {
+                        file: file.display().to_string(),
+                        line,
+                        time: time.clone(),
+                        dropped: g.dropped,
+                        after_seq: g.after_seq,
+                        error: g.error,
+                    });
+                }
+            }
+            // Listed by `verify`, which knows whether the link was checked.
+            Some(Kind::Continued(_)) => {}
             Some(Kind::Recovered(r)) => {
                 self.warn(format!(
                     "line {line}: the writer cut off an incomplete line of {} bytes (sha256 {}) before this record",
@@ -630,78 +713,203 @@ fn resolve_anchor(log: &Path, check: HeadCheck) -> Result<Result<Anchor, String>
 /// Verifies the log at `path`; the summary when it is intact, else the
 /// first broken line.
 pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
-    let anchor = resolve_anchor(path, head)?;
-    let io_err = |error| VerifyError::Io {
-        path: path.to_owned(),
-        error,
+    verify_files(&[path.to_owned()], head)
+}
+
+/// Verifies several files as one chain, in order (a rotated log: the
+/// oldest first, the file the agent writes last): each file after the
+/// first must start with a `continued` record that follows the previous
+/// file's last record. The head is the last file's. A first file that
+/// starts with a `continued` record is accepted, its link reported as not
+/// checked.
+pub fn verify_files(paths: &[PathBuf], head: HeadCheck) -> Result<Summary, VerifyError> {
+    let Some(last_path) = paths.last() else {
+        return Err(VerifyError::Head {
+            source_name: "audit verify".into(),
+            problem: "no file to verify".into(),
+        });
     };
-    let broken = |line, problem| VerifyError::Broken {
-        path: path.to_owned(),
-        line,
-        problem,
-    };
-    let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io_err)?);
-    let mut summary = Summary::new(path);
-    let mut buf = Vec::with_capacity(1024);
+    let anchor = resolve_anchor(last_path, head)?;
+    let mut summary = Summary::new(last_path);
+    summary.file = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
     let mut chain = Chain::default();
     let mut first_time: Option<SystemTime> = None;
     let mut last_time: Option<SystemTime> = None;
-    while let Some(line) = read_record(&mut reader, &mut buf, chain.line).map_err(|e| match e {
-        ReadError::Io(e) => io_err(e),
-        ReadError::Broken(line, p) => broken(line, p),
-    })? {
-        let env = check_record(&buf).map_err(|p| broken(line, p))?;
-        chain.follow(line, &env).map_err(|p| broken(line, p))?;
-        let time = humantime::parse_rfc3339(&env.time)
-            .map_err(|_| broken(line, Problem::Time(env.time.clone())))?;
-        if let Some(before) = last_time.filter(|&t| time < t) {
-            summary.time_backwards += 1;
-            let back = before.duration_since(time).unwrap_or_default();
-            summary.warn(format!(
-                "line {line}: time {} is {} earlier than the line before (the clock stepped back)",
-                env.time,
-                humantime::format_duration(back)
-            ));
-        }
-        if let Ok(a) = &anchor
-            && a.seq == env.seq
-            && a.hash != env.hash
-        {
-            return Err(broken(
-                line,
-                Problem::HeadHash {
-                    hash: env.hash,
-                    head_hash: a.hash.clone(),
-                    source: a.source.clone(),
-                },
-            ));
-        }
-        let kind = if KNOWN_KINDS.contains(&env.kind.as_str()) {
-            let k: Kind = serde_json::from_slice(&buf).map_err(|e| {
-                broken(
-                    line,
-                    Problem::Fields {
-                        kind: env.kind.clone(),
-                        error: json_message(&e),
-                    },
-                )
-            })?;
-            Some(k)
+    let mut buf = Vec::with_capacity(1024);
+    // Warnings name the line, and the file too when there are several.
+    let several = paths.len() > 1;
+    let at = |path: &Path, line: u64| {
+        if several {
+            format!("{}:{line}", path.display())
         } else {
-            None
-        };
-        summary.add(line, &env, kind);
-        first_time.get_or_insert(time);
-        last_time = Some(time);
-        if summary.first_time.is_none() {
-            summary.first_time = Some(env.time.clone());
+            format!("line {line}")
         }
-        summary.last_time = Some(env.time);
-        chain.seq = env.seq;
-        chain.hash = env.hash;
+    };
+    for (index, path) in paths.iter().enumerate() {
+        let path = path.as_path();
+        let io_err = |error| VerifyError::Io {
+            path: path.to_owned(),
+            error,
+        };
+        let broken = |line, problem| VerifyError::Broken {
+            path: path.to_owned(),
+            line,
+            problem,
+        };
+        let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io_err)?);
+        let mut file = FileSummary {
+            file: path.display().to_string(),
+            records: 0,
+            first_seq: 0,
+            last_seq: 0,
+        };
+        chain.line = 0;
+        while let Some(line) =
+            read_record(&mut reader, &mut buf, chain.line).map_err(|e| match e {
+                ReadError::Io(e) => io_err(e),
+                ReadError::Broken(line, p) => broken(line, p),
+            })?
+        {
+            let env = check_record(&buf).map_err(|p| broken(line, p))?;
+            let continued = env.kind == "continued";
+            if line == 1 && index == 0 && continued && env.seq > 0 {
+                // The first file continues an earlier one, not given:
+                // start the chain where the record says it continues.
+                chain.seq = env.seq - 1;
+                chain.hash.clone_from(&env.prev);
+            }
+            if line == 1 && index > 0 && !continued {
+                return Err(broken(
+                    line,
+                    Problem::Invalid(format!(
+                        "the file does not start with a `continued` record, so it does not continue {}",
+                        paths[index - 1].display()
+                    )),
+                ));
+            }
+            if line == 1 && index > 0 && (env.prev != chain.hash || env.seq != chain.seq + 1) {
+                return Err(broken(
+                    line,
+                    Problem::Invalid(format!(
+                        "the file does not follow the last record of {} (seq {}, hash {}): its first record has seq {} and prev {}",
+                        paths[index - 1].display(),
+                        chain.seq,
+                        chain.hash,
+                        env.seq,
+                        env.prev
+                    )),
+                ));
+            }
+            chain.follow(line, &env).map_err(|p| broken(line, p))?;
+            let time = humantime::parse_rfc3339(&env.time)
+                .map_err(|_| broken(line, Problem::Time(env.time.clone())))?;
+            if let Some(before) = last_time.filter(|&t| time < t) {
+                summary.time_backwards += 1;
+                let back = before.duration_since(time).unwrap_or_default();
+                summary.warn(format!(
+                    "{}: time {} is {} earlier than the line before (the clock stepped back)",
+                    at(path, line),
+                    env.time,
+                    humantime::format_duration(back)
+                ));
+            }
+            if index + 1 == paths.len()
+                && let Ok(a) = &anchor
+                && a.seq == env.seq
+                && a.hash != env.hash
+            {
+                return Err(broken(
+                    line,
+                    Problem::HeadHash {
+                        hash: env.hash,
+                        head_hash: a.hash.clone(),
+                        source: a.source.clone(),
+                    },
+                ));
+            }
+            let kind = if KNOWN_KINDS.contains(&env.kind.as_str()) {
+                let k: Kind = serde_json::from_slice(&buf).map_err(|e| {
+                    broken(
+                        line,
+                        Problem::Fields {
+                            kind: env.kind.clone(),
+                            error: json_message(&e),
+                        },
+                    )
+                })?;
+                Some(k)
+            } else {
+                None
+            };
+            if let Some(Kind::Continued(c)) = &kind {
+                if c.previous_seq + 1 != env.seq || c.previous_hash != env.prev {
+                    return Err(broken(
+                        line,
+                        Problem::Fields {
+                            kind: env.kind.clone(),
+                            error: format!(
+                                "previous_seq {} and previous_hash {} are not the record's own seq - 1 and prev",
+                                c.previous_seq, c.previous_hash
+                            ),
+                        },
+                    ));
+                }
+                let checked = !(index == 0 && line == 1);
+                if !checked || c.cause == "missing_at_start" {
+                    summary.warn(format!(
+                        "{}: the log continues {} (seq {}, hash {}){}",
+                        at(path, line),
+                        c.previous_file.as_deref().unwrap_or("an earlier file"),
+                        c.previous_seq,
+                        c.previous_hash,
+                        match (checked, c.cause.as_str()) {
+                            (false, _) => ": not checked; verify the earlier file(s) first: `enforcer audit verify OLD... NEW`".to_owned(),
+                            (true, cause) => format!(" ({cause}: the log was missing when the agent started)"),
+                        }
+                    ));
+                }
+                if summary.continued.len() < LIST_CAP {
+                    summary.continued.push(ContinuedEntry {
+                        file: path.display().to_string(),
+                        line,
+                        time: env.time.clone(),
+                        previous_file: c.previous_file.clone(),
+                        previous_seq: c.previous_seq,
+                        cause: c.cause.clone(),
+                        checked,
+                    });
+                }
+            }
+            summary.add(path, line, &env, kind);
+            first_time.get_or_insert(time);
+            last_time = Some(time);
+            if summary.first_time.is_none() {
+                summary.first_time = Some(env.time.clone());
+            }
+            if file.records == 0 {
+                file.first_seq = env.seq;
+            }
+            file.records += 1;
+            file.last_seq = env.seq;
+            summary.last_time = Some(env.time);
+            chain.seq = env.seq;
+            chain.hash = env.hash;
+        }
+        summary.files.push(file);
     }
+    // The line after the last file's last one (its seqs need not start
+    // at 1 when it continues another file).
+    let next_line = summary.files.last().map_or(0, |f| f.records) + 1;
     summary.tail = tail(anchor, chain.seq, &mut summary).map_err(|e| match e {
-        TailError::Missing(line, p) => broken(line, p),
+        TailError::Missing(p) => VerifyError::Broken {
+            path: last_path.clone(),
+            line: next_line,
+            problem: p,
+        },
         TailError::Head(e) => e,
     })?;
     if let (Some(a), Some(b)) = (first_time, last_time) {
@@ -801,7 +1009,7 @@ fn read_record(
 
 /// Why the end of the log does not match its anchor.
 enum TailError {
-    Missing(u64, Problem),
+    Missing(Problem),
     Head(VerifyError),
 }
 
@@ -816,14 +1024,11 @@ fn tail(
     Ok(match anchor {
         Err(reason) => Tail::Unanchored { reason },
         Ok(a) if last_seq < a.seq => {
-            return Err(TailError::Missing(
-                last_seq + 1,
-                Problem::Missing {
-                    first: last_seq + 1,
-                    last: a.seq,
-                    source: a.source,
-                },
-            ));
+            return Err(TailError::Missing(Problem::Missing {
+                first: last_seq + 1,
+                last: a.seq,
+                source: a.source,
+            }));
         }
         Ok(a) if a.seq == 0 && a.hash != ZERO_HASH => {
             return Err(TailError::Head(VerifyError::Head {

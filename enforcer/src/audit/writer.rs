@@ -26,12 +26,42 @@
 //!   over a visible, verifiable statement instead of over a silent gap;
 //!   `verify` lists it as a warning.
 //!
+//! One exception to "head ahead: refuse": a log that is *empty or missing*
+//! while its head records N records (the log was rotated or moved away
+//! while no agent ran, or deleted). Refusing would keep the agent down
+//! until someone finds the old file; instead the writer starts the file
+//! with a `continued` record (cause `missing_at_start`) whose `seq` and
+//! `prev` follow the head, and logs a warning: the chain goes on from the
+//! head, `enforcer audit verify OLD NEW` checks the link when the old file
+//! is found, and `audit verify` warns about it either way. A log that still
+//! holds records but fewer than its head is refused as before: records were
+//! removed from it.
+//!
+//! # Faults
+//!
+//! - **A failed write** (a full disk): the file only ever holds whole
+//!   lines. A write cut short is cut back to its last complete line
+//!   (`ftruncate`); what was not written stays buffered and the next flush
+//!   tries again. Waiting records are bounded by [`MAX_PENDING`] bytes:
+//!   beyond it, records are dropped (they get no sequence number) until a
+//!   flush writes everything waiting, and then a `gap` record (how many,
+//!   of which kinds, after which seq, the write error) is chained in where
+//!   they would have been.
+//! - **A moved, deleted or rotated log**: every flush compares the open
+//!   file's device and inode with the path's. When they differ (or the
+//!   path is gone), once everything waiting is written to the old file,
+//!   the writer opens the path again (creating it) and starts it with a
+//!   `continued` record naming the old file (where the rename took it) and
+//!   its last record's seq and hash. The head file follows the path: it
+//!   always records the chain's last record.
+//!
 //! One writer per log: the file is flocked for as long as the writer lives.
 
 use std::{
+    collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -39,7 +69,8 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    Head, Kind, MAX_LINE, Recovered, ZERO_HASH, head_path, seal, sha256_hex,
+    Continued, Gap, Head, Kind, MAX_LINE, MAX_PENDING, Recovered, ZERO_HASH, head_path, seal,
+    sha256_hex,
     verify::{Problem, check_record, read_head},
 };
 
@@ -48,6 +79,10 @@ use super::{
 pub struct Appended {
     pub seq: u64,
     pub hash: String,
+    /// The record was dropped (the memory bound was reached while writes
+    /// fail): `seq` and `hash` are the last record's, and a `gap` record
+    /// will state it.
+    pub dropped: bool,
 }
 
 /// Why the log cannot be opened or written. Every variant names the file.
@@ -80,8 +115,8 @@ pub enum AuditError {
     TooLong { path: PathBuf, line: u64 },
     #[error(
         "audit log {}: its head {} records {head_seq} records but the log ends at seq {log_seq}: \
-         records were removed; not appending (`enforcer audit verify` checks the log; if the log \
-         was rotated, move its head file with it)",
+         records were removed from it; not appending (`enforcer audit verify` checks the log; \
+         move the log aside to start a new file, which then continues the chain from the head)",
         path.display(), head.display()
     )]
     HeadAhead {
@@ -137,6 +172,27 @@ pub struct AuditLog {
     /// The head as last written.
     head: Option<Head>,
     since_checkpoint: u64,
+    /// Records being dropped since the bound was reached.
+    dropping: Option<Dropping>,
+    /// The last write error, until a write succeeds.
+    last_error: Option<String>,
+    /// Records dropped, and files opened again, by this writer.
+    dropped_total: u64,
+    reopens: u64,
+    /// Test hook: writes fail (ENOSPC) after this many more bytes.
+    #[cfg(test)]
+    pub(super) fail_after: Option<usize>,
+}
+
+/// The records dropped since the bound was reached, for the `gap` record.
+#[derive(Debug)]
+struct Dropping {
+    count: u64,
+    after_seq: u64,
+    kinds: BTreeMap<String, u64>,
+    first_time: String,
+    last_time: String,
+    error: String,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -228,61 +284,92 @@ fn line_at(file: &File, offset: u64) -> io::Result<u64> {
     }
 }
 
+/// Opens (creating it, mode 0640, and its directory) and locks a log file.
+fn open_locked(path: &Path) -> Result<Flock<File>, AuditError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_err(path, "creating its directory"))?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        // A symlink planted at the path would have root write to
+        // whatever it names.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path, "opening"))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => Ok(f),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(AuditError::Busy {
+            path: path.to_owned(),
+        }),
+        Err((_, errno)) => Err(io_err(path, "locking")(io::Error::from(errno))),
+    }
+}
+
+/// The last complete record of an open log: its seq, hash and time (0, 64
+/// zeros and "" when it has none), and the end of the file as read.
+fn last_record(file: &File, path: &Path) -> Result<(u64, String, String, TailBytes), AuditError> {
+    let len = file
+        .metadata()
+        .map_err(io_err(path, "reading its size"))?
+        .len();
+    let tail = match read_tail(file, len).map_err(io_err(path, "reading its end"))? {
+        Ok(t) => t,
+        Err(offset) => {
+            let line = line_at(file, offset).map_err(io_err(path, "reading"))?;
+            return Err(AuditError::TooLong {
+                path: path.to_owned(),
+                line,
+            });
+        }
+    };
+    match &tail.last {
+        None => Ok((0, ZERO_HASH.to_owned(), String::new(), tail)),
+        Some((offset, line)) => match check_record(line) {
+            Ok(env) => Ok((env.seq, env.hash, env.time, tail)),
+            Err(problem) => {
+                let line = line_at(file, *offset).map_err(io_err(path, "reading"))?;
+                Err(AuditError::Tail {
+                    path: path.to_owned(),
+                    line,
+                    problem,
+                })
+            }
+        },
+    }
+}
+
+/// Where an open file is now: `/proc/self/fd` names it after a rename,
+/// and says ` (deleted)` after an unlink.
+fn current_name(file: &File) -> Option<String> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
 impl AuditLog {
     /// Opens `path` for appending, creating it (mode 0640, and its
     /// directory) when missing; see the module docs for how an existing
     /// log's end is checked.
     pub fn open(path: impl AsRef<Path>) -> Result<AuditLog, AuditError> {
         let path = path.as_ref().to_owned();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err(&path, "creating its directory"))?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            // A symlink planted at the path would have root write to
-            // whatever it names.
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io_err(&path, "opening"))?;
-        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(AuditError::Busy { path }),
-            Err((_, errno)) => return Err(io_err(&path, "locking")(io::Error::from(errno))),
-        };
-        let len = file
-            .metadata()
-            .map_err(io_err(&path, "reading its size"))?
-            .len();
-        let tail = match read_tail(&file, len).map_err(io_err(&path, "reading its end"))? {
-            Ok(t) => t,
-            Err(offset) => {
-                let line = line_at(&file, offset).map_err(io_err(&path, "reading"))?;
-                return Err(AuditError::TooLong { path, line });
-            }
-        };
-        let (seq, hash, time) = match &tail.last {
-            None => (0, ZERO_HASH.to_owned(), String::new()),
-            Some((offset, line)) => match check_record(line) {
-                Ok(env) => (env.seq, env.hash, env.time),
-                Err(problem) => {
-                    let line = line_at(&file, *offset).map_err(io_err(&path, "reading"))?;
-                    return Err(AuditError::Tail {
-                        path,
-                        line,
-                        problem,
-                    });
-                }
-            },
-        };
+        let file = open_locked(&path)?;
+        let (seq, hash, time, tail) = last_record(&file, &path)?;
         let head_path = head_path(&path);
         let head = read_head(&head_path).map_err(|problem| AuditError::BadHead {
             head: head_path.clone(),
             problem,
         })?;
-        if let Some(h) = &head {
+        // An empty log under a head that records records: it was moved
+        // away (or deleted); continue the chain from the head.
+        let continue_from = head
+            .as_ref()
+            .filter(|h| tail.last.is_none() && h.seq > 0)
+            .cloned();
+        if let Some(h) = head.as_ref().filter(|_| continue_from.is_none()) {
             if h.seq > seq {
                 return Err(AuditError::HeadAhead {
                     path,
@@ -301,6 +388,10 @@ impl AuditLog {
                 });
             }
         }
+        let (seq, hash, time) = match &continue_from {
+            Some(h) => (h.seq, h.hash.clone(), h.time.clone()),
+            None => (seq, hash, time),
+        };
         let mut log = AuditLog {
             path,
             head_path,
@@ -312,6 +403,12 @@ impl AuditLog {
             unsynced: false,
             head,
             since_checkpoint: 0,
+            dropping: None,
+            last_error: None,
+            dropped_total: 0,
+            reopens: 0,
+            #[cfg(test)]
+            fail_after: None,
         };
         if !tail.partial.is_empty() {
             log.file
@@ -320,6 +417,24 @@ impl AuditLog {
             log.file
                 .sync_data()
                 .map_err(|e| log.io("syncing after cutting off its incomplete last line", e))?;
+        }
+        if let Some(h) = continue_from {
+            tracing::warn!(
+                log = %log.path.display(),
+                head_seq = h.seq,
+                "the audit log is empty or missing but its head records {} records: it was \
+                 rotated, moved or deleted while no agent ran; continuing the chain from the head \
+                 (`enforcer audit verify OLD NEW` checks the link once the old file is found)",
+                h.seq
+            );
+            log.append_flush(Kind::Continued(Continued {
+                previous_file: None,
+                previous_seq: h.seq,
+                previous_hash: h.hash,
+                cause: "missing_at_start".into(),
+            }))?;
+        }
+        if !tail.partial.is_empty() {
             let start: String = String::from_utf8_lossy(&tail.partial)
                 .chars()
                 .take(200)
@@ -349,7 +464,55 @@ impl AuditLog {
 
     /// Seals a record with a given time (tests, and callers that must state
     /// the time themselves). The verifier warns when time goes backwards.
-    pub fn append_at(&mut self, time: SystemTime, mut kind: Kind) -> Result<Appended, AuditError> {
+    ///
+    /// When the records waiting to be written would exceed [`MAX_PENDING`]
+    /// bytes, it first tries to write them; if that fails, the record is
+    /// dropped (`dropped` in the answer), and so is every record after it
+    /// until a [`flush`](Self::flush) writes everything waiting and chains
+    /// in the `gap` record.
+    pub fn append_at(&mut self, time: SystemTime, kind: Kind) -> Result<Appended, AuditError> {
+        let time = humantime::format_rfc3339_micros(time).to_string();
+        if self.dropping.is_none() && self.buf.len() >= MAX_PENDING.saturating_sub(MAX_LINE / 16) {
+            // The bound is near: write what waits (a large burst of events
+            // between two flushes gets here without any fault).
+            if self.write_buf().is_err() && self.buf.len() >= MAX_PENDING / 2 {
+                let error = self
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "the memory bound was reached".into());
+                tracing::error!(
+                    log = %self.path.display(),
+                    error,
+                    bound_bytes = MAX_PENDING,
+                    "audit records cannot be written and their memory bound is reached: \
+                     dropping records until writing works again (a gap record will say how many)"
+                );
+                self.dropping = Some(Dropping {
+                    count: 0,
+                    after_seq: self.seq,
+                    kinds: BTreeMap::new(),
+                    first_time: time.clone(),
+                    last_time: time.clone(),
+                    error,
+                });
+            }
+        }
+        if let Some(d) = &mut self.dropping {
+            d.count += 1;
+            *d.kinds.entry(kind.name().to_owned()).or_default() += 1;
+            d.last_time = time;
+            self.dropped_total += 1;
+            return Ok(Appended {
+                seq: self.seq,
+                hash: self.hash.clone(),
+                dropped: true,
+            });
+        }
+        self.seal_record(time, kind)
+    }
+
+    /// Seals a record into the buffer, whatever the bound.
+    fn seal_record(&mut self, time: String, mut kind: Kind) -> Result<Appended, AuditError> {
         if let Kind::Checkpoint(c) = &mut kind {
             c.records_since_last = self.since_checkpoint;
         }
@@ -359,8 +522,6 @@ impl AuditLog {
             kind: name,
             error,
         })?;
-        // The same formatter as the events' times: UTC, microseconds.
-        let time = humantime::format_rfc3339_micros(time).to_string();
         let seq = self.seq + 1;
         let (line, hash) = seal(seq, &time, &self.hash, &json);
         if line.len() > MAX_LINE {
@@ -379,29 +540,121 @@ impl AuditLog {
             Kind::Checkpoint(_) => 0,
             _ => self.since_checkpoint + 1,
         };
-        Ok(Appended { seq, hash })
+        Ok(Appended {
+            seq,
+            hash,
+            dropped: false,
+        })
+    }
+
+    /// One `write` of the buffer (the test hook may fail it).
+    fn write_some(&self, bytes: &[u8]) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(left) = self.fail_after {
+            if left == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            return (&*self.file).write(&bytes[..bytes.len().min(left)]);
+        }
+        (&*self.file).write(bytes)
+    }
+
+    /// Writes the buffer; the file keeps only whole lines: a write cut
+    /// short is cut back to its last complete line, and the rest stays
+    /// buffered for the next call.
+    fn write_buf(&mut self) -> Result<(), AuditError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let start = self.file.metadata().map(|m| m.len());
+        let mut written = 0;
+        let result = loop {
+            if written == self.buf.len() {
+                break Ok(());
+            }
+            match self.write_some(&self.buf[written..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    written += n;
+                    self.unsynced = true;
+                    #[cfg(test)]
+                    if let Some(left) = &mut self.fail_after {
+                        *left -= n.min(*left);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let whole = self.buf[..written]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let mut keep = written;
+        if whole < written
+            && let Ok(start) = start
+        {
+            // A torn line: cut it off, so no reader (nor a crash) ever
+            // sees half a record; it is written again whole. If the cut
+            // fails, the rest is written after it next time instead.
+            match self.file.set_len(start + whole as u64) {
+                Ok(()) => keep = whole,
+                Err(e) => {
+                    tracing::warn!(log = %self.path.display(), error = %e, "cannot cut a torn audit line back")
+                }
+            }
+        }
+        self.buf.drain(..keep);
+        match result {
+            Ok(()) => {
+                self.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                Err(self.io("writing", e))
+            }
+        }
     }
 
     /// Writes the buffered records, fdatasyncs, then replaces the head file
     /// (temporary file, fsync, rename, fsync of the directory). On an error
     /// nothing is lost: what was not written stays buffered, and the next
-    /// flush continues where this one stopped.
+    /// flush continues where this one stopped. After records were dropped,
+    /// the `gap` record is chained in as soon as everything waiting is
+    /// written; then, when the file at the path is no longer the one open,
+    /// the path is opened again (see the module docs).
     pub fn flush(&mut self) -> Result<(), AuditError> {
-        while !self.buf.is_empty() {
-            match (&*self.file).write(&self.buf) {
-                Ok(0) => {
-                    return Err(self.io("writing", io::ErrorKind::WriteZero.into()));
-                }
-                Ok(n) => {
-                    // A short write leaves the rest for the next call, so a
-                    // retry never writes a line twice.
-                    self.buf.drain(..n);
-                    self.unsynced = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io("writing", e)),
-            }
+        self.write_buf()?;
+        if let Some(d) = self.dropping.take() {
+            tracing::warn!(
+                log = %self.path.display(),
+                dropped = d.count,
+                after_seq = d.after_seq,
+                "audit log writable again; a gap record states the records dropped"
+            );
+            self.seal_record(
+                humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                Kind::Gap(Gap {
+                    dropped: d.count,
+                    after_seq: d.after_seq,
+                    kinds: d.kinds,
+                    first_time: d.first_time,
+                    last_time: d.last_time,
+                    error: d.error,
+                    bound_bytes: MAX_PENDING as u64,
+                }),
+            )?;
+            self.write_buf()?;
         }
+        self.sync_and_head()?;
+        if let Some(cause) = self.moved() {
+            self.reopen(cause)?;
+        }
+        Ok(())
+    }
+
+    fn sync_and_head(&mut self) -> Result<(), AuditError> {
         if self.unsynced {
             self.file.sync_data().map_err(|e| self.io("syncing", e))?;
             self.unsynced = false;
@@ -416,6 +669,91 @@ impl AuditLog {
             self.head = Some(head);
         }
         Ok(())
+    }
+
+    /// Whether the path no longer names the open file: `renamed` (another
+    /// file or none is there, and the open one still has a name) or
+    /// `deleted`. None when it does, or when it cannot be told.
+    fn moved(&self) -> Option<&'static str> {
+        let open = self.file.metadata().ok()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == open.dev() && m.ino() == open.ino() => None,
+            Ok(_) => Some(if open.nlink() == 0 {
+                "deleted"
+            } else {
+                "renamed"
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(if open.nlink() == 0 {
+                "deleted"
+            } else {
+                "renamed"
+            }),
+            Err(_) => None,
+        }
+    }
+
+    /// Opens the path again when the file there is no longer the one open
+    /// (`enforcer reload`, SIGHUP, and every flush check this); a no-op
+    /// otherwise. Everything waiting is written to the old file first.
+    pub fn reopen_if_moved(&mut self) -> Result<bool, AuditError> {
+        match self.moved() {
+            Some(cause) => {
+                self.write_buf()?;
+                self.sync_and_head()?;
+                self.reopen(cause)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Switches to a new file at the path, starting it with a `continued`
+    /// record. Only with nothing waiting (those records belong to the old
+    /// file's chain). A file at the path that already holds records is
+    /// appended to only when it ends with this chain's last record (a
+    /// copy); any other is refused and the old file kept.
+    fn reopen(&mut self, cause: &'static str) -> Result<(), AuditError> {
+        if !self.buf.is_empty() || self.dropping.is_some() {
+            return Ok(());
+        }
+        let file = open_locked(&self.path)?;
+        let (seq, hash, _, tail) = last_record(&file, &self.path)?;
+        if tail.last.is_some() || !tail.partial.is_empty() {
+            if seq == self.seq && hash == self.hash && tail.partial.is_empty() {
+                self.file = file;
+                self.reopens += 1;
+                return Ok(());
+            }
+            return Err(AuditError::Io {
+                path: self.path.clone(),
+                what: "opening it again after it was moved",
+                error: io::Error::other(format!(
+                    "the file now at the path holds other records (its last is seq {seq}); \
+                     still writing to the moved file {}",
+                    current_name(&self.file).unwrap_or_default()
+                )),
+            });
+        }
+        let previous_file = current_name(&self.file);
+        tracing::info!(
+            log = %self.path.display(),
+            previous = previous_file.as_deref().unwrap_or("?"),
+            cause,
+            "the audit log was moved; continuing its chain in a new file at its path"
+        );
+        self.file = file;
+        self.reopens += 1;
+        self.seal_record(
+            humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            Kind::Continued(Continued {
+                previous_file,
+                previous_seq: self.seq,
+                previous_hash: self.hash.clone(),
+                cause: cause.into(),
+            }),
+        )?;
+        self.write_buf()?;
+        self.sync_and_head()
     }
 
     fn write_head(&self, head: &Head) -> Result<(), AuditError> {
@@ -475,7 +813,23 @@ impl AuditLog {
         Appended {
             seq: self.seq,
             hash: self.hash.clone(),
+            dropped: false,
         }
+    }
+
+    /// Records dropped by this writer (see [`MAX_PENDING`]).
+    pub fn dropped(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Times this writer opened its path again after the file was moved.
+    pub fn reopens(&self) -> u64 {
+        self.reopens
+    }
+
+    /// The last write error, until a write succeeds.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
     }
 
     /// The head as last written (None before the first flush of a new log).

@@ -22,10 +22,13 @@ pub enum Output {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The audit log (JSON lines).
-    pub file: PathBuf,
-    /// Head file to check the log's end against (default: FILE.head when it
-    /// exists).
+    /// The audit log (JSON lines); several files of a rotated log are
+    /// verified as one chain, in the order given (oldest first, the file
+    /// the agent writes last).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Head file to check the log's end against (default: the last FILE's
+    /// FILE.head when it exists).
     #[arg(long, conflicts_with_all = ["no_head", "expect_seq"])]
     pub head: Option<PathBuf>,
     /// Check the end against this seq (recorded elsewhere) instead of a
@@ -57,7 +60,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         _ => HeadCheck::Auto,
     };
     // The error names FILE:LINE; nothing to add.
-    let summary = audit::verify(&args.file, check)?;
+    let summary = audit::verify_files(&args.files, check)?;
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Output::Text => print!("{}", text(&summary)),
@@ -92,8 +95,23 @@ pub fn text(s: &Summary) -> String {
             let _ = writeln!(o, "span:        - (empty log)");
         }
     }
+    if s.files.len() > 1 {
+        for f in &s.files {
+            let _ = writeln!(
+                o,
+                "  {}: {} records (seq {}..{})",
+                f.file, f.records, f.first_seq, f.last_seq
+            );
+        }
+    }
     let _ = writeln!(o, "tail:        {}", s.tail);
-    let _ = writeln!(o, "last hash:   {} (seq {})", s.last_hash, s.records);
+    let last_seq = s
+        .files
+        .iter()
+        .rev()
+        .find(|f| f.records > 0)
+        .map_or(0, |f| f.last_seq);
+    let _ = writeln!(o, "last hash:   {} (seq {last_seq})", s.last_hash);
     let _ = writeln!(o, "kinds:       {}", counts(&s.kinds));
     let _ = writeln!(
         o,
@@ -169,6 +187,27 @@ pub fn text(s: &Summary) -> String {
         None => {
             let _ = writeln!(o, "checkpoint:  none");
         }
+    }
+    let _ = writeln!(
+        o,
+        "gaps:        {} ({} records dropped while the log could not be written)",
+        s.gaps.records, s.gaps.dropped
+    );
+    for c in &s.continued {
+        let _ = writeln!(
+            o,
+            "continued:   {}:{} from {} (seq {}, {}{})",
+            c.file,
+            c.line,
+            c.previous_file.as_deref().unwrap_or("an earlier file"),
+            c.previous_seq,
+            c.cause,
+            if c.checked {
+                ", link checked"
+            } else {
+                ", link NOT checked"
+            }
+        );
     }
     if !s.warnings.is_empty() {
         let _ = writeln!(o, "warnings:");

@@ -188,6 +188,25 @@ fn print_agent(a: &serde_json::Value) {
     }
     println!("policy:     sha256 {}", s(&a["policy_sha256"]));
     println!("audit log:  {}", s(&a["audit_log"]));
+    for k in a["sinks"].as_array().into_iter().flatten() {
+        println!(
+            "sink:       {} {} {} (dropped {}, write errors {}, reopens {}{}){}",
+            s(&k["sink"]),
+            s(&k["path"]),
+            s(&k["state"]),
+            k["dropped"],
+            k["write_errors"],
+            k["reopens"],
+            match k["pending_bytes"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} bytes waiting"),
+                _ => String::new(),
+            },
+            match k["last_error"].as_str() {
+                Some(e) => format!("; last error: {e}"),
+                None => String::new(),
+            }
+        );
+    }
     println!(
         "loads:      {} ok, {} failed{}",
         s(&a["policy_loads"]["ok"]),

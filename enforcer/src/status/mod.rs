@@ -70,6 +70,8 @@ pub struct AgentStatus {
     /// Each source in force against its file on disk (see
     /// `agent::freshness`); empty until the first comparison.
     pub sources_on_disk: Vec<SourceOnDisk>,
+    /// The audit log's and the events sinks' health.
+    pub sinks: Vec<Arc<SinkHealth>>,
 }
 
 /// One GeoIP source in force and the file at its path now.
@@ -99,6 +101,67 @@ impl OnDisk {
             OnDisk::Differs { .. } => "differs",
             OnDisk::Unreadable { .. } => "unreadable",
         }
+    }
+}
+
+/// One sink's health (the audit log, the events file, stdout): written by
+/// the sink's writer after each write, read by `status` and the metrics.
+#[derive(Debug, Default)]
+pub struct SinkHealth {
+    /// `audit`, `events_file` or `events_stdout`: the metrics' `sink` label.
+    pub name: &'static str,
+    state: std::sync::Mutex<SinkState>,
+}
+
+/// What [`SinkHealth`] holds.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SinkState {
+    pub path: Option<std::path::PathBuf>,
+    /// The last write (or open) succeeded.
+    pub healthy: bool,
+    /// The last error, kept after the sink recovers (with its time).
+    pub last_error: Option<String>,
+    pub last_error_unix: Option<f64>,
+    /// Writes that failed.
+    pub write_errors: u64,
+    /// Records (audit) or events (events sinks) lost for good.
+    pub dropped: u64,
+    /// Times the file was opened again at its path (it was moved, deleted
+    /// or rotated).
+    pub reopens: u64,
+    /// Bytes waiting to be written (the audit log's bounded buffer).
+    pub pending_bytes: u64,
+}
+
+impl SinkHealth {
+    pub fn new(name: &'static str, path: Option<std::path::PathBuf>) -> Self {
+        SinkHealth {
+            name,
+            state: std::sync::Mutex::new(SinkState {
+                path,
+                healthy: true,
+                ..SinkState::default()
+            }),
+        }
+    }
+
+    /// Changes the state under the lock.
+    pub fn update(&self, f: impl FnOnce(&mut SinkState)) {
+        f(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Records a failed write: unhealthy, the error and its time.
+    pub fn failed(&self, error: String) {
+        self.update(|s| {
+            s.healthy = false;
+            s.write_errors += 1;
+            s.last_error = Some(error);
+            s.last_error_unix = Some(unix_now());
+        });
+    }
+
+    pub fn snapshot(&self) -> SinkState {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

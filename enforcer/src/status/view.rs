@@ -42,6 +42,20 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
         "last_error": s.last_error,
         "policy_sha256": s.policy_sha256,
         "audit_log": s.audit_file,
+        "sinks": s.sinks.iter().map(|h| {
+            let st = h.snapshot();
+            serde_json::json!({
+                "sink": h.name,
+                "path": st.path,
+                "state": if st.healthy { "ok" } else { "failing" },
+                "last_error": st.last_error,
+                "last_error_unix": st.last_error_unix,
+                "write_errors": st.write_errors,
+                "dropped": st.dropped,
+                "reopens": st.reopens,
+                "pending_bytes": st.pending_bytes,
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -31,5 +31,6 @@ mod overrides;
 mod packet_test_run;
 mod refresh;
 mod scope;
+mod sinks;
 mod starvation;
 mod unknown_and_exempt;
