@@ -67,6 +67,31 @@ pub struct AgentStatus {
     pub coverage_repairs: std::collections::BTreeMap<&'static str, u64>,
     /// When the coverage loop last compared the scope with the kernel.
     pub coverage_checked_unix: f64,
+    /// What the agent runs with after start (`None` before the drop).
+    pub privileges: Option<Privileges>,
+}
+
+/// The capabilities the running agent kept after start
+/// (`agent::privileges`), as `status` and the start log line report them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Privileges {
+    /// Effective (= permitted = bounding) capabilities, by name.
+    pub effective: Vec<String>,
+    /// Ambient and inheritable sets are empty.
+    pub ambient_cleared: bool,
+    pub no_new_privs: bool,
+    /// Threads checked when the set was read back.
+    pub threads_checked: usize,
+}
+
+impl std::fmt::Display for Privileges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.effective.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&self.effective.join(","))
+        }
+    }
 }
 
 /// One configured scope entry (a cgroup or an interface) and whether the

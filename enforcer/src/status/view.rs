@@ -42,6 +42,7 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
         "last_error": s.last_error,
         "policy_sha256": s.policy_sha256,
         "audit_log": s.audit_file,
+        "privileges": s.privileges,
     })
 }
 

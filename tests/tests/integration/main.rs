@@ -29,6 +29,7 @@ mod offline;
 mod operator;
 mod overrides;
 mod packet_test_run;
+mod privileges;
 mod scope;
 mod starvation;
 mod unknown_and_exempt;
