@@ -10,6 +10,10 @@
 //! audit log opened, all before the kernel is touched. Only then is the
 //! datapath loaded (or adopted) and the policy [applied](apply): the
 //! inactive slot written, verified and flipped, the programs attached.
+//! That start runs on a start-up runtime, which is shut down before the
+//! agent drops every capability it no longer needs ([`privileges`]); the
+//! serving runtime is built after the drop, so every thread that serves
+//! holds the reduced set.
 //!
 //! Once running, the agent takes its orders from signals (SIGHUP reloads,
 //! SIGTERM/SIGINT stop), from the file watch on the GeoIP sources, and from
