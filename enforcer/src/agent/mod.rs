@@ -91,7 +91,7 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         started?
     };
     let privileges =
-        match privileges::drop_after_start() {
+        match privileges::drop_after_start(&started.prepared.config.pin_dir) {
             Ok(p) => p,
             Err(e) => {
                 let e = e.context("dropping capabilities after start");

@@ -10,7 +10,9 @@
 //! the ring buffers, and files, sockets, inotify and rtnetlink that need
 //! no capability at all. [`KEPT`] is what the kernel checks for those,
 //! found by experiment on kernel 6.18 with `kernel.unprivileged_bpf_disabled`
-//! set; `docs/capabilities.md` gives each kernel check.
+//! set; `docs/capabilities.md` gives each kernel check. Kernels that still
+//! check that sysctl on every `bpf()` command (before 6.5) also need
+//! `CAP_BPF`, which a probe finds out just before the drop.
 //!
 //! Capabilities, the bounding set and no_new_privs belong to each thread,
 //! not to the process: `capset(2)` and `PR_CAPBSET_DROP` change the calling
@@ -41,14 +43,28 @@ pub const KEPT: &[(Capability, &str)] = &[(
      (bpf_prog_attach_check_attach_type): coverage repairs and reloads that add scope entries",
 )];
 
-/// The kept capabilities as a set.
-fn kept() -> CapsHashSet {
-    KEPT.iter().map(|&(c, _)| c).collect()
+/// The kept capabilities as a set, with `CAP_BPF` when this kernel needs
+/// it for the commands the agent still makes ([`bpf_needs_cap_bpf`]).
+fn kept_with(cap_bpf: bool) -> CapsHashSet {
+    let mut set: CapsHashSet = KEPT.iter().map(|&(c, _)| c).collect();
+    if cap_bpf {
+        set.insert(Capability::CAP_BPF);
+    }
+    set
 }
 
-/// The kept capabilities as a `/proc` capability mask.
+fn kept() -> CapsHashSet {
+    kept_with(false)
+}
+
+/// A set as a `/proc` capability mask.
+fn mask_of(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |m, c| m | c.bitmask())
+}
+
+/// The kept capabilities ([`KEPT`]) as a `/proc` capability mask.
 pub fn kept_mask() -> u64 {
-    KEPT.iter().fold(0, |m, &(c, _)| m | c.bitmask())
+    mask_of(&kept())
 }
 
 /// Names, in capability-number order (the order `/proc` and `capsh` use).
@@ -72,7 +88,7 @@ pub fn preflight() -> anyhow::Result<()> {
             names(&missing).join(", ")
         );
     }
-    let extra = bounding_extra()?;
+    let extra = bounding_extra(kept_mask())?;
     let effective = caps::read(None, CapSet::Effective).context("reading the effective set")?;
     if !extra.is_empty() && !effective.contains(&Capability::CAP_SETPCAP) {
         bail!(
@@ -84,12 +100,11 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Capability numbers in this thread's bounding set beyond [`KEPT`]
-/// (the kernel's own count: `cap_last_cap`, which may know capabilities
-/// the `caps` crate does not).
-fn bounding_extra() -> anyhow::Result<Vec<u32>> {
+/// Capability numbers in this thread's bounding set beyond `keep` (the
+/// kernel's own count: `cap_last_cap`, which may know capabilities the
+/// `caps` crate does not).
+fn bounding_extra(keep: u64) -> anyhow::Result<Vec<u32>> {
     let last = last_cap()?;
-    let keep = kept_mask();
     let mut extra = Vec::new();
     for index in 0..=last {
         if keep & (1 << index) != 0 {
@@ -121,22 +136,72 @@ fn last_cap() -> anyhow::Result<u32> {
     Ok(last.min(63))
 }
 
-/// Drops every capability but [`KEPT`] from the effective, permitted,
+/// Whether this kernel refuses `bpf()` commands on objects the agent
+/// holds without `CAP_BPF`: since Linux 6.5 `kernel.unprivileged_bpf_disabled`
+/// is checked only where maps are created and programs loaded, before
+/// that on every command. Found out rather than guessed from a version
+/// (distributions backport): a thread of its own lowers its effective set
+/// to [`KEPT`] and opens a pinned map of the datapath, then exits.
+fn bpf_needs_cap_bpf(pin_dir: &Path) -> anyhow::Result<bool> {
+    let pin_dir = pin_dir.to_owned();
+    let probe = std::thread::Builder::new()
+        .name("cap-probe".into())
+        .spawn(move || -> anyhow::Result<bool> {
+            caps::set(None, CapSet::Effective, &kept())
+                .context("lowering the probe thread's effective set")?;
+            match crate::datapath::open_pinned(&pin_dir, enforcer_common::layout::CONFIG) {
+                Ok(_) => Ok(false),
+                Err(crate::datapath::DatapathError::Permission { .. }) => Ok(true),
+                Err(e) => Err(anyhow::anyhow!("probing bpf() without CAP_BPF: {e}")),
+            }
+        })
+        .context("starting the capability probe thread")?;
+    probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("the capability probe thread panicked"))?
+}
+
+/// Waits (briefly) until this process has one thread: a joined thread may
+/// still be listed for a moment while the kernel tears it down.
+fn wait_single_thread() -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let threads = task_ids()?;
+        if threads.len() == 1 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "cannot drop capabilities: {} threads run, and capabilities are per thread (one is needed)",
+                threads.len()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Drops every capability but [`KEPT`] (and `CAP_BPF` where the kernel
+/// needs it, see [`bpf_needs_cap_bpf`]) from the effective, permitted,
 /// inheritable, ambient and bounding sets, sets no_new_privs, and reads
 /// the result back from every thread. Must run with one thread left.
-pub fn drop_after_start() -> anyhow::Result<Privileges> {
-    let threads = task_ids()?;
-    if threads.len() != 1 {
-        bail!(
-            "cannot drop capabilities: {} threads run, and capabilities are per thread (one is needed)",
-            threads.len()
+pub fn drop_after_start(pin_dir: &Path) -> anyhow::Result<Privileges> {
+    // Before anything changes: with other threads running, change nothing.
+    if task_ids()?.len() != 1 {
+        wait_single_thread()?;
+    }
+    let cap_bpf = bpf_needs_cap_bpf(pin_dir)?;
+    if cap_bpf {
+        tracing::info!(
+            "this kernel checks kernel.unprivileged_bpf_disabled on every bpf() command: keeping CAP_BPF"
         );
     }
+    wait_single_thread()?;
+    let kept = kept_with(cap_bpf);
+    let keep = mask_of(&kept);
     // Bounding first: dropping from it needs CAP_SETPCAP in the effective
     // set, which the capset below removes.
     let last = last_cap()?;
-    let keep = kept_mask();
-    for index in bounding_extra()? {
+    for index in bounding_extra(keep)? {
         // SAFETY: PR_CAPBSET_DROP changes one flag of this thread.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(index), 0, 0, 0) };
         if rc != 0 {
@@ -146,7 +211,6 @@ pub fn drop_after_start() -> anyhow::Result<Privileges> {
     }
     caps::clear(None, CapSet::Ambient).context("clearing the ambient set")?;
     caps::clear(None, CapSet::Inheritable).context("clearing the inheritable set")?;
-    let kept = kept();
     // Effective before permitted: the effective set must stay a subset of
     // the permitted one at every capset.
     caps::set(None, CapSet::Effective, &kept).context("setting the effective set")?;
@@ -302,7 +366,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let other = std::thread::spawn(move || rx.recv());
         let before = caps::read(None, CapSet::Effective).expect("capget");
-        let e = drop_after_start().expect_err("two threads at least");
+        let e = drop_after_start(Path::new("/nonexistent")).expect_err("two threads at least");
         assert!(format!("{e:#}").contains("per thread"), "{e:#}");
         assert_eq!(caps::read(None, CapSet::Effective).expect("capget"), before);
         drop(tx);
