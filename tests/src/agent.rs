@@ -174,7 +174,7 @@ impl Agent {
         pin_dir: &Path,
         netns: Option<&str>,
     ) -> Result<Agent, StartFailure> {
-        Self::spawn(binary, config, pin_dir, netns, None)
+        Self::spawn(binary, config, pin_dir, netns, &|_| {})
     }
 
     /// [`Agent::start_with`] with the open-files limit (soft and hard) set
@@ -184,7 +184,19 @@ impl Agent {
         pin_dir: &Path,
         nofile: u64,
     ) -> Result<Agent, StartFailure> {
-        Self::spawn(&enforcer_binary(), config, pin_dir, None, Some(nofile))
+        Self::spawn(&enforcer_binary(), config, pin_dir, None, &|cmd| {
+            crate::exec_as::limit_open_files(cmd, nofile)
+        })
+    }
+
+    /// [`Agent::start_with`] with `customise` applied to the command
+    /// before it is spawned (e.g. [`crate::exec_as::drop_bounding`]).
+    pub fn start_customised(
+        config: &Path,
+        pin_dir: &Path,
+        customise: &dyn Fn(&mut Command),
+    ) -> Result<Agent, StartFailure> {
+        Self::spawn(&enforcer_binary(), config, pin_dir, None, customise)
     }
 
     fn spawn(
@@ -192,7 +204,7 @@ impl Agent {
         config: &Path,
         pin_dir: &Path,
         netns: Option<&str>,
-        nofile: Option<u64>,
+        customise: &dyn Fn(&mut Command),
     ) -> Result<Agent, StartFailure> {
         let dir = config.parent().expect("config dir");
         let notify_path = dir.join(format!("notify-{}.sock", std::process::id()));
@@ -213,9 +225,7 @@ impl Agent {
         if let Some(ns) = netns {
             crate::sandbox::enter(&mut cmd, ns, None);
         }
-        if let Some(n) = nofile {
-            crate::exec_as::limit_open_files(&mut cmd, n);
-        }
+        customise(&mut cmd);
         let child = cmd.spawn().expect("spawn enforcer run");
         let mut child = Some(child);
         let log = || fs::read_to_string(&stderr_path).unwrap_or_default();

@@ -119,6 +119,21 @@ pub fn limit_open_files(cmd: &mut Command, n: u64) {
     }
 }
 
+/// Removes capability number `cap` from `cmd`'s bounding set, as a
+/// service manager's `CapabilityBoundingSet=` would (root then execs
+/// without it).
+pub fn drop_bounding(cmd: &mut Command, cap: u32) {
+    // SAFETY: only an async-signal-safe call between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::MetadataExt as _;

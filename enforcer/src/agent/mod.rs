@@ -10,6 +10,10 @@
 //! audit log opened, all before the kernel is touched. Only then is the
 //! datapath loaded (or adopted) and the policy [applied](apply): the
 //! inactive slot written, verified and flipped, the programs attached.
+//! That start runs on a start-up runtime, which is shut down before the
+//! agent drops every capability it no longer needs ([`privileges`]); the
+//! serving runtime is built after the drop, so every thread that serves
+//! holds the reduced set.
 //!
 //! Once running, the agent takes its orders from signals (SIGHUP reloads,
 //! SIGTERM/SIGINT stop), from the file watch on the GeoIP sources, and from
@@ -26,6 +30,7 @@ mod control;
 mod coverage;
 mod freshness;
 mod prepare;
+mod privileges;
 mod records;
 
 use std::{
@@ -69,14 +74,52 @@ const RECENT_EVENTS: usize = 1000;
 /// Runs the agent with the config at `config` (the embedded default
 /// without one) until SIGTERM or SIGINT. Enforcement stays in place when
 /// it returns.
+///
+/// Two runtimes, one after the other: the privileged start (load, attach,
+/// pin, bind) runs on a start-up runtime, which is then shut down so that
+/// one thread is left; that thread drops every capability the agent no
+/// longer needs ([`privileges`]), and only then is the serving runtime
+/// built, whose threads all inherit the reduced sets.
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Before the kernel is touched: a start that could not drop its
+    // capabilities afterwards changes nothing.
+    privileges::preflight().context("least privilege")?;
+    let started = {
+        let runtime = async_runtime("start-up")?;
+        let started = runtime.block_on(start(config));
+        // Joins the start-up runtime's workers and blocking threads.
+        drop(runtime);
+        started?
+    };
+    let privileges =
+        match privileges::drop_after_start(&started.prepared.config.pin_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = e.context("dropping capabilities after start");
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "refusing to run with capabilities it does not need; enforcement stays in place"
+                );
+                started.audit.record_flush(Kind::AgentStop(audit::AgentStop {
+                reason: format!(
+                    "cannot drop capabilities after start ({e:#}); enforcement stays in place"
+                ),
+            }));
+                return Err(e);
+            }
+        };
+    let runtime = async_runtime("serving")?;
+    runtime.block_on(serve(started, privileges))
+}
+
+/// The agent's tokio runtime: two workers, I/O, time and signals.
+fn async_runtime(what: &str) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(main(config))
+        .with_context(|| format!("starting the {what} runtime"))
 }
 
 /// Raises the soft limit of open files to the hard one (1,024 is the usual
@@ -101,7 +144,30 @@ fn raise_fd_limit() {
     }
 }
 
-async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// What the privileged start hands to the serving runtime: nothing in it
+/// is tied to the start-up runtime (the listeners are std sockets, the
+/// signal streams are the process-wide registry's).
+struct Started {
+    config_path: Option<PathBuf>,
+    prepared: Prepared,
+    signals: Signals,
+    listener: std::net::TcpListener,
+    metrics_addr: std::net::SocketAddr,
+    control_socket: control_server::ControlSocket,
+    runtime: RuntimeState,
+    audit: SharedAudit,
+    status: SharedStatus,
+    dp: Datapath,
+    overrides: Vec<(u64, Mode)>,
+    /// Not yet registered with any runtime (see [`Watcher`]): it is
+    /// waited on by the serving one.
+    watcher: Option<Watcher>,
+}
+
+/// The privileged start: prepare, bind, open, load or adopt, apply.
+async fn start(config_path: Option<PathBuf>) -> anyhow::Result<Started> {
+    // Installed first, and kept across the runtimes: a SIGHUP during
+    // start-up must not kill the agent, and is served once it runs.
     let signals = Signals::install()?;
     let prepared = prepare_blocking(config_path.clone()).await?;
     let config = &prepared.config;
@@ -115,6 +181,9 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let metrics_addr = listener
         .local_addr()
         .context("reading the metrics listener's address")?;
+    let listener = listener
+        .into_std()
+        .context("handing the metrics listener over")?;
     let pin_dir = config.pin_dir.clone();
     let runtime_path = config.run_dir.join(paths::RUNTIME_MODE_NAME);
     let mut runtime = RuntimeState {
@@ -132,9 +201,45 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ..AgentStatus::default()
     }));
 
-    let (mut dp, overrides) = tokio::task::block_in_place(|| {
+    let (dp, overrides) = tokio::task::block_in_place(|| {
         start_datapath(&pin_dir, &prepared, &status, &mut runtime, &audit)
     })?;
+    Ok(Started {
+        config_path,
+        prepared,
+        signals,
+        listener,
+        metrics_addr,
+        control_socket,
+        runtime,
+        audit,
+        status,
+        dp,
+        overrides,
+        watcher,
+    })
+}
+
+/// Serves, with the reduced capabilities, until SIGTERM or SIGINT.
+async fn serve(started: Started, privileges: privileges::Privileges) -> anyhow::Result<()> {
+    let Started {
+        config_path,
+        prepared,
+        signals,
+        listener,
+        metrics_addr,
+        control_socket,
+        runtime,
+        audit,
+        status,
+        mut dp,
+        overrides,
+        watcher,
+    } = started;
+    let pin_dir = prepared.config.pin_dir.clone();
+    let listener =
+        tokio::net::TcpListener::from_std(listener).context("serving the metrics listener")?;
+    status.write().unwrap_or_else(|e| e.into_inner()).privileges = Some(privileges.clone());
     // The first look at the scope before READY: `status` shows every
     // entry (covered or waiting) from the start.
     let mut coverage = Coverage::new(&prepared.config, &overrides);
@@ -155,6 +260,8 @@ async fn main(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         metrics = %format!("http://{metrics_addr}/metrics"),
         control = %control_path.display(),
         pin_dir = %pin_dir.display(),
+        capabilities = %privileges,
+        no_new_privs = privileges.no_new_privs,
         "enforcer running"
     );
     let mut agent = Running {

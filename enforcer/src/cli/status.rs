@@ -76,6 +76,24 @@ fn print_agent(a: &serde_json::Value) {
             ""
         }
     );
+    let p = &a["privileges"];
+    if !p.is_null() {
+        let caps: Vec<String> = p["effective"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
+        println!(
+            "privileges: {} (no_new_privs {}; docs/capabilities.md)",
+            if caps.is_empty() {
+                "no capabilities".to_owned()
+            } else {
+                caps.join(" ")
+            },
+            s(&p["no_new_privs"])
+        );
+    }
     let source = |v: &serde_json::Value| match v.as_str() {
         Some("runtime") => "switched with `enforcer mode`",
         _ => "from the config",

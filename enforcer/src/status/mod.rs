@@ -72,6 +72,8 @@ pub struct AgentStatus {
     pub sources_on_disk: Vec<SourceOnDisk>,
     /// The audit log's and the events sinks' health.
     pub sinks: Vec<Arc<SinkHealth>>,
+    /// What the agent runs with after start (`None` before the drop).
+    pub privileges: Option<Privileges>,
 }
 
 /// One GeoIP source in force and the file at its path now.
@@ -162,6 +164,29 @@ impl SinkHealth {
 
     pub fn snapshot(&self) -> SinkState {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The capabilities the running agent kept after start
+/// (`agent::privileges`), as `status` and the start log line report them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Privileges {
+    /// Effective (= permitted = bounding) capabilities, by name.
+    pub effective: Vec<String>,
+    /// Ambient and inheritable sets are empty.
+    pub ambient_cleared: bool,
+    pub no_new_privs: bool,
+    /// Threads checked when the set was read back.
+    pub threads_checked: usize,
+}
+
+impl std::fmt::Display for Privileges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.effective.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&self.effective.join(","))
+        }
     }
 }
 

@@ -56,6 +56,7 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
                 "pending_bytes": st.pending_bytes,
             })
         }).collect::<Vec<_>>(),
+        "privileges": s.privileges,
     })
 }
 

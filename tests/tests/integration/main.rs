@@ -29,6 +29,7 @@ mod offline;
 mod operator;
 mod overrides;
 mod packet_test_run;
+mod privileges;
 mod refresh;
 mod scope;
 mod sinks;
