@@ -387,7 +387,11 @@ mod tests {
             ("2a00::/16".parse().expect("net"), cc("FR")),
             ("2a01::1/128".parse().expect("net"), cc("DE")),
         ]);
-        let geo = GeoTable { v4, v6 };
+        let geo = GeoTable {
+            v4,
+            v6,
+            aliases: geoip::Aliases::NONE,
+        };
         let f = build(&geo).expect("build");
         let (fr, de, it) = (
             country_index(cc("FR")),
@@ -496,6 +500,7 @@ mod tests {
             let geo = GeoTable {
                 v4: random_v4(&mut rng, 500 + round * 20_000),
                 v6: random_v6(&mut rng, 500 + round * 10_000),
+                aliases: geoip::Aliases::NONE,
             };
             let f = build(&geo).expect("build");
 
