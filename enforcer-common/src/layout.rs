@@ -78,6 +78,19 @@ pub const CFG_OVERRIDES: u32 = 6;
 /// `CONFIG[CFG_GEO6_FINE_LEN[slot]]`: how many entries of `GEO6_FINE_<slot>` are
 /// in use (the binary search's upper bound).
 pub const CFG_GEO6_FINE_LEN: [u32; 2] = [8, 9];
+/// `CONFIG[CFG_GEO_ALIASES[slot]]`: the IPv6 ranges the GeoIP data of
+/// `slot` locates through its IPv4 table, by the IPv4 address they carry
+/// (bits [`ALIAS_V4_COMPATIBLE`], [`ALIAS_TEREDO`], [`ALIAS_6TO4`]), as
+/// the database does (`geoip::Aliases`). Written with the slot's tables,
+/// before the flip. Added without a layout bump: a word an older agent
+/// never wrote is 0, no alias, which is what its programs did.
+pub const CFG_GEO_ALIASES: [u32; 2] = [10, 11];
+/// `::/96` (IPv4-compatible): the last 32 bits.
+pub const ALIAS_V4_COMPATIBLE: u32 = 1;
+/// `2001::/32` (Teredo): bits 32..64, the Teredo server.
+pub const ALIAS_TEREDO: u32 = 2;
+/// `2002::/16` (6to4): bits 16..48.
+pub const ALIAS_6TO4: u32 = 4;
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 

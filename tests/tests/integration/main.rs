@@ -31,4 +31,5 @@ mod overrides;
 mod packet_test_run;
 mod scope;
 mod starvation;
+mod tunnelled;
 mod unknown_and_exempt;
