@@ -42,8 +42,11 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   `GEO4_TREE` (were `GEO4`, `GEO4E`), `GEO6_INDEX`, `GEO6_LEAVES` and
 ///   `GEO6_FINE` (were `GEO6I`, `GEO6`, `GEO6F`), `RULE_BITMAP` (was
 ///   `RULES16`), `MODE_OVERRIDES` (was `MODE_BY_CG`), `SOCK_VERDICT` (was
-///   `SK_VERDICT`). Earlier entries use today's names.
-pub const LAYOUT_VERSION: u32 = 8;
+///   `SK_VERDICT`). Earlier entries use today's names;
+/// - 9: events say their direction and local port ([`Event::direction`],
+///   [`Event::sport`]; 88 bytes, were 80), so a v8 `EVENTS` ring would be
+///   misread.
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -465,8 +468,21 @@ pub struct Event {
     pub outcome: u8,
     pub mode: u8,
     pub source: u8,
-    pub _pad: [u8; 2],
+    /// [`DIRECTION_OUTBOUND`] or [`DIRECTION_INBOUND`] (an answer from a
+    /// socket that accepted the connection).
+    pub direction: u8,
+    pub _pad0: u8,
+    /// The local port, host byte order; 0 when there is none yet (a
+    /// `connect()` before the kernel picked the ephemeral port) or at all.
+    pub sport: u16,
+    pub _pad: [u8; 6],
 }
+
+/// [`Event::direction`]: traffic the scope started.
+pub const DIRECTION_OUTBOUND: u8 = 0;
+/// [`Event::direction`]: an answer to a connection the scope accepted (a
+/// TCP SYN-ACK, which only the accepting side sends).
+pub const DIRECTION_INBOUND: u8 = 1;
 
 /// The per-CPU token bucket limiting events.
 #[repr(C)]
@@ -501,7 +517,7 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 8);
 const _: () = assert!(core::mem::size_of::<Geo6Block>() == 18 * GEO6_BLOCK);
 const _: () = assert!(core::mem::size_of::<Geo6Leaf>() == 64);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<FaultState>() == 16);
 const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);
