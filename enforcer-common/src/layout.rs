@@ -42,8 +42,11 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   `GEO4_TREE` (were `GEO4`, `GEO4E`), `GEO6_INDEX`, `GEO6_LEAVES` and
 ///   `GEO6_FINE` (were `GEO6I`, `GEO6`, `GEO6F`), `RULE_BITMAP` (was
 ///   `RULES16`), `MODE_OVERRIDES` (was `MODE_BY_CG`), `SOCK_VERDICT` (was
-///   `SK_VERDICT`). Earlier entries use today's names.
-pub const LAYOUT_VERSION: u32 = 8;
+///   `SK_VERDICT`). Earlier entries use today's names;
+/// - 9: events say their direction and local port ([`Event::direction`],
+///   [`Event::sport`]; 88 bytes, were 80), so a v8 `EVENTS` ring would be
+///   misread.
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -78,6 +81,19 @@ pub const CFG_OVERRIDES: u32 = 6;
 /// `CONFIG[CFG_GEO6_FINE_LEN[slot]]`: how many entries of `GEO6_FINE_<slot>` are
 /// in use (the binary search's upper bound).
 pub const CFG_GEO6_FINE_LEN: [u32; 2] = [8, 9];
+/// `CONFIG[CFG_GEO_ALIASES[slot]]`: the IPv6 ranges the GeoIP data of
+/// `slot` locates through its IPv4 table, by the IPv4 address they carry
+/// (bits [`ALIAS_V4_COMPATIBLE`], [`ALIAS_TEREDO`], [`ALIAS_6TO4`]), as
+/// the database does (`geoip::Aliases`). Written with the slot's tables,
+/// before the flip. Added without a layout bump: a word an older agent
+/// never wrote is 0, no alias, which is what its programs did.
+pub const CFG_GEO_ALIASES: [u32; 2] = [10, 11];
+/// `::/96` (IPv4-compatible): the last 32 bits.
+pub const ALIAS_V4_COMPATIBLE: u32 = 1;
+/// `2001::/32` (Teredo): bits 32..64, the Teredo server.
+pub const ALIAS_TEREDO: u32 = 2;
+/// `2002::/16` (6to4): bits 16..48.
+pub const ALIAS_6TO4: u32 = 4;
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -452,8 +468,21 @@ pub struct Event {
     pub outcome: u8,
     pub mode: u8,
     pub source: u8,
-    pub _pad: [u8; 2],
+    /// [`DIRECTION_OUTBOUND`] or [`DIRECTION_INBOUND`] (an answer from a
+    /// socket that accepted the connection).
+    pub direction: u8,
+    pub _pad0: u8,
+    /// The local port, host byte order; 0 when there is none yet (a
+    /// `connect()` before the kernel picked the ephemeral port) or at all.
+    pub sport: u16,
+    pub _pad: [u8; 6],
 }
+
+/// [`Event::direction`]: traffic the scope started.
+pub const DIRECTION_OUTBOUND: u8 = 0;
+/// [`Event::direction`]: an answer to a connection the scope accepted (a
+/// TCP SYN-ACK, which only the accepting side sends).
+pub const DIRECTION_INBOUND: u8 = 1;
 
 /// The per-CPU token bucket limiting events.
 #[repr(C)]
@@ -488,7 +517,7 @@ const _: () = assert!(core::mem::size_of::<Rule>() == 8);
 const _: () = assert!(core::mem::size_of::<Geo6Block>() == 18 * GEO6_BLOCK);
 const _: () = assert!(core::mem::size_of::<Geo6Leaf>() == 64);
 const _: () = assert!(core::mem::size_of::<SockVerdict>() == 64);
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<FaultState>() == 16);
 const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);

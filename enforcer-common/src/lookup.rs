@@ -20,10 +20,38 @@
 use core::{borrow::Borrow, hint::black_box};
 
 use crate::{
-    COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_SPLIT, GEO4_TREE_CAPACITY, GEO4_TREE_DEPTH,
-    GEO4_TREE_LINE, GEO6_BLOCK, GEO6_FINE_STEPS, GEO6_INDEX_CHILDREN, GEO6_INDEX_LEVELS,
-    GEO6_INDEX_OFFSET, GEO6_LEAF_KEYS, GEO6_SPLIT, Geo6Leaf, UNKNOWN_COUNTRY,
+    ALIAS_6TO4, ALIAS_TEREDO, ALIAS_V4_COMPATIBLE, COUNTRY_SLOTS, GEO4_DEPTH_SHIFT, GEO4_SPLIT,
+    GEO4_TREE_CAPACITY, GEO4_TREE_DEPTH, GEO4_TREE_LINE, GEO6_BLOCK, GEO6_FINE_STEPS,
+    GEO6_INDEX_CHILDREN, GEO6_INDEX_LEVELS, GEO6_INDEX_OFFSET, GEO6_LEAF_KEYS, GEO6_SPLIT,
+    Geo6Leaf, UNKNOWN_COUNTRY,
 };
+
+/// Whether `a` (network order) is in one of the ranges a database may
+/// locate through its IPv4 table (`::/96`, `2001::/32`, `2002::/16`): the
+/// cheap test before the `CONFIG` word of the slot's aliases is read.
+#[inline(always)]
+pub fn may_alias(a: &[u8; 16]) -> bool {
+    (a[0] == 0x20 && (a[1] == 2 || (a[1] == 1 && a[2] | a[3] == 0)))
+        || a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] | a[10] | a[11] == 0
+}
+
+/// The alias bit (`CFG_GEO_ALIASES`) and the IPv4 address `a` is located
+/// by, when `a` is in one of the ranges in `aliases`; None otherwise.
+#[inline(always)]
+pub fn aliased_v4(aliases: u32, a: &[u8; 16]) -> Option<(u32, [u8; 4])> {
+    if aliases & ALIAS_6TO4 != 0 && a[0] == 0x20 && a[1] == 2 {
+        return Some((ALIAS_6TO4, [a[2], a[3], a[4], a[5]]));
+    }
+    if aliases & ALIAS_TEREDO != 0 && a[0] == 0x20 && a[1] == 1 && a[2] | a[3] == 0 {
+        return Some((ALIAS_TEREDO, [a[4], a[5], a[6], a[7]]));
+    }
+    if aliases & ALIAS_V4_COMPATIBLE != 0
+        && a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] | a[10] | a[11] == 0
+    {
+        return Some((ALIAS_V4_COMPATIBLE, [a[12], a[13], a[14], a[15]]));
+    }
+    None
+}
 
 /// A country index as read from a table, or [`UNKNOWN_COUNTRY`] when out
 /// of range (a corrupt value): it would index another slot's policy.
@@ -432,6 +460,26 @@ mod tests {
     fn c4(t: &T4, ip: u32) -> u16 {
         let Ok(c) = country4(t, ip);
         c
+    }
+
+    #[test]
+    fn aliases_carry_their_ipv4_address() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let all = ALIAS_6TO4 | ALIAS_TEREDO | ALIAS_V4_COMPATIBLE;
+        for (a, want) in [
+            ("2002:c612:1::1", Some((ALIAS_6TO4, [198, 18, 0, 1]))),
+            ("2001:0:c612:1::1", Some((ALIAS_TEREDO, [198, 18, 0, 1]))),
+            ("::198.18.0.1", Some((ALIAS_V4_COMPATIBLE, [198, 18, 0, 1]))),
+            ("2001:1::1", None),
+            ("2001:db8::1", None),
+            ("::ffff:198.18.0.1", None),
+            ("2003::1", None),
+        ] {
+            assert_eq!(aliased_v4(all, &v6(a)), want, "{a}");
+            assert_eq!(may_alias(&v6(a)), want.is_some(), "{a}");
+            assert_eq!(aliased_v4(0, &v6(a)), None, "{a}");
+        }
+        assert_eq!(aliased_v4(ALIAS_TEREDO, &v6("2002:c612:1::1")), None);
     }
 
     #[test]

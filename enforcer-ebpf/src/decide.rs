@@ -8,7 +8,9 @@
 //!    in precedence order (skipped when the slot's `RULE_BITMAP` bitmap says no
 //!    rule overlaps the destination's first 16 bits);
 //! 3. the GeoIP flat tables of the active slot -> country index (0 unknown;
-//!    `geo.rs`);
+//!    `geo.rs`); an IPv6 address the slot's database locates through its
+//!    IPv4 tree (6to4, Teredo, IPv4-compatible) by the IPv4 address it
+//!    carries;
 //! 4. the policy table of the active slot [country] -> approved or not (entry
 //!    0 holds the configured `unknown` policy);
 //! 5. the mode (the global one, or a per-cgroup override, which the hook
@@ -19,8 +21,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::maps::{LpmTrie, lpm_trie::Key};
 use enforcer_common::{
-    APPROVED, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family, Fault, Mode,
-    Outcome, RULE_BITMAP_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY,
+    APPROVED, CFG_GEO_ALIASES, CFG_SLOT, COUNTRY_SLOTS, DEST_CACHE_SLOTS, DestCacheEntry, Family,
+    Fault, Mode, Outcome, RULE_BITMAP_WORDS, Rule, RuleKind, Source, UNKNOWN_COUNTRY, lookup,
 };
 
 use crate::{
@@ -269,8 +271,24 @@ impl Geo for [u8; 4] {
 }
 
 impl Geo for [u8; 16] {
+    /// An address in a range the slot's database locates through its IPv4
+    /// table (6to4, Teredo, IPv4-compatible; `CFG_GEO_ALIASES`) is looked
+    /// up by the IPv4 address it carries, as the database does; only the
+    /// GeoIP step changes: the exception rules matched the IPv6 address,
+    /// and counters and events keep it as IPv6. The `CONFIG` word is read
+    /// only for addresses in those ranges.
     #[inline(always)]
     fn country(self, slot: u32) -> u16 {
+        if lookup::may_alias(&self) {
+            let word = if slot == 0 {
+                CFG_GEO_ALIASES[0]
+            } else {
+                CFG_GEO_ALIASES[1]
+            };
+            if let Some((_, v4)) = lookup::aliased_v4(config(word), &self) {
+                return country4(slot, v4);
+            }
+        }
         country6(slot, &self)
     }
 

@@ -66,6 +66,10 @@ pub struct Target {
     pub protocol: u8,
     /// The packet's size from the IP header on; 0 for a connection.
     pub bytes: u32,
+    /// The local port, host order; 0 when there is none (yet).
+    pub sport: u16,
+    /// `DIRECTION_OUTBOUND` or `DIRECTION_INBOUND`.
+    pub direction: u8,
 }
 
 /// Fills the fields every hook's event has: the decision `d` in `hook`
@@ -85,6 +89,8 @@ pub fn describe(e: &mut Event, hook: Hook, d: &Decision, to: Target) {
     e.outcome = d.outcome as u8;
     e.mode = d.mode as u8;
     e.source = d.source as u8;
+    e.sport = to.sport;
+    e.direction = to.direction;
 }
 
 /// Emits the event `fill` describes (its time is set here; the hooks fill
@@ -106,25 +112,17 @@ pub fn emit(fill: impl FnOnce(&mut Event)) {
         suppressed(EVENT_SUPPRESSED_FULL);
         return;
     };
-    let mut event = Event {
-        time_ns: now,
-        cgroup_id: 0,
-        pid_tgid: 0,
-        uid_gid: 0,
-        daddr: [0; 16],
-        comm: [0; 16],
-        bytes: 0,
-        dport: 0,
-        country: 0,
-        hook: 0,
-        family: 0,
-        protocol: 0,
-        outcome: 0,
-        mode: 0,
-        source: 0,
-        _pad: [0; 2],
-    };
-    fill(&mut event);
-    entry.write(event);
+    // Built in the reserved record itself, not on the stack: the 88-byte
+    // record on top of a hook's frame passed the verifier's 512-byte
+    // limit (connect6: 528).
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reservation is `size_of::<Event>()` writable bytes;
+    // zeroed first, so every field (padding included) is initialised
+    // before `fill` sees a reference to it.
+    unsafe {
+        core::ptr::write_bytes(event, 0, 1);
+        (*event).time_ns = now;
+        fill(&mut *event);
+    }
     entry.submit(0);
 }

@@ -48,6 +48,10 @@ pub struct Packet {
     pub protocol: u8,
     /// Destination port for TCP, UDP and SCTP; 0 otherwise.
     pub dport: u16,
+    /// Source (local) port for TCP, UDP and SCTP; 0 otherwise.
+    pub sport: u16,
+    /// A TCP SYN-ACK: the answer of a socket that accepted a connection.
+    pub synack: bool,
 }
 
 /// Parses the IP header at `base`. `ethertype` is `skb->protocol` (network
@@ -75,15 +79,17 @@ pub fn parse(
             let protocol = h[9];
             // Only the first fragment carries the transport header.
             let first_fragment = (((h[6] & 0x1f) as u16) << 8 | h[7] as u16) == 0;
-            let dport = if first_fragment {
-                port(protocol, base + ihl, load)
+            let (sport, dport, synack) = if first_fragment {
+                ports(protocol, base + ihl, load)
             } else {
-                0
+                (0, 0, false)
             };
             Some(Packet {
                 dest: Dest::V4([h[16], h[17], h[18], h[19]]),
                 protocol,
                 dport,
+                sport,
+                synack,
             })
         }
         ETH_P_IPV6 => {
@@ -97,23 +103,47 @@ pub fn parse(
             let mut d = [0u8; 16];
             d.copy_from_slice(&h[24..40]);
             let protocol = h[6];
-            // Extension headers are not walked: the port is for events only.
+            // Extension headers are not walked: the ports are for events only.
+            let (sport, dport, synack) = ports(protocol, base + 40, load);
             Some(Packet {
                 dest: Dest::from_v6(d),
                 protocol,
-                dport: port(protocol, base + 40, load),
+                dport,
+                sport,
+                synack,
             })
         }
         _ => None,
     }
 }
 
+/// Source and destination port (TCP, UDP, SCTP) and whether a TCP
+/// segment is a SYN-ACK (flags at offset 13: SYN 0x02, ACK 0x10).
 #[inline(always)]
-fn port(protocol: u8, l4: usize, load: &impl Load) -> u16 {
+fn ports(protocol: u8, l4: usize, load: &impl Load) -> (u16, u16, bool) {
     if !matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
-        return 0;
+        return (0, 0, false);
     }
-    load.read::<[u8; 2]>(l4 + 2)
-        .map(u16::from_be_bytes)
-        .unwrap_or(0)
+    // A TCP header has at least 20 bytes: its flags are read with its
+    // ports, in one read (a separate one-byte read through
+    // bpf_skb_load_bytes left the verifier an unread register).
+    if protocol == IPPROTO_TCP {
+        return match load.read::<[u8; 14]>(l4) {
+            Some(h) => (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+                h[13] & 0x12 == 0x12,
+            ),
+            None => (0, 0, false),
+        };
+    }
+    let Some(p) = load.read::<[u8; 4]>(l4) else {
+        return (0, 0, false);
+    };
+    let synack = false;
+    (
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+        synack,
+    )
 }

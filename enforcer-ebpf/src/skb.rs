@@ -20,7 +20,10 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use enforcer_common::{CFG_GENERATION, Family, Fault, Hook, Mode, Outcome, SockVerdict, Source};
+use enforcer_common::{
+    CFG_GENERATION, DIRECTION_INBOUND, DIRECTION_OUTBOUND, Family, Fault, Hook, Mode, Outcome,
+    SockVerdict, Source,
+};
 
 use crate::{
     counters::count_packet,
@@ -117,6 +120,12 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
                 dport: p.dport,
                 protocol: p.protocol,
                 bytes: len,
+                sport: p.sport,
+                direction: if p.synack {
+                    DIRECTION_INBOUND
+                } else {
+                    DIRECTION_OUTBOUND
+                },
             };
             events::describe(e, Hook::SkbEgress, &d, to);
             // SAFETY: the helper reads the socket's cgroup from the context.

@@ -14,7 +14,7 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use enforcer_common::{CFG_GENERATION, Fault, Hook, SockVerdict};
+use enforcer_common::{CFG_GENERATION, DIRECTION_OUTBOUND, Fault, Hook, SockVerdict};
 
 use crate::{
     counters::count_connection,
@@ -77,12 +77,18 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     // SAFETY: a valid context; user_port and protocol are 4-byte loads.
     let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+    // The socket's local port (0 until bound: connect() binds after this
+    // hook). SAFETY: `sk` is a full socket in sock_addr programs; src_port
+    // is a 4-byte context load, host byte order.
+    let sport = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
     events::emit(|e| {
         let to = Target {
             daddr: dest.bytes(),
             dport: u16::from_be(port as u16),
             protocol: protocol as u8,
             bytes: 0,
+            sport,
+            direction: DIRECTION_OUTBOUND,
         };
         events::describe(e, hook, &d, to);
         // SAFETY: reads the current task's cgroup id.

@@ -28,7 +28,7 @@
 //!   are reported as events with no process, uid or cgroup (there is none).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
-use enforcer_common::{CFG_GENERATION, Hook};
+use enforcer_common::{CFG_GENERATION, DIRECTION_INBOUND, DIRECTION_OUTBOUND, Hook};
 
 use crate::{
     counters::count_packet,
@@ -86,6 +86,12 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
                 dport: p.dport,
                 protocol: p.protocol,
                 bytes,
+                sport: p.sport,
+                direction: if p.synack {
+                    DIRECTION_INBOUND
+                } else {
+                    DIRECTION_OUTBOUND
+                },
             };
             events::describe(e, Hook::TcxEgress, &d, to);
         });

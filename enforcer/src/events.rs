@@ -3,7 +3,7 @@
 //!
 //! ```json
 //! {"time":"2026-11-23T09:40:00.123456Z","hook":"connect4","family":"ipv4",
-//!  "protocol":"tcp","dst":"198.51.100.20","dport":7000,"country":"US",
+//!  "protocol":"tcp","dst":"198.51.100.20","dport":7000,"direction":"outbound","country":"US",
 //!  "verdict":"denied","mode":"enforce","reason":"geoip","pid":1234,
 //!  "tgid":1234,"uid":0,"gid":0,"comm":"curl","cgroup_id":1032,
 //!  "cgroup":"/sys/fs/cgroup/system.slice/minio.service"}
@@ -33,7 +33,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use enforcer_common::{EVENTS, Event, Family, Hook, Mode, Outcome, Source};
+use enforcer_common::{DIRECTION_INBOUND, EVENTS, Event, Family, Hook, Mode, Outcome, Source};
 use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -76,6 +76,13 @@ pub struct EventRecord {
     pub dst: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dport: Option<u16>,
+    /// `outbound`, or `inbound`: an answer from a socket that accepted the
+    /// connection (a TCP SYN-ACK).
+    pub direction: &'static str,
+    /// The local port, when there is one (a connect() is decided before
+    /// the kernel picks its ephemeral port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
     pub country: String,
     pub verdict: &'static str,
     pub mode: &'static str,
@@ -137,6 +144,11 @@ impl EventRecord {
             protocol: protocol_name(e.protocol, family),
             dst,
             dport: (e.dport != 0).then_some(e.dport),
+            direction: match e.direction {
+                DIRECTION_INBOUND => "inbound",
+                _ => "outbound",
+            },
+            sport: (e.sport != 0).then_some(e.sport),
             country: country_label(e.country),
             verdict: Outcome::from_raw(e.outcome as u32)?.label(),
             mode: Mode::from_raw(e.mode as u32)?.label(),
@@ -694,14 +706,17 @@ mod tests {
             outcome: Outcome::Denied as u8,
             mode: Mode::Enforce as u8,
             source: Source::Geoip as u8,
-            _pad: [0; 2],
+            direction: 0,
+            _pad0: 0,
+            sport: 0,
+            _pad: [0; 6],
         };
         let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, Some("/cg/x".into()))
             .expect("decodes");
         let json = serde_json::to_string(&r).expect("json");
         assert_eq!(
             json,
-            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"connect4","family":"ipv4","protocol":"tcp","dst":"198.51.100.20","dport":443,"country":"US","verdict":"denied","mode":"enforce","reason":"geoip","pid":8,"tgid":7,"uid":1001,"gid":1000,"comm":"curl","cgroup_id":42,"cgroup":"/cg/x"}"#
+            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"connect4","family":"ipv4","protocol":"tcp","dst":"198.51.100.20","dport":443,"direction":"outbound","country":"US","verdict":"denied","mode":"enforce","reason":"geoip","pid":8,"tgid":7,"uid":1001,"gid":1000,"comm":"curl","cgroup_id":42,"cgroup":"/cg/x"}"#
         );
         let bad = Event { outcome: 9, ..e };
         assert!(EventRecord::decode(&bad, |_| SystemTime::UNIX_EPOCH, None).is_none());
@@ -727,12 +742,15 @@ mod tests {
             outcome: Outcome::WouldDeny as u8,
             mode: Mode::Observe as u8,
             source: Source::Geoip as u8,
-            _pad: [0; 2],
+            direction: 0,
+            _pad0: 0,
+            sport: 0,
+            _pad: [0; 6],
         };
         let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, None).expect("decodes");
         assert_eq!(
             serde_json::to_string(&r).expect("json"),
-            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"tcx_egress","family":"ipv4","protocol":"icmp","dst":"198.51.100.20","country":"US","verdict":"would_deny","mode":"observe","reason":"geoip","cgroup_id":0,"bytes":84}"#,
+            r#"{"time":"1970-01-01T00:00:00.000000Z","hook":"tcx_egress","family":"ipv4","protocol":"icmp","dst":"198.51.100.20","direction":"outbound","country":"US","verdict":"would_deny","mode":"observe","reason":"geoip","cgroup_id":0,"bytes":84}"#,
             "no pid, uid or comm: the sender is not on this host"
         );
     }

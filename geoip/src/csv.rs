@@ -73,6 +73,8 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<(GeoTable, Stats), GeoipE
     let table = GeoTable {
         v4: Table::from_wide_runs(paint(v4, 32)),
         v6: Table::from_wide_runs(paint(v6, 128)),
+        // A CSV row is what it says: no range is looked up through IPv4.
+        aliases: crate::Aliases::NONE,
     };
     stats.aggregated_v4 = table.v4.len();
     stats.aggregated_v6 = table.v6.len();

@@ -37,6 +37,7 @@
 //! # std::fs::remove_dir_all(&dir).unwrap();
 //! ```
 
+mod aliases;
 mod country;
 mod csv;
 mod error;
@@ -51,6 +52,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
+pub use aliases::{Alias, Aliases};
 pub use country::{CountryCode, ParseCountryError};
 pub use error::GeoipError;
 pub use sets::SetError;
@@ -66,29 +68,43 @@ pub struct GeoTable {
     /// `::ffff:0:0/96` (IPv4-mapped) or the IPv4 alias subtrees of MaxMind
     /// databases (`2001::/32`, `2002::/16`).
     pub v6: Table<Ipv6Addr>,
+    /// The IPv6 ranges looked up in [`Self::v4`] by the IPv4 address they
+    /// carry, as the database answers them (see [`Aliases`]).
+    pub aliases: Aliases,
 }
 
 impl GeoTable {
     /// The table that, for every address, says what the first layer that
-    /// locates the address says (per family).
+    /// locates the address says (per family). A range any layer answers
+    /// through IPv4 is answered through the layered IPv4 table: one rule
+    /// per range, as the datapath has one flag per range and slot (layers
+    /// with genuine IPv6 data there lose it; no known database has both).
     pub fn layered(layers: &[GeoTable]) -> GeoTable {
         let v4: Vec<&Table<Ipv4Addr>> = layers.iter().map(|l| &l.v4).collect();
         let v6: Vec<&Table<Ipv6Addr>> = layers.iter().map(|l| &l.v6).collect();
         GeoTable {
             v4: Table::layered(&v4),
             v6: Table::layered(&v6),
+            aliases: layers.iter().fold(Aliases::NONE, |a, l| a.union(l.aliases)),
         }
     }
 
     /// The prefix containing `ip` and its country. An IPv4-mapped IPv6
     /// address (`::ffff:a.b.c.d`) is looked up as IPv4, as the datapath does,
-    /// and the answer is the IPv4 prefix.
+    /// and the answer is the IPv4 prefix. An address in one of
+    /// [`Self::aliases`] is looked up by the IPv4 address it carries, as the
+    /// database does, and the answer is the IPv6 network that the IPv4
+    /// prefix stands for there (`2002:808::/30` for `8.8.0.0/14`).
     pub fn lookup(&self, ip: IpAddr) -> Option<(IpNetwork, CountryCode)> {
         match ip {
             IpAddr::V4(a) => self.v4.lookup(a).map(|(n, c)| (IpNetwork::V4(n), c)),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(a4) => self.v4.lookup(a4).map(|(n, c)| (IpNetwork::V4(n), c)),
-                None => self.v6.lookup(a).map(|(n, c)| (IpNetwork::V6(n), c)),
+            IpAddr::V6(a) => match (a.to_ipv4_mapped(), self.aliases.resolve(a)) {
+                (Some(a4), _) => self.v4.lookup(a4).map(|(n, c)| (IpNetwork::V4(n), c)),
+                (None, Some((alias, a4))) => self
+                    .v4
+                    .lookup(a4)
+                    .map(|(n, c)| (IpNetwork::V6(alias.widen(n)), c)),
+                (None, None) => self.v6.lookup(a).map(|(n, c)| (IpNetwork::V6(n), c)),
             },
         }
     }
@@ -118,6 +134,7 @@ mod tests {
         GeoTable {
             v4: Table::from_entries(v4.iter().map(|(n, c)| (n.parse().unwrap(), cc(c)))),
             v6: Table::from_entries(v6.iter().map(|(n, c)| (n.parse().unwrap(), cc(c)))),
+            aliases: Aliases::NONE,
         }
     }
 
@@ -160,5 +177,35 @@ mod tests {
         assert_eq!(at("2001:db9::1"), None);
         assert_eq!(t.total_len(), t.v4.len() + t.v6.len());
         assert_eq!(GeoTable::layered(&[]), GeoTable::default());
+    }
+
+    #[test]
+    fn aliased_ranges_are_looked_up_through_ipv4() {
+        let mut t = table(&[("198.18.0.0/15", "DE")], &[("2002::/16", "US")]);
+        let at = |t: &GeoTable, s: &str| {
+            t.lookup(s.parse().unwrap())
+                .map(|(n, c)| (n.to_string(), c.to_string()))
+        };
+        // A CSV-like table: what the IPv6 rows say.
+        assert_eq!(
+            at(&t, "2002:c612::1"),
+            Some(("2002::/16".into(), "US".into()))
+        );
+        assert_eq!(at(&t, "::198.18.0.1"), None);
+        t.aliases = Aliases::NONE
+            .with(Alias::SixToFour)
+            .with(Alias::V4Compatible);
+        assert_eq!(
+            at(&t, "2002:c612::1"),
+            Some(("2002:c612::/31".into(), "DE".into()))
+        );
+        assert_eq!(
+            at(&t, "::198.18.0.1"),
+            Some(("::c612:0/111".into(), "DE".into()))
+        );
+        assert_eq!(at(&t, "2002:808:808::"), None);
+        assert_eq!(at(&t, "2001:0:c612::1"), None, "Teredo is not aliased");
+        let layered = GeoTable::layered(&[table(&[], &[]), t.clone()]);
+        assert_eq!(layered.aliases, t.aliases);
     }
 }

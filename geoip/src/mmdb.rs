@@ -318,7 +318,11 @@ pub(crate) struct MmdbTables {
 }
 
 /// Walks the whole tree of `reader` and builds the tables.
-pub(crate) fn load(reader: &Reader<Vec<u8>>, path: &Path) -> Result<MmdbTables, GeoipError> {
+pub(crate) fn load(
+    reader: &Reader<Vec<u8>>,
+    aliases: crate::Aliases,
+    path: &Path,
+) -> Result<MmdbTables, GeoipError> {
     let mmdb_err = |source| GeoipError::Mmdb {
         path: path.to_owned(),
         source,
@@ -458,6 +462,7 @@ pub(crate) fn load(reader: &Reader<Vec<u8>>, path: &Path) -> Result<MmdbTables, 
     let table = GeoTable {
         v4: Table::from_disjoint(v4).map_err(overlap)?,
         v6: Table::from_disjoint(v6).map_err(overlap)?,
+        aliases,
     };
     stats.aggregated_v4 = table.v4.len();
     stats.aggregated_v6 = table.v6.len();

@@ -8,7 +8,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::{GeoTable, GeoipError, csv, mmdb};
+use crate::{Aliases, GeoTable, GeoipError, aliases, csv, mmdb};
 
 /// The marker before a MaxMind DB's metadata section.
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
@@ -85,7 +85,9 @@ pub struct Loaded {
 }
 
 enum Content {
-    Mmdb(Box<maxminddb::Reader<Vec<u8>>>),
+    /// The reader, and the ranges its tree answers through IPv4 (measured
+    /// on the bytes before the reader took them).
+    Mmdb(Box<maxminddb::Reader<Vec<u8>>>, Aliases),
     Csv(String),
 }
 
@@ -139,12 +141,25 @@ impl Source {
             .windows(METADATA_MARKER.len())
             .any(|w| w == METADATA_MARKER);
         let content = if has_marker {
+            let mmdb_err = |source| GeoipError::Mmdb {
+                path: path.clone(),
+                source,
+            };
+            let found = {
+                let md = maxminddb::Reader::from_source(bytes.as_slice()).map_err(mmdb_err)?;
+                let md = md.metadata();
+                if md.ip_version == 6 {
+                    aliases::detect(&bytes, md.node_count, md.record_size)
+                } else {
+                    Aliases::NONE
+                }
+            };
             let reader =
                 maxminddb::Reader::from_source(bytes).map_err(|source| GeoipError::Mmdb {
                     path: path.clone(),
                     source,
                 })?;
-            Content::Mmdb(Box::new(reader))
+            Content::Mmdb(Box::new(reader), found)
         } else {
             match String::from_utf8(bytes) {
                 Ok(text) if !text.contains('\0') => Content::Csv(text),
@@ -176,7 +191,7 @@ impl Source {
 
     /// True for a MaxMind DB, false for CSV.
     pub fn is_mmdb(&self) -> bool {
-        matches!(self.content, Content::Mmdb(_))
+        matches!(self.content, Content::Mmdb(..))
     }
 
     /// Reads every network or row into aggregated tables.
@@ -186,9 +201,9 @@ impl Source {
     /// rows yet).
     pub fn load(&self) -> Result<Loaded, GeoipError> {
         match &self.content {
-            Content::Mmdb(reader) => {
+            Content::Mmdb(reader, aliases) => {
                 let md = reader.metadata();
-                let loaded = mmdb::load(reader, &self.path)?;
+                let loaded = mmdb::load(reader, *aliases, &self.path)?;
                 Ok(Loaded {
                     table: loaded.table,
                     stats: loaded.stats,

@@ -141,6 +141,7 @@ pub fn perturbed(geo: &GeoTable) -> GeoTable {
                 .enumerate()
                 .map(|(i, (n, c))| (n, flip(i, c))),
         ),
+        aliases: geo.aliases,
     }
 }
 

@@ -28,7 +28,7 @@ use aya::{
     maps::{Map, MapData, MapError},
 };
 use enforcer_common::{
-    CFG_GEO6_FINE_LEN, GEO4_TREE, GEO4_WORDS, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES,
+    CFG_GEO_ALIASES, CFG_GEO6_FINE_LEN, GEO4_TREE, GEO4_WORDS, GEO6_FINE, GEO6_INDEX, GEO6_LEAVES,
 };
 use geoip::GeoTable;
 
@@ -46,6 +46,9 @@ pub struct Flat {
     v4: V4,
     /// The IPv6 tables as the kernel holds them.
     v6: V6,
+    /// `CONFIG[CFG_GEO_ALIASES[slot]]`: the IPv6 ranges located through
+    /// the IPv4 table (`geoip::Aliases` bits, the same values).
+    aliases: u32,
     /// Time spent building.
     pub build_seconds: f64,
 }
@@ -115,9 +118,17 @@ pub fn build(geo: &GeoTable) -> Result<Flat, DatapathError> {
     Ok(Flat {
         v4,
         v6,
+        aliases: u32::from(geo.aliases.bits()),
         build_seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+// The datapath's alias bits are the geoip crate's.
+const _: () = assert!(
+    geoip::Alias::V4Compatible.bit() as u32 == enforcer_common::ALIAS_V4_COMPATIBLE
+        && geoip::Alias::Teredo.bit() as u32 == enforcer_common::ALIAS_TEREDO
+        && geoip::Alias::SixToFour.bit() as u32 == enforcer_common::ALIAS_6TO4
+);
 
 /// A shared mapping of a `BPF_F_MMAPABLE` array map, writable unless made
 /// by [`read_window`].
@@ -302,6 +313,7 @@ pub fn write(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<FlatDelta, Datap
         + sync_blocks(ebpf, GEO6_INDEX[s], &flat.v6.index, 64 * NODE_BYTES)?;
     delta.v4_blocks = sync_blocks(ebpf, GEO4_TREE[s], &flat.v4.entries, BLOCK_BYTES)?
         + sync_blocks(ebpf, GEO4_WORDS[s], &flat.v4.words, BLOCK_BYTES)?;
+    super::set_config_word(ebpf, CFG_GEO_ALIASES[s], flat.aliases)?;
     super::set_config_word(ebpf, CFG_GEO6_FINE_LEN[s], flat.v6.fine_len)?;
     delta.write_seconds = started.elapsed().as_secs_f64();
     Ok(delta)
@@ -345,6 +357,13 @@ pub fn verify(ebpf: &mut Ebpf, slot: u32, flat: &Flat) -> Result<(), String> {
             ));
         }
     }
+    let aliases = super::config_word(ebpf, CFG_GEO_ALIASES[s]).map_err(|e| e.to_string())?;
+    if aliases != flat.aliases {
+        return Err(format!(
+            "the IPv4 alias word is {aliases:#x}, expected {:#x}",
+            flat.aliases
+        ));
+    }
     let len = super::config_word(ebpf, CFG_GEO6_FINE_LEN[s]).map_err(|e| e.to_string())?;
     if len != flat.v6.fine_len {
         return Err(format!(
@@ -387,7 +406,11 @@ mod tests {
             ("2a00::/16".parse().expect("net"), cc("FR")),
             ("2a01::1/128".parse().expect("net"), cc("DE")),
         ]);
-        let geo = GeoTable { v4, v6 };
+        let geo = GeoTable {
+            v4,
+            v6,
+            aliases: geoip::Aliases::NONE,
+        };
         let f = build(&geo).expect("build");
         let (fr, de, it) = (
             country_index(cc("FR")),
@@ -496,6 +519,7 @@ mod tests {
             let geo = GeoTable {
                 v4: random_v4(&mut rng, 500 + round * 20_000),
                 v6: random_v6(&mut rng, 500 + round * 10_000),
+                aliases: geoip::Aliases::NONE,
             };
             let f = build(&geo).expect("build");
 

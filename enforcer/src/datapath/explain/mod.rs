@@ -441,6 +441,25 @@ impl Explainer {
                 })
             }
             Dest::V6(a) => {
+                // decide.rs `Geo for [u8; 16]`: a range the slot's database
+                // locates through IPv4 is looked up by the address it
+                // carries; the prefix is the IPv6 one that stands for it.
+                if enforcer_common::lookup::may_alias(&a)
+                    && let Some((bit, v4)) = enforcer_common::lookup::aliased_v4(
+                        self.word(enforcer_common::CFG_GEO_ALIASES[s])?,
+                        &a,
+                    )
+                {
+                    let hit = self.geoip(slot, Dest::V4(v4))?;
+                    let alias = geoip::Alias::ALL
+                        .into_iter()
+                        .find(|al| u32::from(al.bit()) == bit);
+                    let prefix = match (hit.prefix, alias) {
+                        (Some(IpNetwork::V4(n)), Some(al)) => Some(IpNetwork::V6(al.widen(n))),
+                        _ => None,
+                    };
+                    return Ok(GeoHit { prefix, ..hit });
+                }
                 let addr = u128::from_be_bytes(a);
                 // The kernel's lookup, through geo6.rs.
                 let found = geo6::lookup(
