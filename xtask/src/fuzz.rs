@@ -131,7 +131,11 @@ fn fuzz(targets: &[&str], seconds: u64, parallel: usize) -> Result<()> {
                 .wait()
                 .with_context(|| format!("waiting for fuzz target {t}"))?;
             let mut o = read_outcome(&dirs, t)?;
-            o.seconds = started.elapsed().as_secs_f64();
+            // libFuzzer's own figure when it printed one; the wall time
+            // also counts cargo's up-to-date check (or a rebuild).
+            if o.seconds == 0.0 {
+                o.seconds = started.elapsed().as_secs_f64();
+            }
             o.crashed = !status.success();
             outcomes.push(o);
         }
@@ -256,11 +260,19 @@ fn read_outcome(dirs: &Dirs, t: &str) -> Result<Outcome> {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
+    // `Done 3765685 runs in 661 second(s)`
+    let seconds = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("Done ")?.split(" runs in ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
     let corpus = fs::read_dir(dirs.corpus(t))
         .map(|d| d.filter(|e| e.is_ok()).count())
         .unwrap_or(0);
     Ok(Outcome {
         target: t.to_owned(),
+        seconds,
         executions: stat("number_of_executed_units"),
         exec_per_sec: stat("average_exec_per_sec"),
         peak_rss_mb: stat("peak_rss_mb"),
