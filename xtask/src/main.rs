@@ -8,6 +8,7 @@
 //! cargo xtask test           # everything CI runs (fmt, clippy, unit + kernel tests)
 //! cargo xtask demo           # the main job, shown in a sandbox
 //! cargo xtask bench          # performance, side by side (bench/results/)
+//! cargo xtask fuzz           # the parsers' fuzz targets (nightly, cargo-fuzz)
 //! ```
 //!
 //! Every subcommand that needs the toolchain or system tools calls
@@ -18,6 +19,7 @@
 mod bench;
 mod bpffs;
 mod demo;
+mod fuzz;
 mod geoip;
 mod previous;
 mod setup;
@@ -42,7 +44,7 @@ enum Command {
     ///
     /// In order: Linux and root; the `nightly` toolchain with LLVM 22 (cannot
     /// be installed here); rust-src for nightly; bpf-linker 0.10.4 (built
-    /// against the nightly's LLVM 22); the system tools ip, nft, curl, ping,
+    /// against the nightly's LLVM 22); cargo-fuzz 0.13.2; the system tools ip, nft, curl, ping,
     /// tar and npm (Debian packages). Idempotent, and offline when everything
     /// is present. `test`, `demo` and `bench` run the same checks first.
     Setup,
@@ -68,6 +70,14 @@ enum Command {
     /// docs/benchmarks.md and the chart to bench/results/latest.png. Takes
     /// minutes. Needs root.
     Bench(bench::Args),
+
+    /// Fuzz the parsers of untrusted or hand-written input with cargo-fuzz
+    /// on the nightly toolchain: the .mmdb reader, the CSV reader, the
+    /// config parser and control requests (fuzz/, docs/fuzzing.md). Runs
+    /// each target for --minutes (default 10), prints executions, exec/s
+    /// and corpus size per target, and fails if any input crashed one (the
+    /// input is kept under target/fuzz/artifacts/). Does not need root.
+    Fuzz(fuzz::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -143,5 +153,6 @@ fn run(command: Command) -> Result<()> {
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     }
 }

@@ -30,13 +30,19 @@ pub struct Opts {
 
 /// The nightly toolchain that builds `enforcer-ebpf`, and the LLVM major it
 /// must ship (bpf-linker loads that libLLVM at run time).
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 const NIGHTLY_LLVM_MAJOR: u32 = 22;
 
 /// bpf-linker pinned to a release whose default features (`llvm-22`,
 /// `rust-llvm-22`) load the running rustc's libLLVM 22 through
 /// aya-rustc-llvm-proxy. Debian's LLVM (14) is too old and is never used.
 const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// cargo-fuzz, which builds and runs the fuzz targets of `fuzz/`
+/// (`cargo xtask fuzz`, and the smoke in `cargo xtask test`) with the
+/// nightly toolchain. Pinned: its build flags (sanitizer, coverage passes)
+/// change between releases.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// A command the tests, demo, benchmarks or xtask itself run, and the Debian
 /// package that provides it. Adding a tool is one line in [`SYSTEM_TOOLS`].
@@ -73,7 +79,7 @@ const BENCH_TOOLS: &[Tool] = &[
 const SBIN_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 
 /// Checks the machine and installs what is missing, in order: Linux and root,
-/// the nightly toolchain, rust-src, bpf-linker, Debian packages.
+/// the nightly toolchain, rust-src, bpf-linker, cargo-fuzz, Debian packages.
 ///
 /// May add directories (cargo's bin dir in front, sbin dirs at the back) to
 /// this process's `PATH` so child processes find what was found or installed
@@ -84,8 +90,18 @@ pub fn ensure(opts: &Opts) -> Result<()> {
     check_nightly(&rustup)?;
     ensure_rust_src(&rustup)?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     ensure_system_tools(root, SYSTEM_TOOLS)?;
     Ok(())
+}
+
+/// What `cargo xtask fuzz` needs: the nightly toolchain with rust-src and
+/// cargo-fuzz (no root, no system tools).
+pub fn ensure_fuzz() -> Result<()> {
+    let rustup = find_rustup()?;
+    check_nightly(&rustup)?;
+    ensure_rust_src(&rustup)?;
+    ensure_cargo_fuzz()
 }
 
 /// [`ensure`], then the tools only the benchmark needs ([`BENCH_TOOLS`]).
@@ -400,6 +416,91 @@ fn install_bpf_linker(reason: &str, force: bool) -> Result<()> {
              crates.io and a C toolchain (`cc`); run it by hand to retry"
         );
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// cargo-fuzz
+
+/// `cargo-fuzz --version` -> `Some("0.13.2")`; `None` when it does not run.
+fn cargo_fuzz_version(path: &Path) -> Option<String> {
+    let out = Command::new(path).arg("--version").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    let dirs = cargo_bin_dirs();
+    let found = locate_tool("cargo-fuzz", &dirs, Place::Front);
+    let reason = match &found {
+        None => "not found on PATH or in cargo's bin dirs".to_owned(),
+        Some(path) => match cargo_fuzz_version(path) {
+            Some(v) if v == CARGO_FUZZ_VERSION => {
+                println!("ok: cargo-fuzz {v} at {}", path.display());
+                return Ok(());
+            }
+            Some(v) => format!(
+                "{} is version {v}, need {CARGO_FUZZ_VERSION}",
+                path.display()
+            ),
+            None => format!("{} does not run (`--version` failed)", path.display()),
+        },
+    };
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut args = vec![
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ];
+    if found.is_some() {
+        args.push("--force");
+    }
+    let shown = format!("cargo {}", args.join(" "));
+    println!(
+        "installing: cargo-fuzz {CARGO_FUZZ_VERSION} ({reason}): `{shown}` \
+         (builds with the stable toolchain, about a minute)"
+    );
+    // Outside the workspace, like bpf-linker.
+    let status = Command::new(&cargo)
+        .args(&args)
+        .current_dir(env::temp_dir())
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running `{shown}` (is cargo installed?)"))?;
+    if !status.success() {
+        bail!(
+            "`{shown}` failed ({status}); see cargo's output above. It needs network access to \
+             crates.io; run it by hand to retry"
+        );
+    }
+    let install_dir = dirs
+        .first()
+        .cloned()
+        .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
+    let installed = install_dir.join("cargo-fuzz");
+    match cargo_fuzz_version(&installed) {
+        Some(v) if v == CARGO_FUZZ_VERSION => {}
+        other => bail!(
+            "after `{shown}`, {} reports version {:?}, expected {CARGO_FUZZ_VERSION}",
+            installed.display(),
+            other.unwrap_or_else(|| "none (does not run)".to_owned())
+        ),
+    }
+    // `cargo fuzz` finds `cargo-fuzz` on PATH: the pinned one must come first.
+    if find_in_path("cargo-fuzz").as_deref() != Some(installed.as_path()) {
+        add_to_path(&install_dir, Place::Front);
+    }
+    println!(
+        "ok: cargo-fuzz {CARGO_FUZZ_VERSION} at {} (installed)",
+        installed.display()
+    );
     Ok(())
 }
 

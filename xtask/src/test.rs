@@ -1,13 +1,13 @@
 //! `cargo xtask test`: everything CI runs, in the order a failure is
 //! cheapest to find: formatting, lints (workspace and datapath), build,
-//! unit tests, then the privileged integration tests (real kernel, their
-//! own namespaces and cgroups).
+//! a short smoke of each fuzz target, unit tests, then the privileged
+//! integration tests (real kernel, their own namespaces and cgroups).
 
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{geoip, previous, setup, workspace, workspace_root};
+use crate::{fuzz, geoip, previous, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -86,6 +86,9 @@ pub fn run(args: Args) -> Result<()> {
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"], &[])?;
     clippy_datapath()?;
     cargo(&["build", "--bins"], &[])?;
+    // Each parser of untrusted input for a few seconds (a crash fails the
+    // run); the long runs are `cargo xtask fuzz`.
+    fuzz::smoke()?;
 
     let target = workspace()?.target_dir.join("debug");
     let enforcer = target.join("enforcer");

@@ -84,7 +84,28 @@ pub enum Request {
     },
 }
 
+/// Why a request line was not a request. The message goes back to the
+/// client as the reply's error.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request longer than {MAX_REQUEST_BYTES} bytes")]
+    TooLong,
+    #[error("bad request: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 impl Request {
+    /// Parses one request line as read from the socket (the trailing
+    /// newline, if any, included). A pure function over the bytes, so that
+    /// the fuzz target `control` exercises exactly what the server runs:
+    /// anything that is not one valid request is an error, never a panic.
+    pub fn parse(line: &[u8]) -> Result<Request, RequestError> {
+        if line.len() > MAX_REQUEST_BYTES {
+            return Err(RequestError::TooLong);
+        }
+        Ok(serde_json::from_slice(line)?)
+    }
+
     /// The verb, as a bounded metric label.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -186,5 +207,24 @@ mod tests {
             .expect_err("unknown mode")
             .to_string();
         assert!(bad.contains("off"), "{bad}");
+    }
+
+    #[test]
+    fn parse_takes_a_line_as_read_and_bounds_its_length() {
+        assert_eq!(
+            Request::parse(b"{\"verb\":\"status\"}\n").expect("parses"),
+            Request::Status {}
+        );
+        let e = Request::parse(b"{\"verb\":").expect_err("truncated");
+        assert!(e.to_string().starts_with("bad request: "), "{e}");
+        let e = Request::parse(b"\xff\xfe").expect_err("not JSON");
+        assert!(e.to_string().starts_with("bad request: "), "{e}");
+        let mut long = br#"{"verb":"check","addresses":["#.to_vec();
+        long.resize(MAX_REQUEST_BYTES + 1, b' ');
+        let e = Request::parse(&long).expect_err("too long");
+        assert_eq!(
+            e.to_string(),
+            format!("request longer than {MAX_REQUEST_BYTES} bytes")
+        );
     }
 }

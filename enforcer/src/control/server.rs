@@ -212,12 +212,7 @@ async fn connection<H: Handler>(stream: UnixStream, access: &Access, handler: &H
     let request = match read {
         Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
         Ok(Err(e)) => Err(format!("reading the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
-            Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"))
-        }
-        Ok(Ok(_)) => {
-            serde_json::from_slice::<Request>(&line).map_err(|e| format!("bad request: {e}"))
-        }
+        Ok(Ok(_)) => Request::parse(&line).map_err(|e| e.to_string()),
     };
     // The access check comes first: a peer that may not ask learns
     // nothing, not even whether its request parsed.
