@@ -124,6 +124,18 @@ impl Scenario {
         )
     }
 
+    /// The running agent's `enforcer status --json`, through its control
+    /// socket; panics with the error when it does not answer.
+    pub fn status(&self) -> serde_json::Value {
+        let out = crate::agent::enforcer_at(&self.control_socket(), &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
     /// The agent's runtime directory (control socket, runtime modes), in
     /// the scenario's scratch directory.
     pub fn run_dir(&self) -> PathBuf {

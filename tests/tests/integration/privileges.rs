@@ -122,16 +122,6 @@ fn assert_threads(pid: u32, kept: u64) -> usize {
     n
 }
 
-fn status(s: &Scenario) -> serde_json::Value {
-    let out = enforcer_at(&s.control_socket(), &["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
-}
-
 fn denied_v4() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(DENIED_V4), PORT)
 }
@@ -185,7 +175,7 @@ fn wait_covered(s: &Scenario, agent: &Agent, cgroup: &Path) {
     let id = fs::metadata(cgroup).expect("stat the cgroup").ino();
     let start = Instant::now();
     loop {
-        let st = status(s);
+        let st = s.status();
         let covered = st["agent"]["coverage"]
             .as_array()
             .into_iter()
@@ -228,7 +218,7 @@ fn the_running_agent_keeps_the_documented_set_and_still_works() {
         threads >= 3,
         "the serving runtime's workers are checked too ({threads} threads)"
     );
-    let st = status(&s);
+    let st = s.status();
     let p = &st["agent"]["privileges"];
     assert_eq!(p["effective"], serde_json::json!(kept), "{st:#}");
     assert_eq!(p["no_new_privs"], true, "{st:#}");

@@ -25,19 +25,9 @@ use enforcer_tests::{
 /// generous for a loaded machine.
 const IN_FORCE: Duration = Duration::from_secs(10);
 
-fn status(s: &Scenario) -> serde_json::Value {
-    let out = enforcer_at(&s.control_socket(), &["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
-}
-
 /// The test database's `on_disk` state in `status`.
 fn on_disk(s: &Scenario) -> String {
-    let st = status(s);
+    let st = s.status();
     st["agent"]["databases"]
         .as_array()
         .or_else(|| st["databases"].as_array())

@@ -32,16 +32,6 @@ fn denied_v4() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(DENIED_V4), PORT)
 }
 
-fn status(s: &Scenario) -> serde_json::Value {
-    let out = enforcer_at(&s.control_socket(), &["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
-}
-
 /// The coverage entry of `scope` in a status answer.
 fn entry(st: &serde_json::Value, scope: &Path) -> serde_json::Value {
     st["agent"]["coverage"]
@@ -59,7 +49,7 @@ fn wait_covered(s: &Scenario, agent: &Agent, cgroup: &Path) -> Duration {
     let id = fs::metadata(cgroup).expect("stat the cgroup").ino();
     let start = Instant::now();
     loop {
-        let e = entry(&status(s), cgroup);
+        let e = entry(&s.status(), cgroup);
         if e["state"] == "covered" && e["id"] == id {
             assert!(
                 e["hooks"]
@@ -160,7 +150,7 @@ fn an_absent_scope_cgroup_waits_and_is_covered_once_created() {
     );
 
     let mut agent = s.start(&config);
-    let e = entry(&status(&s), &later);
+    let e = entry(&s.status(), &later);
     assert_eq!(e["state"], "waiting", "{e:#}");
     let scope = later.display().to_string();
     assert_eq!(
@@ -345,7 +335,7 @@ fn a_recreated_override_cgroup_keeps_its_mode() {
             "round {round}: the re-created cgroup is enforced: {a:?}\n{}",
             agent.log()
         );
-        let st = status(&s);
+        let st = s.status();
         assert!(
             st["agent"]["overrides"][0]["cgroup"] == svc.display().to_string()
                 && st["agent"]["overrides"][0]["mode"] == "enforce",
