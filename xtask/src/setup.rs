@@ -282,8 +282,10 @@ fn cargo_bin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// `bpf-linker --version` -> `Some("0.10.4")`; `None` when it does not run.
-fn bpf_linker_version(path: &Path) -> Option<String> {
+/// A cargo-installed tool's version from `<tool> --version` (its second
+/// word: `bpf-linker 0.10.4`, `cargo-fuzz 0.13.2`); `None` when it does not
+/// run.
+fn tool_version(path: &Path) -> Option<String> {
     let out = Command::new(path).arg("--version").output().ok()?;
     if !out.status.success() {
         return None;
@@ -323,7 +325,7 @@ fn ensure_bpf_linker() -> Result<()> {
     let found = locate_tool("bpf-linker", &dirs, Place::Front);
     let reason = match &found {
         None => "not found on PATH or in cargo's bin dirs".to_owned(),
-        Some(path) => match bpf_linker_version(path) {
+        Some(path) => match tool_version(path) {
             Some(v) if v == BPF_LINKER_VERSION => match bpf_linker_has_llvm22(path) {
                 Some(false) => format!(
                     "{} was installed without its default `llvm-22` feature",
@@ -356,7 +358,7 @@ fn ensure_bpf_linker() -> Result<()> {
         .cloned()
         .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
     let installed = install_dir.join("bpf-linker");
-    match bpf_linker_version(&installed) {
+    match tool_version(&installed) {
         Some(v) if v == BPF_LINKER_VERSION => {}
         other => bail!(
             "after `cargo install`, {} reports version {:?}, expected {BPF_LINKER_VERSION}; \
@@ -422,24 +424,12 @@ fn install_bpf_linker(reason: &str, force: bool) -> Result<()> {
 // ---------------------------------------------------------------------------
 // cargo-fuzz
 
-/// `cargo-fuzz --version` -> `Some("0.13.2")`; `None` when it does not run.
-fn cargo_fuzz_version(path: &Path) -> Option<String> {
-    let out = Command::new(path).arg("--version").output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .map(str::to_owned)
-}
-
 fn ensure_cargo_fuzz() -> Result<()> {
     let dirs = cargo_bin_dirs();
     let found = locate_tool("cargo-fuzz", &dirs, Place::Front);
     let reason = match &found {
         None => "not found on PATH or in cargo's bin dirs".to_owned(),
-        Some(path) => match cargo_fuzz_version(path) {
+        Some(path) => match tool_version(path) {
             Some(v) if v == CARGO_FUZZ_VERSION => {
                 println!("ok: cargo-fuzz {v} at {}", path.display());
                 return Ok(());
@@ -485,7 +475,7 @@ fn ensure_cargo_fuzz() -> Result<()> {
         .cloned()
         .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
     let installed = install_dir.join("cargo-fuzz");
-    match cargo_fuzz_version(&installed) {
+    match tool_version(&installed) {
         Some(v) if v == CARGO_FUZZ_VERSION => {}
         other => bail!(
             "after `{shown}`, {} reports version {:?}, expected {CARGO_FUZZ_VERSION}",
