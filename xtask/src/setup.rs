@@ -348,25 +348,16 @@ fn ensure_bpf_linker() -> Result<()> {
             None => format!("{} does not run (`--version` failed)", path.display()),
         },
     };
-    // `--force` replaces whatever cargo installed before (another version,
-    // other features); it is a no-op when nothing was.
-    install_bpf_linker(&reason, found.is_some())?;
-
+    cargo_install(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        &reason,
+        found.is_some(),
+        "about 2 minutes",
+        " and a C toolchain (`cc`)",
+    )?;
     // Verify what was installed, and make sure it is the one children find.
-    let install_dir = dirs
-        .first()
-        .cloned()
-        .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
-    let installed = install_dir.join("bpf-linker");
-    match tool_version(&installed) {
-        Some(v) if v == BPF_LINKER_VERSION => {}
-        other => bail!(
-            "after `cargo install`, {} reports version {:?}, expected {BPF_LINKER_VERSION}; \
-             install it by hand with `cargo install bpf-linker@{BPF_LINKER_VERSION} --locked --force`",
-            installed.display(),
-            other.unwrap_or_else(|| "none (does not run)".to_owned())
-        ),
-    }
+    let (install_dir, installed) = installed_tool(&dirs, "bpf-linker", BPF_LINKER_VERSION)?;
     match find_in_path("bpf-linker") {
         Some(first) if first == installed => {}
         Some(other) => {
@@ -393,19 +384,29 @@ fn ensure_bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn install_bpf_linker(reason: &str, force: bool) -> Result<()> {
+/// `cargo install TOOL@VERSION --locked [--force]`, outside the workspace so
+/// its .cargo/config.toml does not apply. `--force` replaces whatever cargo
+/// installed before (another version, other features); `takes` and `needs`
+/// go into the messages.
+fn cargo_install(
+    tool: &str,
+    version: &str,
+    reason: &str,
+    force: bool,
+    takes: &str,
+    needs: &str,
+) -> Result<()> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let spec = format!("bpf-linker@{BPF_LINKER_VERSION}");
+    let spec = format!("{tool}@{version}");
     let mut args = vec!["install", spec.as_str(), "--locked"];
     if force {
         args.push("--force");
     }
     let shown = format!("cargo {}", args.join(" "));
     println!(
-        "installing: bpf-linker {BPF_LINKER_VERSION} ({reason}): `{shown}` \
-         (builds with the stable toolchain, about 2 minutes)"
+        "installing: {tool} {version} ({reason}): `{shown}` \
+         (builds with the stable toolchain, {takes})"
     );
-    // Run outside the workspace so its .cargo/config.toml does not apply.
     let status = Command::new(&cargo)
         .args(&args)
         .current_dir(env::temp_dir())
@@ -415,10 +416,29 @@ fn install_bpf_linker(reason: &str, force: bool) -> Result<()> {
     if !status.success() {
         bail!(
             "`{shown}` failed ({status}); see cargo's output above. It needs network access to \
-             crates.io and a C toolchain (`cc`); run it by hand to retry"
+             crates.io{needs}; run it by hand to retry"
         );
     }
     Ok(())
+}
+
+/// After [`cargo_install`]: the tool in cargo's first bin dir, checked to
+/// report `version`; returns that dir and the tool's path.
+fn installed_tool(dirs: &[PathBuf], tool: &str, version: &str) -> Result<(PathBuf, PathBuf)> {
+    let install_dir = dirs
+        .first()
+        .cloned()
+        .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
+    let installed = install_dir.join(tool);
+    match tool_version(&installed) {
+        Some(v) if v == version => Ok((install_dir, installed)),
+        other => bail!(
+            "after `cargo install`, {} reports version {:?}, expected {version}; \
+             install it by hand with `cargo install {tool}@{version} --locked --force`",
+            installed.display(),
+            other.unwrap_or_else(|| "none (does not run)".to_owned())
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -441,48 +461,15 @@ fn ensure_cargo_fuzz() -> Result<()> {
             None => format!("{} does not run (`--version` failed)", path.display()),
         },
     };
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
-    let mut args = vec![
-        "install",
+    cargo_install(
         "cargo-fuzz",
-        "--locked",
-        "--version",
         CARGO_FUZZ_VERSION,
-    ];
-    if found.is_some() {
-        args.push("--force");
-    }
-    let shown = format!("cargo {}", args.join(" "));
-    println!(
-        "installing: cargo-fuzz {CARGO_FUZZ_VERSION} ({reason}): `{shown}` \
-         (builds with the stable toolchain, about a minute)"
-    );
-    // Outside the workspace, like bpf-linker.
-    let status = Command::new(&cargo)
-        .args(&args)
-        .current_dir(env::temp_dir())
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running `{shown}` (is cargo installed?)"))?;
-    if !status.success() {
-        bail!(
-            "`{shown}` failed ({status}); see cargo's output above. It needs network access to \
-             crates.io; run it by hand to retry"
-        );
-    }
-    let install_dir = dirs
-        .first()
-        .cloned()
-        .context("no cargo bin dir (HOME and CARGO_HOME are unset)")?;
-    let installed = install_dir.join("cargo-fuzz");
-    match tool_version(&installed) {
-        Some(v) if v == CARGO_FUZZ_VERSION => {}
-        other => bail!(
-            "after `{shown}`, {} reports version {:?}, expected {CARGO_FUZZ_VERSION}",
-            installed.display(),
-            other.unwrap_or_else(|| "none (does not run)".to_owned())
-        ),
-    }
+        &reason,
+        found.is_some(),
+        "about a minute",
+        "",
+    )?;
+    let (install_dir, installed) = installed_tool(&dirs, "cargo-fuzz", CARGO_FUZZ_VERSION)?;
     // `cargo fuzz` finds `cargo-fuzz` on PATH: the pinned one must come first.
     if find_in_path("cargo-fuzz").as_deref() != Some(installed.as_path()) {
         add_to_path(&install_dir, Place::Front);
