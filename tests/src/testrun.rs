@@ -9,7 +9,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use geoip::{CountryCode, GeoTable, Table};
@@ -32,6 +32,26 @@ impl Drop for PinDir {
             eprintln!("warning: cannot remove {}: {e}", self.0.display());
         }
     }
+}
+
+/// The config of a datapath driven by test_run only: enforce, the EEA
+/// approved, unknown denied, `source` the one GeoIP source, pins under
+/// `pin_dir`, and a scope cgroup that is never created (named after `id`),
+/// so nothing is ever attached.
+pub fn test_run_config(pin_dir: &Path, id: &str, source: &Path) -> String {
+    format!(
+        "mode = \"enforce\"\n\
+         approved = [\"EEA\"]\n\
+         unknown = \"deny\"\n\
+         [geoip]\n\
+         sources = [{:?}]\n\
+         [scope]\n\
+         cgroups = [\"{id}-never-attached\"]\n\
+         [agent]\n\
+         pin_dir = {:?}\n",
+        source.display().to_string(),
+        pin_dir.display().to_string(),
+    )
 }
 
 /// splitmix64: a reproducible stream from a printed seed, without a

@@ -27,7 +27,7 @@ use std::{
     fs,
     mem::offset_of,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Instant,
 };
 
@@ -46,7 +46,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, sweep_stale},
     scenario::real_geoip,
     skip_unless,
-    testrun::{PinDir, Rng, perturbed, udp_frame as frame},
+    testrun::{PinDir, Rng, perturbed, test_run_config, udp_frame as frame},
 };
 use geoip::GeoTable;
 use ipnetwork::IpNetwork;
@@ -170,22 +170,6 @@ fn kernel_countries(prog: &CgroupSkb, ring: &mut RingBuf<MapData>, addrs: &[IpAd
     out
 }
 
-fn config_text(pin_dir: &Path, id: &str, source: &Path) -> String {
-    format!(
-        "mode = \"enforce\"\n\
-         approved = [\"EEA\"]\n\
-         unknown = \"deny\"\n\
-         [geoip]\n\
-         sources = [{:?}]\n\
-         [scope]\n\
-         cgroups = [\"{id}-never-attached\"]\n\
-         [agent]\n\
-         pin_dir = {:?}\n",
-        source.display().to_string(),
-        pin_dir.display().to_string(),
-    )
-}
-
 #[test]
 fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
     skip_unless!(privileged(), "needs root to load BPF programs");
@@ -226,7 +210,7 @@ fn flat_tables_agree_with_the_geoip_crate_on_real_databases() {
     ];
     for (phase, (name, source)) in phases.into_iter().enumerate() {
         let path = dir.path().join(format!("{phase}.toml"));
-        fs::write(&path, config_text(&pins.0, &id, source)).expect("write config");
+        fs::write(&path, test_run_config(&pins.0, &id, source)).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
         let dp = dp.get_or_insert_with(|| {
             let mut dp = Datapath::load(&config.pin_dir).unwrap_or_else(|e| panic!("load: {e}"));

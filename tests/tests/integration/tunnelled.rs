@@ -40,7 +40,7 @@ use enforcer_tests::{
     sandbox::{PREFIX, sweep_stale},
     scenario::real_geoip,
     skip_unless,
-    testrun::{PinDir, Rng, udp_frame as frame},
+    testrun::{PinDir, Rng, test_run_config, udp_frame as frame},
 };
 use geoip::{Alias, GeoTable};
 use ipnetwork::IpNetwork;
@@ -122,22 +122,6 @@ impl Counters {
     }
 }
 
-fn config_text(pin_dir: &Path, id: &str, source: &Path) -> String {
-    format!(
-        "mode = \"enforce\"\n\
-         approved = [\"EEA\"]\n\
-         unknown = \"deny\"\n\
-         [geoip]\n\
-         sources = [{:?}]\n\
-         [scope]\n\
-         cgroups = [\"{id}-never-attached\"]\n\
-         [agent]\n\
-         pin_dir = {:?}\n",
-        source.display().to_string(),
-        pin_dir.display().to_string(),
-    )
-}
-
 /// What the database file itself answers for `ip` (maxminddb's lookup),
 /// as a country code, whatever the schema.
 fn database_country(reader: &maxminddb::Reader<Vec<u8>>, ip: IpAddr) -> Option<String> {
@@ -185,7 +169,7 @@ fn tunnelled_ipv6_is_decided_as_the_database_locates_it() {
     let mut failures: Vec<String> = Vec::new();
     for (name, source, through_v4) in expect_aliases {
         let path = dir.path().join(format!("{name}.toml"));
-        fs::write(&path, config_text(&pins.0, &id, source)).expect("write config");
+        fs::write(&path, test_run_config(&pins.0, &id, source)).expect("write config");
         let config = Config::load(&path).unwrap_or_else(|e| panic!("config: {e}"));
         let dp = dp.get_or_insert_with(|| {
             Datapath::load(&config.pin_dir).unwrap_or_else(|e| panic!("load: {e}"))
