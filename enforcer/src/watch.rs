@@ -195,17 +195,28 @@ impl Watcher {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_rename_over_a_watched_file_is_seen_and_others_are_not() {
+    /// A scratch directory with `db.mmdb` in it, watched.
+    fn watched_db() -> (tempfile::TempDir, PathBuf, Watcher) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("db.mmdb");
         std::fs::write(&db, b"old").expect("write");
-        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        let w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        (dir, db, w)
+    }
+
+    /// Replaces `db` as updaters do: a new file renamed over it.
+    fn rename_over(db: &Path) {
+        let tmp = db.with_extension("mmdb.tmp");
+        std::fs::write(&tmp, b"new").expect("write tmp");
+        std::fs::rename(&tmp, db).expect("rename");
+    }
+
+    #[tokio::test]
+    async fn a_rename_over_a_watched_file_is_seen_and_others_are_not() {
+        let (dir, db, mut w) = watched_db();
         // Unrelated files in the same directory do not count.
         std::fs::write(dir.path().join("other"), b"x").expect("write other");
-        let tmp = dir.path().join("db.mmdb.tmp");
-        std::fs::write(&tmp, b"new").expect("write tmp");
-        std::fs::rename(&tmp, &db).expect("rename");
+        rename_over(&db);
         let got = tokio::time::timeout(Duration::from_secs(10), w.replaced())
             .await
             .expect("an event within 10 s");
@@ -220,10 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn other_files_replaced_without_pause_do_not_put_a_reload_off() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db.mmdb");
-        std::fs::write(&db, b"old").expect("write");
-        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
+        let (dir, db, mut w) = watched_db();
         // Another file in the same directory renamed over every 100 ms (as
         // an audit head beside the database), for far longer than the
         // debounce.
@@ -236,9 +244,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let tmp = dir.path().join("db.mmdb.tmp");
-        std::fs::write(&tmp, b"new").expect("write tmp");
-        std::fs::rename(&tmp, &db).expect("rename");
+        rename_over(&db);
         let got = tokio::time::timeout(DEBOUNCE * 4, w.replaced())
             .await
             .expect("the replaced database is reported while the other file churns");
@@ -248,13 +254,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_seen_before_the_wait_is_dropped_is_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db.mmdb");
-        std::fs::write(&db, b"old").expect("write");
-        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
-        let tmp = dir.path().join("db.mmdb.tmp");
-        std::fs::write(&tmp, b"new").expect("write tmp");
-        std::fs::rename(&tmp, &db).expect("rename");
+        let (_dir, db, mut w) = watched_db();
+        rename_over(&db);
         // The agent's loop drops the wait when something else comes first
         // (a SIGHUP), here half-way through the debounce.
         let cut = tokio::time::timeout(DEBOUNCE / 2, w.replaced()).await;
@@ -267,13 +268,8 @@ mod tests {
 
     #[tokio::test]
     async fn waits_dropped_more_often_than_the_debounce_still_end() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = dir.path().join("db.mmdb");
-        std::fs::write(&db, b"old").expect("write");
-        let mut w = Watcher::new(std::slice::from_ref(&db)).expect("watch");
-        let tmp = dir.path().join("db.mmdb.tmp");
-        std::fs::write(&tmp, b"new").expect("write tmp");
-        std::fs::rename(&tmp, &db).expect("rename");
+        let (_dir, db, mut w) = watched_db();
+        rename_over(&db);
         // As the agent's loop does when its one-second coverage tick wins:
         // every wait is dropped before a whole debounce has passed.
         let mut waits = 0;
