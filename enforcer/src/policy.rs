@@ -100,7 +100,7 @@ pub fn policy_sha256(config: &Config, policy: &CompiledPolicy) -> String {
     });
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    geoip::hex(&digest)
 }
 
 impl CompiledPolicy {

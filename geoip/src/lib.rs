@@ -56,7 +56,7 @@ pub use aliases::{Alias, Aliases};
 pub use country::{CountryCode, ParseCountryError};
 pub use error::GeoipError;
 pub use sets::SetError;
-pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats};
+pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats, hex};
 pub use table::{Diff, Family, Table};
 
 /// The tables of both families.

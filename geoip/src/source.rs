@@ -237,7 +237,9 @@ impl Source {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`: how [`SourceInfo::sha256`] is written, so
+/// that a digest computed elsewhere compares equal to it.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

@@ -165,11 +165,7 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&block[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(geoip::hex(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -182,10 +178,7 @@ mod tests {
             format: geoip::Format::Csv,
             database_type: None,
             build_epoch: None,
-            sha256: Sha256::digest(bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            sha256: geoip::hex(&Sha256::digest(bytes)),
         }
     }
 
