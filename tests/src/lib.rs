@@ -14,6 +14,11 @@
 //! - [`kernel`]: asking the kernel what is attached to a cgroup;
 //! - [`exec_as`]: a copy of a built binary that another uid can exec;
 //! - [`scenario`]: the common set-up of one test;
+//! - [`container`]: a booted Debian 12 machine (systemd-nspawn, real
+//!   systemd 252) on an overlay of the cached root fs, in the sandbox's
+//!   client namespace, removed on drop;
+//! - [`postgres`]: PostgreSQL servers in the sandbox's server namespace,
+//!   the peers the storage host writes user rows to;
 //! - [`router`]: three network namespaces (container, router, server) for
 //!   forwarded traffic, with the agent in the router's, and running things
 //!   inside a namespace from the test process.
@@ -22,10 +27,12 @@
 //! these are tests (aya's test/ does the same).
 
 pub mod agent;
+pub mod container;
 pub mod events;
 pub mod exec_as;
 pub mod kernel;
 pub mod metrics;
+pub mod postgres;
 pub mod probe;
 pub mod router;
 pub mod sandbox;

