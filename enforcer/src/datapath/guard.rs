@@ -65,8 +65,8 @@ pub enum GuardError {
         source: io::Error,
     },
     #[error(
-        "{path}: permission denied; reading the agent's pinned links needs root (CAP_BPF): \
-         run it as `ExecStartPre=+...` in a unit"
+        "{path}: permission denied; reading the agent's pinned links and querying a cgroup \
+         need root (CAP_BPF, CAP_NET_ADMIN): in a unit, run it as `ExecStartPre=+...`"
     )]
     Permission { path: PathBuf },
     #[error("pinned link {path}: {source}")]
@@ -272,10 +272,15 @@ impl Cgroup {
         let mut hooks = Vec::with_capacity(PROGRAMS.len());
         for &(hook, _) in PROGRAMS {
             let effective = query::effective_programs(self.dir.as_fd(), query_attach_type(hook))
-                .map_err(|source| GuardError::Query {
-                    path: self.path.clone(),
-                    hook,
-                    source,
+                .map_err(|source| match source.raw_os_error() {
+                    Some(libc::EPERM | libc::EACCES) => GuardError::Permission {
+                        path: self.path.clone(),
+                    },
+                    _ => GuardError::Query {
+                        path: self.path.clone(),
+                        hook,
+                        source,
+                    },
                 })?;
             let ours = agent.by_hook.get(hook);
             let covered = effective
