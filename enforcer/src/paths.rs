@@ -67,6 +67,24 @@ impl PinLayout {
 
 /// The mount point of the cgroup2 hierarchy, from `/proc/self/mountinfo`.
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    cgroup2_mount_info().map(|m| m.mount_point)
+}
+
+/// The cgroup2 mount as mountinfo shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    /// The cgroup the mount shows at its top, as a path from the cgroup
+    /// namespace root (`/` unless a subtree was mounted or bind-mounted,
+    /// as some container runtimes do).
+    pub root: PathBuf,
+    /// Where it is mounted.
+    pub mount_point: PathBuf,
+}
+
+/// The first cgroup2 mount in `/proc/self/mountinfo`, with its root: a
+/// cgroup path from `/proc/<pid>/cgroup` is relative to the namespace root,
+/// so finding its directory needs both.
+pub fn cgroup2_mount_info() -> io::Result<Cgroup2Mount> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     parse_cgroup2_mount(&info).ok_or_else(|| {
         io::Error::new(
@@ -76,17 +94,22 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
     })
 }
 
-/// Finds the first cgroup2 mount point in mountinfo text: fields are
+/// Finds the first cgroup2 mount in mountinfo text: fields are
 /// `id parent major:minor root mountpoint options... - fstype source opts`
-/// (proc(5)); the mount point escapes spaces and such as `\ooo`.
-fn parse_cgroup2_mount(info: &str) -> Option<PathBuf> {
+/// (proc(5)); paths escape spaces and such as `\ooo`.
+fn parse_cgroup2_mount(info: &str) -> Option<Cgroup2Mount> {
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         if right.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        let mount_point = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_octal(mount_point)))
+        let mut fields = left.split_whitespace().skip(3);
+        let root = fields.next()?;
+        let mount_point = fields.next()?;
+        Some(Cgroup2Mount {
+            root: PathBuf::from(unescape_octal(root)),
+            mount_point: PathBuf::from(unescape_octal(mount_point)),
+        })
     })
 }
 
@@ -121,23 +144,35 @@ mod tests {
                       32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
                       41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            parse_cgroup2_mount(hybrid),
+            parse_cgroup2_mount(hybrid).map(|m| m.mount_point),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         let unified =
             "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            parse_cgroup2_mount(unified),
+            parse_cgroup2_mount(unified).map(|m| m.mount_point),
             Some(PathBuf::from("/sys/fs/cgroup"))
         );
         let escaped = "29 23 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
         assert_eq!(
-            parse_cgroup2_mount(escaped),
+            parse_cgroup2_mount(escaped).map(|m| m.mount_point),
             Some(PathBuf::from("/mnt/my cg"))
         );
         assert_eq!(
             parse_cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"),
             None
+        );
+    }
+
+    #[test]
+    fn keeps_the_root_of_a_mounted_subtree() {
+        let container = "900 850 0:26 /docker/abc /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw\n";
+        assert_eq!(
+            parse_cgroup2_mount(container),
+            Some(Cgroup2Mount {
+                root: PathBuf::from("/docker/abc"),
+                mount_point: PathBuf::from("/sys/fs/cgroup"),
+            })
         );
     }
 

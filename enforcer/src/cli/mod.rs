@@ -5,6 +5,7 @@ mod check;
 mod config_check;
 mod control_verbs;
 mod geoip_cmd;
+mod guard;
 mod logging;
 mod run;
 pub(crate) mod status;
@@ -85,6 +86,10 @@ pub enum Command {
     /// Detach every program and remove every pinned map: the only way
     /// enforcement stops.
     Uninstall(uninstall::Args),
+    /// Succeed once a cgroup (default: this process's own) is decided by the
+    /// agent's programs on every hook, as the kernel says; for a service's
+    /// `ExecStartPre=+`.
+    Guard(guard::Args),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -216,6 +221,7 @@ pub fn main() -> ExitCode {
         Command::Events(args) => control_verbs::events(args),
         Command::Check(args) => check::run(args),
         Command::Uninstall(args) => uninstall::run(args),
+        Command::Guard(args) => guard::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),

@@ -1,6 +1,7 @@
 //! The datapath from the agent's side: load it (or adopt what is pinned),
 //! write policy slots, attach to cgroups and interfaces, read counters,
-//! uninstall.
+//! uninstall; and whether a cgroup is covered, asked of the kernel
+//! ([`guard`]).
 //!
 //! Invariants kept here (docs/architecture.md, "Invariants"):
 //! - enforcement outlives the agent: maps and links are pinned under a
@@ -22,6 +23,7 @@ pub mod explain;
 mod geo;
 mod geo4;
 mod geo6;
+pub mod guard;
 mod links;
 mod pinned;
 mod query;

@@ -1,6 +1,7 @@
 //! Asking the kernel what is attached where (`BPF_PROG_QUERY`), and pinning
 //! a link again from a held fd (`BPF_OBJ_PIN`): the coverage loop's two
-//! system calls (see `agent::coverage`).
+//! system calls (see `agent::coverage`). The effective variant of the query
+//! (what decides for a cgroup, inherited programs included) is `guard`'s.
 //!
 //! The query is the kernel's own answer, not the agent's memory: a link
 //! detached by another process, a cgroup re-created under the same path or
@@ -43,10 +44,26 @@ pub enum QueryTarget<'a> {
 /// with more reports ENOSPC, and we ask again with room for all.
 const FIRST_GUESS: usize = 64;
 
+/// `BPF_PROG_QUERY` flag (include/uapi/linux/bpf.h): list the programs
+/// in force on a cgroup, its ancestors' included.
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+
 /// The ids of the programs attached directly to `target` at `attach_type`
 /// (for a cgroup: not the ones inherited from ancestors, since the query
 /// is made without `BPF_F_QUERY_EFFECTIVE`).
 pub fn attached_programs(target: QueryTarget<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    query(target, attach_type, false)
+}
+
+/// The ids of the programs that decide for `cgroup` at `attach_type`: the
+/// kernel's effective array, which holds the programs attached to the
+/// cgroup and those it inherits from its ancestors (a cgroup created under
+/// a covered one gets them at mkdir). This is what `enforcer guard` asks.
+pub fn effective_programs(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    query(QueryTarget::Cgroup(cgroup), attach_type, true)
+}
+
+fn query(target: QueryTarget<'_>, attach_type: u32, effective: bool) -> io::Result<Vec<u32>> {
     let mut room = FIRST_GUESS;
     loop {
         let mut ids = vec![0u32; room];
@@ -64,9 +81,16 @@ pub fn attached_programs(target: QueryTarget<'_>, attach_type: u32) -> io::Resul
         attr.0[4..8].copy_from_slice(&attach_type.to_ne_bytes());
         attr.0[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
         attr.0[24..28].copy_from_slice(&(room as u32).to_ne_bytes());
-        // Per-program flags: not needed, but the kernel wants the buffer for
-        // some attach types (BPF_LSM_CGROUP) when ids are asked for.
-        attr.0[32..40].copy_from_slice(&(flags.as_mut_ptr() as u64).to_ne_bytes());
+        if effective {
+            // Without per-program flags: the kernel refuses an effective
+            // query that asks for them (EINVAL, `__cgroup_bpf_query`).
+            attr.0[8..12].copy_from_slice(&BPF_F_QUERY_EFFECTIVE.to_ne_bytes());
+        } else {
+            // Per-program flags: not needed, but the kernel wants the
+            // buffer for some attach types (BPF_LSM_CGROUP) when ids are
+            // asked for.
+            attr.0[32..40].copy_from_slice(&(flags.as_mut_ptr() as u64).to_ne_bytes());
+        }
         match bpf(BPF_PROG_QUERY, &mut attr) {
             Ok(_) => {
                 let count = u32::from_ne_bytes([attr.0[24], attr.0[25], attr.0[26], attr.0[27]]);
@@ -91,4 +115,53 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     attr.0[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
     attr.0[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// `enum bpf_cmd` value (include/uapi/linux/bpf.h).
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `enum bpf_link_type` value (include/uapi/linux/bpf.h).
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+/// What the kernel says about a cgroup link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    /// The program the link attaches.
+    pub prog_id: u32,
+    /// The cgroup it is attached to, by id (the directory's inode number).
+    pub cgroup_id: u64,
+    /// The hook, as an `enum bpf_attach_type` value.
+    pub attach_type: u32,
+}
+
+/// `struct bpf_link_info`, with room to spare: the kernel fills what it
+/// knows and requires the rest to be zero.
+#[repr(C, align(8))]
+struct LinkInfoBuf([u8; 256]);
+
+/// Reads `bpf_link_info` of the link behind `fd` (`BPF_OBJ_GET_INFO_BY_FD`);
+/// `None` for a link that is not a cgroup link (the tcx links).
+pub fn cgroup_link_info(fd: BorrowedFd<'_>) -> io::Result<Option<CgroupLinkInfo>> {
+    let mut info = LinkInfoBuf([0; 256]);
+    let mut attr = Attr::zeroed();
+    // struct { __u32 bpf_fd; __u32 info_len; __aligned_u64 info; } info
+    attr.0[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&(info.0.len() as u32).to_ne_bytes());
+    attr.0[8..16].copy_from_slice(&(info.0.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let u32_at =
+        |o: usize| u32::from_ne_bytes([info.0[o], info.0[o + 1], info.0[o + 2], info.0[o + 3]]);
+    // struct bpf_link_info { __u32 type; __u32 id; __u32 prog_id;
+    //   union { ... struct { __u64 cgroup_id; __u32 attach_type; } cgroup; ... } }
+    // The union is 8-byte aligned: it starts at 16.
+    if u32_at(0) != BPF_LINK_TYPE_CGROUP {
+        return Ok(None);
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&info.0[16..24]);
+    Ok(Some(CgroupLinkInfo {
+        prog_id: u32_at(8),
+        cgroup_id: u64::from_ne_bytes(id),
+        attach_type: u32_at(24),
+    }))
 }

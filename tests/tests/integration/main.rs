@@ -24,6 +24,7 @@ mod events;
 mod exceptions;
 mod flat_tables;
 mod forwarded;
+mod guard;
 mod inbound;
 mod lifecycle;
 mod offline;
