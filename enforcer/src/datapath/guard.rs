@@ -151,32 +151,74 @@ pub struct AgentPrograms {
 }
 
 impl AgentPrograms {
-    /// Reads every link pinned under `pin_dir`'s links directory. A pin
-    /// removed while being read (an agent replacing its links) is skipped:
-    /// the next poll sees its successor.
+    /// Reads every link pinned under `pin_dir`, in the links directory of
+    /// every layout version (`v<N>/links`), not only this binary's: during
+    /// a package upgrade the new binary is on disk while the old agent
+    /// still enforces with its own layout's links until it is restarted,
+    /// and a service started in that moment is covered by them. A link's
+    /// hook comes from the kernel (its attach type), not from its pin's
+    /// name, so any layout's links count. A pin removed while being read
+    /// (an agent replacing its links) is skipped: the next poll sees its
+    /// successor.
     pub fn read(pin_dir: &Path) -> Result<AgentPrograms, GuardError> {
-        let links = PinLayout::new(pin_dir).links;
-        let entries = match fs::read_dir(&links) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AgentPrograms::default()),
+        let mut out = AgentPrograms::default();
+        let current = PinLayout::new(pin_dir).links;
+        let mut dirs = vec![current.clone()];
+        match fs::read_dir(pin_dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    let versioned = name
+                        .strip_prefix('v')
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                    let links = entry.path().join("links");
+                    if versioned && links != current {
+                        dirs.push(links);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                return Err(GuardError::Permission { path: links });
+                return Err(GuardError::Permission {
+                    path: pin_dir.to_owned(),
+                });
             }
             Err(source) => {
                 return Err(GuardError::Read {
-                    path: links,
+                    path: pin_dir.to_owned(),
+                    source,
+                });
+            }
+        }
+        for links in dirs {
+            out.read_links(&links)?;
+        }
+        Ok(out)
+    }
+
+    /// Adds the links pinned in one links directory.
+    fn read_links(&mut self, links: &Path) -> Result<(), GuardError> {
+        let entries = match fs::read_dir(links) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(GuardError::Permission {
+                    path: links.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(GuardError::Read {
+                    path: links.to_owned(),
                     source,
                 });
             }
         };
-        let mut out = AgentPrograms {
-            installed: true,
-            ..AgentPrograms::default()
-        };
+        self.installed = true;
         for entry in entries {
             let path = entry
                 .map_err(|source| GuardError::Read {
-                    path: links.clone(),
+                    path: links.to_owned(),
                     source,
                 })?
                 .path();
@@ -199,10 +241,10 @@ impl AgentPrograms {
                 .iter()
                 .find(|(name, _)| query_attach_type(name) == info.attach_type)
             {
-                out.by_hook.entry(hook).or_default().insert(info.prog_id);
+                self.by_hook.entry(hook).or_default().insert(info.prog_id);
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -157,3 +157,47 @@ fn guard_checks_its_own_cgroup_by_default() {
     assert_not_covered(&own(&outside, "200ms"), &outside);
     agent.stop();
 }
+
+/// During a package upgrade the new binary is on disk while the previous
+/// release's agent still enforces with its own layout's links: guard (the
+/// new binary) counts them, so a service (re)started in that moment is not
+/// refused while it is in fact covered.
+#[test]
+fn guard_counts_the_previous_layouts_links() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let previous = std::env::var_os("EE_PREVIOUS_ENFORCER_BIN").map(std::path::PathBuf::from);
+    skip_unless!(
+        previous.as_ref().is_some_and(|p| p.is_file()),
+        "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)"
+    );
+    let previous = previous.unwrap_or_default();
+    let s = Scenario::new();
+    let scope = s.sb.cgroup.join("slice");
+    fs::create_dir(&scope).expect("create the scope cgroup");
+    let config = s.dir.path().join("enforcer.toml");
+    fs::write(
+        &config,
+        s.config_scoped("enforce", "allow", &[], &[&scope], "", ""),
+    )
+    .expect("write config");
+    let mut old = enforcer_tests::agent::Agent::start_binary(&previous, &config, &s.pin_dir, None)
+        .unwrap_or_else(|f| {
+            panic!(
+                "the previous agent failed to start ({}):\n{}",
+                f.status, f.stderr
+            )
+        });
+    let ours = s
+        .pin_dir
+        .join(format!("v{}", enforcer_common::LAYOUT_VERSION));
+    assert!(
+        !ours.exists(),
+        "the previous release pins another layout than this binary's ({})",
+        ours.display()
+    );
+    let svc = scope.join("svc.service");
+    fs::create_dir(&svc).expect("create a service cgroup");
+    assert_covered(&guard(&s.pin_dir, &svc, "5s", &[]), &svc);
+    old.stop();
+    old.uninstall();
+}
