@@ -350,3 +350,61 @@ impl Drop for Machine {
             .status();
     }
 }
+
+/// Removes what machines and peers of test processes that no longer exist
+/// left (called by [`crate::sandbox::sweep_stale`] first, so the machine's
+/// processes are gone before its cgroups are removed) (a killed test runs no destructor): the machine's processes and
+/// cgroups in both hierarchies, the overlay mount and its directory, and
+/// PostgreSQL peers still running from a scratch directory.
+pub fn sweep_stale() {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix(crate::sandbox::PREFIX) else {
+            return false;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !pid.is_empty() && !Path::new("/proc").join(&pid).exists()
+    };
+    if let Ok(mount) = enforcer::paths::cgroup2_mount()
+        && let Ok(entries) = fs::read_dir(&mount)
+    {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                let _ = fs::write(e.path().join("machine/cgroup.kill"), "1");
+            }
+        }
+    }
+    if let Some(v1) = systemd_v1_mount()
+        && let Ok(entries) = fs::read_dir(&v1)
+    {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir("/var/tmp") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !dead(&name) {
+                continue;
+            }
+            // A peer's postmaster.pid names its server process.
+            if let Ok(pidfile) = fs::read_to_string(e.path().join("data/postmaster.pid"))
+                && let Some(pid) = pidfile
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+            }
+            let _ = Command::new("umount")
+                .arg(e.path().join("root"))
+                .stderr(Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}

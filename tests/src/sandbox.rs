@@ -387,6 +387,7 @@ pub fn enter(cmd: &mut Command, ns: &str, cgroup: Option<&Path>) {
 /// test processes that no longer exist (a test killed by a signal cannot
 /// run its destructors).
 pub fn sweep_stale() {
+    crate::container::sweep_stale();
     let dead = |name: &str| -> bool {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             return false;
