@@ -9,6 +9,7 @@
 //! cargo xtask demo           # the main job, shown in a sandbox
 //! cargo xtask bench          # performance, side by side (bench/results/)
 //! cargo xtask fuzz           # the parsers' fuzz targets (nightly, cargo-fuzz)
+//! cargo xtask deb            # the Debian package (target/debian/*.deb)
 //! ```
 //!
 //! Every subcommand that needs the toolchain or system tools calls
@@ -18,6 +19,7 @@
 
 mod bench;
 mod bpffs;
+mod deb;
 mod demo;
 mod fuzz;
 mod geoip;
@@ -84,6 +86,16 @@ enum Command {
     /// storage-host container tests boot (systemd 252, PostgreSQL 15) and
     /// print its path. `test` does this by itself. Needs root.
     Rootfs,
+
+    /// Build the Debian package: the release agent, its man pages and
+    /// completions, the hardened systemd unit, residency.slice, the config
+    /// (observe mode), tmpfiles, logrotate and maintainer scripts from
+    /// packaging/debian/, assembled with dpkg-deb (no cargo-deb needed)
+    /// into target/debian/egress-enforcer_<version>_<arch>.deb, whose path
+    /// is the last line printed. Checks the result with dpkg-deb --info and
+    /// --contents, shellcheck and systemd-analyze verify, and prints
+    /// lintian's findings when lintian is installed. Does not need root.
+    Deb(deb::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -109,6 +121,9 @@ pub fn cache_root() -> PathBuf {
 /// Where cargo puts the workspace's build output.
 pub struct Workspace {
     pub target_dir: PathBuf,
+    /// The workspace version (`[workspace.package] version`), read from
+    /// the agent's package, which inherits it.
+    pub version: String,
 }
 
 /// Asks `cargo metadata` (so `CARGO_TARGET_DIR` and config are honoured).
@@ -131,8 +146,20 @@ pub fn workspace() -> Result<Workspace> {
         .get("target_directory")
         .and_then(|v| v.as_str())
         .context("cargo metadata has no target_directory")?;
+    let version = meta
+        .get("packages")
+        .and_then(|p| p.as_array())
+        .and_then(|packages| {
+            packages
+                .iter()
+                .find(|p| p.get("name").and_then(|n| n.as_str()) == Some("enforcer"))
+        })
+        .and_then(|p| p.get("version"))
+        .and_then(|v| v.as_str())
+        .context("cargo metadata has no version for the enforcer package")?;
     Ok(Workspace {
         target_dir: PathBuf::from(target_dir),
+        version: version.to_owned(),
     })
 }
 
@@ -165,5 +192,6 @@ fn run(command: Command) -> Result<()> {
             println!("{}", rootfs::ensure()?.display());
             Ok(())
         }
+        Command::Deb(args) => deb::run(args),
     }
 }

@@ -107,6 +107,16 @@ pub fn ensure_fuzz() -> Result<()> {
     ensure_cargo_fuzz()
 }
 
+/// What building the release agent needs (`cargo xtask deb`): the nightly
+/// toolchain with rust-src and bpf-linker, for the datapath that
+/// enforcer/build.rs builds. No root, no test tools.
+pub fn ensure_build() -> Result<()> {
+    let rustup = find_rustup()?;
+    check_nightly(&rustup)?;
+    ensure_rust_src(&rustup)?;
+    ensure_bpf_linker()
+}
+
 /// [`ensure`], then the tools only the benchmark needs ([`BENCH_TOOLS`]).
 pub fn ensure_bench(opts: &Opts) -> Result<()> {
     ensure(opts)?;

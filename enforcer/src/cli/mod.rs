@@ -4,6 +4,7 @@ mod audit;
 mod check;
 mod config_check;
 mod control_verbs;
+mod generate;
 mod geoip_cmd;
 mod guard;
 mod logging;
@@ -99,6 +100,10 @@ pub enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Man pages and shell completions from this command line's own
+    /// definition (for packaging; hidden from --help).
+    #[command(subcommand, hide = true)]
+    Generate(generate::GenerateCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +230,7 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),
         Command::Geoip(cmd) => geoip_cmd::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Generate(cmd) => generate::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
