@@ -221,8 +221,8 @@ fn a_new_layout_retires_the_previous_one() {
     let m = second.scrape();
     assert_eq!(
         m.sum("enforcer_connections_total", &[("verdict", "denied")]),
-        1.0,
-        "the previous layout's counts continue\n{}",
+        2.0,
+        "the previous layout's counts (both refusals) continue\n{}",
         m.text
     );
     assert_eq!(
@@ -367,6 +367,10 @@ fn counters_continue_across_a_layout_upgrade() {
         assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
     }
     let (grown, grown_country) = refusals(&s);
+    eprintln!(
+        "denied: {before} under {old_layout} ({N} refusals), {after} after the upgrade, \
+         {grown} after {M} more; to {DENIED_COUNTRY}: {before_country}, {after_country}, {grown_country}"
+    );
     assert_eq!((grown, grown_country), (after + M, after_country + M));
     let m = agent.scrape();
     assert_eq!(
