@@ -208,8 +208,15 @@ pub(super) fn apply(
     let retired = dp
         .retire_other_versions()
         .context("detaching the programs of another layout version")?;
-    if !retired.is_empty() {
-        tracing::info!(versions = ?retired, "detached and removed the pins of another layout version");
+    if !retired.versions.is_empty() {
+        tracing::info!(versions = ?retired.versions, "detached and removed the pins of another layout version");
+    }
+    for (layout, maps) in &retired.carried {
+        tracing::info!(
+            from_layout = layout,
+            maps,
+            "counters carried from layout {layout}: they continue"
+        );
     }
     let mode_from_runtime = new_runtime.global.is_some();
     runtime.replace(new_runtime);

@@ -271,6 +271,20 @@ fn print_kernel(k: &serde_json::Value) {
         }
     };
     println!("connections: {}", line(&k["connections"]));
+    let carried: Vec<String> = k["counters_carried_from"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| format!("v{}", s(v)))
+        .collect();
+    if !carried.is_empty() {
+        // Without this line a jump in the counts after an upgrade would
+        // look like traffic.
+        println!(
+            "counters:    include layout {} (carried at an upgrade)",
+            carried.join(" ")
+        );
+    }
     println!("packets:     {}", line(&k["packets"]));
     let sup = &k["events_suppressed"];
     if sup["rate_limit"].as_u64().unwrap_or(0) + sup["ring_full"].as_u64().unwrap_or(0) > 0 {

@@ -8,7 +8,7 @@
 //! map's kernel description is compared with what the layout says before
 //! any program is loaded.
 
-use std::mem::size_of;
+use std::{mem::size_of, path::Path};
 
 use aya::maps::{MapInfo, MapType};
 use enforcer_common::{
@@ -152,39 +152,56 @@ fn expected() -> Vec<Expected> {
 /// Compares every pinned map under `pins.maps` with the layout.
 pub fn check(pins: &PinLayout) -> Result<(), DatapathError> {
     for e in expected() {
-        let path = pins.maps.join(e.name);
-        let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
-            name: e.name,
-            source,
-        })?;
-        let kind = info.map_type().map_err(|source| DatapathError::Map {
-            name: e.name,
-            source,
-        })?;
-        let got = (
-            kind,
-            info.key_size() as usize,
-            info.value_size() as usize,
-            info.max_entries(),
-        );
-        let want = (e.kind, e.key, e.value, e.max_entries);
-        if got != want {
-            return Err(DatapathError::Incompatible {
-                path,
-                detail: format!(
-                    "the kernel has {:?} key {} value {} entries {}, this agent's layout v{} needs {:?} key {} value {} entries {}",
-                    got.0,
-                    got.1,
-                    got.2,
-                    got.3,
-                    enforcer_common::LAYOUT_VERSION,
-                    want.0,
-                    want.1,
-                    want.2,
-                    want.3
-                ),
-            });
-        }
+        check_one(&pins.maps.join(e.name), &e)?;
+    }
+    Ok(())
+}
+
+/// Compares the map pinned at `path` with this layout's map `name` (a
+/// counter map carried from another layout, see [`super::carry`]).
+pub fn check_as(path: &Path, name: &str) -> Result<(), DatapathError> {
+    match expected().into_iter().find(|e| e.name == name) {
+        Some(e) => check_one(path, &e),
+        None => Err(DatapathError::Incompatible {
+            path: path.to_owned(),
+            detail: format!("this layout has no map {name}"),
+        }),
+    }
+}
+
+fn check_one(path: &Path, e: &Expected) -> Result<(), DatapathError> {
+    let path = path.to_owned();
+    let info = MapInfo::from_pin(&path).map_err(|source| DatapathError::Map {
+        name: e.name,
+        source,
+    })?;
+    let kind = info.map_type().map_err(|source| DatapathError::Map {
+        name: e.name,
+        source,
+    })?;
+    let got = (
+        kind,
+        info.key_size() as usize,
+        info.value_size() as usize,
+        info.max_entries(),
+    );
+    let want = (e.kind, e.key, e.value, e.max_entries);
+    if got != want {
+        return Err(DatapathError::Incompatible {
+            path,
+            detail: format!(
+                "the kernel has {:?} key {} value {} entries {}, this agent's layout v{} needs {:?} key {} value {} entries {}",
+                got.0,
+                got.1,
+                got.2,
+                got.3,
+                enforcer_common::LAYOUT_VERSION,
+                want.0,
+                want.1,
+                want.2,
+                want.3
+            ),
+        });
     }
     Ok(())
 }

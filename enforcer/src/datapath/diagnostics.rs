@@ -184,30 +184,36 @@ pub fn forward_log(dp: &mut Datapath) -> Option<LogForwarder> {
     }
 }
 
-/// A handle on the pinned `DP_ERRORS`, independent of the loaded programs.
+/// A handle on the pinned `DP_ERRORS`, independent of the loaded programs,
+/// and on those carried from earlier layouts (see [`super::carry`]).
 pub struct FaultCounts {
-    map: PerCpuArray<MapData, FaultState>,
+    /// This layout's map first, then the carried ones.
+    maps: Vec<PerCpuArray<MapData, FaultState>>,
 }
 
 impl FaultCounts {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
-        let map =
-            PerCpuArray::try_from(open_pinned(pin_dir, DP_ERRORS)?).map_err(map_err(DP_ERRORS))?;
-        Ok(Self { map })
+        let mut maps = vec![
+            PerCpuArray::try_from(open_pinned(pin_dir, DP_ERRORS)?).map_err(map_err(DP_ERRORS))?,
+        ];
+        for (_, map) in super::carry::open_carried(pin_dir, DP_ERRORS)? {
+            maps.push(PerCpuArray::try_from(map).map_err(map_err(DP_ERRORS))?);
+        }
+        Ok(Self { maps })
     }
 
-    /// Every kind's failures since the maps were created, summed over
-    /// CPUs, zeros included (a counter that exists from the start is one an
-    /// alert can watch).
+    /// Every kind's failures since the maps were created (carried ones
+    /// included), summed over CPUs, zeros included (a counter that exists
+    /// from the start is one an alert can watch).
     pub fn read(&self) -> Result<Vec<(Fault, u64)>, DatapathError> {
         Fault::ALL
             .iter()
             .map(|&fault| {
-                let per_cpu = self
-                    .map
-                    .get(&(fault as u32), 0)
-                    .map_err(map_err(DP_ERRORS))?;
-                let total = per_cpu.iter().fold(0u64, |a, s| a.wrapping_add(s.count));
+                let mut total = 0u64;
+                for map in &self.maps {
+                    let per_cpu = map.get(&(fault as u32), 0).map_err(map_err(DP_ERRORS))?;
+                    total = per_cpu.iter().fold(total, |a, s| a.wrapping_add(s.count));
+                }
                 Ok((fault, total))
             })
             .collect()

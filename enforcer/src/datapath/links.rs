@@ -30,7 +30,11 @@ use aya::{
     },
 };
 
-use super::{DatapathError, PROGRAMS, ProgramKind, TCX_PROGRAM, detach, pinned};
+use super::{
+    DatapathError, PROGRAMS, ProgramKind, TCX_PROGRAM,
+    carry::{self, Carried},
+    detach, pinned,
+};
 use crate::{
     paths::PinLayout,
     scope::{CgroupTarget, InterfaceTarget},
@@ -516,16 +520,35 @@ fn remove_version(dir: &Path, report: &mut UninstallReport) -> Result<(), Datapa
     }
 }
 
-/// Retires every layout directory under the pin directory but this agent's.
-pub fn retire_other_versions(pins: &PinLayout) -> Result<Vec<String>, DatapathError> {
+/// What [`retire_other_versions`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Retired {
+    /// The layout directories removed (`v<layout>`).
+    pub versions: Vec<String>,
+    /// Counter maps pinned again under this layout, by the layout that
+    /// counted into them.
+    pub carried: Carried,
+}
+
+/// Retires every layout directory under the pin directory but this
+/// agent's, carrying its counters first (see [`super::carry`]): they are
+/// pinned again before its maps are unpinned, so they never go away.
+pub fn retire_other_versions(pins: &PinLayout) -> Result<Retired, DatapathError> {
     let ours = file_name(&pins.versioned);
-    let mut retired = Vec::new();
+    let mut retired = Retired::default();
     for entry in fs::read_dir(&pins.root).map_err(|e| pin_err(&pins.root, e))? {
         let entry = entry.map_err(|e| pin_err(&pins.root, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != ours && is_version_dir(&name) {
+            // A number too large for a layout is a directory no agent made:
+            // removed like the others, nothing carried from it.
+            if let Some(layout) = name.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()) {
+                for (from, n) in carry::carry(pins, &entry.path(), layout) {
+                    *retired.carried.entry(from).or_default() += n;
+                }
+            }
             remove_version(&entry.path(), &mut UninstallReport::default())?;
-            retired.push(name);
+            retired.versions.push(name);
         }
     }
     Ok(retired)

@@ -15,6 +15,7 @@
 
 mod bpffs;
 mod buffer;
+mod carry;
 mod compat;
 pub mod counters;
 mod detach;
@@ -47,9 +48,10 @@ use enforcer_common::{
 
 pub use self::{
     bpffs::BpffsError,
+    carry::Carried,
     links::TEMP_PREFIX as STAGED_LINK_PREFIX,
     links::{
-        AttachReport, HeldLink, HeldLinks, LinkTarget, Staged, UninstallReport, link_name,
+        AttachReport, HeldLink, HeldLinks, LinkTarget, Retired, Staged, UninstallReport, link_name,
         tcx_link_name, uninstall, uninstall_after,
     },
     pinned::{Access, open_map},
@@ -218,8 +220,9 @@ impl Datapath {
 
     /// Detaches and removes what agents with another layout version left in
     /// the pin directory: their links would go on deciding with their own
-    /// maps (the kernel refuses when any attached program refuses).
-    pub fn retire_other_versions(&mut self) -> Result<Vec<String>, DatapathError> {
+    /// maps (the kernel refuses when any attached program refuses). Their
+    /// counters are carried first (see [`carry`]), so they continue.
+    pub fn retire_other_versions(&mut self) -> Result<Retired, DatapathError> {
         links::retire_other_versions(&self.pins)
     }
 

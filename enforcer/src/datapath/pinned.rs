@@ -87,7 +87,24 @@ pub enum Access {
 /// [`DatapathError::Permission`], which says so in words instead of the
 /// system call's name.
 pub fn open_map(pin_dir: &Path, name: &'static str, access: Access) -> Result<Map, DatapathError> {
-    let path = PinLayout::new(pin_dir).maps.join(name);
+    open_map_at(
+        &PinLayout::new(pin_dir).maps.join(name),
+        pin_dir,
+        name,
+        access,
+    )
+}
+
+/// Opens the map pinned at `path` (of the datapath pinned under `pin_dir`,
+/// named in errors) as the layout's map `name`: [`open_map`], for a pin
+/// under another name (a carried map, see [`super::carry`]).
+pub(super) fn open_map_at(
+    path: &Path,
+    pin_dir: &Path,
+    name: &'static str,
+    access: Access,
+) -> Result<Map, DatapathError> {
+    let path = path.to_owned();
     let flags = match access {
         Access::ReadWrite => 0,
         Access::ReadOnly => BPF_F_RDONLY,

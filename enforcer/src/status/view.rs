@@ -135,5 +135,8 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
             "ring_full": suppressed.ring_full,
         },
         "denied_or_would_deny_by_country": refused_by_country,
+        // The layouts whose counts are included (they continue across a
+        // layout upgrade, see datapath::carry).
+        "counters_carried_from": reader.carried_from(),
     }))
 }

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use enforcer_tests::{
-    agent::{enforcer, enforcer_at, verified_audit_summary},
+    agent::{Agent, enforcer, enforcer_at, verified_audit_summary},
     kernel::agent_programs,
     privileged,
     probe::{Proto, attempt},
@@ -163,8 +163,8 @@ fn enforcement_survives_the_agent_and_uninstall_removes_it() {
 /// previous layout left (here this agent's own, renamed to the previous
 /// version's directory: attached, enforcing, holding counts) are not
 /// adopted but retired once the new ones are attached, with no moment
-/// unenforced. The new layout starts its counters, and its datapath error
-/// counters (added in v8), from zero.
+/// unenforced. Its counters are carried: the new layout's continue from
+/// them.
 #[test]
 fn a_new_layout_retires_the_previous_one() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
@@ -206,11 +206,23 @@ fn a_new_layout_retires_the_previous_one() {
         attempt(&s.sb, Proto::Tcp, denied).ok,
         "only the new layout's programs decide"
     );
+    for name in [
+        "CONN_COUNTS",
+        "PKT_COUNTS",
+        "BYTE_COUNTS",
+        "EVENT_STATS",
+        "DP_ERRORS",
+    ] {
+        let carried = ours
+            .join("maps")
+            .join(format!("carried-v{}-{name}", version - 1));
+        assert!(carried.exists(), "{} is pinned", carried.display());
+    }
     let m = second.scrape();
     assert_eq!(
         m.sum("enforcer_connections_total", &[("verdict", "denied")]),
-        0.0,
-        "new maps, new counts\n{}",
+        2.0,
+        "the previous layout's counts (both refusals) continue\n{}",
         m.text
     );
     assert_eq!(
@@ -234,6 +246,154 @@ fn a_new_layout_retires_the_previous_one() {
         "{}",
         m.text
     );
+}
+
+/// `enforcer status --json`'s `kernel` part (from the agent when one runs,
+/// else from the pins).
+fn kernel_status(s: &Scenario) -> serde_json::Value {
+    let out = enforcer(&[
+        "status",
+        "--json",
+        "--pin-dir",
+        &s.pin_dir.display().to_string(),
+        "--socket",
+        &s.control_socket().display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    all["kernel"].clone()
+}
+
+/// (denied, denied or would deny to the denied country) as `status` says.
+fn refusals(s: &Scenario) -> (u64, u64) {
+    let k = kernel_status(s);
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    (
+        n(&k["connections"]["denied"]),
+        n(&k["denied_or_would_deny_by_country"][DENIED_COUNTRY]),
+    )
+}
+
+/// The package upgrade from the previous release (EE_PREVIOUS_ENFORCER_BIN)
+/// to this one, when it changes the layout: what the previous agent counted
+/// is carried, so `status` and the metrics continue from it; a restart with
+/// the same layout keeps it; `uninstall` removes it with everything else.
+#[test]
+fn counters_continue_across_a_layout_upgrade() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let previous = std::env::var_os("EE_PREVIOUS_ENFORCER_BIN").map(std::path::PathBuf::from);
+    skip_unless!(
+        previous.as_ref().is_some_and(|p| p.is_file()),
+        "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)"
+    );
+    let previous = previous.unwrap_or_default();
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    let config = s.config("enforce", "allow", &[]);
+    let config_path = s.dir.path().join("enforcer.toml");
+    std::fs::write(&config_path, &config).expect("write config");
+    let mut old =
+        Agent::start_binary(&previous, &config_path, &s.pin_dir, None).unwrap_or_else(|f| {
+            panic!(
+                "the previous agent failed to start ({}):\n{}",
+                f.status, f.stderr
+            )
+        });
+    let old_layout: Vec<String> = std::fs::read_dir(&s.pin_dir)
+        .expect("the previous agent's pins")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('v'))
+        .collect();
+    let ours = format!("v{}", enforcer_common::LAYOUT_VERSION);
+    skip_unless!(
+        old_layout.len() == 1 && old_layout[0] != ours,
+        "the previous release has this layout: nothing to carry"
+    );
+    let old_layout = old_layout[0].clone();
+
+    const N: u64 = 7;
+    for _ in 0..N {
+        assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    }
+    let (before, before_country) = refusals(&s);
+    assert!(
+        before >= N && before_country >= N,
+        "{before} {before_country}"
+    );
+    old.stop();
+    old.leave_pins();
+    drop(old);
+
+    let mut agent = s.start(&config);
+    assert!(
+        agent.log().contains(&format!(
+            "counters carried from layout {}",
+            &old_layout[1..]
+        )),
+        "{}",
+        agent.log()
+    );
+    let maps = s.pin_dir.join(&ours).join("maps");
+    for name in [
+        "CONN_COUNTS",
+        "PKT_COUNTS",
+        "BYTE_COUNTS",
+        "EVENT_STATS",
+        "DP_ERRORS",
+    ] {
+        let carried = maps.join(format!("carried-{old_layout}-{name}"));
+        assert!(carried.exists(), "{} is pinned", carried.display());
+    }
+    let (after, after_country) = refusals(&s);
+    assert!(
+        after >= before && after_country >= before_country,
+        "the previous layout's counts continue: {before} -> {after}, {before_country} -> {after_country}"
+    );
+    let k = kernel_status(&s);
+    assert_eq!(
+        k["counters_carried_from"],
+        serde_json::json!([old_layout[1..].parse::<u32>().unwrap_or(0)]),
+        "{k:#}"
+    );
+
+    const M: u64 = 5;
+    for _ in 0..M {
+        assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    }
+    let (grown, grown_country) = refusals(&s);
+    eprintln!(
+        "denied: {before} under {old_layout} ({N} refusals), {after} after the upgrade, \
+         {grown} after {M} more; to {DENIED_COUNTRY}: {before_country}, {after_country}, {grown_country}"
+    );
+    assert_eq!((grown, grown_country), (after + M, after_country + M));
+    let m = agent.scrape();
+    assert_eq!(
+        m.sum(
+            "enforcer_connections_total",
+            &[("country", DENIED_COUNTRY), ("verdict", "denied")]
+        ),
+        grown_country as f64,
+        "the metrics say what status says\n{}",
+        m.text
+    );
+
+    // A restart with the same layout adopts the pins, carried ones too.
+    agent.stop();
+    agent.leave_pins();
+    drop(agent);
+    let mut agent = s.start(&config);
+    assert!(agent.log().contains("adopting"), "{}", agent.log());
+    assert_eq!(refusals(&s), (grown, grown_country));
+
+    agent.uninstall();
+    assert!(!s.pin_dir.exists(), "nothing is left");
+    assert_eq!(agent_programs(&s.sb.cgroup), 0);
 }
 
 #[test]
