@@ -53,6 +53,8 @@ refuse or record outbound connections by destination jurisdiction
 const STATIC_FILES: &[(&str, &str, u32)] = &[
     ("debian/egress-enforcer.service", "lib/systemd/system/egress-enforcer.service", 0o644),
     ("debian/residency.slice",         "lib/systemd/system/residency.slice",         0o644),
+    ("debian/egress-enforcer-bpffs.service", "lib/systemd/system/egress-enforcer-bpffs.service", 0o644),
+    ("debian/residency.conf",          "usr/share/egress-enforcer/residency.conf",   0o644),
     ("debian/enforcer.toml",           "etc/egress-enforcer/enforcer.toml",          0o644),
     ("debian/tmpfiles.conf",           "usr/lib/tmpfiles.d/egress-enforcer.conf",    0o644),
     ("logrotate/egress-enforcer",      "etc/logrotate.d/egress-enforcer",            0o644),
@@ -88,6 +90,8 @@ const REQUIRED: &[(&str, &str)] = &[
     ("./usr/sbin/enforcer",                                "-rwxr-xr-x"),
     ("./lib/systemd/system/egress-enforcer.service",       "-rw-r--r--"),
     ("./lib/systemd/system/residency.slice",               "-rw-r--r--"),
+    ("./lib/systemd/system/egress-enforcer-bpffs.service", "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/residency.conf",         "-rw-r--r--"),
     ("./etc/egress-enforcer/enforcer.toml",                "-rw-r--r--"),
     ("./etc/logrotate.d/egress-enforcer",                  "-rw-r--r--"),
     ("./usr/lib/tmpfiles.d/egress-enforcer.conf",          "-rw-r--r--"),
@@ -118,6 +122,13 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let deb = build(&args)?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Builds the package `args` describe; returns its path.
+pub fn build(args: &Args) -> Result<PathBuf> {
     for tool in ["dpkg", "dpkg-deb", "gzip", "md5sum"] {
         if which(tool).is_none() {
             bail!(
@@ -152,7 +163,7 @@ pub fn run(args: Args) -> Result<()> {
     .trim()
     .to_owned();
 
-    let (binary, generator) = binaries(&args, &ws.target_dir)?;
+    let (binary, generator) = binaries(args, &ws.target_dir)?;
     println!(
         "\n==> staging {PACKAGE} {version} ({arch}) from {}",
         binary.display()
@@ -233,8 +244,7 @@ pub fn run(args: Args) -> Result<()> {
     print!("{built}");
     check_package(&deb, &version)?;
     lintian(&deb);
-    println!("{}", deb.display());
-    Ok(())
+    Ok(deb)
 }
 
 /// The binary to package and the binary that writes the man pages and
@@ -604,6 +614,7 @@ fn verify_units(stage: &Path) {
         // The man pages are checked in the package, not on this host.
         .arg("--man=no")
         .arg(units.join("residency.slice"))
+        .arg(units.join("egress-enforcer-bpffs.service"))
         .arg(units.join("egress-enforcer.service"))
         .output();
     match result {
