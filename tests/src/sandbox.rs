@@ -399,6 +399,18 @@ pub fn sweep_stale() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or("");
             if dead(name) {
+                // Its servers (ee-probe, PostgreSQL peers) outlive a killed
+                // test and would keep the namespace alive after `del`.
+                if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
                 let _ = Command::new("ip").args(["netns", "del", name]).status();
             }
         }

@@ -63,6 +63,7 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "npm",  package: "npm",          used_by: "downloading GeoIP databases (geoip fetch)" },
     Tool { command: "mmdebstrap", package: "mmdebstrap", used_by: "building the storage-host container's Debian 12 root fs" },
     Tool { command: "systemd-nspawn", package: "systemd-container", used_by: "booting the storage-host container (a real systemd 252)" },
+    Tool { command: "shellcheck", package: "shellcheck", used_by: "linting the package's maintainer scripts (deb)" },
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
 ];
 

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{fuzz, geoip, previous, rootfs, setup, workspace, workspace_root};
+use crate::{deb, fuzz, geoip, previous, rootfs, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -91,15 +91,32 @@ pub fn run(args: Args) -> Result<()> {
     // run); the long runs are `cargo xtask fuzz`.
     fuzz::smoke()?;
 
-    let target = workspace()?.target_dir.join("debug");
+    // The package of this tree, and the previous release's agent packaged
+    // the same way (no release before had a package): the storage-host
+    // container tests install, upgrade and try to downgrade them.
+    let ws = workspace()?;
+    let deb_current = deb::build(&deb::Args {
+        binary: None,
+        version: None,
+        out: None,
+    })?;
+    let deb_previous = deb::build(&deb::Args {
+        binary: Some(previous.clone()),
+        version: Some(format!("{}~prev.{}", ws.version, &previous::COMMIT[..7])),
+        out: Some(ws.target_dir.join("debian").join("previous")),
+    })?;
+
+    let target = ws.target_dir.join("debug");
     let enforcer = target.join("enforcer");
     let probe = target.join("ee-probe");
-    let envs: [(&str, &Path); 5] = [
+    let envs: [(&str, &Path); 7] = [
         ("EE_GEOIP_DIR", geo_dir),
         ("ENFORCER_BIN", &enforcer),
         ("EE_PROBE_BIN", &probe),
         ("EE_PREVIOUS_ENFORCER_BIN", &previous),
         ("EE_ROOTFS", &rootfs),
+        ("EE_DEB", &deb_current),
+        ("EE_DEB_PREVIOUS", &deb_previous),
     ];
     let _bpffs = crate::bpffs::Restore::new();
     let mut test_args = vec!["test", "--no-fail-fast"];
