@@ -67,11 +67,16 @@
 //! (or a `checkpoint` record's hash) off the host, e.g. into the central
 //! log pipeline, is what turns that case into a detectable one too.
 
+pub mod note;
 mod record;
 mod shared;
 mod verify;
 mod writer;
 
+pub use note::{
+    CheckpointBody, KeyFileError, NoteError, NoteSigner, SignedCheckpoint, SignerKey, VerifierKey,
+    checkpoint_path,
+};
 pub use record::{
     AgentStart, AgentStop, AuditEvent, Checkpoint, Continued, Coverage, DatabaseRecord,
     EventsSuppressed, Gap, Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,

@@ -764,6 +764,7 @@ fn checkpoints_count_the_records_since_the_previous_one() {
             }],
             generation: 4,
             records_since_last: 999,
+            note: None,
         })
     };
     log.append(stop("a")).unwrap();
