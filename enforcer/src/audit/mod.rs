@@ -84,10 +84,11 @@ pub use record::{
 };
 pub use shared::SharedAudit;
 pub use verify::{
-    AgentSummary, Anchor, CheckpointSummary, ContinuedEntry, EventSummary, FileSummary, GapEntry,
-    GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry, PolicyLoadSummary, Problem,
-    RecoveredEntry, Summary, SuppressedSummary, Tail, UninstallEntry, VerifyError, verify,
-    verify_files,
+    AgentSummary, Anchor, CheckpointMatch, CheckpointSummary, ContinuedEntry, EventSummary,
+    FileSummary, GapEntry, GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry,
+    PolicyLoadSummary, Problem, RecoveredEntry, SignatureCheck, SignatureSummary, Summary,
+    SuppressedSummary, Tail, UninstallEntry, VerifyError, first_difference, verify, verify_files,
+    verify_signed,
 };
 pub use writer::{Appended, AuditError, AuditLog};
 
