@@ -66,6 +66,9 @@
 //! someone with write access (the hashes are not keyed): copying the head
 //! (or a `checkpoint` record's hash) off the host, e.g. into the central
 //! log pipeline, is what turns that case into a detectable one too.
+//! With a signing key, checkpoint records carry a signed note over the
+//! chain ([`note`]): a note that left the host is checkable with the
+//! public key alone ([`verify_signed`]).
 
 pub mod note;
 mod record;
