@@ -294,6 +294,10 @@ fn the_agent_signs_checkpoints_and_an_earlier_one_catches_truncation_and_rewrite
     assert_eq!(v["signatures"]["verified"], signed, "{v:#}");
     assert_eq!(v["signatures"]["unsigned"], 0, "{v:#}");
     assert_eq!(v["signatures"]["origins"][0], origin.as_str(), "{v:#}");
+    eprintln!(
+        "agent log: {} records, checkpoints signed {signed}, verified {}; shipped checkpoint covers {covers}",
+        v["records"], v["signatures"]["verified"]
+    );
     let out = verify(&["--key", &pubkey, "--checkpoint", &shipped_arg, &log_arg]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -336,6 +340,7 @@ fn the_agent_signs_checkpoints_and_an_earlier_one_catches_truncation_and_rewrite
     );
     let out = verify(&["--key", &pubkey, "--checkpoint", &shipped_arg, &cut_arg]);
     assert!(!out.status.success());
+    eprintln!("cut log: {}", text(&out).trim());
     assert!(
         text(&out).contains(&format!(
             "truncated: the checkpoint {shipped_arg} covers {covers} records, the log has {}",
@@ -371,6 +376,7 @@ fn the_agent_signs_checkpoints_and_an_earlier_one_catches_truncation_and_rewrite
     );
     let out = verify(&["--key", &pubkey, "--checkpoint", &shipped_arg, &log_arg]);
     assert!(!out.status.success());
+    eprintln!("rewritten, no reference: {}", text(&out).trim());
     assert!(
         text(&out).contains(&format!("rewritten: record seq {covers} differs")),
         "without the collector's copy: where it shows: {}",
@@ -390,6 +396,7 @@ fn the_agent_signs_checkpoints_and_an_earlier_one_catches_truncation_and_rewrite
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json error");
     assert_eq!(v["problem"], "rewritten", "{v:#}");
+    eprintln!("rewritten, with --reference: {v}");
     assert_eq!(v["seq"], first_event, "the first differing record: {v:#}");
     assert!(
         v["error"]
