@@ -14,7 +14,7 @@ use std::{
 
 use enforcer::audit::{self, AuditLog, Kind, NoteSigner, SignerKey, VerifierKey};
 use enforcer_tests::{
-    agent::{enforcer, enforcer_binary},
+    agent::{enforcer, enforcer_at, enforcer_binary},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
@@ -279,6 +279,23 @@ fn the_agent_signs_checkpoints_and_an_earlier_one_catches_truncation_and_rewrite
         std::thread::sleep(Duration::from_millis(200));
     };
     fs::copy(&log, &reference).expect("ship the log");
+    // A key group members could read fails the reload, naming the file;
+    // the policy and the key in force stay.
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&private.display().to_string()) && text(&out).contains("0640"),
+        "{}",
+        text(&out)
+    );
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(
+        enforcer_at(&s.control_socket(), &["reload"])
+            .status
+            .success()
+    );
     assert!(agent.stop().success(), "{}", agent.log());
 
     let pubkey = public.display().to_string();
