@@ -194,6 +194,7 @@ async fn start(config_path: Option<PathBuf>) -> anyhow::Result<Started> {
         .with_context(|| format!("{}: control", config.origin))?;
     let audit = SharedAudit::open(config.audit.file.as_deref())
         .with_context(|| format!("{}: audit", config.origin))?;
+    audit.set_signer(prepared.signer.clone());
     let status: SharedStatus = Arc::new(RwLock::new(AgentStatus {
         started_unix: unix_now(),
         links_dir: Some(paths::PinLayout::new(&pin_dir).links),
@@ -335,7 +336,10 @@ fn start_datapath(
         adopted: dp.adopted(),
         layout_version: enforcer_common::LAYOUT_VERSION,
     }));
-    audit.record_flush(load_record(status, LoadTrigger::Start, None));
+    audit.record(load_record(status, LoadTrigger::Start, None));
+    // A checkpoint right away: a fresh log has a signed one (when a key is
+    // set) before the first interval ends.
+    records::checkpoint_record(status, audit);
     status.write().unwrap_or_else(|e| e.into_inner()).adopted = dp.adopted();
     Ok((dp, overrides))
 }
@@ -389,6 +393,9 @@ impl Running {
         let result = match prepare_blocking(self.config_path.clone()).await {
             Ok(p) => {
                 self.warn_start_only_changes(&p.config);
+                // The key as read by this load (replaced or removed):
+                // only a load that succeeds changes it.
+                self.audit.set_signer(p.signer.clone());
                 tokio::task::block_in_place(|| {
                     apply(&mut self.dp, &p, &self.status, false, &mut self.runtime)
                 })

@@ -21,6 +21,8 @@ pub(super) struct Prepared {
     pub targets: Vec<scope::CgroupTarget>,
     pub interfaces: Vec<scope::InterfaceTarget>,
     pub access: Access,
+    /// Signs the audit log's checkpoints (`audit.signing_key`).
+    pub signer: Option<crate::audit::NoteSigner>,
 }
 
 /// Loads the config at `path` (the embedded default without one) and
@@ -71,12 +73,19 @@ pub(super) fn prepare(path: Option<&Path>) -> anyhow::Result<Prepared> {
             config.events.file.as_deref().unwrap_or(Path::new("-"))
         )
     })?;
+    // An unreadable key, one in another form, or one group or others can
+    // read fails the load (a reload then leaves the policy in force).
+    let signer = config
+        .audit
+        .signer()
+        .with_context(|| format!("{}: audit.signing_key", config.origin))?;
     Ok(Prepared {
         config,
         policy,
         targets,
         interfaces,
         access,
+        signer,
     })
 }
 

@@ -64,6 +64,11 @@ pub(super) fn checkpoint(
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the suppressed-event counters"),
     }
+    checkpoint_record(status, audit);
+}
+
+/// The checkpoint record alone (what is in force now), flushed.
+pub(super) fn checkpoint_record(status: &SharedStatus, audit: &SharedAudit) {
     let s = status.read().unwrap_or_else(|e| e.into_inner());
     audit.record(Kind::Checkpoint(audit::Checkpoint {
         mode: s.mode.map_or("none", Mode::label).to_owned(),
@@ -71,6 +76,8 @@ pub(super) fn checkpoint(
         databases: s.sources.iter().map(Into::into).collect(),
         generation: u64::from(s.generation),
         records_since_last: audit.take_since_checkpoint(),
+        note: None,
     }));
+    drop(s);
     audit.flush();
 }

@@ -66,12 +66,20 @@
 //! someone with write access (the hashes are not keyed): copying the head
 //! (or a `checkpoint` record's hash) off the host, e.g. into the central
 //! log pipeline, is what turns that case into a detectable one too.
+//! With a signing key, checkpoint records carry a signed note over the
+//! chain ([`note`]): a note that left the host is checkable with the
+//! public key alone ([`verify_signed`]).
 
+pub mod note;
 mod record;
 mod shared;
 mod verify;
 mod writer;
 
+pub use note::{
+    CheckpointBody, KeyFileError, NoteError, NoteSigner, SignedCheckpoint, SignerKey, VerifierKey,
+    checkpoint_path,
+};
 pub use record::{
     AgentStart, AgentStop, AuditEvent, Checkpoint, Continued, Coverage, DatabaseRecord,
     EventsSuppressed, Gap, Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,
@@ -79,10 +87,11 @@ pub use record::{
 };
 pub use shared::SharedAudit;
 pub use verify::{
-    AgentSummary, Anchor, CheckpointSummary, ContinuedEntry, EventSummary, FileSummary, GapEntry,
-    GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry, PolicyLoadSummary, Problem,
-    RecoveredEntry, Summary, SuppressedSummary, Tail, UninstallEntry, VerifyError, verify,
-    verify_files,
+    AgentSummary, Anchor, CheckpointMatch, CheckpointSummary, ContinuedEntry, EventSummary,
+    FileSummary, GapEntry, GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry,
+    PolicyLoadSummary, Problem, RecoveredEntry, SignatureCheck, SignatureSummary, Summary,
+    SuppressedSummary, Tail, UninstallEntry, VerifyError, first_difference, verify, verify_files,
+    verify_signed,
 };
 pub use writer::{Appended, AuditError, AuditLog};
 

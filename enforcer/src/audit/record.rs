@@ -349,6 +349,11 @@ pub struct Checkpoint {
     /// since it opened the log); filled in by [`super::AuditLog::append`].
     #[serde(default)]
     pub records_since_last: u64,
+    /// The signed checkpoint note (C2SP tlog-checkpoint over the records
+    /// before this one), when the agent has a signing key; filled in by
+    /// [`super::AuditLog::append`] (see [`super::note`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// An incomplete last line (a write cut off by a crash) that
@@ -414,6 +419,7 @@ mod tests {
                 databases: vec![],
                 generation: 1,
                 records_since_last: 0,
+                note: None,
             }),
             Kind::Recovered(Recovered {
                 discarded_bytes: 1,

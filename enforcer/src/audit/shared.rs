@@ -105,6 +105,15 @@ impl SharedAudit {
         self.with(|log| log.reopen_if_moved().map(drop));
     }
 
+    /// Signs every checkpoint from now on with `signer` (none: unsigned);
+    /// the start and every successful reload set it from the config.
+    pub fn set_signer(&self, signer: Option<super::NoteSigner>) {
+        self.with(|log| {
+            log.set_signer(signer);
+            Ok(())
+        });
+    }
+
     /// The log's health for `status` and the metrics.
     pub fn health(&self) -> Arc<SinkHealth> {
         Arc::clone(&self.0.health)

@@ -764,6 +764,7 @@ fn checkpoints_count_the_records_since_the_previous_one() {
             }],
             generation: 4,
             records_since_last: 999,
+            note: None,
         })
     };
     log.append(stop("a")).unwrap();
@@ -1057,4 +1058,238 @@ fn a_log_shorter_than_its_head_but_not_empty_is_still_refused() {
     f.write_lines(&lines[..2]);
     let e = AuditLog::open(&f.log).unwrap_err();
     assert!(matches!(e, AuditError::HeadAhead { .. }), "{e}");
+}
+
+/// Signed checkpoints: the writer signs, the verifier checks against a key
+/// and against a checkpoint saved earlier.
+mod signed {
+    use super::*;
+
+    fn signer() -> NoteSigner {
+        NoteSigner {
+            key: SignerKey::generate("test.example/egress-enforcer").expect("key"),
+            origin: "test.example/egress-enforcer".into(),
+        }
+    }
+
+    fn checkpoint() -> Kind {
+        Kind::Checkpoint(Checkpoint {
+            mode: "enforce".into(),
+            policy_sha256: Some("ab".repeat(32)),
+            databases: vec![DatabaseRecord {
+                path: "/g.mmdb".into(),
+                sha256: "cd".repeat(32),
+                build_epoch: None,
+                database_type: None,
+            }],
+            generation: 1,
+            records_since_last: 0,
+            note: None,
+        })
+    }
+
+    /// A log at `path` of `n` records with a checkpoint after every third,
+    /// record `changed` (1-based) saying something else; fixed times, so
+    /// two logs differ exactly where their records do.
+    fn write(path: &Path, signer: &NoteSigner, n: u64, changed: Option<u64>) {
+        let mut log = AuditLog::open(path).expect("open");
+        log.set_signer(Some(signer.clone()));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for i in 1..=n {
+            let t = t0 + Duration::from_secs(i);
+            let kind = if i % 3 == 0 {
+                checkpoint()
+            } else if Some(i) == changed {
+                event("would_deny", "US")
+            } else {
+                event("denied", "RU")
+            };
+            log.append_at(t, kind).expect("append");
+        }
+        log.flush().expect("flush");
+    }
+
+    fn check(
+        key: &VerifierKey,
+        cp: Option<(&Path, &str)>,
+        reference: &[PathBuf],
+    ) -> SignatureCheck {
+        SignatureCheck {
+            key: key.clone(),
+            checkpoint: cp.map(|(p, note)| {
+                (
+                    SignedCheckpoint::open(note, key).expect("checkpoint verifies"),
+                    p.display().to_string(),
+                )
+            }),
+            reference: reference.to_vec(),
+        }
+    }
+
+    #[test]
+    fn checkpoints_carry_notes_over_the_records_before_them() {
+        let f = Fixture::new();
+        let s = signer();
+        write(&f.log, &s, 9, None);
+        let key = s.key.verifier();
+        let summary = verify_signed(
+            std::slice::from_ref(&f.log),
+            HeadCheck::Auto,
+            Some(&check(&key, None, &[])),
+        )
+        .expect("verifies");
+        assert_eq!(summary.signatures.signed, 3);
+        assert_eq!(summary.signatures.verified, 3);
+        assert_eq!(summary.signatures.last_signed_seq, Some(9));
+        // The file beside the log is the last checkpoint's note: 8 records
+        // before it, their head the record's prev.
+        let note = fs::read_to_string(checkpoint_path(&f.log)).expect("checkpoint file");
+        let cp = SignedCheckpoint::open(&note, &key).expect("signed");
+        assert_eq!(cp.body.origin, "test.example/egress-enforcer");
+        assert_eq!(cp.body.size, 8);
+        let lines = f.lines();
+        let eighth: serde_json::Value = serde_json::from_str(&lines[7]).expect("json");
+        assert_eq!(cp.body.hash, eighth["hash"].as_str().expect("hash"));
+        let ninth: serde_json::Value = serde_json::from_str(&lines[8]).expect("json");
+        assert_eq!(ninth["note"].as_str(), Some(note.as_str()));
+        assert_eq!(cp.body.extension("mode"), Some("enforce"));
+        assert_eq!(cp.body.extension("policy"), Some("ab".repeat(32).as_str()));
+        assert_eq!(cp.body.extension("db"), Some("cd".repeat(32).as_str()));
+        assert!(cp.body.extension("time").is_some());
+        // Without a key the count is still shown, nothing verified.
+        let plain = verify(&f.log, HeadCheck::Auto).expect("chain");
+        assert_eq!((plain.signatures.signed, plain.signatures.verified), (3, 0));
+    }
+
+    #[test]
+    fn another_key_fails_naming_the_first_signed_checkpoint() {
+        let f = Fixture::new();
+        write(&f.log, &signer(), 6, None);
+        let other = signer().key.verifier();
+        let e = verify_signed(
+            std::slice::from_ref(&f.log),
+            HeadCheck::Auto,
+            Some(&check(&other, None, &[])),
+        )
+        .expect_err("wrong key");
+        assert_eq!(e.seq(), Some(3), "{e}");
+        assert!(e.to_string().contains("checkpoint record seq 3"), "{e}");
+    }
+
+    #[test]
+    fn a_note_moved_to_another_place_in_the_chain_fails() {
+        let f = Fixture::new();
+        let s = signer();
+        write(&f.log, &s, 6, None);
+        // Record 3's note, well signed, presented as record 6's: its
+        // commitment (2 records, record 2's hash) is not record 6's.
+        let lines = f.lines();
+        let third: serde_json::Value = serde_json::from_str(&lines[2]).expect("json");
+        let note = third["note"].as_str().expect("note").to_owned();
+        let sixth: verify::Envelope = serde_json::from_str(&lines[5]).expect("json");
+        let mut sigs = SignatureSummary::default();
+        let key = s.key.verifier();
+        let e = verify::check_note(Some(&note), &sixth, Some(&key), &mut sigs)
+            .expect_err("another place");
+        assert_eq!(sigs.verified, 0);
+        assert!(e.to_string().contains("made for another chain"), "{e}");
+    }
+
+    #[test]
+    fn a_truncated_log_fails_against_a_saved_checkpoint() {
+        let f = Fixture::new();
+        let s = signer();
+        write(&f.log, &s, 9, None);
+        let note = fs::read_to_string(checkpoint_path(&f.log)).expect("saved");
+        // Cut the log (and its head, as an attacker would) after record 5.
+        let lines = f.lines();
+        fs::write(
+            &f.log,
+            lines[..5]
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
+        .expect("cut");
+        let key = s.key.verifier();
+        let e = verify_signed(
+            std::slice::from_ref(&f.log),
+            HeadCheck::None,
+            Some(&check(
+                &key,
+                Some((Path::new("saved.checkpoint"), &note)),
+                &[],
+            )),
+        )
+        .expect_err("truncated");
+        assert_eq!(
+            e.to_string(),
+            "truncated: the checkpoint saved.checkpoint covers 8 records, the log has 5"
+        );
+    }
+
+    #[test]
+    fn a_consistently_rewritten_and_resigned_log_fails_naming_the_first_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (real, forged) = (dir.path().join("real.log"), dir.path().join("forged.log"));
+        let s = signer();
+        write(&real, &s, 9, None);
+        let saved = fs::read_to_string(checkpoint_path(&real)).expect("saved");
+        // Root with the key writes the same history with record 4 changed:
+        // every hash and every note is consistent and signed.
+        write(&forged, &s, 9, Some(4));
+        let key = s.key.verifier();
+        verify_signed(
+            std::slice::from_ref(&forged),
+            HeadCheck::Auto,
+            Some(&check(&key, None, &[])),
+        )
+        .expect("the forgery is internally consistent");
+        let cp = Some((Path::new("saved.checkpoint"), saved.as_str()));
+        let e = verify_signed(
+            std::slice::from_ref(&forged),
+            HeadCheck::Auto,
+            Some(&check(&key, cp, &[])),
+        )
+        .expect_err("rewritten");
+        assert_eq!(e.kind(), "rewritten");
+        assert_eq!(
+            e.seq(),
+            Some(8),
+            "without a reference: the checkpoint's last record"
+        );
+        let e = verify_signed(
+            std::slice::from_ref(&forged),
+            HeadCheck::Auto,
+            Some(&check(&key, cp, std::slice::from_ref(&real))),
+        )
+        .expect_err("rewritten");
+        assert_eq!(e.seq(), Some(4), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("rewritten: record seq 4 differs from what the checkpoint saved.checkpoint committed to"),
+            "{e}"
+        );
+        // The real log holds the checkpoint's prefix.
+        let ok = verify_signed(
+            std::slice::from_ref(&real),
+            HeadCheck::Auto,
+            Some(&check(&key, cp, &[])),
+        )
+        .expect("real");
+        assert!(ok.signatures.checkpoint.expect("matched").contained);
+    }
+
+    #[test]
+    fn a_key_on_a_log_without_signed_checkpoints_fails() {
+        let f = Fixture::with_records(3);
+        let key = signer().key.verifier();
+        let e = verify_signed(
+            std::slice::from_ref(&f.log),
+            HeadCheck::Auto,
+            Some(&check(&key, None, &[])),
+        )
+        .expect_err("unsigned");
+        assert_eq!(e.kind(), "unsigned");
+    }
 }

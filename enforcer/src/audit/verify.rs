@@ -29,7 +29,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Head, Kind, LoadResult, MAX_LINE, ZERO_HASH, head_path, is_hash, record::KNOWN_KINDS,
+    Head, Kind, LoadResult, MAX_LINE, ZERO_HASH, head_path, is_hash,
+    note::{SignedCheckpoint, VerifierKey},
+    record::KNOWN_KINDS,
     sha256_hex, unseal,
 };
 
@@ -95,6 +97,9 @@ pub enum Problem {
         head_hash: String,
         source: String,
     },
+    /// A checkpoint record's signed note does not verify against the key,
+    /// or does not commit to the records before it.
+    Signature { seq: u64, error: String },
 }
 
 impl fmt::Display for Problem {
@@ -158,6 +163,9 @@ impl fmt::Display for Problem {
                 f,
                 "hash {hash} differs from the head's {head_hash} ({source}): the log was rewritten up to here"
             ),
+            Problem::Signature { seq, error } => {
+                write!(f, "checkpoint record seq {seq}: {error}")
+            }
         }
     }
 }
@@ -182,6 +190,39 @@ pub enum VerifyError {
         line: u64,
         problem: Problem,
     },
+    /// The log has fewer records than a signed checkpoint obtained earlier
+    /// covers.
+    #[error("truncated: the checkpoint {source_name} covers {covers} records, the log has {has}")]
+    Truncated {
+        source_name: String,
+        covers: u64,
+        has: u64,
+    },
+    /// The log differs from what a signed checkpoint obtained earlier
+    /// committed to. `seq` is the first differing record when a reference
+    /// copy told it, else the checkpoint's last record (where the mismatch
+    /// is detected).
+    #[error(
+        "rewritten: record seq {seq} differs from what the checkpoint {source_name} committed to{}",
+        match (by_reference, covers) {
+            (true, _) => " (the first record that differs from the reference copy)".to_owned(),
+            (false, c) => format!(
+                " (its last record, seq {c}, has hash {log_hash}, the checkpoint says {checkpoint_hash}; \
+                 the first differing record is at or before it: --reference with the collector's copy names it)"
+            ),
+        }
+    )]
+    Rewritten {
+        source_name: String,
+        seq: u64,
+        by_reference: bool,
+        covers: u64,
+        log_hash: String,
+        checkpoint_hash: String,
+    },
+    /// No checkpoint in the log is signed, though a key was given.
+    #[error("{file}: no checkpoint record is signed: nothing in the log is signed by key {key}")]
+    Unsigned { file: String, key: String },
 }
 
 impl VerifyError {
@@ -192,6 +233,81 @@ impl VerifyError {
             _ => None,
         }
     }
+
+    /// The record the error names, when it names one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            VerifyError::Broken {
+                problem: Problem::Signature { seq, .. },
+                ..
+            } => Some(*seq),
+            VerifyError::Rewritten { seq, .. } => Some(*seq),
+            VerifyError::Truncated { has, .. } => Some(has + 1),
+            _ => None,
+        }
+    }
+
+    /// A short name of what failed, for `-o json`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifyError::Io { .. } => "io",
+            VerifyError::Head { .. } => "head",
+            VerifyError::Broken {
+                problem: Problem::Signature { .. },
+                ..
+            } => "signature",
+            VerifyError::Broken { .. } => "broken",
+            VerifyError::Truncated { .. } => "truncated",
+            VerifyError::Rewritten { .. } => "rewritten",
+            VerifyError::Unsigned { .. } => "unsigned",
+        }
+    }
+}
+
+/// What to check signatures against: the auditor's copy of the public key,
+/// and optionally a signed checkpoint obtained earlier (from the
+/// collector) with, to name the first differing record, the collector's
+/// copy of the log.
+#[derive(Clone, Debug)]
+pub struct SignatureCheck {
+    pub key: VerifierKey,
+    /// The checkpoint (already verified against `key`) and where it came
+    /// from.
+    pub checkpoint: Option<(SignedCheckpoint, String)>,
+    /// The reference copy's files, in order.
+    pub reference: Vec<PathBuf>,
+}
+
+/// How the log stands against a signed checkpoint obtained earlier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckpointMatch {
+    pub source: String,
+    pub origin: String,
+    /// Records the checkpoint covers.
+    pub covers: u64,
+    pub hash: String,
+    /// Its `time` extension line, when it has one.
+    pub time: Option<String>,
+    /// The log holds that prefix unchanged.
+    pub contained: bool,
+}
+
+/// The checkpoints' signatures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SignatureSummary {
+    /// The verifier key (`name+hash`), when one was given.
+    pub key: Option<String>,
+    /// Checkpoint records carrying a signed note.
+    pub signed: u64,
+    /// Of those, verified against the key (all, when the log verifies).
+    pub verified: u64,
+    /// Checkpoint records without a note.
+    pub unsigned: u64,
+    /// The origins the notes name (the first few).
+    pub origins: Vec<String>,
+    /// The last signed checkpoint record's seq.
+    pub last_signed_seq: Option<u64>,
+    pub checkpoint: Option<CheckpointMatch>,
 }
 
 /// Whether the end of the log is anchored.
@@ -396,6 +512,8 @@ pub struct Summary {
     pub continued: Vec<ContinuedEntry>,
     /// Records whose time is earlier than the record before.
     pub time_backwards: u64,
+    /// Signed checkpoints: how many, and what was checked.
+    pub signatures: SignatureSummary,
     /// Things an auditor should know that do not break the chain (the first
     /// [`LIST_CAP`]).
     pub warnings: Vec<String>,
@@ -432,6 +550,7 @@ impl Summary {
             gaps: GapSummary::default(),
             continued: Vec::new(),
             time_backwards: 0,
+            signatures: SignatureSummary::default(),
             warnings: Vec::new(),
             warnings_omitted: 0,
         }
@@ -723,6 +842,19 @@ pub fn verify(path: &Path, head: HeadCheck) -> Result<Summary, VerifyError> {
 /// starts with a `continued` record is accepted, its link reported as not
 /// checked.
 pub fn verify_files(paths: &[PathBuf], head: HeadCheck) -> Result<Summary, VerifyError> {
+    verify_signed(paths, head, None)
+}
+
+/// [`verify_files`], and with `signatures`: every checkpoint's signed note
+/// must verify against the key and commit to the records before it (its
+/// count is the record's seq - 1, its hash the record's prev), at least one
+/// checkpoint must be signed, and the log must contain the prefix a
+/// checkpoint obtained earlier covers, unchanged.
+pub fn verify_signed(
+    paths: &[PathBuf],
+    head: HeadCheck,
+    signatures: Option<&SignatureCheck>,
+) -> Result<Summary, VerifyError> {
     let Some(last_path) = paths.last() else {
         return Err(VerifyError::Head {
             source_name: "audit verify".into(),
@@ -731,6 +863,8 @@ pub fn verify_files(paths: &[PathBuf], head: HeadCheck) -> Result<Summary, Verif
     };
     let anchor = resolve_anchor(last_path, head)?;
     let mut summary = Summary::new(last_path);
+    summary.signatures.key = signatures.map(|s| format!("{}+{}", s.key.name(), s.key.key_hash()));
+    let saved = signatures.and_then(|s| s.checkpoint.as_ref());
     summary.file = paths
         .iter()
         .map(|p| p.display().to_string())
@@ -845,6 +979,35 @@ pub fn verify_files(paths: &[PathBuf], head: HeadCheck) -> Result<Summary, Verif
             } else {
                 None
             };
+            if let Some(Kind::Checkpoint(c)) = &kind {
+                check_note(
+                    c.note.as_deref(),
+                    &env,
+                    signatures.map(|s| &s.key),
+                    &mut summary.signatures,
+                )
+                .map_err(|p| broken(line, p))?;
+            }
+            if let Some((cp, source)) = saved {
+                if line == 1 && index == 0 && env.seq > cp.body.size + 1 {
+                    return Err(broken(
+                        line,
+                        Problem::Invalid(format!(
+                            "the log starts at seq {}, after the last record the checkpoint {source} covers ({}): verify the earlier files too",
+                            env.seq, cp.body.size
+                        )),
+                    ));
+                }
+                if env.seq == cp.body.size && env.hash != cp.body.hash {
+                    return Err(rewritten(
+                        paths,
+                        signatures.map_or(&[][..], |s| &s.reference[..]),
+                        cp,
+                        source,
+                        &env.hash,
+                    ));
+                }
+            }
             if let Some(Kind::Continued(c)) = &kind {
                 if c.previous_seq + 1 != env.seq || c.previous_hash != env.prev {
                     return Err(broken(
@@ -918,8 +1081,196 @@ pub fn verify_files(paths: &[PathBuf], head: HeadCheck) -> Result<Summary, Verif
             Err(e) => -e.duration().as_secs_f64(),
         });
     }
+    if let Some((cp, source)) = saved {
+        if chain.seq < cp.body.size {
+            return Err(VerifyError::Truncated {
+                source_name: source.clone(),
+                covers: cp.body.size,
+                has: chain.seq,
+            });
+        }
+        summary.signatures.checkpoint = Some(CheckpointMatch {
+            source: source.clone(),
+            origin: cp.body.origin.clone(),
+            covers: cp.body.size,
+            hash: cp.body.hash.clone(),
+            time: cp.body.extension("time").map(str::to_owned),
+            contained: true,
+        });
+    }
+    if let Some(s) = signatures
+        && summary.signatures.signed == 0
+    {
+        return Err(VerifyError::Unsigned {
+            file: summary.file.clone(),
+            key: format!("{}+{}", s.key.name(), s.key.key_hash()),
+        });
+    }
     summary.last_hash = chain.hash;
     Ok(summary)
+}
+
+/// Checks a checkpoint record's note (when it has one; with a key) and
+/// counts it.
+pub(super) fn check_note(
+    note: Option<&str>,
+    env: &Envelope,
+    key: Option<&VerifierKey>,
+    sigs: &mut SignatureSummary,
+) -> Result<(), Problem> {
+    let Some(note) = note else {
+        sigs.unsigned += 1;
+        return Ok(());
+    };
+    sigs.signed += 1;
+    sigs.last_signed_seq = Some(env.seq);
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let problem = |error: String| Problem::Signature {
+        seq: env.seq,
+        error,
+    };
+    let cp = SignedCheckpoint::open(note, key).map_err(|e| problem(e.to_string()))?;
+    let covers = env.seq - 1;
+    if cp.body.size != covers || cp.body.hash != env.prev {
+        return Err(problem(format!(
+            "its note covers {} records with head {}, but the record follows {covers} records with head {}: \
+             the note was made for another chain",
+            cp.body.size, cp.body.hash, env.prev
+        )));
+    }
+    if sigs.origins.len() < 16 && !sigs.origins.contains(&cp.body.origin) {
+        sigs.origins.push(cp.body.origin);
+    }
+    sigs.verified += 1;
+    Ok(())
+}
+
+/// The error for a log whose record at the checkpoint's size has another
+/// hash: naming the first record that differs from the reference copy when
+/// there is one, else the checkpoint's last record.
+fn rewritten(
+    paths: &[PathBuf],
+    reference: &[PathBuf],
+    cp: &SignedCheckpoint,
+    source: &str,
+    log_hash: &str,
+) -> VerifyError {
+    let first = if reference.is_empty() {
+        None
+    } else {
+        first_difference(paths, reference, cp.body.size)
+            .ok()
+            .flatten()
+    };
+    VerifyError::Rewritten {
+        source_name: source.to_owned(),
+        seq: first.unwrap_or(cp.body.size),
+        by_reference: first.is_some(),
+        covers: cp.body.size,
+        log_hash: log_hash.to_owned(),
+        checkpoint_hash: cp.body.hash.clone(),
+    }
+}
+
+/// Reads the records of a chain of files, in order, as (seq, line bytes).
+struct Records {
+    files: Vec<PathBuf>,
+    next: usize,
+    reader: Option<BufReader<File>>,
+}
+
+impl Records {
+    fn new(paths: &[PathBuf]) -> Records {
+        Records {
+            files: paths.to_vec(),
+            next: 0,
+            reader: None,
+        }
+    }
+
+    /// The next line (without `\n`) and its seq (None when the line is
+    /// not a record).
+    fn next_line(&mut self) -> io::Result<Option<(Option<u64>, Vec<u8>)>> {
+        loop {
+            if self.reader.is_none() {
+                let Some(p) = self.files.get(self.next) else {
+                    return Ok(None);
+                };
+                self.next += 1;
+                self.reader = Some(BufReader::new(File::open(p)?));
+            }
+            let Some(reader) = self.reader.as_mut() else {
+                continue;
+            };
+            let mut buf = Vec::new();
+            let n = reader
+                .by_ref()
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                self.reader = None;
+                continue;
+            }
+            if buf.last() == Some(&b'\n') {
+                buf.pop();
+            }
+            #[derive(Deserialize)]
+            struct Seq {
+                seq: u64,
+            }
+            let seq = serde_json::from_slice::<Seq>(&buf).ok().map(|s| s.seq);
+            return Ok(Some((seq, buf)));
+        }
+    }
+}
+
+/// The first record, up to seq `upto`, where the log (`paths`) and a
+/// reference copy of it differ (a record changed, or missing from one of
+/// them), compared byte for byte in order; None when they agree up to
+/// there. Lines of the reference before its first record of the log's
+/// first seq are skipped (a collector's copy may start earlier).
+pub fn first_difference(
+    paths: &[PathBuf],
+    reference: &[PathBuf],
+    upto: u64,
+) -> io::Result<Option<u64>> {
+    let mut log = Records::new(paths);
+    let mut refr = Records::new(reference);
+    let mut expected_seq = None::<u64>;
+    let mut pending_ref = None;
+    loop {
+        let ours = log.next_line()?;
+        let seq_here = match &ours {
+            Some((Some(s), _)) => *s,
+            // Not a record, or the log ended: where the next one belongs.
+            _ => expected_seq.map_or(1, |s| s + 1),
+        };
+        if seq_here > upto {
+            return Ok(None);
+        }
+        // The reference's line for the same seq.
+        let theirs = loop {
+            let next = match pending_ref.take() {
+                Some(l) => Some(l),
+                None => refr.next_line()?,
+            };
+            match next {
+                Some((Some(s), _)) if s < seq_here => continue,
+                Some((Some(s), l)) if s > seq_here => {
+                    pending_ref = Some((Some(s), l));
+                    break None;
+                }
+                other => break other,
+            }
+        };
+        match (ours, theirs) {
+            (Some((_, a)), Some((_, b))) if a == b => expected_seq = Some(seq_here),
+            (None, None) => return Ok(None),
+            _ => return Ok(Some(seq_here)),
+        }
+    }
 }
 
 /// Where the chain stands after the records read so far.

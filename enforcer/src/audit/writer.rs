@@ -69,8 +69,9 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 use super::{
-    Continued, Gap, Head, Kind, MAX_LINE, MAX_PENDING, Recovered, ZERO_HASH, head_path, seal,
-    sha256_hex,
+    Continued, Gap, Head, Kind, MAX_LINE, MAX_PENDING, Recovered, ZERO_HASH, head_path,
+    note::{CheckpointBody, NoteError, NoteSigner, checkpoint_path},
+    seal, sha256_hex,
     verify::{Problem, check_record, read_head},
 };
 
@@ -148,6 +149,8 @@ pub enum AuditError {
         kind: &'static str,
         bytes: usize,
     },
+    #[error("audit log {}: signing a checkpoint: {error}", path.display())]
+    Sign { path: PathBuf, error: NoteError },
     #[error("audit log {}: encoding a {kind} record: {error}", path.display())]
     Encode {
         path: PathBuf,
@@ -179,6 +182,11 @@ pub struct AuditLog {
     /// Records dropped, and files opened again, by this writer.
     dropped_total: u64,
     reopens: u64,
+    /// Signs every checkpoint record (a `note` field) when set.
+    signer: Option<NoteSigner>,
+    /// The latest signed note, until it is durable in the log and written
+    /// to `<log>.checkpoint`.
+    pending_note: Option<String>,
     /// Test hook: writes fail (ENOSPC) after this many more bytes.
     #[cfg(test)]
     pub(super) fail_after: Option<usize>,
@@ -407,6 +415,8 @@ impl AuditLog {
             last_error: None,
             dropped_total: 0,
             reopens: 0,
+            signer: None,
+            pending_note: None,
             #[cfg(test)]
             fail_after: None,
         };
@@ -515,6 +525,31 @@ impl AuditLog {
     fn seal_record(&mut self, time: String, mut kind: Kind) -> Result<Appended, AuditError> {
         if let Kind::Checkpoint(c) = &mut kind {
             c.records_since_last = self.since_checkpoint;
+            // The note commits to the records before this one (seq - 1 of
+            // them, the last one's hash = this record's prev), and being a
+            // field of this record it is covered by this record's hash too.
+            c.note = match &self.signer {
+                Some(signer) => {
+                    let mut extensions = vec![format!("mode {}", c.mode)];
+                    if let Some(p) = &c.policy_sha256 {
+                        extensions.push(format!("policy {p}"));
+                    }
+                    extensions.extend(c.databases.iter().map(|d| format!("db {}", d.sha256)));
+                    extensions.push(format!("time {time}"));
+                    let body = CheckpointBody {
+                        origin: signer.origin.clone(),
+                        size: self.seq,
+                        hash: self.hash.clone(),
+                        extensions,
+                    };
+                    let note = signer.sign(&body).map_err(|error| AuditError::Sign {
+                        path: self.path.clone(),
+                        error,
+                    })?;
+                    Some(note)
+                }
+                None => None,
+            };
         }
         let name = kind.name();
         let json = serde_json::to_string(&kind).map_err(|error| AuditError::Encode {
@@ -537,7 +572,12 @@ impl AuditLog {
         self.hash.clone_from(&hash);
         self.time = time;
         self.since_checkpoint = match kind {
-            Kind::Checkpoint(_) => 0,
+            Kind::Checkpoint(c) => {
+                if c.note.is_some() {
+                    self.pending_note = c.note;
+                }
+                0
+            }
             _ => self.since_checkpoint + 1,
         };
         Ok(Appended {
@@ -668,7 +708,27 @@ impl AuditLog {
             self.write_head(&head)?;
             self.head = Some(head);
         }
+        // Only once the record holding it is durable: the file never
+        // names records the log does not hold.
+        if let Some(note) = self.pending_note.take() {
+            let path = checkpoint_path(&self.path);
+            if let Err(e) = write_atomic(&path, note.as_bytes()) {
+                // Written again with the next checkpoint.
+                self.pending_note = Some(note);
+                return Err(AuditError::Io {
+                    path,
+                    what: "writing the latest signed checkpoint",
+                    error: e,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Signs every checkpoint record from now on with `signer` (none:
+    /// checkpoints are not signed).
+    pub fn set_signer(&mut self, signer: Option<NoteSigner>) {
+        self.signer = signer;
     }
 
     /// Whether the path no longer names the open file: `renamed` (another
@@ -757,44 +817,50 @@ impl AuditLog {
     }
 
     fn write_head(&self, head: &Head) -> Result<(), AuditError> {
-        let head_err = |what: &str, e: io::Error| AuditError::BadHead {
-            head: self.head_path.clone(),
-            problem: format!("{what}: {e}"),
-        };
-        let mut tmp = self.head_path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
         let mut text = serde_json::to_string(head).map_err(|e| AuditError::Encode {
             path: self.path.clone(),
             kind: "head",
             error: e,
         })?;
         text.push('\n');
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(|e| head_err("creating its temporary file", e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| head_err("writing its temporary file", e))?;
-        std::fs::rename(&tmp, &self.head_path).map_err(|e| head_err("renaming", e))?;
-        // The rename is durable once the directory is.
-        if let Some(dir) = self
-            .head_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| head_err("syncing its directory", e))?;
-        }
-        Ok(())
+        write_atomic(&self.head_path, text.as_bytes()).map_err(|e| AuditError::BadHead {
+            head: self.head_path.clone(),
+            problem: e.to_string(),
+        })
     }
+}
 
+/// Replaces `path` with `bytes` (mode 0640): a temporary file beside it,
+/// fsync, rename, fsync of the directory; a reader sees the old content or
+/// the new, never part of it. Errors say which step failed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let step =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(step("creating its temporary file"))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(step("writing its temporary file"))?;
+    std::fs::rename(&tmp, path).map_err(step("renaming"))?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(step("syncing its directory"))?;
+    }
+    Ok(())
+}
+
+impl AuditLog {
     fn io(&self, what: &'static str, error: io::Error) -> AuditError {
         AuditError::Io {
             path: self.path.clone(),

@@ -1,17 +1,45 @@
-//! `enforcer audit verify`: check an audit log's chain offline and print
-//! what it states. Needs no privileges and touches no kernel.
+//! `enforcer audit verify`: check an audit log's chain (and its signed
+//! checkpoints) offline and print what it states; `enforcer audit keygen`:
+//! make the checkpoint signing key. Need no privileges and touch no kernel.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
+use anyhow::Context as _;
 use clap::{Subcommand, ValueEnum};
 
-use crate::audit::{self, HeadCheck, Summary};
+use crate::audit::{self, HeadCheck, SignatureCheck, SignedCheckpoint, Summary, VerifierKey};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Verify a log's hash chain and print a summary; fails naming the first
-    /// broken line (FILE:LINE: what is wrong).
+    /// broken line (FILE:LINE: what is wrong). With --key, every signed
+    /// checkpoint too; with --checkpoint, that the log holds what a signed
+    /// checkpoint obtained earlier covers.
     Verify(VerifyArgs),
+    /// Make an Ed25519 key pair for signing checkpoints (C2SP signed-note
+    /// text forms): the private key (mode 0600, never overwritten) for
+    /// `audit.signing_key`, the public key for the auditor.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// The key's name (shown in every signature line), e.g.
+    /// `db1.example.org/egress-enforcer`: no spaces, no '+'.
+    #[arg(long)]
+    pub name: String,
+    /// Write DIR/audit.key (private) and DIR/audit.pub (public).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["private", "public"], required_unless_present = "private")]
+    pub out: Option<PathBuf>,
+    /// The private key file to create.
+    #[arg(long, value_name = "FILE", requires = "public")]
+    pub private: Option<PathBuf>,
+    /// The public key file to create.
+    #[arg(long, value_name = "FILE", requires = "private")]
+    pub public: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,6 +69,20 @@ pub struct VerifyArgs {
     /// Ignore FILE.head: the tail is then reported as unanchored.
     #[arg(long)]
     pub no_head: bool,
+    /// The public key (a file holding `<name>+<hash>+<key>`, or that text):
+    /// every checkpoint's signed note must verify against it and commit to
+    /// the records before it.
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Option<String>,
+    /// A signed checkpoint obtained earlier (from the collector): the log
+    /// must hold the records it covers, unchanged.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The collector's copy of the log, to name the first record that
+    /// differs when the log does not match --checkpoint (repeat for a
+    /// rotated copy, oldest first).
+    #[arg(long, value_name = "LOG", requires = "checkpoint")]
+    pub reference: Vec<PathBuf>,
     /// Summary format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -49,7 +91,60 @@ pub struct VerifyArgs {
 pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(args) => verify(args),
+        AuditCommand::Keygen(args) => keygen(args),
     }
+}
+
+fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let (private, public) = match (args.out, args.private, args.public) {
+        (Some(dir), _, _) => (dir.join("audit.key"), dir.join("audit.pub")),
+        (None, Some(private), Some(public)) => (private, public),
+        _ => anyhow::bail!("give --out DIR, or --private FILE and --public FILE"),
+    };
+    let key = audit::SignerKey::generate(&args.name).context("--name")?;
+    let verifier = key.verifier().to_string();
+    // The public file first: when it cannot be created nothing is left
+    // behind, and a private key never exists without its public half.
+    write_public(&public, &verifier)?;
+    if let Err(e) = key.write_new(&private) {
+        let _ = std::fs::remove_file(&public);
+        return Err(e.into());
+    }
+    println!(
+        "private key: {} (mode 0600; set audit.signing_key to it)",
+        private.display()
+    );
+    println!("public key:  {} (give it to the auditor)", public.display());
+    println!("{verifier}");
+    Ok(())
+}
+
+/// Creates the public key file (0644), never replacing one.
+fn write_public(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "{}: creating the public key (it must not exist)",
+                path.display()
+            )
+        })?;
+    f.write_all(format!("{text}\n").as_bytes())
+        .with_context(|| format!("{}: writing the public key", path.display()))
+}
+
+/// The verifier key of `--key`: a file holding it, or the key text.
+fn verifier_key(arg: &str) -> anyhow::Result<VerifierKey> {
+    let path = Path::new(arg);
+    if path.exists() {
+        return Ok(VerifierKey::load(path)?);
+    }
+    VerifierKey::parse(arg)
+        .with_context(|| format!("--key {arg:?}: neither a file nor a public key"))
 }
 
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
@@ -59,8 +154,44 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         _ if args.no_head => HeadCheck::None,
         _ => HeadCheck::Auto,
     };
-    // The error names FILE:LINE; nothing to add.
-    let summary = audit::verify_files(&args.files, check)?;
+    let signatures = match &args.key {
+        None => None,
+        Some(k) => {
+            let key = verifier_key(k)?;
+            let checkpoint = match &args.checkpoint {
+                None => None,
+                Some(p) => {
+                    let note = std::fs::read_to_string(p)
+                        .with_context(|| format!("{}: reading the checkpoint", p.display()))?;
+                    let cp = SignedCheckpoint::open(&note, &key)
+                        .with_context(|| format!("{}: the checkpoint", p.display()))?;
+                    Some((cp, p.display().to_string()))
+                }
+            };
+            Some(SignatureCheck {
+                key,
+                checkpoint,
+                reference: args.reference.clone(),
+            })
+        }
+    };
+    // The error names FILE:LINE or the record; nothing to add.
+    let summary = match audit::verify_signed(&args.files, check, signatures.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            if args.output == Output::Json {
+                let answer = serde_json::json!({
+                    "intact": false,
+                    "problem": e.kind(),
+                    "error": e.to_string(),
+                    "line": e.line(),
+                    "seq": e.seq(),
+                });
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            }
+            return Err(e.into());
+        }
+    };
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Output::Text => print!("{}", text(&summary)),
@@ -207,6 +338,36 @@ pub fn text(s: &Summary) -> String {
             } else {
                 ", link NOT checked"
             }
+        );
+    }
+    let g = &s.signatures;
+    let _ = writeln!(
+        o,
+        "signatures:  checkpoints signed {}, verified {}{}{}",
+        g.signed,
+        g.verified,
+        match &g.key {
+            Some(k) => format!(" (key {k})"),
+            None => " (no --key: not checked)".to_owned(),
+        },
+        if g.unsigned > 0 {
+            format!("; {} checkpoints unsigned", g.unsigned)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(c) = &g.checkpoint {
+        let _ = writeln!(
+            o,
+            "against:     {} ({}, {} records, head {}{}): the log holds it unchanged",
+            c.source,
+            c.origin,
+            c.covers,
+            c.hash,
+            c.time
+                .as_deref()
+                .map(|t| format!(", {t}"))
+                .unwrap_or_default()
         );
     }
     if !s.warnings.is_empty() {

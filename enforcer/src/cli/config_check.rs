@@ -17,6 +17,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // As `run` checks them: the admin group must exist.
     crate::control::peer::Access::resolve(config.control.admin_group.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.origin))?;
+    config
+        .audit
+        .signer()
+        .with_context(|| format!("{}: audit.signing_key", config.origin))?;
     let policy = CompiledPolicy::compile(&config)?;
     let targets = scope::resolve(&config.scope)?;
     let interfaces = scope::resolve_interfaces(&config.interfaces)

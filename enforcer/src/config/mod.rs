@@ -170,6 +170,27 @@ pub struct Audit {
     pub file: Option<PathBuf>,
     /// How often a checkpoint record states what is in force.
     pub checkpoint_interval: std::time::Duration,
+    /// The Ed25519 signer key (signed-note text form, mode 0600) that signs
+    /// every checkpoint; read and checked when a policy is prepared.
+    pub signing_key: Option<PathBuf>,
+    /// The first line of every signed checkpoint: who speaks (default
+    /// `<hostname>/egress-enforcer`).
+    pub origin: String,
+}
+
+impl Audit {
+    /// The checkpoint signer of `signing_key` (none without one): the key
+    /// file is read and checked (form, mode 0600) each time, so a reload
+    /// sees a replaced key.
+    pub fn signer(&self) -> Result<Option<crate::audit::NoteSigner>, crate::audit::KeyFileError> {
+        let Some(path) = &self.signing_key else {
+            return Ok(None);
+        };
+        Ok(Some(crate::audit::NoteSigner {
+            key: crate::audit::SignerKey::load(path)?,
+            origin: self.origin.clone(),
+        }))
+    }
 }
 
 /// The control socket: who may use it and where it is.

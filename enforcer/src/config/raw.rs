@@ -72,6 +72,8 @@ struct RawAudit {
     file: Option<PathBuf>,
     #[serde(default = "default_checkpoint")]
     checkpoint_interval: String,
+    signing_key: Option<PathBuf>,
+    origin: Option<String>,
 }
 
 impl Default for RawAudit {
@@ -80,6 +82,8 @@ impl Default for RawAudit {
             enabled: true,
             file: None,
             checkpoint_interval: default_checkpoint(),
+            signing_key: None,
+            origin: None,
         }
     }
 }
@@ -455,11 +459,40 @@ impl RawAudit {
             .file
             .map(|f| under(base, &f))
             .unwrap_or_else(|| PathBuf::from(paths::DEFAULT_AUDIT_LOG));
+        let origin = match self.origin {
+            Some(o) => o,
+            None => default_origin(),
+        };
+        // The note's first line: one line of text, and a key name's rules
+        // so it can double as one (no spaces, no '+').
+        if origin.is_empty()
+            || origin
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '+')
+        {
+            return Err(format!(
+                "audit.origin {origin:?}: must be non-empty, without spaces, control characters or '+'"
+            ));
+        }
         Ok(Audit {
             file: self.enabled.then_some(file),
             checkpoint_interval,
+            signing_key: self.signing_key.map(|k| under(base, &k)),
+            origin,
         })
     }
+}
+
+/// `<hostname>/egress-enforcer`: names the host in its signed checkpoints
+/// (`localhost` when the host name cannot be read).
+fn default_origin() -> String {
+    // The kernel's host name of the agent's UTS namespace, as hostname(1).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(|c: char| c.is_whitespace() || c == '+'))
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/egress-enforcer")
 }
 
 /// `path` as given when absolute, else under `base` (the config file's

@@ -245,3 +245,70 @@ fn errors_name_the_file_and_the_problem() {
         assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
     }
 }
+
+#[test]
+fn audit_signing_key_and_origin() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.audit.signing_key, None);
+    assert!(
+        c.audit.origin.ends_with("/egress-enforcer") && c.audit.origin.len() > 16,
+        "the host name by default: {}",
+        c.audit.origin
+    );
+    assert!(c.audit.signer().expect("no key").is_none());
+    let c = parse(&format!(
+        "{MINIMAL}[audit]\nsigning_key = \"audit.key\"\norigin = \"db1.example.org/ee\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.audit.signing_key,
+        Some(PathBuf::from("/etc/ee/audit.key"))
+    );
+    assert_eq!(c.audit.origin, "db1.example.org/ee");
+    for bad in ["", "a b", "a+b"] {
+        let e = parse(&format!("{MINIMAL}[audit]\norigin = {bad:?}\n"))
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("audit.origin"), "{e}");
+    }
+}
+
+#[test]
+fn an_unusable_signing_key_is_an_error_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("audit.key");
+    let config = |key: &Path| {
+        parse(&format!(
+            "{MINIMAL}[audit]\nsigning_key = {:?}\n",
+            key.display().to_string()
+        ))
+        .expect("valid")
+    };
+    let missing = config(&key)
+        .audit
+        .signer()
+        .expect_err("missing")
+        .to_string();
+    assert!(missing.contains("audit.key"), "{missing}");
+    fs::write(&key, "not a key\n").expect("write");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let form = config(&key).audit.signer().expect_err("form").to_string();
+    assert!(
+        form.contains("audit.key") && form.contains("PRIVATE+KEY"),
+        "{form}"
+    );
+    crate::audit::SignerKey::generate("h")
+        .expect("key")
+        .write_new(&dir.path().join("good.key"))
+        .expect("write");
+    let good = dir.path().join("good.key");
+    assert!(config(&good).audit.signer().expect("usable").is_some());
+    fs::set_permissions(&good, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let open = config(&good)
+        .audit
+        .signer()
+        .expect_err("world readable")
+        .to_string();
+    assert!(open.contains("good.key") && open.contains("0644"), "{open}");
+}

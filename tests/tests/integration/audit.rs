@@ -118,6 +118,7 @@ fn checkpoint(mode: &str, generation: u64) -> Kind {
         databases: databases(),
         generation,
         records_since_last: 0,
+        note: None,
     })
 }
 
