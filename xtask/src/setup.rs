@@ -64,6 +64,7 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "mmdebstrap", package: "mmdebstrap", used_by: "building the storage-host container's Debian 12 root fs" },
     Tool { command: "systemd-nspawn", package: "systemd-container", used_by: "booting the storage-host container (a real systemd 252)" },
     Tool { command: "shellcheck", package: "shellcheck", used_by: "linting the package's maintainer scripts (deb)" },
+    Tool { command: "python3:cryptography", package: "python3-cryptography", used_by: "checking signed audit checkpoints with an independent Ed25519" },
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
 ];
 
@@ -498,11 +499,28 @@ fn ensure_cargo_fuzz() -> Result<()> {
 // ---------------------------------------------------------------------------
 // Debian packages
 
+/// Where a tool's command is, or None when it is missing. A `command` of
+/// the form `python3:MODULE` is a Python module instead (for tests that
+/// check our output with an independent implementation): present when
+/// `python3 -c "import MODULE"` works.
+fn probe(command: &str) -> Option<String> {
+    if let Some(module) = command.strip_prefix("python3:") {
+        let ok = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        return ok.then(|| "python3".to_owned());
+    }
+    locate_system_command(command).map(|p| p.display().to_string())
+}
+
 fn ensure_system_tools(root: bool, tools: &[Tool]) -> Result<()> {
     let mut missing = Vec::new();
     for tool in tools {
-        match locate_system_command(tool.command) {
-            Some(path) => println!("ok: {} at {}", tool.command, path.display()),
+        match probe(tool.command) {
+            Some(found) => println!("ok: {} at {found}", tool.command),
             None => {
                 let verb = if root { "installing" } else { "missing" };
                 println!(
