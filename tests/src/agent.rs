@@ -396,3 +396,16 @@ impl Drop for Agent {
         let _ = fs::remove_dir_all(&self.pin_dir);
     }
 }
+
+/// Why a test of the previous release cannot run: [`previous_agent_binary`]
+/// found nothing.
+pub const PREVIOUS_MISSING: &str =
+    "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)";
+
+/// The previous release's agent (`EE_PREVIOUS_ENFORCER_BIN`, built by
+/// `cargo xtask test` from the last commit of the previous datapath
+/// layout), for the upgrade tests.
+pub fn previous_agent_binary() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("EE_PREVIOUS_ENFORCER_BIN")?);
+    path.is_file().then_some(path)
+}

@@ -23,15 +23,13 @@
 //! network namespaces.
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use crate::sandbox::{Sandbox, remove_cgroup, sh};
+use crate::sandbox::{Sandbox, join_cgroups, remove_cgroup, sh};
 
 /// The cached root file system, if `cargo xtask rootfs` built one.
 pub fn rootfs() -> Option<PathBuf> {
@@ -150,31 +148,10 @@ impl Machine {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("console log"))
             .stderr(log);
-        let procs: Vec<CString> = std::iter::once(&self.cg2)
-            .chain(self.cg1.as_ref())
-            .map(|c| {
-                CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
-                    .expect("cgroup path has no NUL")
-            })
+        let cgroups: Vec<&Path> = std::iter::once(self.cg2.as_path())
+            .chain(self.cg1.as_deref())
             .collect();
-        // SAFETY: only open/write/close on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                }
-                Ok(())
-            });
-        }
+        join_cgroups(&mut cmd, &cgroups);
         self.nspawn = Some(cmd.spawn().expect("start systemd-nspawn"));
         let started = Instant::now();
         // `is-system-running --wait` needs the machine's init to be up

@@ -354,29 +354,47 @@ pub fn remove_cgroup(path: &Path) {
 pub fn enter(cmd: &mut Command, ns: &str, cgroup: Option<&Path>) {
     let netns =
         File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
-    let procs = cgroup.map(|c| {
-        CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
-            .expect("cgroup path has no NUL")
-    });
-    // SAFETY: the closure only makes async-signal-safe system calls (open,
-    // write, close, setns) on data prepared before the fork.
+    if let Some(cgroup) = cgroup {
+        join_cgroups(cmd, &[cgroup]);
+    }
+    // SAFETY: the closure only calls setns(2), async-signal-safe, on an fd
+    // opened before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(procs) = &procs {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes `cmd` move into each of `cgroups` (cgroup v2 or v1 directories)
+/// between fork and exec, so its first instruction already runs there.
+pub fn join_cgroups(cmd: &mut Command, cgroups: &[&Path]) {
+    let procs: Vec<CString> = cgroups
+        .iter()
+        .map(|c| {
+            CString::new(c.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                .expect("cgroup path has no NUL")
+        })
+        .collect();
+    // SAFETY: the closure only makes async-signal-safe system calls (open,
+    // write, close) on data prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // "0" moves the writing process (cgroup v2 cgroup.procs).
+                // "0" moves the writing process (cgroup.procs, v1 and v2).
                 let n = libc::write(fd, b"0".as_ptr().cast(), 1);
                 let err = std::io::Error::last_os_error();
                 libc::close(fd);
                 if n != 1 {
                     return Err(err);
                 }
-            }
-            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

@@ -165,10 +165,11 @@ fn guard_checks_its_own_cgroup_by_default() {
 #[test]
 fn guard_counts_the_previous_layouts_links() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
-    let previous = std::env::var_os("EE_PREVIOUS_ENFORCER_BIN").map(std::path::PathBuf::from);
+    let previous = enforcer_tests::agent::previous_agent_binary();
     skip_unless!(
-        previous.as_ref().is_some_and(|p| p.is_file()),
-        "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)"
+        previous.is_some(),
+        "{}",
+        enforcer_tests::agent::PREVIOUS_MISSING
     );
     let previous = previous.unwrap_or_default();
     let s = Scenario::new();

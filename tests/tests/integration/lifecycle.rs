@@ -286,10 +286,11 @@ fn refusals(s: &Scenario) -> (u64, u64) {
 #[test]
 fn counters_continue_across_a_layout_upgrade() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
-    let previous = std::env::var_os("EE_PREVIOUS_ENFORCER_BIN").map(std::path::PathBuf::from);
+    let previous = enforcer_tests::agent::previous_agent_binary();
     skip_unless!(
-        previous.as_ref().is_some_and(|p| p.is_file()),
-        "EE_PREVIOUS_ENFORCER_BIN names no binary (`cargo xtask test` builds the previous release)"
+        previous.is_some(),
+        "{}",
+        enforcer_tests::agent::PREVIOUS_MISSING
     );
     let previous = previous.unwrap_or_default();
     let s = Scenario::new();
