@@ -311,8 +311,10 @@ pub fn human(us: u64) -> String {
         format!("{h} h {m} min")
     } else if m > 0 {
         format!("{m} min {} s", s % 60)
-    } else {
+    } else if us >= 1000 {
         format!("{}.{:03} s", s, us / 1000 % 1000)
+    } else {
+        format!("{us} µs")
     }
 }
 
@@ -1139,6 +1141,7 @@ mod tests {
     #[test]
     fn human_durations() {
         assert_eq!(human(1_250_000), "1.250 s");
+        assert_eq!(human(71), "71 µs");
         assert_eq!(human(65_000_000), "1 min 5 s");
         assert_eq!(human((3 * 86_400 + 4 * 3600) * 1_000_000), "3 d 4 h");
         assert_eq!(format_time(T0), "2027-01-15T08:00:00.000000Z");

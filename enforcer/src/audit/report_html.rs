@@ -40,7 +40,7 @@ h1{font-size:24px}h2{font-size:20px;border-bottom:2px solid #9e9e9e;padding-bott
 h3{font-size:16px;margin-top:24px}\
 table{border-collapse:collapse;font-size:13px;margin:8px 0}\
 td,th{border:1px solid #bdbdbd;padding:3px 6px;text-align:left;vertical-align:top}\
-th{background:#eeeeee}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th{background:#eeeeee}td.n{text-align:right;font-variant-numeric:tabular-nums}td.t{white-space:nowrap}\
 .bad{color:#b71c1c;font-weight:bold}.good{color:#1b5e20;font-weight:bold}\
 .problems{border:3px solid #b71c1c;background:#ffebee;padding:8px 16px;margin:12px 0}\
 .conclusion{font-size:16px;padding:8px 12px;border-left:6px solid #1b5e20;background:#f1f8e9}\
@@ -220,7 +220,7 @@ fn host(o: &mut String, h: &HostReport) {
     for e in &h.timeline {
         let _ = writeln!(
             o,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
+            "<tr><td class=\"t\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
              <td class=\"hash\">{}</td><td class=\"hash\">{}</td></tr>",
             esc(&e.time),
             e.seq,
