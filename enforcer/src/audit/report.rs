@@ -13,8 +13,9 @@
 //!
 //! # Time accounting
 //!
-//! The period of a host is from its first record's `time` to its last
-//! record's. Between two consecutive records the state set by the first
+//! The period of a host is from its first record's `time` to the latest
+//! `time` of its records (a clock that stepped back is not counted twice:
+//! each interval runs from the latest time seen so far). Between two consecutive records the state set by the first
 //! one holds, except where a rule below says the interval was not covered.
 //! Every interval is, for every scope row, exactly one of *enforced*,
 //! *observed* or *not covered*; so the three shares of a row add up to the
@@ -340,13 +341,18 @@ pub fn account(recs: &[Rec]) -> Vec<ScopeShare> {
         .map(|n| (n, Vec::new()))
         .collect();
     let mut up = false;
+    let mut clock = recs.first().map_or(0, |r| r.time_us);
     let mut global: Option<String> = None;
     let mut overrides: BTreeMap<String, String> = BTreeMap::new();
     let mut uncovered: BTreeMap<String, &'static str> = BTreeMap::new();
     for (i, r) in recs.iter().enumerate() {
         if i > 0 {
             let before = &recs[i - 1];
-            let (a, b) = (before.time_us, r.time_us.max(before.time_us));
+            // A clock that stepped back is not counted twice: each
+            // interval runs from the latest time seen so far.
+            let a = clock;
+            let b = r.time_us.max(a);
+            clock = b;
             let whole = if !before.trusted || !r.trusted {
                 Some("chain broken")
             } else if matches!(r.kind, Some(Kind::Gap(_))) {
@@ -410,7 +416,7 @@ pub fn account(recs: &[Rec]) -> Vec<ScopeShare> {
         }
     }
     let origin = recs.first().map_or(0, |r| r.time_us);
-    let total = recs.last().map_or(0, |r| (r.time_us - origin).max(0)) as u64;
+    let total = (clock - origin).max(0) as u64;
     rows.into_iter()
         .map(|(scope, segs)| {
             let mut sums = [0u64; 3];
@@ -649,6 +655,9 @@ pub fn timeline(recs: &[Rec]) -> Vec<TimelineEntry> {
             }
             _ => continue,
         }
+        if !r.trusted {
+            e.what = format!("UNVERIFIED (after the chain break): {}", e.what);
+        }
         if out.len() < CAP {
             out.push(e);
         }
@@ -839,7 +848,8 @@ fn host_report(
         ));
     }
     let origin = recs.first().map(|r| r.time_us);
-    let end = recs.last().map(|r| r.time_us);
+    // The latest time, not the last record's: a clock may step back.
+    let end = recs.iter().map(|r| r.time_us).max();
     let period = Period {
         start: origin.map(format_time),
         end: end.map(format_time),
@@ -942,7 +952,7 @@ fn conclusion(h: &HostReport, keyed: bool) -> String {
         .filter(|p| !p.starts_with("chain broken") && !p.starts_with("checkpoint seq"))
         .count();
     if unreadable > 0 {
-        parts.push(format!("{unreadable} files UNREADABLE"));
+        parts.push(format!("{unreadable} file(s) UNREADABLE"));
     }
     parts.join("; ")
 }
@@ -1136,6 +1146,20 @@ mod tests {
         let empty = account(&[]);
         assert_eq!(empty[0].enforced_pct, 0.0);
         assert!(empty[0].segments.is_empty());
+    }
+
+    #[test]
+    fn a_clock_stepping_back_is_not_counted_twice() {
+        let recs = [
+            rec(1, 0, start()),
+            rec(2, 0, cp("enforce")),
+            rec(3, 1000, cp("enforce")),
+            rec(4, 400, cp("enforce")),
+            rec(5, 1500, cp("enforce")),
+        ];
+        let g = row(&account(&recs), GLOBAL_SCOPE).clone();
+        assert_eq!(ms(g.enforced_us), 1500);
+        assert_eq!(g.enforced_pct, 100.0);
     }
 
     #[test]

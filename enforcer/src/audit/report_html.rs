@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::report::{HostReport, Report, Segment, Verdicts, human};
+use super::report::{HostReport, Report, Segment, Verdicts, format_time, human, parse_time};
 
 const ENFORCED: &str = "#2e7d32";
 const OBSERVED: &str = "#f9a825";
@@ -304,15 +304,33 @@ fn timeline_svg(o: &mut String, h: &HostReport) {
             segment_rect(o, seg, LABEL, y, plot, total, ROW - 8.0);
         }
     }
-    let y = h.scopes.len() as f64 * ROW + 18.0;
-    let _ = writeln!(
-        o,
-        "<text x=\"{LABEL}\" y=\"{y:.1}\">{}</text>\
-         <text x=\"{:.1}\" y=\"{y:.1}\" text-anchor=\"end\">{}</text></svg>",
-        esc(h.period.start.as_deref().unwrap_or("")),
-        LABEL + plot,
-        esc(h.period.end.as_deref().unwrap_or(""))
-    );
+    // The time axis: five ticks (start, quarters, end), each labelled
+    // with its time to the second, anchored so that none leaves the plot.
+    let y = h.scopes.len() as f64 * ROW;
+    let start = h.period.start.as_deref().and_then(parse_time);
+    for q in 0..=4u32 {
+        let x = LABEL + plot * f64::from(q) / 4.0;
+        let at = start.map(|s| s + (h.period.duration_us * u64::from(q) / 4) as i64);
+        let label = at
+            .map(|t| format_time(t).replace('T', " "))
+            .map(|t| t.get(..19).unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        let anchor = match q {
+            0 => "start",
+            4 => "end",
+            _ => "middle",
+        };
+        let _ = writeln!(
+            o,
+            "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#616161\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">{}</text>",
+            y,
+            y + 5.0,
+            y + 18.0,
+            esc(&label)
+        );
+    }
+    let _ = writeln!(o, "</svg>");
 }
 
 fn segment_rect(o: &mut String, s: &Segment, x0: f64, y: f64, plot: f64, total: f64, hgt: f64) {
