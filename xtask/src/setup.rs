@@ -65,6 +65,7 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "systemd-nspawn", package: "systemd-container", used_by: "booting the storage-host container (a real systemd 252)" },
     Tool { command: "shellcheck", package: "shellcheck", used_by: "linting the package's maintainer scripts (deb)" },
     Tool { command: "python3:cryptography", package: "python3-cryptography", used_by: "checking signed audit checkpoints with an independent Ed25519" },
+    Tool { command: "chromium", package: "chromium", used_by: "looking at the audit report page headless (a screenshot)" },
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
 ];
 

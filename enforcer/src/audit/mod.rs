@@ -72,6 +72,8 @@
 
 pub mod note;
 mod record;
+pub mod report;
+pub mod report_html;
 mod shared;
 mod verify;
 mod writer;

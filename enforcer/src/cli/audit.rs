@@ -23,6 +23,35 @@ pub enum AuditCommand {
     /// text forms): the private key (mode 0600, never overwritten) for
     /// `audit.signing_key`, the public key for the auditor.
     Keygen(KeygenArgs),
+    /// A report for the auditor over one or more hosts' logs: the share of
+    /// time each scope was enforced, observed or not covered, the mode and
+    /// policy timeline, refusals by country, scope and day, every
+    /// checkpoint's signature, the chain; one self-contained HTML page
+    /// (or JSON). Exits 1 when an input is bad (the report says how).
+    Report(ReportArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Audit logs, of one or several hosts, a rotated log as several files
+    /// (the host is the origin of the files' signed checkpoints, else the
+    /// file name without a rotation suffix).
+    #[arg(required = true, value_name = "LOG")]
+    pub files: Vec<PathBuf>,
+    /// The public key (file or text): every signed checkpoint is checked.
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Option<String>,
+    /// Write the report here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub format: ReportFormat,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,7 +121,40 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
     match cmd {
         AuditCommand::Verify(args) => verify(args),
         AuditCommand::Keygen(args) => keygen(args),
+        AuditCommand::Report(args) => report(args),
     }
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let key = args.key.as_deref().map(verifier_key).transpose()?;
+    let r = audit::report::build(&args.files, key.as_ref());
+    let text = match args.format {
+        ReportFormat::Json => format!("{}\n", serde_json::to_string_pretty(&r)?),
+        ReportFormat::Html => audit::report_html::render(&r),
+    };
+    match &args.out {
+        Some(p) => std::fs::write(p, &text)
+            .with_context(|| format!("{}: writing the report", p.display()))?,
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("writing the report")?;
+        }
+    }
+    if !r.ok {
+        let bad: Vec<String> = r
+            .hosts
+            .iter()
+            .filter(|h| !h.ok)
+            .map(|h| format!("{}: {}", h.host, h.problems.join("; ")))
+            .collect();
+        anyhow::bail!(
+            "the input is not intact (the report says so): {}",
+            bad.join(" | ")
+        );
+    }
+    Ok(())
 }
 
 fn keygen(args: KeygenArgs) -> anyhow::Result<()> {

@@ -12,6 +12,7 @@
 
 mod audit;
 mod audit_agent;
+mod audit_report;
 mod audit_signing;
 mod backstop;
 mod bad_input;
