@@ -396,6 +396,7 @@ fn the_report_states_what_the_log_of_a_real_run_holds() {
         "{} checkpoints: {} verified, 0 bad",
         e.checkpoints, e.checkpoints
     )));
+    in_a_browser(&html_path, conclusion, &s.dir.path().join("report.png"));
 
     // A broken chain: still a report, saying so, and exit status 1.
     let broken = s.dir.path().join("broken.jsonl");
@@ -419,4 +420,39 @@ fn the_report_states_what_the_log_of_a_real_run_holds() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], false);
+}
+
+/// The page as a browser makes of it (Debian's `chromium`, headless): its
+/// DOM still holds the conclusion (the HTML parses as written), and its
+/// screenshot is a drawn page, not a blank one (a blank 1280x2000 PNG is a
+/// few KiB; the report's charts and tables make it hundreds).
+fn in_a_browser(html: &Path, conclusion: &str, png: &Path) {
+    let chromium = |extra: &[String]| -> Output {
+        Command::new("timeout")
+            .arg("120")
+            .arg("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(extra)
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("run chromium (Debian's chromium; `cargo xtask setup` installs it)")
+    };
+    let dom = chromium(&["--dump-dom".to_owned()]);
+    assert!(dom.status.success(), "chromium --dump-dom: {dom:?}");
+    assert!(
+        String::from_utf8_lossy(&dom.stdout).contains(conclusion),
+        "the conclusion in chromium's DOM"
+    );
+    let shot = chromium(&[
+        format!("--screenshot={}", png.display()),
+        "--window-size=1280,2000".to_owned(),
+    ]);
+    assert!(shot.status.success(), "chromium --screenshot: {shot:?}");
+    let size = fs::metadata(png).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 50_000, "a drawn page, not a blank one: {size} bytes");
 }
