@@ -379,7 +379,16 @@ fn every_record_reaches_the_collector_once_in_order_and_catches_tampering() {
     assert!(!out.status.success(), "{}", text(&out));
     eprintln!("rewritten: {}", text(&out).trim());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json error");
-    assert_eq!(v["seq"], first_event, "names the rewritten record: {v:#}");
+    // The chain breaks at the edited line (line N holds seq N).
+    assert_eq!(v["problem"], "broken", "{v:#}");
+    assert_eq!(v["line"], first_event, "names the rewritten record: {v:#}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("edited.jsonl:{first_event}: hash mismatch")),
+        "{v:#}"
+    );
 
     // 3. Rewritten and re-hashed, every note re-signed, the head rewritten:
     // the host's log verifies on its own, not against the collector.
