@@ -6,8 +6,8 @@
 //! copies must equal the host's files line for line (every record once,
 //! in order), verify with the public key, and, as the off-host copy,
 //! catch a truncated, rewritten or rewritten-and-re-hashed log on the
-//! host; a collector killed for a few seconds must still receive
-//! everything written meanwhile.
+//! host; a collector killed for a few seconds, while the host's files are
+//! also rotated, must still receive everything written meanwhile.
 
 use std::{
     fs,
@@ -151,13 +151,14 @@ impl Shipping {
     }
 
     /// Waits until the collector's copy of `file` has as many lines as
-    /// the host's `host_file` (the queue drained), then asserts that the
-    /// two are the same lines, in the same order.
-    fn assert_arrived(&mut self, host_file: &Path, file: &str) -> usize {
+    /// the host's `host_files` (a rotated file first) together (the queue
+    /// drained), then asserts that they are the same lines, in the same
+    /// order.
+    fn assert_arrived(&mut self, host_files: &[&Path], file: &str) -> usize {
         let copy = self.copy_of(file);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let want = lines(host_file);
+            let want: Vec<String> = host_files.iter().flat_map(|f| lines(f)).collect();
             let got = lines(&copy);
             if got.len() >= want.len() && !want.is_empty() {
                 for (i, (w, g)) in want.iter().zip(&got).enumerate() {
@@ -174,9 +175,12 @@ impl Shipping {
                     "{file}: the collector has more lines than the host (a record twice?)"
                 );
                 // Byte for byte, with the final newline.
-                assert_eq!(
-                    fs::read(host_file).expect("host file"),
-                    fs::read(&copy).expect("copy"),
+                let host: Vec<u8> = host_files
+                    .iter()
+                    .flat_map(|f| fs::read(f).expect("host file"))
+                    .collect();
+                assert!(
+                    host == fs::read(&copy).expect("copy"),
                     "{file}: not byte for byte"
                 );
                 return want.len();
@@ -248,6 +252,12 @@ fn text(out: &Output) -> String {
     )
 }
 
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 fn lines(path: &Path) -> Vec<String> {
     fs::read_to_string(path)
         .unwrap_or_default()
@@ -282,8 +292,8 @@ fn every_record_reaches_the_collector_once_in_order_and_catches_tampering() {
     assert!(agent.stop().success(), "{}", agent.log());
 
     let log = t.s.audit_log();
-    let records = t.assert_arrived(&log, "audit.jsonl");
-    let events = t.assert_arrived(&t.s.events_file(), "events.jsonl");
+    let records = t.assert_arrived(&[&log], "audit.jsonl");
+    let events = t.assert_arrived(&[&t.s.events_file()], "events.jsonl");
     assert_eq!(events, 9, "three rounds of three events");
     let copy = t.copy_of("audit.jsonl");
     let pubkey = t.public.display().to_string();
@@ -451,16 +461,31 @@ fn a_collector_that_goes_away_receives_everything_when_it_returns() {
     let mut agent = t.start_agent("1h");
     t.drive(&agent, 1);
     let log = t.s.audit_log();
-    let before = t.assert_arrived(&log, "audit.jsonl");
-    t.assert_arrived(&t.s.events_file(), "events.jsonl");
+    let events_file = t.s.events_file();
+    let before = t.assert_arrived(&[&log], "audit.jsonl");
+    t.assert_arrived(&[&events_file], "events.jsonl");
 
     t.collector.kill();
     let down = Instant::now();
-    t.drive(&agent, 3);
+    t.drive(&agent, 1);
+    // Rotated while the collector is away, as the shipped logrotate
+    // snippet does: rename, then SIGHUP (the agent finishes the renamed
+    // files and starts new ones, the audit log with a `continued` record).
+    let (old_log, old_events) = (with_suffix(&log, ".1"), with_suffix(&events_file, ".1"));
+    fs::rename(&log, &old_log).expect("rotate the audit log");
+    fs::rename(&events_file, &old_events).expect("rotate the events file");
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    t.drive(&agent, 2);
     let reload = enforcer_at(&t.s.control_socket(), &["reload"]);
     assert!(reload.status.success(), "{reload:?}");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(down.elapsed()));
-    let written = lines(&log).len();
+    let written = lines(&old_log).len() + lines(&log).len();
+    assert!(
+        lines(&log)
+            .first()
+            .is_some_and(|l| json(l)["kind"] == "continued"),
+        "the new audit file starts with a `continued` record"
+    );
     assert!(written > before, "records were written while it was away");
     assert_eq!(
         lines(&t.copy_of("audit.jsonl")).len(),
@@ -477,14 +502,22 @@ fn a_collector_that_goes_away_receives_everything_when_it_returns() {
     t.collector.restart();
     t.collector.wait_listening(RELP_PORT);
     assert!(agent.stop().success(), "{}", agent.log());
-    let records = t.assert_arrived(&log, "audit.jsonl");
-    let events = t.assert_arrived(&t.s.events_file(), "events.jsonl");
+    let records = t.assert_arrived(&[&old_log, &log], "audit.jsonl");
+    let events = t.assert_arrived(&[&old_events, &events_file], "events.jsonl");
     assert_eq!(events, 12, "four rounds of three events");
+    // One copy, one chain across the rotation.
     let out = verify(&[
         "--key",
         &t.public.display().to_string(),
+        "-o",
+        "json",
         &t.copy_of("audit.jsonl").display().to_string(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    eprintln!("after the outage: {records} audit records and {events} events, identical");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["kinds"]["continued"], 1, "{v:#}");
+    eprintln!(
+        "after the outage and a rotation: {records} audit records and {events} events, identical; the copy verifies (checkpoints verified {})",
+        v["signatures"]["verified"]
+    );
 }
