@@ -19,6 +19,9 @@
 //!   client namespace, removed on drop;
 //! - [`postgres`]: PostgreSQL servers in the sandbox's server namespace,
 //!   the peers the storage host writes user rows to;
+//! - [`rsyslog`]: rsyslog instances running the shipped configurations
+//!   (packaging/rsyslog/), a host's and a collector's, killed on drop;
+//! - [`tamper`]: rewriting an audit log and re-hashing it as root would;
 //! - [`router`]: three network namespaces (container, router, server) for
 //!   forwarded traffic, with the agent in the router's, and running things
 //!   inside a namespace from the test process.
@@ -35,8 +38,10 @@ pub mod metrics;
 pub mod postgres;
 pub mod probe;
 pub mod router;
+pub mod rsyslog;
 pub mod sandbox;
 pub mod scenario;
+pub mod tamper;
 pub mod testrun;
 
 /// Whether the tests run in CI, where a skipped kernel test is a failure.

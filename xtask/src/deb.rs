@@ -59,6 +59,9 @@ const STATIC_FILES: &[(&str, &str, u32)] = &[
     ("debian/tmpfiles.conf",           "usr/lib/tmpfiles.d/egress-enforcer.conf",    0o644),
     ("logrotate/egress-enforcer",      "etc/logrotate.d/egress-enforcer",            0o644),
     ("debian/copyright",               "usr/share/doc/egress-enforcer/copyright",    0o644),
+    // Examples, not active: the operator copies them to /etc/rsyslog.d/.
+    ("rsyslog/egress-enforcer-host.conf", "usr/share/egress-enforcer/rsyslog/egress-enforcer-host.conf", 0o644),
+    ("rsyslog/egress-enforcer-collector.conf", "usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", 0o644),
 ];
 
 /// Files under /etc that the administrator may edit: dpkg keeps their
@@ -101,6 +104,8 @@ const REQUIRED: &[(&str, &str)] = &[
     ("./usr/share/zsh/vendor-completions/_enforcer",       "-rw-r--r--"),
     ("./usr/share/fish/vendor_completions.d/enforcer.fish", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/copyright",          "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-host.conf", "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/changelog.Debian.gz", "-rw-r--r--"),
 ];
 
@@ -218,6 +223,7 @@ pub fn build(args: &Args) -> Result<PathBuf> {
          Installed-Size: {size}\n\
          Depends: {depends}, adduser\n\
          Recommends: geoipupdate\n\
+         Suggests: rsyslog, rsyslog-relp\n\
          Section: admin\n\
          Priority: optional\n\
          Description: {DESCRIPTION}\n",

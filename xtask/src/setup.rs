@@ -67,6 +67,8 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "python3:cryptography", package: "python3-cryptography", used_by: "checking signed audit checkpoints with an independent Ed25519" },
     Tool { command: "chromium", package: "chromium", used_by: "looking at the audit report page headless (a screenshot)" },
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
+    Tool { command: "rsyslogd", package: "rsyslog", used_by: "shipping the audit log and events to a collector (shipping tests)" },
+    Tool { command: "file:/usr/lib/{multiarch}/rsyslog/omrelp.so", package: "rsyslog-relp", used_by: "RELP between the host and collector rsyslog (shipping tests)" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the
@@ -503,7 +505,10 @@ fn ensure_cargo_fuzz() -> Result<()> {
 /// Where a tool's command is, or None when it is missing. A `command` of
 /// the form `python3:MODULE` is a Python module instead (for tests that
 /// check our output with an independent implementation): present when
-/// `python3 -c "import MODULE"` works.
+/// `python3 -c "import MODULE"` works. One of the form `file:PATH` is a
+/// file the package installs (for packages without a command, such as
+/// rsyslog-relp's module), `{multiarch}` standing for Debian's triplet
+/// directory (`x86_64-linux-gnu`).
 fn probe(command: &str) -> Option<String> {
     if let Some(module) = command.strip_prefix("python3:") {
         let ok = Command::new("python3")
@@ -513,6 +518,12 @@ fn probe(command: &str) -> Option<String> {
             .status()
             .is_ok_and(|s| s.success());
         return ok.then(|| "python3".to_owned());
+    }
+    // A package without a command (a library, an rsyslog module): the
+    // file it installs, `{multiarch}` being Debian's triplet directory.
+    if let Some(path) = command.strip_prefix("file:") {
+        let path = path.replace("{multiarch}", &format!("{}-linux-gnu", env::consts::ARCH));
+        return Path::new(&path).exists().then_some(path);
     }
     locate_system_command(command).map(|p| p.display().to_string())
 }
@@ -582,8 +593,10 @@ fn ensure_system_tools(root: bool, tools: &[Tool]) -> Result<()> {
     apt(&install)?;
 
     for tool in &missing {
-        match locate_system_command(tool.command) {
-            Some(path) => println!("ok: {} at {} (installed)", tool.command, path.display()),
+        // probe, not locate_system_command: `python3:` and `file:` entries
+        // are no command on PATH.
+        match probe(tool.command) {
+            Some(path) => println!("ok: {} at {path} (installed)", tool.command),
             None => bail!(
                 "`{}` is still missing after installing package {}; run `{by_hand}` by hand",
                 tool.command,

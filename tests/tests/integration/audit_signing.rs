@@ -19,8 +19,8 @@ use enforcer_tests::{
     probe::{Proto, attempt},
     scenario::*,
     skip_unless,
+    tamper::rewrite_and_rehash,
 };
-use sha2::{Digest as _, Sha256};
 
 /// `enforcer audit keygen --name NAME --out DIR`: (private, public).
 fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -155,71 +155,6 @@ fn python_verifies_the_signature_bytes_of_a_checkpoint_note() {
         "{}",
         text(&out)
     );
-}
-
-/// Replaces record `seq`'s `from` with `to` and re-hashes the chain after
-/// it, re-signing every checkpoint note with `key` and rewriting the head:
-/// what root on the host (who can read the signing key) can do.
-fn rewrite_and_rehash(log: &Path, seq: usize, from: &str, to: &str, key: &SignerKey) {
-    let verifier = key.verifier();
-    let text = fs::read_to_string(log).expect("log");
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let index = seq - 1;
-    assert!(lines[index].contains(from), "{}", lines[index]);
-    lines[index] = lines[index].replacen(from, to, 1);
-    let mut prev = if index == 0 {
-        audit::ZERO_HASH.to_owned()
-    } else {
-        json(&lines[index - 1])["hash"]
-            .as_str()
-            .expect("hash")
-            .to_owned()
-    };
-    for line in &mut lines[index..] {
-        let v = json(line);
-        let old_prev = v["prev"].as_str().expect("prev");
-        let mut body = line.replacen(
-            &format!("\"prev\":\"{old_prev}\""),
-            &format!("\"prev\":\"{prev}\""),
-            1,
-        );
-        if let Some(note) = v["note"].as_str() {
-            let mut cp = audit::CheckpointBody::parse(verifier.open(note).expect("own note"))
-                .expect("checkpoint");
-            cp.size = v["seq"].as_u64().expect("seq") - 1;
-            cp.hash.clone_from(&prev);
-            let new = key.sign(&cp.text().expect("text")).expect("sign");
-            body = body.replacen(
-                &serde_json::to_string(note).expect("json"),
-                &serde_json::to_string(&new).expect("json"),
-                1,
-            );
-        }
-        // The seal: the line without `,"hash":"…"}` plus `}`, SHA-256.
-        let open = &body[..body.len() - 75];
-        let hash: String = Sha256::digest(format!("{open}}}").as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        *line = format!("{open},\"hash\":\"{hash}\"}}");
-        prev = hash;
-    }
-    fs::write(
-        log,
-        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .expect("write");
-    let last = json(lines.last().expect("a record"));
-    fs::write(
-        audit::head_path(log),
-        format!(
-            "{{\"seq\":{},\"hash\":\"{}\",\"time\":\"{}\"}}\n",
-            last["seq"],
-            prev,
-            last["time"].as_str().expect("time")
-        ),
-    )
-    .expect("head");
 }
 
 fn json(line: &str) -> serde_json::Value {

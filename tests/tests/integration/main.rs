@@ -37,6 +37,7 @@ mod packet_test_run;
 mod privileges;
 mod refresh;
 mod scope;
+mod shipping;
 mod sinks;
 mod starvation;
 mod storage_host;
