@@ -59,6 +59,8 @@ const STATIC_FILES: &[(&str, &str, u32)] = &[
     ("debian/tmpfiles.conf",           "usr/lib/tmpfiles.d/egress-enforcer.conf",    0o644),
     ("logrotate/egress-enforcer",      "etc/logrotate.d/egress-enforcer",            0o644),
     ("debian/copyright",               "usr/share/doc/egress-enforcer/copyright",    0o644),
+    // An example for the operator's Prometheus, not loaded by anything here.
+    ("prometheus/egress-enforcer-rules.yml", "usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", 0o644),
 ];
 
 /// Files under /etc that the administrator may edit: dpkg keeps their
@@ -101,6 +103,7 @@ const REQUIRED: &[(&str, &str)] = &[
     ("./usr/share/zsh/vendor-completions/_enforcer",       "-rw-r--r--"),
     ("./usr/share/fish/vendor_completions.d/enforcer.fish", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/copyright",          "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/changelog.Debian.gz", "-rw-r--r--"),
 ];
 
