@@ -66,6 +66,9 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "shellcheck", package: "shellcheck", used_by: "linting the package's maintainer scripts (deb)" },
     Tool { command: "python3:cryptography", package: "python3-cryptography", used_by: "checking signed audit checkpoints with an independent Ed25519" },
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
+    // The package's maintainer script does not start the daemon where
+    // systemd is not running (invoke-rc.d declines): checked on Debian 12.
+    Tool { command: "promtool", package: "prometheus", used_by: "checking live scrapes and the shipped alert rules (promtool tests)" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the
