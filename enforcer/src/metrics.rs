@@ -4,10 +4,15 @@
 //! them on every scrape, so the agent holds no copy that could drift, and a
 //! restarted agent that adopted the pinned maps continues the counts.
 //!
-//! Every name is prefixed `enforcer_`, counters end in `_total`, and labels
-//! have bounded cardinality: hook (6), family (2), country (<= 677),
+//! Every name is prefixed `enforcer_` (but the standard `process_*` ones,
+//! [`process`]), counters end in `_total`, every family has help text, and
+//! labels have bounded cardinality: hook (6), family (2), country (<= 677),
 //! verdict (4), kind (7). Only non-zero series of the decision counters are
 //! exposed.
+//!
+//! The listener answers OpenMetrics to scrapers that prefer it and the
+//! Prometheus text format 0.0.4 to the others ([`text004`]), and serves
+//! `/healthz`, `/readyz` ([`readiness`]) and an index at `/`.
 
 pub mod process;
 pub mod text004;
