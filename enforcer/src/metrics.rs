@@ -587,18 +587,18 @@ fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error
             max as f64,
         ));
     }
-    gauges.extend([
-        (
+    if let Some(started) = stats.start_time_seconds {
+        gauges.push((
             "process_start_time_seconds",
             "Start time of the process since unix epoch in seconds.",
-            stats.start_time_seconds,
-        ),
-        (
-            "process_threads",
-            "Number of OS threads in the process.",
-            stats.threads as f64,
-        ),
-    ]);
+            started,
+        ));
+    }
+    gauges.push((
+        "process_threads",
+        "Number of OS threads in the process.",
+        stats.threads as f64,
+    ));
     for (name, help, value) in gauges {
         let metric = ConstGauge::new(value);
         let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;

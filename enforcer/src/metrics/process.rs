@@ -16,8 +16,9 @@ pub struct ProcessStats {
     pub open_fds: u64,
     /// The soft limit on open files (`None` when unlimited).
     pub max_fds: Option<u64>,
-    /// Unix time the process started, seconds.
-    pub start_time_seconds: f64,
+    /// Unix time the process started, seconds (`None` when `/proc/stat`
+    /// cannot be read, e.g. under systemd's `ProcSubset=pid`).
+    pub start_time_seconds: Option<f64>,
     pub threads: u64,
 }
 
@@ -95,9 +96,9 @@ fn read_from(dir: &Path, proc_stat: &Path) -> Result<ProcessStats, ProcError> {
     let stat = parse_stat(&read(&stat_path)?).ok_or_else(|| ProcError::Format {
         path: stat_path.display().to_string(),
     })?;
-    let btime = parse_btime(&read(proc_stat)?).ok_or_else(|| ProcError::Format {
-        path: proc_stat.display().to_string(),
-    })?;
+    // Only the start time needs the boot time: without it, the rest is
+    // still worth exporting.
+    let btime = read(proc_stat).ok().and_then(|t| parse_btime(&t));
     let max_fds = parse_max_fds(&read(&dir.join("limits"))?);
     let fd_dir = dir.join("fd");
     let open_fds = std::fs::read_dir(&fd_dir)
@@ -119,7 +120,7 @@ fn read_from(dir: &Path, proc_stat: &Path) -> Result<ProcessStats, ProcError> {
         virtual_memory_bytes: stat.vsize_bytes,
         open_fds,
         max_fds,
-        start_time_seconds: btime as f64 + stat.start_ticks as f64 / ticks,
+        start_time_seconds: btime.map(|b| b as f64 + stat.start_ticks as f64 / ticks),
         threads: stat.threads,
     })
 }
@@ -162,12 +163,20 @@ Max open files            1024                 524288               files     \n
     }
 
     #[test]
+    fn without_proc_stat_only_the_start_time_is_missing() {
+        let s =
+            read_from(Path::new("/proc/self"), Path::new("/nonexistent/stat")).expect("/proc/self");
+        assert_eq!(s.start_time_seconds, None);
+        assert!(s.threads >= 1);
+    }
+
+    #[test]
     fn reads_this_process() {
         let s = read_self().expect("/proc/self");
         assert!(s.threads >= 1);
         assert!(s.open_fds >= 3);
         assert!(s.resident_memory_bytes > 0);
         assert!(s.virtual_memory_bytes >= s.resident_memory_bytes);
-        assert!(s.start_time_seconds > 1_000_000_000.0);
+        assert!(s.start_time_seconds.is_some_and(|t| t > 1_000_000_000.0));
     }
 }
