@@ -4,10 +4,18 @@
 //! them on every scrape, so the agent holds no copy that could drift, and a
 //! restarted agent that adopted the pinned maps continues the counts.
 //!
-//! Every name is prefixed `enforcer_`, counters end in `_total`, and labels
-//! have bounded cardinality: hook (6), family (2), country (<= 677),
+//! Every name is prefixed `enforcer_` (but the standard `process_*` ones,
+//! [`process`]), counters end in `_total`, every family has help text, and
+//! labels have bounded cardinality: hook (6), family (2), country (<= 677),
 //! verdict (4), kind (7). Only non-zero series of the decision counters are
 //! exposed.
+//!
+//! The listener answers OpenMetrics to scrapers that prefer it and the
+//! Prometheus text format 0.0.4 to the others ([`text004`]), and serves
+//! `/healthz`, `/readyz` ([`readiness`]) and an index at `/`.
+
+pub mod process;
+pub mod text004;
 
 use std::{
     net::SocketAddr,
@@ -99,7 +107,8 @@ impl Collector for EnforcerCollector {
         self.encode_events(&mut encoder)?;
         self.encode_policy(&mut encoder, &status)?;
         self.encode_geoip(&mut encoder, &status)?;
-        self.encode_agent(&mut encoder, &status)
+        self.encode_agent(&mut encoder, &status)?;
+        encode_process(&mut encoder)
     }
 }
 
@@ -257,6 +266,27 @@ impl EnforcerCollector {
             let enc = encoder.encode_descriptor(
                 "enforcer_policy_last_load_timestamp_seconds",
                 "Unix time of the last successful policy load.",
+                None,
+                metric.metric_type(),
+            )?;
+            metric.encode(enc)?;
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "enforcer_last_reload_duration_seconds",
+                "How long the last policy load attempt took (at start: applying the config; on reload: reading and applying it), labelled with its result (success or failure). Absent before the first load.",
+                None,
+                MetricType::Gauge,
+            )?;
+            if let Some((took, result)) = status.last_load_attempt {
+                ConstGauge::new(took).encode(family.encode_family(&[("result", result)])?)?;
+            }
+        }
+        {
+            let metric = ConstGauge::new(status.last_load_failure_unix);
+            let enc = encoder.encode_descriptor(
+                "enforcer_last_reload_failure_timestamp_seconds",
+                "Unix time of the last failed policy reload; 0 when none failed since the agent started.",
                 None,
                 metric.metric_type(),
             )?;
@@ -512,6 +542,71 @@ impl EnforcerCollector {
     }
 }
 
+/// The standard `process_*` families (the names every Prometheus client
+/// uses, so dashboards and alerts written for other exporters work). A
+/// failed read of `/proc` is logged and leaves them out of this scrape.
+fn encode_process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let stats = match process::read_self() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this process's statistics");
+            return Ok(());
+        }
+    };
+    {
+        let metric = ConstCounter::new(stats.cpu_seconds);
+        let enc = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds.",
+            None,
+            metric.metric_type(),
+        )?;
+        metric.encode(enc)?;
+    }
+    let mut gauges = vec![
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            stats.resident_memory_bytes as f64,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            stats.virtual_memory_bytes as f64,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            stats.open_fds as f64,
+        ),
+    ];
+    if let Some(max) = stats.max_fds {
+        gauges.push((
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit).",
+            max as f64,
+        ));
+    }
+    if let Some(started) = stats.start_time_seconds {
+        gauges.push((
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            started,
+        ));
+    }
+    gauges.push((
+        "process_threads",
+        "Number of OS threads in the process.",
+        stats.threads as f64,
+    ));
+    for (name, help, value) in gauges {
+        let metric = ConstGauge::new(value);
+        let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+        metric.encode(enc)?;
+    }
+    Ok(())
+}
+
 fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -530,45 +625,119 @@ pub fn registry(collector: EnforcerCollector) -> Registry {
     registry
 }
 
-/// Serves `GET /metrics` (and nothing that changes state) until `shutdown`
-/// resolves.
+/// Whether the agent is ready to be relied on, and if not, why.
+///
+/// Ready means a policy is loaded and no configured scope entry is
+/// uncovered. An entry that is `waiting` (its cgroup or interface does not
+/// exist) does not make the agent unready: an absent service sends nothing,
+/// so it is no hole, and it is covered as soon as it is created. A
+/// `partial` or `error` entry does.
+pub fn readiness(status: &AgentStatus) -> Result<(), String> {
+    if status.policy_sha256.is_none() {
+        return Err("no policy loaded".to_owned());
+    }
+    let uncovered: Vec<&str> = status
+        .coverage
+        .iter()
+        .filter(|e| e.state != "covered" && e.state != "waiting")
+        .map(|e| e.scope.as_str())
+        .collect();
+    if uncovered.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("scope not covered: {}", uncovered.join(", ")))
+    }
+}
+
+/// What `GET /` answers: the paths this listener serves.
+const INDEX: &str = "egress-enforcer agent\n\
+/metrics  Prometheus metrics (OpenMetrics when the Accept header prefers it, else text format 0.0.4)\n\
+/healthz  200 while this listener runs\n\
+/readyz   200 when a policy is loaded and every scope entry is covered (waiting entries count as covered), else 503 and why\n";
+
+/// Serves `GET /metrics`, `/healthz`, `/readyz` and `/` (nothing that
+/// changes state) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
+    status: SharedStatus,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    use axum::{Router, http::header, response::IntoResponse, routing::get};
+    use axum::{
+        Router,
+        http::{HeaderMap, StatusCode, header},
+        response::IntoResponse,
+        routing::get,
+    };
 
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = Arc::clone(&registry);
-            async move {
-                // Encoding reads the kernel maps (a few syscalls): keep it
-                // off the async workers.
-                let body = tokio::task::spawn_blocking(move || {
-                    let mut body = String::new();
-                    prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
-                })
-                .await;
-                match body {
-                    Ok(Ok(body)) => (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    _ => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        "cannot encode metrics\n",
-                    )
-                        .into_response(),
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| {
+                let registry = Arc::clone(&registry);
+                let openmetrics = text004::prefers_openmetrics(
+                    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+                );
+                async move {
+                    // Encoding reads the kernel maps (a few syscalls): keep it
+                    // off the async workers.
+                    let body = tokio::task::spawn_blocking(move || {
+                        let mut body = String::new();
+                        prometheus_client::encoding::text::encode(&mut body, &registry)
+                            .map(|()| body)
+                    })
+                    .await;
+                    match body {
+                        Ok(Ok(body)) if openmetrics => (
+                            [(header::CONTENT_TYPE, text004::OPENMETRICS_CONTENT_TYPE)],
+                            body,
+                        )
+                            .into_response(),
+                        Ok(Ok(body)) => (
+                            [(header::CONTENT_TYPE, text004::CONTENT_TYPE)],
+                            text004::from_openmetrics(&body),
+                        )
+                            .into_response(),
+                        _ => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")
+                            .into_response(),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        // Answered by the serving loop itself: if it answers, it runs.
+        .route(
+            "/healthz",
+            get(|| async { ([(header::CONTENT_TYPE, PLAIN)], "ok\n") }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let status = Arc::clone(&status);
+                async move {
+                    let ready = match status.read() {
+                        Ok(s) => readiness(&s),
+                        Err(_) => Err("agent status unavailable".to_owned()),
+                    };
+                    match ready {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, PLAIN)],
+                            "ready\n".to_owned(),
+                        ),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            [(header::CONTENT_TYPE, PLAIN)],
+                            format!("not ready: {why}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/",
+            get(|| async { ([(header::CONTENT_TYPE, PLAIN)], INDEX) }),
+        );
     serve_bounded(listener, app, shutdown).await;
 }
 
@@ -630,4 +799,63 @@ async fn serve_bounded(
 /// a busy port fails the start cleanly).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ScopeEntry;
+
+    fn entry(scope: &str, state: &'static str) -> ScopeEntry {
+        ScopeEntry {
+            scope: scope.to_owned(),
+            kind: "cgroup",
+            state,
+            id: None,
+            hooks: Default::default(),
+            last_covered_unix: None,
+            since_unix: 0.0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn ready_when_loaded_and_nothing_uncovered() {
+        let mut s = AgentStatus::default();
+        assert_eq!(readiness(&s), Err("no policy loaded".to_owned()));
+        s.policy_sha256 = Some("00".into());
+        assert_eq!(readiness(&s), Ok(()));
+        s.coverage = vec![entry("/a", "covered"), entry("/b", "waiting")];
+        // A waiting entry (absent service) is no hole.
+        assert_eq!(readiness(&s), Ok(()));
+        s.coverage.push(entry("/c", "partial"));
+        s.coverage.push(entry("/d", "error"));
+        assert_eq!(readiness(&s), Err("scope not covered: /c, /d".to_owned()));
+    }
+
+    /// Every family the agent exposes has help text, in both formats (a
+    /// family without it fails promtool's lint).
+    #[test]
+    fn every_family_has_help() {
+        let mut registry = Registry::default();
+        let mut encoder_out = String::new();
+        registry.register_collector(Box::new(ProcessOnly));
+        prometheus_client::encoding::text::encode(&mut encoder_out, &registry).expect("encode");
+        assert!(text004::families_without_help(&encoder_out).is_empty());
+        let text = text004::from_openmetrics(&encoder_out);
+        assert!(text004::families_without_help(&text).is_empty(), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE process_threads gauge\n"), "{text}");
+    }
+
+    #[derive(Debug)]
+    struct ProcessOnly;
+    impl Collector for ProcessOnly {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            encode_process(&mut encoder)
+        }
+    }
 }

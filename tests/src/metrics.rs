@@ -22,21 +22,16 @@ pub struct Sample {
 }
 
 impl Metrics {
-    /// `GET /metrics` over plain HTTP/1.0.
+    /// `GET /metrics` over plain HTTP/1.0, asking for OpenMetrics as
+    /// Prometheus does (without an `Accept` header the agent answers in
+    /// the 0.0.4 text format).
     pub fn scrape(addr: SocketAddr) -> Metrics {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("connect to metrics {addr}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
-        let mut response = String::new();
-        s.read_to_string(&mut response).expect("read metrics");
-        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        let (head, body) = get(addr, "/metrics", Some(OPENMETRICS_ACCEPT));
         assert!(
             head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
             "{head}"
         );
-        Self::parse(body)
+        Self::parse(&body)
     }
 
     pub fn parse(text: &str) -> Metrics {
@@ -69,6 +64,24 @@ impl Metrics {
     pub fn series(&self, name: &str) -> Vec<&Sample> {
         self.samples.iter().filter(|s| s.name == name).collect()
     }
+}
+
+/// The `Accept` header of Prometheus 2.x with OpenMetrics negotiation on.
+pub const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// `GET path` over plain HTTP/1.0 with an optional `Accept` header: the
+/// response's head (status line and headers) and body.
+pub fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to metrics {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").expect("send request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read metrics");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    (head.to_owned(), body.to_owned())
 }
 
 fn parse_line(line: &str) -> Sample {

@@ -62,6 +62,8 @@ const STATIC_FILES: &[(&str, &str, u32)] = &[
     // Examples, not active: the operator copies them to /etc/rsyslog.d/.
     ("rsyslog/egress-enforcer-host.conf", "usr/share/egress-enforcer/rsyslog/egress-enforcer-host.conf", 0o644),
     ("rsyslog/egress-enforcer-collector.conf", "usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", 0o644),
+    // An example for the operator's Prometheus, not loaded by anything here.
+    ("prometheus/egress-enforcer-rules.yml", "usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", 0o644),
 ];
 
 /// Files under /etc that the administrator may edit: dpkg keeps their
@@ -106,6 +108,7 @@ const REQUIRED: &[(&str, &str)] = &[
     ("./usr/share/doc/egress-enforcer/copyright",          "-rw-r--r--"),
     ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-host.conf", "-rw-r--r--"),
     ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/changelog.Debian.gz", "-rw-r--r--"),
 ];
 

@@ -69,6 +69,9 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "pg_ctlcluster", package: "postgresql-15", used_by: "the PostgreSQL peers of the storage-host test" },
     Tool { command: "rsyslogd", package: "rsyslog", used_by: "shipping the audit log and events to a collector (shipping tests)" },
     Tool { command: "file:/usr/lib/{multiarch}/rsyslog/omrelp.so", package: "rsyslog-relp", used_by: "RELP between the host and collector rsyslog (shipping tests)" },
+    // The package's maintainer script does not start the daemon where
+    // systemd is not running (invoke-rc.d declines): checked on Debian 12.
+    Tool { command: "promtool", package: "prometheus", used_by: "checking live scrapes and the shipped alert rules (promtool tests)" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the

@@ -314,8 +314,15 @@ fn start_datapath(
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned datapath of an earlier agent");
     }
     let fresh = !dp.adopted();
+    let began = std::time::Instant::now();
     let overrides = match apply(&mut dp, prepared, status, fresh, runtime) {
-        Ok(o) => o,
+        Ok(o) => {
+            // At start the config was read before the datapath was
+            // loaded: this times applying it. A failed start exits.
+            let mut s = status.write().unwrap_or_else(|e| e.into_inner());
+            s.last_load_attempt = Some((began.elapsed().as_secs_f64(), "success"));
+            o
+        }
         Err(e) => {
             dp.discard_if_new();
             audit.record(load_record(
@@ -386,6 +393,9 @@ impl Running {
         }
         let _ = sd_notify::notify(&reloading);
         tracing::info!(trigger = trigger_label, "reloading");
+        // Timed from here: reading the config and databases is most of a
+        // reload, and what an operator waits for.
+        let began = std::time::Instant::now();
         // Log rotation: open the audit log and the events file again at
         // their paths, whether or not the reload succeeds.
         self.audit.reopen();
@@ -405,6 +415,16 @@ impl Running {
         };
         let _ = sd_notify::notify(&[NotifyState::Ready]);
         self.freshness.reloaded();
+        {
+            let took = began.elapsed().as_secs_f64();
+            let mut s = self.status.write().unwrap_or_else(|e| e.into_inner());
+            if result.is_ok() {
+                s.last_load_attempt = Some((took, "success"));
+            } else {
+                s.last_load_attempt = Some((took, "failure"));
+                s.last_load_failure_unix = crate::status::unix_now();
+            }
+        }
         let outcome = match result {
             Ok((config, overrides)) => {
                 tracing::info!(trigger = trigger_label, "reloaded");
@@ -667,9 +687,14 @@ impl Services {
             audit.clone(),
         )));
         let (metrics_stop, metrics_stop_rx) = oneshot::channel::<()>();
-        let metrics_task = tokio::spawn(metrics::serve(listener, registry, async {
-            let _ = metrics_stop_rx.await;
-        }));
+        let metrics_task = tokio::spawn(metrics::serve(
+            listener,
+            registry,
+            Arc::clone(status),
+            async {
+                let _ = metrics_stop_rx.await;
+            },
+        ));
 
         let (commands_tx, commands) = tokio::sync::mpsc::channel::<control::Command>(16);
         let control_path = control_socket.path().to_owned();

@@ -27,6 +27,11 @@ pub struct AgentStatus {
     pub policy_loads_failed: u64,
     /// Unix time of the last successful policy load.
     pub last_load_unix: f64,
+    /// The last load attempt (start or reload): how long it took,
+    /// seconds, and its result (`success` or `failure`).
+    pub last_load_attempt: Option<(f64, &'static str)>,
+    /// Unix time of the last failed reload (0 when none failed).
+    pub last_load_failure_unix: f64,
     /// Unix time the agent started.
     pub started_unix: f64,
     /// Whether it adopted an earlier agent's pinned datapath.

@@ -35,6 +35,7 @@ mod overrides;
 mod package_upgrade;
 mod packet_test_run;
 mod privileges;
+mod promtool;
 mod refresh;
 mod scope;
 mod shipping;
