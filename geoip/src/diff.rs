@@ -199,7 +199,7 @@ pub fn family_change<A: Family>(old: &Table<A>, new: &Table<A>) -> FamilyChange 
         })
         .collect();
     // Stable sort: equal sizes stay in pair order, so output is deterministic.
-    moves.sort_by(|x, y| y.addresses.cmp(&x.addresses));
+    moves.sort_by_key(|m| std::cmp::Reverse(m.addresses));
     FamilyChange {
         changed: total,
         moves,

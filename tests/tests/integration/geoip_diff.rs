@@ -293,7 +293,7 @@ fn one_percent_of_prefixes_moved() {
     let mut csv = String::from("network,country\n");
     let mut moved = [0u128; 2];
     let mut write = |k: usize, fam: usize, net: String, size: u128, c: &str| {
-        let c = if k % 100 == 0 {
+        let c = if k.is_multiple_of(100) {
             moved[fam] += size;
             if c == "DE" { "US" } else { "DE" }
         } else {
