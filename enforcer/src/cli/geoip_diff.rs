@@ -60,7 +60,9 @@ fn count_json(v6: bool, n: u128) -> Value {
 fn count_text(v6: bool, n: u128) -> String {
     if v6 {
         let slash64 = n as f64 / (1u128 << 64) as f64;
-        if n != 0 && slash64 < 0.01 {
+        if n == 0 {
+            "0 /64s".to_owned()
+        } else if slash64 < 0.01 {
             format!("{n} addresses (<0.01 /64)")
         } else if slash64 >= 100.0 {
             format!("{slash64:.0} /64s")
@@ -205,7 +207,7 @@ fn print_family(
 }
 
 fn load(path: &Path) -> anyhow::Result<geoip::Loaded> {
-    // GeoipError already names the file; the context says which side.
+    // GeoipError names the file; the caller's context says which side.
     Ok(geoip::Source::open(path)?.load()?)
 }
 
@@ -214,8 +216,8 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         Some(p) => Some(Config::load(p)?),
         None => None,
     };
-    let old = load(&args.old).with_context(|| format!("OLD {}", args.old.display()))?;
-    let new = load(&args.new).with_context(|| format!("NEW {}", args.new.display()))?;
+    let old = load(&args.old).context("reading OLD")?;
+    let new = load(&args.new).context("reading NEW")?;
     let change = old.table.country_change(&new.table);
     let approval = config.as_ref().map(approval_table);
     let policy = approval.as_deref().map(|a| {
