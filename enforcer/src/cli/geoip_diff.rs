@@ -277,3 +277,76 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Origin;
+
+    fn cc(s: &str) -> Option<CountryCode> {
+        Some(s.parse().expect("test code"))
+    }
+    fn mv(from: Option<CountryCode>, to: Option<CountryCode>, addresses: u128) -> Move {
+        Move {
+            from,
+            to,
+            addresses,
+        }
+    }
+    fn config(unknown: &str) -> Config {
+        let text = format!(
+            "mode = \"enforce\"\napproved = [\"DE\", \"FR\"]\nunknown = \"{unknown}\"\n[geoip]\nsources = [\"/nonexistent.mmdb\"]\n[scope]\nhost_wide = true\n"
+        );
+        Config::parse(&text, Origin::Embedded).expect("test config")
+    }
+
+    #[test]
+    fn verdict_moves_follow_the_approval_table() {
+        let change = FamilyChange {
+            moves: vec![
+                mv(cc("DE"), cc("US"), 500),
+                mv(cc("US"), cc("FR"), 300),
+                mv(cc("DE"), cc("FR"), 200), // allowed both sides
+                mv(cc("US"), None, 100),     // refused, then unknown
+                mv(None, cc("DE"), 50),      // unknown, then allowed
+                mv(cc("FR"), None, 10),      // allowed, then unknown
+            ],
+            ..FamilyChange::default()
+        };
+        // unknown = deny: unlocated is refused.
+        let p = PolicyMoves::of(&change, &approval_table(&config("deny")));
+        assert_eq!(
+            p.allowed_to_refused,
+            vec![mv(cc("DE"), cc("US"), 500), mv(cc("FR"), None, 10)]
+        );
+        assert_eq!(
+            p.refused_to_allowed,
+            vec![mv(cc("US"), cc("FR"), 300), mv(None, cc("DE"), 50)]
+        );
+        // unknown = allow: unlocated is allowed.
+        let p = PolicyMoves::of(&change, &approval_table(&config("allow")));
+        assert_eq!(p.allowed_to_refused, vec![mv(cc("DE"), cc("US"), 500)]);
+        assert_eq!(
+            p.refused_to_allowed,
+            vec![mv(cc("US"), cc("FR"), 300), mv(cc("US"), None, 100)]
+        );
+        assert_eq!(total(&p.refused_to_allowed), 400);
+    }
+
+    #[test]
+    fn counts_are_exact_in_json_and_readable_in_text() {
+        assert_eq!(count_json(false, 1 << 32), json!(4294967296u64));
+        assert_eq!(
+            count_json(true, u128::MAX),
+            json!("340282366920938463463374607431768211455")
+        );
+        assert_eq!(count_text(true, 0), "0 /64s");
+        assert_eq!(
+            count_text(true, 1 << 32),
+            "4294967296 addresses (<0.01 /64)"
+        );
+        assert_eq!(count_text(true, 3 << 63), "1.50 /64s");
+        assert_eq!(count_text(true, 1000 << 64), "1000 /64s");
+        assert_eq!(count_text(false, 256), "256 addresses");
+    }
+}
