@@ -179,14 +179,7 @@ impl CompiledPolicy {
             }
         }
 
-        let mut approval = vec![NOT_APPROVED; COUNTRY_SLOTS];
-        for code in &config.approved {
-            approval[country_index(*code) as usize] = APPROVED;
-        }
-        approval[UNKNOWN_COUNTRY as usize] = match config.unknown {
-            Unknown::Allow => APPROVED,
-            Unknown::Deny => NOT_APPROVED,
-        };
+        let approval = approval_table(config);
 
         Ok(CompiledPolicy {
             rules_v4,
@@ -217,6 +210,28 @@ impl CompiledPolicy {
     pub fn expected_country(&self, ip: IpAddr) -> Option<CountryCode> {
         self.geo.lookup(ip).map(|(_, c)| c)
     }
+}
+
+/// The per-country approval table the datapath holds, indexed by
+/// [`country_index`]; entry [`UNKNOWN_COUNTRY`] is the `unknown` policy.
+pub fn approval_table(config: &Config) -> Vec<u32> {
+    let mut approval = vec![NOT_APPROVED; COUNTRY_SLOTS];
+    for code in &config.approved {
+        approval[country_index(*code) as usize] = APPROVED;
+    }
+    approval[UNKNOWN_COUNTRY as usize] = match config.unknown {
+        Unknown::Allow => APPROVED,
+        Unknown::Deny => NOT_APPROVED,
+    };
+    approval
+}
+
+/// Whether GeoIP's answer (`None`: unlocated) is approved under an
+/// [`approval_table`], as the datapath decides it: a code without a country
+/// slot is looked up as unknown, like the kernel does.
+pub fn approves(approval: &[u32], country: Option<CountryCode>) -> bool {
+    let index = country.map_or(UNKNOWN_COUNTRY, country_index);
+    approval.get(index as usize).copied() == Some(APPROVED)
 }
 
 /// The datapath's country index of a code.

@@ -13,7 +13,9 @@
 //! - [`Table`]: the aggregated table of one family; [`GeoTable`]: both.
 //!   Adjacent and nested prefixes with the same country merge, so the kernel
 //!   holds as few prefixes as express the same mapping.
-//! - [`Diff`]: what changed between two tables, by exact prefix.
+//! - [`Diff`]: what changed between two tables, by exact prefix (for the
+//!   kernel); [`CountryChange`]: how much address space moved between
+//!   countries (for people, `enforcer geoip diff`).
 //! - [`sets`]: jurisdiction sets (EU, EEA, adequacy decisions) as data.
 //! - `writer` (feature `writer`): writes small `.mmdb` files for tests and
 //!   demos.
@@ -40,6 +42,7 @@
 mod aliases;
 mod country;
 mod csv;
+mod diff;
 mod error;
 mod mmdb;
 pub mod sets;
@@ -54,6 +57,7 @@ use ipnetwork::IpNetwork;
 
 pub use aliases::{Alias, Aliases};
 pub use country::{CountryCode, ParseCountryError};
+pub use diff::{ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change};
 pub use error::GeoipError;
 pub use sets::SetError;
 pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats, hex};

@@ -391,7 +391,7 @@ impl<A: Family> Table<A> {
         Self::from_wide_runs(acc)
     }
 
-    fn wide_runs(&self) -> impl Iterator<Item = WideRun> + '_ {
+    pub(crate) fn wide_runs(&self) -> impl Iterator<Item = WideRun> + '_ {
         self.runs.iter().map(|r| Run {
             start: A::int_to_u128(r.start),
             end: A::int_to_u128(r.end),

@@ -1,5 +1,5 @@
-//! `enforcer geoip inspect|lookup`: look at databases the way the agent
-//! reads them (offline: no kernel, no agent).
+//! `enforcer geoip inspect|lookup|diff`: look at databases the way the
+//! agent reads them (offline: no kernel, no agent).
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
@@ -29,6 +29,9 @@ pub enum GeoipCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// What NEW changes against OLD: address space moving between
+    /// countries and, with --config, between allowed and refused.
+    Diff(super::geoip_diff::DiffArgs),
 }
 
 /// Per-country prefix counts of a loaded table, after aggregation.
@@ -138,6 +141,7 @@ pub fn run(cmd: GeoipCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        GeoipCommand::Diff(args) => super::geoip_diff::run(args),
         GeoipCommand::Lookup {
             addresses,
             sources,

@@ -6,6 +6,7 @@ mod config_check;
 mod control_verbs;
 mod generate;
 mod geoip_cmd;
+mod geoip_diff;
 mod guard;
 mod logging;
 mod run;

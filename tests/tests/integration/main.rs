@@ -26,6 +26,7 @@ mod events;
 mod exceptions;
 mod flat_tables;
 mod forwarded;
+mod geoip_diff;
 mod guard;
 mod inbound;
 mod lifecycle;
