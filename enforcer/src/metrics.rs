@@ -335,6 +335,27 @@ impl EnforcerCollector {
                 ConstGauge::new(now.saturating_sub(*epoch) as i64)
                     .encode(age.encode_family(&labels)?)?;
             }
+            // Only with `geoip.max_age` set: the limit, and per database
+            // whether it is past it (the same rule as status and check).
+            if let Some(max) = status.geoip_max_age {
+                gauge(
+                    encoder,
+                    "enforcer_geoip_max_age_seconds",
+                    "The config's geoip.max_age: a GeoIP database built longer ago is too old.",
+                    max.as_secs() as i64,
+                )?;
+                let mut old = encoder.encode_descriptor(
+                    "enforcer_geoip_database_too_old",
+                    "1 when a GeoIP database in force was built longer ago than geoip.max_age, by file name.",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                for (name, epoch) in &dated {
+                    let labels = [("database", name.as_str())];
+                    let too_old = crate::status::too_old(*epoch, max, now).1;
+                    ConstGauge::new(i64::from(too_old)).encode(old.encode_family(&labels)?)?;
+                }
+            }
         }
         {
             let mut stale = encoder.encode_descriptor(

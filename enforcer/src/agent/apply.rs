@@ -231,6 +231,7 @@ pub(super) fn apply(
 /// What the status says about the policy now in force.
 fn record_in_force(s: &mut AgentStatus, p: &Prepared, report: &SlotReport) {
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    s.geoip_max_age = p.config.geoip_max_age;
     s.geo_v4_entries = report.geo.v4_entries;
     s.geo_v6_ranges = report.geo.v6_entries;
     s.geo_v6_split64 = report.geo.v6_fine_entries;

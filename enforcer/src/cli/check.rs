@@ -124,6 +124,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                                 ))
                                 .unwrap_or_default()
                         )?;
+                        if d["too_old"].as_bool() == Some(true) {
+                            writeln!(
+                                out,
+                                "  {:<8} TOO OLD: built {} days ago, geoip.max_age is {} days",
+                                "",
+                                d["age_seconds"].as_u64().unwrap_or(0) / 86_400,
+                                d["max_age_seconds"].as_u64().unwrap_or(0) / 86_400
+                            )?;
+                        }
                     }
                 }
             }

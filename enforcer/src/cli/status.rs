@@ -171,6 +171,13 @@ fn print_agent(a: &serde_json::Value) {
             s(&d["type"]),
             s(&d["sha256"])
         );
+        if d["too_old"].as_bool() == Some(true) {
+            println!(
+                "            TOO OLD: built {} days ago, geoip.max_age is {} days: refresh it",
+                d["age_seconds"].as_u64().unwrap_or(0) / 86_400,
+                d["max_age_seconds"].as_u64().unwrap_or(0) / 86_400
+            );
+        }
         match d["on_disk"].as_str() {
             Some("differs") => println!(
                 "            the file on disk differs (sha256 {}): not in force until a reload",

@@ -145,6 +145,8 @@ pub struct Config {
     pub sources: Vec<PathBuf>,
     /// Reload when a source file is replaced on disk.
     pub watch_sources: bool,
+    /// `geoip.max_age`: a database built longer ago is reported too old.
+    pub geoip_max_age: Option<std::time::Duration>,
     pub scope: Scope,
     /// Per-cgroup mode overrides, in config order.
     pub overrides: Vec<ModeOverride>,

@@ -114,6 +114,10 @@ struct RawGeoip {
     sources: Vec<PathBuf>,
     #[serde(default = "default_true")]
     watch: bool,
+    /// How old (from its build time) a database may be before status,
+    /// check and metrics call it too old, e.g. "35d"; unset: no limit.
+    #[serde(default)]
+    max_age: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -204,6 +208,7 @@ impl RawConfig {
         let deny = parse_cidrs("deny", &self.deny)?;
         let sites = sites(&self.site)?;
         let sources = self.geoip.sources(base)?;
+        let geoip_max_age = self.geoip.max_age()?;
         let scope = self.scope.scope()?;
         let overrides = self.scope.overrides()?;
         let interfaces = self.scope.interfaces()?;
@@ -223,6 +228,7 @@ impl RawConfig {
             sites,
             sources,
             watch_sources: self.geoip.watch,
+            geoip_max_age,
             scope,
             overrides,
             interfaces,
@@ -281,6 +287,24 @@ fn sites(raw: &[RawSite]) -> Result<Vec<Site>, String> {
 
 impl RawGeoip {
     /// The sources, relative ones under the config's directory.
+    /// `geoip.max_age`: at least an hour (a database is never rebuilt
+    /// more often), at most ten years.
+    fn max_age(&self) -> Result<Option<std::time::Duration>, String> {
+        let Some(text) = &self.max_age else {
+            return Ok(None);
+        };
+        let key = "geoip.max_age";
+        let age = humantime::parse_duration(text)
+            .map_err(|e| format!("{key} {text:?}: {e} (e.g. \"35d\", \"6w\")"))?;
+        if age < std::time::Duration::from_secs(3600) {
+            return Err(format!("{key} {text:?}: at least 1h"));
+        }
+        if age > std::time::Duration::from_secs(10 * 365 * 86400) {
+            return Err(format!("{key} {text:?}: at most 10 years"));
+        }
+        Ok(Some(age))
+    }
+
     fn sources(&self, base: &Path) -> Result<Vec<PathBuf>, String> {
         if self.sources.is_empty() {
             return Err("geoip.sources: at least one database is needed".into());

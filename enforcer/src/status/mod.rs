@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use enforcer_common::{Mode, country};
 
-pub use view::{agent_view, databases, kernel_view};
+pub use view::{agent_view, databases, kernel_view, too_old};
 
 /// Agent-side state that metrics and `status` report.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +38,8 @@ pub struct AgentStatus {
     pub adopted: bool,
     /// The GeoIP sources of the policy in force.
     pub sources: Vec<geoip::SourceInfo>,
+    /// `geoip.max_age` of the config in force.
+    pub geoip_max_age: Option<std::time::Duration>,
     /// The flat GeoIP tables' fill: IPv4 entries of the split /16s' search
     /// trees (range starts, padding and index lines), and IPv6 ranges (by
     /// /64).

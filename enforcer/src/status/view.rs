@@ -71,6 +71,14 @@ pub fn databases(s: &AgentStatus) -> Vec<serde_json::Value> {
                 "build_epoch": d.build_epoch,
                 "sha256": d.sha256,
             });
+            // Against `geoip.max_age`, when set and the database has a
+            // build time (CSV sources have none).
+            if let (Some(max), Some(built)) = (s.geoip_max_age, d.build_epoch) {
+                let age = too_old(built, max, unix_now_secs());
+                v["age_seconds"] = serde_json::json!(age.0);
+                v["max_age_seconds"] = serde_json::json!(max.as_secs());
+                v["too_old"] = serde_json::json!(age.1);
+            }
             // The running agent's last comparison with the file on disk
             // (`check` and an agent that has not compared yet show none).
             if let Some(disk) = s.sources_on_disk.iter().find(|o| o.path == d.path) {
@@ -139,4 +147,32 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
         // layout upgrade, see datapath::carry).
         "counters_carried_from": reader.carried_from(),
     }))
+}
+
+/// A database's age (seconds since its build time, 0 for one built "in
+/// the future") and whether it exceeds `max_age`.
+pub fn too_old(build_epoch: u64, max_age: std::time::Duration, now: u64) -> (u64, bool) {
+    let age = now.saturating_sub(build_epoch);
+    (age, age > max_age.as_secs())
+}
+
+fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod max_age_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_database_older_than_max_age_is_too_old() {
+        let day = 86_400;
+        let max = Duration::from_secs(35 * day);
+        assert_eq!(super::too_old(0, max, 35 * day), (35 * day, false));
+        assert_eq!(super::too_old(0, max, 35 * day + 1), (35 * day + 1, true));
+        // A clock behind the build time: age 0, not too old.
+        assert_eq!(super::too_old(100, max, 50), (0, false));
+    }
 }

@@ -200,3 +200,85 @@ fn with_the_watch_off_a_replaced_source_is_shown_stale_until_a_reload() {
     assert_eq!(on_disk(&s), "in_force");
     assert_eq!(stale(&agent), 0.0);
 }
+
+/// The real GeoLite2 test database was built in 2019: with `geoip.max_age`
+/// above its age it is fine, with 35 days it is too old, and `status`
+/// (JSON and text), `check` and the metrics all say so after the reload
+/// that lowers the limit. A limit that cannot be right is refused with the
+/// key named, and the one in force stays.
+#[test]
+fn a_database_older_than_geoip_max_age_is_reported_too_old() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let real = real_geoip("GeoLite2-Country.mmdb");
+    skip_unless!(
+        real.is_some(),
+        "no real GeoLite2 database: run `cargo xtask geoip fetch`"
+    );
+    let real = real.unwrap_or_default();
+    let s = Scenario::new();
+    let base = s.config("enforce", "allow", &[real.clone()]);
+    let with_max_age =
+        |age: &str| base.replace("[geoip]\n", &format!("[geoip]\nmax_age = \"{age}\"\n"));
+    let agent = s.start(&with_max_age("3650d"));
+    let config_path = s.dir.path().join("enforcer.toml");
+    let mmdb = |st: &serde_json::Value| -> serde_json::Value {
+        st["agent"]["databases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["path"].as_str() == Some(&real.display().to_string()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no entry for the GeoLite2 database in {st:#}"))
+    };
+    let too_old = |agent: &Agent| {
+        agent.scrape().sum(
+            "enforcer_geoip_database_too_old",
+            &[("database", "GeoLite2-Country.mmdb")],
+        )
+    };
+    let d = mmdb(&s.status());
+    assert_eq!(d["too_old"], false, "{d:#}");
+    assert_eq!(d["max_age_seconds"], 3650 * 86_400, "{d:#}");
+    assert_eq!(too_old(&agent), 0.0);
+    assert_eq!(
+        agent.scrape().sum("enforcer_geoip_max_age_seconds", &[]),
+        (3650 * 86_400) as f64
+    );
+    // The CSV source has no build time: never judged.
+    let csv = s.status()["agent"]["databases"][0].clone();
+    assert!(csv["too_old"].is_null(), "{csv:#}");
+
+    std::fs::write(&config_path, with_max_age("35d")).expect("rewrite the config");
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = mmdb(&s.status());
+    assert_eq!(d["too_old"], true, "{d:#}");
+    assert!(
+        d["age_seconds"].as_u64().unwrap_or(0) > 35 * 86_400,
+        "{d:#}"
+    );
+    assert_eq!(too_old(&agent), 1.0);
+    let text =
+        String::from_utf8_lossy(&enforcer_at(&s.control_socket(), &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("TOO OLD: built") && text.contains("geoip.max_age is 35 days"),
+        "{text}"
+    );
+    let check = enforcer_at(&s.control_socket(), &["check", "8.8.8.8"]);
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(check.contains("TOO OLD"), "{check}");
+
+    // Five minutes cannot be a database's lifetime: refused, 35d stays.
+    std::fs::write(&config_path, with_max_age("5m")).expect("rewrite the config");
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("geoip.max_age \"5m\""),
+        "{err}"
+    );
+    assert_eq!(mmdb(&s.status())["max_age_seconds"], 35 * 86_400);
+}
