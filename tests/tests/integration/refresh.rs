@@ -216,7 +216,7 @@ fn a_database_older_than_geoip_max_age_is_reported_too_old() {
     );
     let real = real.unwrap_or_default();
     let s = Scenario::new();
-    let base = s.config("enforce", "allow", &[real.clone()]);
+    let base = s.config("enforce", "allow", std::slice::from_ref(&real));
     let with_max_age =
         |age: &str| base.replace("[geoip]\n", &format!("[geoip]\nmax_age = \"{age}\"\n"));
     let agent = s.start(&with_max_age("3650d"));
