@@ -1,4 +1,5 @@
-//! Tampering with an audit log as root on the host can: rewriting a
+//! Audit-evidence helpers for the tests: keys, `audit verify`, and
+//! tampering with an audit log as root on the host can: rewriting a
 //! record and re-hashing the chain after it, re-signing every checkpoint
 //! note with the host's key and rewriting the head file, so that the log
 //! verifies on its own. The audit_signing and shipping tests show that a
@@ -76,4 +77,42 @@ pub fn rewrite_and_rehash(log: &Path, seq: usize, from: &str, to: &str, key: &Si
 
 fn json(line: &str) -> serde_json::Value {
     serde_json::from_str(line).expect("a JSON record")
+}
+
+/// `enforcer audit keygen --name NAME --out DIR`: (private, public). The
+/// private key is never printed.
+pub fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let out = crate::agent::enforcer(&[
+        "audit",
+        "keygen",
+        "--name",
+        name,
+        "--out",
+        &dir.display().to_string(),
+    ]);
+    assert!(out.status.success(), "keygen: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("PRIVATE"),
+        "the private key is never printed: {stdout}"
+    );
+    (dir.join("audit.key"), dir.join("audit.pub"))
+}
+
+/// `enforcer audit verify ARGS...`, whatever its exit status.
+pub fn verify(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::agent::enforcer_binary())
+        .args(["audit", "verify"])
+        .args(args)
+        .output()
+        .expect("run enforcer audit verify")
+}
+
+/// A command's stdout and stderr, for messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

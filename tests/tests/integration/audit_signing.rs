@@ -7,55 +7,20 @@
 use std::{
     fs,
     net::IpAddr,
-    path::{Path, PathBuf},
-    process::{Command, Output},
+    path::Path,
+    process::Command,
     time::{Duration, SystemTime},
 };
 
 use enforcer::audit::{self, AuditLog, Kind, NoteSigner, SignerKey, VerifierKey};
 use enforcer_tests::{
-    agent::{enforcer, enforcer_at, enforcer_binary},
+    agent::{enforcer, enforcer_at},
     privileged,
     probe::{Proto, attempt},
     scenario::*,
     skip_unless,
-    tamper::rewrite_and_rehash,
+    tamper::{keygen, rewrite_and_rehash, text, verify},
 };
-
-/// `enforcer audit keygen --name NAME --out DIR`: (private, public).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let out = enforcer(&[
-        "audit",
-        "keygen",
-        "--name",
-        name,
-        "--out",
-        &dir.display().to_string(),
-    ]);
-    assert!(out.status.success(), "keygen: {out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.contains("PRIVATE"),
-        "the private key is never printed: {stdout}"
-    );
-    (dir.join("audit.key"), dir.join("audit.pub"))
-}
-
-fn verify(args: &[&str]) -> Output {
-    Command::new(enforcer_binary())
-        .args(["audit", "verify"])
-        .args(args)
-        .output()
-        .expect("run enforcer audit verify")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The independent check: Python's `cryptography` (OpenSSL's Ed25519)
 /// verifies the note's signature bytes, parsing the key and the note

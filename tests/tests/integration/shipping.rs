@@ -13,19 +13,18 @@ use std::{
     fs,
     net::IpAddr,
     path::{Path, PathBuf},
-    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use enforcer::audit::SignerKey;
 use enforcer_tests::{
-    agent::{Agent, enforcer, enforcer_at, enforcer_binary},
+    agent::{Agent, enforcer_at},
     privileged,
     probe::{Proto, attempt},
     rsyslog::{RELP_PORT, Rsyslog, relp_installed, rsyslogd, shipped, substitute},
     scenario::*,
     skip_unless,
-    tamper::rewrite_and_rehash,
+    tamper::{keygen, rewrite_and_rehash, text, verify},
 };
 
 /// The host name both rsyslog instances give the host (the collector
@@ -221,35 +220,6 @@ impl Shipping {
         fs::write(&path, &note).expect("write note");
         (path, covers)
     }
-}
-
-fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let out = enforcer(&[
-        "audit",
-        "keygen",
-        "--name",
-        name,
-        "--out",
-        &dir.display().to_string(),
-    ]);
-    assert!(out.status.success(), "keygen: {out:?}");
-    (dir.join("audit.key"), dir.join("audit.pub"))
-}
-
-fn verify(args: &[&str]) -> Output {
-    Command::new(enforcer_binary())
-        .args(["audit", "verify"])
-        .args(args)
-        .output()
-        .expect("run enforcer audit verify")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
