@@ -359,6 +359,14 @@ pub fn sweep_stale() {
             }
         }
     }
+    // nspawn's propagation directory of a machine it did not stop itself.
+    if let Ok(entries) = fs::read_dir("/run/systemd/nspawn/propagate") {
+        for e in entries.flatten() {
+            if dead(&e.file_name().to_string_lossy()) {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
     if let Ok(entries) = fs::read_dir("/var/tmp") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
