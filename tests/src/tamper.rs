@@ -116,3 +116,42 @@ pub fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Cuts `log` back to its first `keep` records into `cut` (log and head
+/// together, as root would) and asserts what an auditor sees: alone, the
+/// cut log verifies with `pubkey`; against the checkpoint `note` (kept off
+/// the host, covering `covers` records) it fails as truncated, naming
+/// both counts. Returns the failure's text.
+pub fn assert_truncation_caught(
+    log: &Path,
+    cut: &Path,
+    keep: u64,
+    covers: u64,
+    pubkey: &str,
+    note: &str,
+) -> String {
+    let kept: String = fs::read_to_string(log)
+        .expect("log")
+        .lines()
+        .take(keep as usize)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(cut, kept).expect("cut");
+    let cut_arg = cut.display().to_string();
+    let out = verify(&["--key", pubkey, &cut_arg]);
+    assert!(
+        out.status.success(),
+        "alone, the cut log looks fine: {}",
+        text(&out)
+    );
+    let out = verify(&["--key", pubkey, "--checkpoint", note, &cut_arg]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "truncated: the checkpoint {note} covers {covers} records, the log has {keep}"
+        )),
+        "{}",
+        text(&out)
+    );
+    text(&out)
+}
