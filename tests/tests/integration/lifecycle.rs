@@ -228,6 +228,15 @@ fn a_new_layout_retires_the_previous_one() {
     assert_eq!(
         m.sum(
             "enforcer_connections_total",
+            &[("scope", "carried"), ("verdict", "denied")]
+        ),
+        2.0,
+        "carried counts have no scope entry: they are under scope=\"carried\"\n{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_connections_total",
             &[("country", DENIED_COUNTRY), ("verdict", "would_deny")]
         ),
         1.0,
