@@ -69,7 +69,7 @@ fn add_scoped(scope: u32, kind: u8, hook: Hook, d: &Decision, bytes: u64) {
     // the entry between the lookup and the insert, which then fails with
     // EEXIST and the second lookup finds it.
     for _ in 0..2 {
-        if let Some(v) = SCOPE_COUNTS.get_ptr_mut(&key) {
+        if let Some(v) = SCOPE_COUNTS.get_ptr_mut(key) {
             // SAFETY: this CPU's value of an entry from a successful lookup,
             // valid for the program's run; atomic for the reason `add` is.
             unsafe {
@@ -81,7 +81,7 @@ fn add_scoped(scope: u32, kind: u8, hook: Hook, d: &Decision, bytes: u64) {
         // A new per-CPU entry from a program holds this value on this CPU
         // and zeroes on the others (`pcpu_init_value`, kernel/bpf/hashtab.c).
         let value = ScopeCount { count: 1, bytes };
-        match SCOPE_COUNTS.insert(&key, &value, BPF_NOEXIST as u64) {
+        match SCOPE_COUNTS.insert(key, value, BPF_NOEXIST as u64) {
             Ok(()) => return,
             // -EEXIST: created meanwhile; look it up again.
             Err(-17) => continue,

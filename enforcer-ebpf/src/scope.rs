@@ -7,10 +7,11 @@
 //! which levels the agent's scope cgroups are, so the lookup asks for the
 //! ancestor at those levels only: one helper call and one hash lookup on a
 //! host whose services sit at one depth. Those levels are counted from the
-//! agent's cgroup2 mount; an agent in a cgroup namespace sees its mount at
-//! a deeper level than the kernel's root, so when they find nothing every
-//! level is walked as well (as `mode.rs` walks `MODE_OVERRIDES`): slower,
-//! never wrong. [`NO_SCOPE`] when nothing matches.
+//! agent's cgroup2 mount, which is the kernel's root cgroup unless the
+//! agent mounted cgroup2 itself inside a cgroup namespace; there the levels
+//! would not match and its decisions would count as `overflow`
+//! (`no_scope`), never under a wrong entry. [`NO_SCOPE`] when nothing
+//! matches.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -21,41 +22,30 @@ use enforcer_common::{CFG_SCOPE_LEVELS, MAX_CGROUP_DEPTH, NO_SCOPE};
 use crate::maps::{SCOPE_BY_CG, SCOPE_BY_IF, config};
 
 /// The slot of the scope cgroup among the ancestors `ancestor(level)`
-/// returns (0 past the leaf).
+/// returns, asked at the levels `CONFIG[CFG_SCOPE_LEVELS]` lists only.
+///
+/// No early return: every exit of the loop leaves the same registers live
+/// (the slot, 0 or found), so the verifier merges them instead of going on
+/// with one state per level, which with the override walk before it made
+/// `skb_egress` exceed the verifier's million instructions.
 #[inline(always)]
 fn find(ancestor: impl Fn(i32) -> u64) -> u32 {
-    let levels = config(CFG_SCOPE_LEVELS);
-    if levels == 0 {
-        return NO_SCOPE;
-    }
+    let mut bits = config(CFG_SCOPE_LEVELS);
+    let mut slot = NO_SCOPE;
     for level in 0..MAX_CGROUP_DEPTH as i32 {
-        if levels >> level == 0 {
+        if bits == 0 {
             break;
         }
-        if levels >> level & 1 == 0 {
-            continue;
+        if bits & 1 != 0 && slot == NO_SCOPE {
+            let id = ancestor(level);
+            // SAFETY: a plain hash-map lookup; the value is copied at once.
+            if let Some(s) = unsafe { SCOPE_BY_CG.get(id) }.copied() {
+                slot = s;
+            }
         }
-        let id = ancestor(level);
-        if id == 0 {
-            break;
-        }
-        // SAFETY: a plain hash-map lookup; the value is copied at once.
-        if let Some(slot) = unsafe { SCOPE_BY_CG.get(id) }.copied() {
-            return slot;
-        }
+        bits >>= 1;
     }
-    // The levels did not match (see the module docs): every level.
-    for level in 0..MAX_CGROUP_DEPTH as i32 {
-        let id = ancestor(level);
-        if id == 0 {
-            break;
-        }
-        // SAFETY: as above.
-        if let Some(slot) = unsafe { SCOPE_BY_CG.get(id) }.copied() {
-            return slot;
-        }
-    }
-    NO_SCOPE
+    slot
 }
 
 /// The scope of the current task (connect/sendmsg run in its context).
