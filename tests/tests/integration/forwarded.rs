@@ -172,7 +172,10 @@ fn assert_events(events: &[Value], verdict: &str, mode: &str) {
         assert_eq!(e["country"], DENIED_COUNTRY, "{e}");
         assert_eq!(e["reason"], "geoip", "{e}");
         assert_eq!(e["cgroup_id"], 0, "no local cgroup: {e}");
-        assert_eq!(e["scope"], ROUTER_OUT, "the interface is its scope entry: {e}");
+        assert_eq!(
+            e["scope"], ROUTER_OUT,
+            "the interface is its scope entry: {e}"
+        );
         assert!(
             denied.iter().any(|d| e["dst"] == d.as_str()),
             "only denied destinations are reported: {e}"
