@@ -334,7 +334,8 @@ pub const NO_SCOPE: u32 = 0;
 /// ([`SCOPE_KIND_PACKETS`]) once more, by scope slot. The arrays stay the
 /// exact totals; what is not here (the table was full, no scope was found)
 /// is their difference, and [`SCOPE_MISSES`] says why. Memory: 16 bytes per
-/// key per CPU (128 KiB per CPU) plus about 100 bytes per key shared.
+/// key per CPU (128 KiB per CPU) plus about 88 bytes per key shared
+/// (docs/architecture.md has the figures at 64 and 256 CPUs).
 pub const SCOPE_COUNTS: &str = "SCOPE_COUNTS";
 pub const SCOPE_COUNTS_CAPACITY: u32 = 8192;
 /// [`ScopeKey::kind`]: a connection-level decision (`count` only).

@@ -214,5 +214,36 @@ fn each_scope_entry_counts_what_it_sent_across_a_reload_and_a_restart() {
     check(&agent.scrape());
     send(&s, &c, denied(), 1, true);
     assert_eq!(conns(&agent.scrape(), &lc, "denied"), 2.0);
+
+    // The kernel's own accounting: the counts by scope cost less than the
+    // totals they break down (on any number of CPUs: both are per-CPU,
+    // 16 bytes x 8,192 keys against 779,904 bytes).
+    let memory =
+        enforcer::datapath::map_memory(&s.pin_dir).unwrap_or_else(|e| panic!("map memory: {e}"));
+    let sum = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .map(|n| {
+                *memory
+                    .get(*n)
+                    .unwrap_or_else(|| panic!("no {n} in {memory:?}"))
+            })
+            .sum()
+    };
+    let totals = sum(&["CONN_COUNTS", "PKT_COUNTS", "BYTE_COUNTS"]);
+    let scoped = sum(&[
+        "SCOPE_COUNTS",
+        "SCOPE_MISSES",
+        "SCOPE_BY_CG",
+        "SCOPE_BY_IF",
+        "SCOPE_NAMES",
+    ]);
+    println!(
+        "map memory on {} CPUs: totals {:.2} MiB, by scope {:.2} MiB ({memory:?})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        totals as f64 / 1048576.0,
+        scoped as f64 / 1048576.0
+    );
+    assert!(scoped < totals, "by scope {scoped} B, totals {totals} B");
     agent.uninstall();
 }
