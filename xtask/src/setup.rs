@@ -72,6 +72,8 @@ const SYSTEM_TOOLS: &[Tool] = &[
     // The package's maintainer script does not start the daemon where
     // systemd is not running (invoke-rc.d declines): checked on Debian 12.
     Tool { command: "promtool", package: "prometheus", used_by: "checking live scrapes and the shipped alert rules (promtool tests)" },
+    Tool { command: "python3:ensurepip", package: "python3-venv", used_by: "the venv kubernetes-validate is installed in (kubernetes tests)" },
+    Tool { command: "kubectl", package: "kubernetes-client", used_by: "rendering packaging/kubernetes with kustomize (kubernetes tests)" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the
@@ -103,6 +105,7 @@ pub fn ensure(opts: &Opts) -> Result<()> {
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()?;
     ensure_system_tools(root, SYSTEM_TOOLS)?;
+    ensure_kubernetes_validate()?;
     Ok(())
 }
 
@@ -607,6 +610,87 @@ fn ensure_system_tools(root: bool, tools: &[Tool]) -> Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Python tools from PyPI
+
+/// PyPI's kubernetes-validate, which checks packaging/kubernetes against the
+/// Kubernetes API schemas (the `kubernetes::` tests). Debian has no package
+/// of it. Pinned: it bundles the schemas, so its version decides which
+/// Kubernetes versions can be named.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The venv PyPI tools are installed in, `<cache>/venv`: pip never touches
+/// the system's Python (Debian's is externally managed), and the tests
+/// find the tools there by the same rule (tests/tests/integration/kubernetes.rs).
+pub fn python_venv() -> PathBuf {
+    crate::cache_root().join("venv")
+}
+
+/// Installs kubernetes-validate into [`python_venv`] (made with `python3 -m
+/// venv`, which on Debian needs python3-venv from [`SYSTEM_TOOLS`]) unless
+/// the pinned version is there. Needs PyPI only when installing.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let venv = python_venv();
+    let bin = venv.join("bin").join("kubernetes-validate");
+    let installed = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if installed.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        println!(
+            "ok: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} at {}",
+            bin.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "installing: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI, for the \
+         kubernetes tests) into {}",
+        venv.display()
+    );
+    let python = venv.join("bin").join("python3");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdin(Stdio::null())
+            .status()
+            .context("running `python3 -m venv` (Debian packages python3, python3-venv)")?;
+        if !status.success() {
+            bail!(
+                "`python3 -m venv {}` failed ({status}); on Debian it needs python3-venv",
+                venv.display()
+            );
+        }
+    }
+    let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running pip in {}", venv.display()))?;
+    if !status.success() {
+        bail!(
+            "`{} -m pip install {spec}` failed ({status}); it needs PyPI; run it by hand to retry",
+            python.display()
+        );
+    }
+    println!(
+        "ok: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} at {} (installed)",
+        bin.display()
+    );
     Ok(())
 }
 
