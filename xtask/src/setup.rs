@@ -86,6 +86,17 @@ const BENCH_TOOLS: &[Tool] = &[
     Tool { command: "iperf3",   package: "iperf3",   used_by: "TCP bulk and UDP packet rate (bench)" },
 ];
 
+/// What only `cargo xtask image` needs: a daemonless image builder, an OCI
+/// runtime to run the image with (runc: crun refuses hosts with a hybrid
+/// cgroup hierarchy, like this project's test machine), and mmdebstrap for
+/// a Debian 12 base when no registry serves one.
+#[rustfmt::skip] // one line per tool
+const IMAGE_TOOLS: &[Tool] = &[
+    Tool { command: "buildah",    package: "buildah",    used_by: "building the container image (image)" },
+    Tool { command: "runc",       package: "runc",       used_by: "running the built image (image)" },
+    Tool { command: "mmdebstrap", package: "mmdebstrap", used_by: "a Debian 12 base image when none can be pulled (image)" },
+];
+
 /// Directories searched for system commands in addition to `$PATH`: a
 /// non-login root shell (or `sudo` with a reset PATH) may lack the sbin dirs
 /// where `ip` and `nft` live.
@@ -126,6 +137,14 @@ pub fn ensure_build() -> Result<()> {
     check_nightly(&rustup)?;
     ensure_rust_src(&rustup)?;
     ensure_bpf_linker()
+}
+
+/// What `cargo xtask image` needs: the build toolchain (for the package)
+/// and [`IMAGE_TOOLS`]. Needs root (buildah's storage, runc).
+pub fn ensure_image() -> Result<()> {
+    let root = check_linux_and_root(&Opts { require_root: true })?;
+    ensure_build()?;
+    ensure_system_tools(root, IMAGE_TOOLS)
 }
 
 /// [`ensure`], then the tools only the benchmark needs ([`BENCH_TOOLS`]).
