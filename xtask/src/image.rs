@@ -100,6 +100,8 @@ pub fn run(args: Args) -> Result<()> {
     fs::copy(&deb, context.join(&deb_name))
         .with_context(|| format!("copying {}", deb.display()))?;
 
+    // A rebuild leaves the previous image untagged: removed below.
+    let previous = image_id(&tag);
     println!("\n==> buildah build {tag} (base {base}, {deb_name})");
     let status = Command::new("buildah")
         .args([
@@ -120,6 +122,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("`buildah build` failed ({status}); see its output above");
     }
 
+    if let Some(old) = previous.filter(|old| image_id(&tag).as_ref() != Some(old)) {
+        let _ = Command::new("buildah")
+            .args(["rmi", &old])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     check_image(&tag, &ws.version)?;
 
     let archive = out_dir.join(format!(
@@ -335,6 +344,24 @@ impl Drop for Container {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The ID of image `name`, if buildah has it.
+fn image_id(name: &str) -> Option<String> {
+    let out = Command::new("buildah")
+        .args([
+            "inspect",
+            "--type",
+            "image",
+            "--format",
+            "{{.FromImageID}}",
+            name,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !id.is_empty()).then_some(id)
 }
 
 fn have_image(name: &str) -> bool {
