@@ -78,7 +78,7 @@ pub enum Command {
     Mode(control_verbs::ModeArgs),
     /// Reload the config and databases in the running agent and report the
     /// result (like SIGHUP, but it says whether it worked).
-    Reload(control_verbs::SocketArg),
+    Reload(control_verbs::ReloadArgs),
     /// Print the running agent's recent refused/would-refuse events; with
     /// --follow, then each new one.
     Events(control_verbs::EventsArgs),
