@@ -408,6 +408,32 @@ mod tests {
         assert!(!f.exceeds());
     }
 
+    /// Held once per content: the same paths and hashes, in order.
+    #[test]
+    fn held_data_is_the_same_only_by_path_and_hash() {
+        let info = |path: &str, sha: &str| SourceInfo {
+            path: path.into(),
+            format: geoip::Format::Csv,
+            database_type: None,
+            build_epoch: None,
+            sha256: sha.into(),
+        };
+        let c = config("deny", "");
+        let g = geo(&[], &[]);
+        let held = HeldReload {
+            since_unix: 1.0,
+            trigger: "file_watch",
+            flip: Flip::compute(&g, &g, &approval_table(&c), &c.max_flip),
+            databases: vec![info("/a", "11"), info("/b", "22")],
+        };
+        assert!(held.same_data(&[info("/a", "11"), info("/b", "22")]));
+        assert!(!held.same_data(&[info("/a", "11"), info("/b", "23")]));
+        assert!(!held.same_data(&[info("/b", "22"), info("/a", "11")]));
+        assert!(!held.same_data(&[info("/a", "11")]));
+        assert_eq!(held.json()["databases"][1]["sha256"], "22");
+        assert_eq!(held.json()["flip"]["ipv4"]["bound"], 0);
+    }
+
     #[test]
     fn figures_are_exact_numbers_for_ipv4_and_strings_for_ipv6() {
         let old = geo(&[("198.51.100.0/24", "US")], &[("2001:db8::/32", "US")]);
