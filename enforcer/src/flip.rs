@@ -396,8 +396,13 @@ mod tests {
         let f = Flip::compute(&old, &new, &approval_table(&c), &c.max_flip);
         assert!(f.v6.exceeds() && f.exceeds());
 
-        // The default (1% of each family) holds both here.
+        // The defaults (a /8, a /20) hold neither here; 1% of the located
+        // space would hold IPv6.
         let c = config("deny", "");
+        let f = Flip::compute(&old, &new, &approval_table(&c), &c.max_flip);
+        assert_eq!((f.v4.bound, f.v6.bound), (Some(1 << 24), Some(1 << 108)));
+        assert!(!f.exceeds());
+        let c = config("deny", "[geoip.max_flip]\nipv4 = \"1%\"\nipv6 = \"1%\"");
         let f = Flip::compute(&old, &new, &approval_table(&c), &c.max_flip);
         assert_eq!(f.v4.bound, Some((256 + (1 << 17)) / 100));
         assert!(!f.v4.exceeds() && f.v6.exceeds() && f.exceeds());
@@ -431,7 +436,7 @@ mod tests {
         assert!(!held.same_data(&[info("/b", "22"), info("/a", "11")]));
         assert!(!held.same_data(&[info("/a", "11")]));
         assert_eq!(held.json()["databases"][1]["sha256"], "22");
-        assert_eq!(held.json()["flip"]["ipv4"]["bound"], 0);
+        assert_eq!(held.json()["flip"]["ipv4"]["bound"], 1 << 24);
     }
 
     #[test]
@@ -448,7 +453,7 @@ mod tests {
                          "bound": 128, "max_flip": "128 addresses"},
                 "ipv6": {"allowed_to_refused": "0", "refused_to_allowed": (1u128 << 96).to_string(),
                          "flipped": (1u128 << 96).to_string(), "bound": (1u128 << 95).to_string(),
-                         "max_flip": (1u128 << 95).to_string() + " addresses"},
+                         "max_flip": "2^95 addresses"},
             })
         );
         assert_eq!(f.json()["ipv4"]["exceeds"], true);

@@ -12,14 +12,19 @@
 //!   `"100 x /48"`: as many as that many such prefixes;
 //! - `"off"`: no bound for that family.
 //!
-//! Unset, both families default to [`DEFAULT`]: generous enough that a
-//! routine weekly database update is never held, present so that a broken
-//! or truncated database (which moves most of the space) is.
+//! Unset, IPv4 defaults to [`DEFAULT_IPV4`] (a /8: 16.7 million
+//! addresses, about 0.5% of what a world database locates) and IPv6 to
+//! [`DEFAULT_IPV6`] (a /20, about 1.4%): generous enough that a routine
+//! database update is not held, present so that a broken, truncated or
+//! wrong-provider database (which moves tens of millions of addresses) is.
+//! Absolute, not shares, so that a small source (a site list, a geofeed)
+//! whose data in force locates few addresses can still be edited freely.
 
 use std::fmt;
 
-/// The bound of either family when `[geoip.max_flip]` does not set it.
-pub const DEFAULT: &str = "1%";
+/// The bounds when `[geoip.max_flip]` does not set them.
+pub const DEFAULT_IPV4: &str = "/8";
+pub const DEFAULT_IPV6: &str = "/20";
 
 /// Percentages are kept in parts of `PERCENT_SCALE` per percent (six
 /// decimals), so that comparisons are exact integer arithmetic.
@@ -99,6 +104,10 @@ impl fmt::Display for FlipBound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FlipBound::Off => f.write_str("off"),
+            // A power of two is easier read as one (the /N forms are).
+            FlipBound::Addresses(n) if n.is_power_of_two() && *n >= 1024 => {
+                write!(f, "2^{} addresses", n.trailing_zeros())
+            }
             FlipBound::Addresses(n) => write!(f, "{n} addresses"),
             FlipBound::Percent(p) => {
                 let whole = p / PERCENT_SCALE;
@@ -123,9 +132,11 @@ pub struct MaxFlip {
 
 impl Default for MaxFlip {
     fn default() -> Self {
-        // DEFAULT parses: the unit tests say so.
-        let d = FlipBound::parse("default", DEFAULT, 32).unwrap_or(FlipBound::Off);
-        MaxFlip { ipv4: d, ipv6: d }
+        // The defaults parse: the unit tests say so.
+        MaxFlip {
+            ipv4: FlipBound::parse("default", DEFAULT_IPV4, 32).unwrap_or(FlipBound::Off),
+            ipv6: FlipBound::parse("default", DEFAULT_IPV6, 128).unwrap_or(FlipBound::Off),
+        }
     }
 }
 
@@ -248,11 +259,15 @@ mod tests {
     #[test]
     fn the_default_is_present_and_shown_as_written() {
         let d = MaxFlip::default();
-        assert_eq!(d.ipv4, FlipBound::Percent(1_000_000));
-        assert_eq!(d.ipv6, d.ipv4);
-        assert_eq!(d.ipv4.to_string(), "1%");
+        assert_eq!(d.ipv4, FlipBound::Addresses(1 << 24));
+        assert_eq!(d.ipv6, FlipBound::Addresses(1 << 108));
+        assert_eq!(d.ipv4.to_string(), "2^24 addresses");
+        assert_eq!(d.ipv6.to_string(), "2^108 addresses");
+        assert_eq!(v4("1%").unwrap().to_string(), "1%");
         assert_eq!(v4("0.250%").unwrap().to_string(), "0.25%");
-        assert_eq!(v4("2^10").unwrap().to_string(), "1024 addresses");
+        assert_eq!(v4("/22").unwrap().to_string(), "2^10 addresses");
+        assert_eq!(v4("1000").unwrap().to_string(), "1000 addresses");
+        assert_eq!(v4("512").unwrap().to_string(), "512 addresses");
         assert_eq!(v4("off").unwrap().to_string(), "off");
     }
 }

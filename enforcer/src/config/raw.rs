@@ -317,20 +317,20 @@ impl RawGeoip {
         Ok(Some(age))
     }
 
-    /// `geoip.max_flip.ipv4` and `.ipv6`; each unset one is
-    /// [`super::max_flip::DEFAULT`].
+    /// `geoip.max_flip.ipv4` and `.ipv6`; each unset one is its default
+    /// ([`super::max_flip::DEFAULT_IPV4`], `DEFAULT_IPV6`).
     fn max_flip(&self) -> Result<super::max_flip::MaxFlip, String> {
-        use super::max_flip::{DEFAULT, FlipBound, MaxFlip};
-        let one = |family: &str, text: &Option<String>, bits| {
+        use super::max_flip::{DEFAULT_IPV4, DEFAULT_IPV6, FlipBound, MaxFlip};
+        let one = |family: &str, text: &Option<String>, default, bits| {
             FlipBound::parse(
                 &format!("geoip.max_flip.{family}"),
-                text.as_deref().unwrap_or(DEFAULT),
+                text.as_deref().unwrap_or(default),
                 bits,
             )
         };
         Ok(MaxFlip {
-            ipv4: one("ipv4", &self.max_flip.ipv4, 32)?,
-            ipv6: one("ipv6", &self.max_flip.ipv6, 128)?,
+            ipv4: one("ipv4", &self.max_flip.ipv4, DEFAULT_IPV4, 32)?,
+            ipv6: one("ipv6", &self.max_flip.ipv6, DEFAULT_IPV6, 128)?,
         })
     }
 
