@@ -33,9 +33,14 @@ pub struct PolicyMoves {
 impl PolicyMoves {
     /// The moves of `change` whose verdict differs under `approval`.
     pub fn of(change: &FamilyChange, approval: &[u32]) -> PolicyMoves {
+        Self::of_moves(&change.moves, approval)
+    }
+
+    /// The same from the moves alone (largest first).
+    pub fn of_moves(moves: &[Move], approval: &[u32]) -> PolicyMoves {
         let (mut a2r, mut r2a) = (Vec::new(), Vec::new());
-        // `change.moves` is already largest first; filtering keeps the order.
-        for m in &change.moves {
+        // `moves` is already largest first; filtering keeps the order.
+        for m in moves {
             match (approves(approval, m.from), approves(approval, m.to)) {
                 (true, false) => a2r.push(*m),
                 (false, true) => r2a.push(*m),
@@ -115,9 +120,13 @@ pub struct Flip {
 
 impl Flip {
     /// The flip from the data in force (`in_force`) to `new` under the
-    /// `approval` table (the new config's), against `max`.
+    /// `approval` table (the new config's), against `max`. One streaming
+    /// sweep per family ([`geoip::family_moves`]): the agent runs this at a
+    /// reload, when it already holds two tables.
     pub fn compute(in_force: &GeoTable, new: &GeoTable, approval: &[u32], max: &MaxFlip) -> Flip {
-        Self::of_change(&in_force.country_change(new), in_force, approval, max)
+        let v4 = geoip::family_moves(&in_force.v4, &new.v4);
+        let v6 = geoip::family_moves(&in_force.v6, &new.v6);
+        Self::of_moves(&v4, &v6, in_force, approval, max)
     }
 
     /// [`Flip::compute`] from a country change already computed.
@@ -127,14 +136,24 @@ impl Flip {
         approval: &[u32],
         max: &MaxFlip,
     ) -> Flip {
+        Self::of_moves(&change.v4.moves, &change.v6.moves, in_force, approval, max)
+    }
+
+    fn of_moves(
+        v4: &[Move],
+        v6: &[Move],
+        in_force: &GeoTable,
+        approval: &[u32],
+        max: &MaxFlip,
+    ) -> Flip {
         Flip {
             v4: FamilyFlip::new(
-                &PolicyMoves::of(&change.v4, approval),
+                &PolicyMoves::of_moves(v4, approval),
                 in_force.v4.address_count(),
                 max.ipv4,
             ),
             v6: FamilyFlip::new(
-                &PolicyMoves::of(&change.v6, approval),
+                &PolicyMoves::of_moves(v6, approval),
                 in_force.v6.address_count(),
                 max.ipv6,
             ),
@@ -372,6 +391,16 @@ mod tests {
         assert_eq!(
             (f.v4.allowed_to_refused, f.v4.refused_to_allowed),
             (256, 128)
+        );
+        // The agent's streaming sweep and geoip diff's agree.
+        assert_eq!(
+            f,
+            Flip::of_change(
+                &old.country_change(&new),
+                &old,
+                &approval_table(&c),
+                &c.max_flip
+            )
         );
         assert_eq!(f.v4.flipped(), 384);
         assert_eq!(f.v4.located_in_force, 256 + (1 << 17));
