@@ -28,21 +28,27 @@ const BLOCK: &str = "198.18.0.0/15";
 /// agent's sweep.
 const BLOCK_ADDRESSES: u64 = 1 << (32 - 15);
 
-/// The bound the tests set for IPv4 (IPv6 has none): well above one
-/// address, well below the block.
+/// The bound the tests set for IPv4: well above one address, well below
+/// the block. IPv6's is 0: any IPv6 flip is held.
 const BOUND: u64 = 1000;
 
 fn old_data() -> String {
     format!("{TEST_DB_CSV}{BLOCK},{DENIED_COUNTRY}\n")
 }
 
-/// The new data: the denied test address and the block move to the
-/// approved country.
+/// The new data: the denied test addresses (IPv4 and IPv6) and the block
+/// move to the approved country.
 fn new_data() -> String {
-    TEST_DB_CSV.replace(
-        &format!("198.51.100.20/32,{DENIED_COUNTRY}"),
-        &format!("198.51.100.20/32,{APPROVED_COUNTRY}"),
-    ) + &format!("{BLOCK},{APPROVED_COUNTRY}\n")
+    TEST_DB_CSV
+        .replace(
+            &format!("198.51.100.20/32,{DENIED_COUNTRY}"),
+            &format!("198.51.100.20/32,{APPROVED_COUNTRY}"),
+        )
+        .replace(
+            &format!("2001:db8:1::20/128,{DENIED_COUNTRY}"),
+            &format!("2001:db8:1::20/128,{APPROVED_COUNTRY}"),
+        )
+        + &format!("{BLOCK},{APPROVED_COUNTRY}\n")
 }
 
 /// The moves of `new_data` over `old_data`, all refused -> allowed under
@@ -91,7 +97,7 @@ fn config(s: &Scenario, ipv4: &str) -> String {
         "allow",
         &[],
         "",
-        &format!("[geoip.max_flip]\nipv4 = {ipv4:?}\nipv6 = \"off\"\n"),
+        &format!("[geoip.max_flip]\nipv4 = {ipv4:?}\nipv6 = \"0\"\n"),
     )
 }
 
@@ -104,10 +110,12 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
     let s = Scenario::new();
     let denied = IpAddr::V4(DENIED_V4);
+    let denied6 = IpAddr::V6(DENIED_V6);
     std::fs::write(&s.db, old_data()).expect("write the old data");
     let agent = s.start(&config(&s, &BOUND.to_string()));
     let log = s.audit_log();
     assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    assert!(attempt(&s.sb, Proto::Tcp, denied6).refused());
     assert!(s.status()["agent"]["reload_held"].is_null());
     assert_eq!(held_gauge(&agent), 0.0);
 
@@ -117,7 +125,8 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
         !s.status()["agent"]["reload_held"].is_null()
     });
     assert!(
-        attempt(&s.sb, Proto::Tcp, denied).refused(),
+        attempt(&s.sb, Proto::Tcp, denied).refused()
+            && attempt(&s.sb, Proto::Tcp, denied6).refused(),
         "a held change changes no verdict"
     );
     let st = s.status();
@@ -129,7 +138,11 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
     assert_eq!(v4["allowed_to_refused"], 0, "{held:#}");
     assert_eq!(v4["bound"], BOUND, "{held:#}");
     assert_eq!(v4["exceeds"], true, "{held:#}");
-    assert_eq!(held["flip"]["ipv6"]["flipped"], "0", "{held:#}");
+    let v6 = &held["flip"]["ipv6"];
+    assert_eq!(v6["flipped"], "1", "{held:#}");
+    assert_eq!(v6["refused_to_allowed"], "1", "{held:#}");
+    assert_eq!(v6["bound"], "0", "{held:#}");
+    assert_eq!(v6["exceeds"], true, "{held:#}");
     assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
     // What is in force is still the old data.
     assert_eq!(
@@ -172,7 +185,8 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
     assert_eq!(h["trigger"], "file_watch", "{h:#}");
     assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
     assert_eq!(h["flip"]["ipv4"]["bound"], BOUND, "{h:#}");
-    assert_eq!(h["flip"]["ipv6"]["max_flip"], "off", "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["flipped"], "1", "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["max_flip"], "0 addresses", "{h:#}");
     assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
     assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
 
@@ -200,7 +214,7 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(
-        attempt(&s.sb, Proto::Tcp, denied).ok,
+        attempt(&s.sb, Proto::Tcp, denied).ok && attempt(&s.sb, Proto::Tcp, denied6).ok,
         "the accepted data is in force"
     );
     assert!(s.status()["agent"]["reload_held"].is_null());
@@ -218,7 +232,8 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
         "the held data was applied: {a:#}"
     );
 
-    // Within the bound (one address back to refused): applied on its own.
+    // Within the bound (one IPv4 address back to refused, IPv6 as it is):
+    // applied on its own.
     let back = new_data().replace(
         &format!("198.51.100.20/32,{APPROVED_COUNTRY}"),
         &format!("198.51.100.20/32,{DENIED_COUNTRY}"),
