@@ -192,11 +192,13 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         )
     });
     // What the agent's reload guard (geoip.max_flip) would do with NEW
-    // arriving while OLD is in force.
+    // arriving while OLD is in force: the agent's own computation (its
+    // streaming sweep), not the figures above, so that a test of this
+    // output checks the agent's code.
     let guard = config
         .as_ref()
         .zip(approval.as_deref())
-        .map(|(c, a)| Flip::of_change(&change, &old.table, a, &c.max_flip));
+        .map(|(c, a)| Flip::compute(&old.table, &new.table, a, &c.max_flip));
     // What the agent calls a refused destination depends on its mode.
     let refused = match config.as_ref().map(|c| c.mode) {
         Some(Mode::Observe) => Outcome::WouldDeny.label(),
