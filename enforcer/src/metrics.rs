@@ -18,6 +18,7 @@
 //! `/healthz`, `/readyz` ([`readiness`]) and an index at `/`.
 
 pub mod process;
+pub mod reload_guard;
 pub mod text004;
 
 use std::{
@@ -110,6 +111,7 @@ impl Collector for EnforcerCollector {
         self.encode_events(&mut encoder)?;
         self.encode_policy(&mut encoder, &status)?;
         self.encode_geoip(&mut encoder, &status)?;
+        reload_guard::encode(&mut encoder, &status)?;
         self.encode_agent(&mut encoder, &status)?;
         encode_process(&mut encoder)
     }
