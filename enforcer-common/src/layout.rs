@@ -49,7 +49,8 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 /// - 10: decisions are also counted by scope entry ([`SCOPE_COUNTS`], found
 ///   through [`SCOPE_BY_CG`], [`SCOPE_BY_IF`] and [`CFG_SCOPE_LEVELS`], named
 ///   in [`SCOPE_NAMES`]); the totals ([`CONN_COUNTS`], [`PKT_COUNTS`],
-///   [`BYTE_COUNTS`]) are unchanged, so layout 9's are carried.
+///   [`BYTE_COUNTS`]) are unchanged, so layout 9's are carried. The
+///   lookup is cached per CPU ([`SCOPE_CACHE`], [`CFG_SCOPE_VERSION`]).
 pub const LAYOUT_VERSION: u32 = 10;
 
 /// Number of policy slots (active + the one being prepared).
@@ -107,6 +108,10 @@ pub const CFG_SCOPE_LEVELS: u32 = 12;
 /// out. Slot numbers are never reused while the maps live, so counts made
 /// for a removed entry can never be read under another entry's name.
 pub const CFG_SCOPE_NEXT: u32 = 13;
+/// `CONFIG[CFG_SCOPE_VERSION]`: bumped by the agent after every change to
+/// [`SCOPE_BY_CG`] or [`CFG_SCOPE_LEVELS`], so a [`SCOPE_CACHE`] entry
+/// found under an older version is looked up again.
+pub const CFG_SCOPE_VERSION: u32 = 14;
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -343,6 +348,16 @@ pub const SCOPE_KIND_CONNECTIONS: u8 = 0;
 /// [`ScopeKey::kind`]: a packet (`count` packets, `bytes` bytes).
 pub const SCOPE_KIND_PACKETS: u8 = 1;
 
+/// `SCOPE_CACHE`: `PerCpuArray<ScopeCacheEntry>`, [`SCOPE_CACHE_SLOTS`]
+/// entries per CPU, direct-mapped by a hash of a cgroup id: the scope slot
+/// the cgroup's ancestors gave under `CONFIG[CFG_SCOPE_VERSION]`. A host's
+/// decisions come from few cgroups, and a hit costs one cache line instead
+/// of the ancestor walk and a [`SCOPE_BY_CG`] lookup. A cgroup's ancestors
+/// never change and its id is never reused, so an entry stays right until
+/// the agent changes the map and bumps the version.
+pub const SCOPE_CACHE: &str = "SCOPE_CACHE";
+pub const SCOPE_CACHE_SLOTS: u32 = 64;
+
 /// `SCOPE_MISSES`: `PerCpuArray<u64>`, decisions not in [`SCOPE_COUNTS`],
 /// by reason: [`SCOPE_MISS_FULL`], [`SCOPE_MISS_NONE`].
 pub const SCOPE_MISSES: &str = "SCOPE_MISSES";
@@ -506,6 +521,21 @@ pub struct DestCacheEntry {
     pub _pad: [u8; 3],
 }
 
+/// A [`SCOPE_CACHE`] entry; `seq` as in [`DestCacheEntry`] (0: never
+/// written).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopeCacheEntry {
+    pub seq: u32,
+    /// `CONFIG[CFG_SCOPE_VERSION]` when the slot was looked up.
+    pub version: u32,
+    /// The cgroup id (the task's, or the socket's for a packet).
+    pub cgroup: u64,
+    /// Its scope slot, or [`NO_SCOPE`].
+    pub slot: u32,
+    pub _pad: u32,
+}
+
 /// One refused or would-refuse decision, as the ring buffer carries it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -630,6 +660,7 @@ const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<FaultState>() == 16);
 const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<ScopeKey>() == 12);
+const _: () = assert!(core::mem::size_of::<ScopeCacheEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<ScopeCount>() == 16);
 const _: () = assert!(core::mem::size_of::<ScopeName>() == 4096);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
@@ -652,6 +683,7 @@ mod pod {
     unsafe impl aya::Pod for super::DestCacheEntry {}
     unsafe impl aya::Pod for super::FaultState {}
     unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::ScopeCacheEntry {}
     unsafe impl aya::Pod for super::ScopeCount {}
     unsafe impl aya::Pod for super::ScopeName {}
 }

@@ -72,9 +72,15 @@ fn add_scoped(scope: u32, kind: u8, hook: Hook, d: &Decision, bytes: u64) {
         if let Some(v) = SCOPE_COUNTS.get_ptr_mut(key) {
             // SAFETY: this CPU's value of an entry from a successful lookup,
             // valid for the program's run; atomic for the reason `add` is.
+            // A connection has no bytes: one atomic add, not two.
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).count, 1);
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes, bytes);
+                if kind == SCOPE_KIND_PACKETS {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                        &raw mut (*v).bytes,
+                        bytes,
+                    );
+                }
             }
             return;
         }

@@ -13,8 +13,9 @@ use enforcer_common::{
     DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4_TREE_CAPACITY,
     GEO6_FINE_BLOCKS, GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block, Geo6Leaf,
     MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULE_BITMAP_LEN, RULE_BITMAP_WORDS, RULES_CAPACITY,
-    RateState, Rule, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES_LEN, SCOPE_NAMES_CAPACITY,
-    SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName, SockVerdict,
+    RateState, Rule, SCOPE_CACHE_SLOTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES_LEN,
+    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCacheEntry, ScopeCount, ScopeKey, ScopeName,
+    SockVerdict,
 };
 
 #[map]
@@ -73,6 +74,8 @@ pub static SCOPE_COUNTS: PerCpuHashMap<ScopeKey, ScopeCount> =
     PerCpuHashMap::pinned(SCOPE_COUNTS_CAPACITY, 0);
 #[map]
 pub static SCOPE_MISSES: PerCpuArray<u64> = PerCpuArray::pinned(SCOPE_MISSES_LEN, 0);
+#[map]
+pub static SCOPE_CACHE: PerCpuArray<ScopeCacheEntry> = PerCpuArray::pinned(SCOPE_CACHE_SLOTS, 0);
 #[map]
 pub static SCOPE_BY_CG: HashMap<u64, u32> = HashMap::pinned(SCOPE_TARGETS_CAPACITY, 0);
 #[map]

@@ -19,8 +19,9 @@ use enforcer_common::{
     GEO6_INDEX_LEN, GEO6_LEAF_COUNT, GEO6_LEAVES, Geo6Block, Geo6Leaf, MODE_OVERRIDES,
     MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULE_BITMAP, RULE_BITMAP_LEN,
     RULE_BITMAP_WORDS, RULES_CAPACITY, RULES4, RULES6, RateState, Rule, SCOPE_BY_CG, SCOPE_BY_IF,
-    SCOPE_COUNTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES, SCOPE_MISSES_LEN, SCOPE_NAMES,
-    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName,
+    SCOPE_CACHE, SCOPE_CACHE_SLOTS, SCOPE_COUNTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES,
+    SCOPE_MISSES_LEN, SCOPE_NAMES, SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCacheEntry,
+    ScopeCount, ScopeKey, ScopeName,
 };
 
 use super::DatapathError;
@@ -110,6 +111,13 @@ fn expected() -> Vec<Expected> {
             SCOPE_COUNTS_CAPACITY,
         ),
         e(SCOPE_MISSES, MapType::PerCpuArray, 4, 8, SCOPE_MISSES_LEN),
+        e(
+            SCOPE_CACHE,
+            MapType::PerCpuArray,
+            4,
+            size_of::<ScopeCacheEntry>(),
+            SCOPE_CACHE_SLOTS,
+        ),
         e(SCOPE_BY_CG, MapType::Hash, 8, 4, SCOPE_TARGETS_CAPACITY),
         e(SCOPE_BY_IF, MapType::Hash, 4, 4, SCOPE_TARGETS_CAPACITY),
         e(

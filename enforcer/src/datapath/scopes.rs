@@ -5,7 +5,8 @@
 //! `enforcer_scope_attached` give it, or an interface name) gets a slot
 //! number, named in `SCOPE_NAMES`; the kernel finds a decision's slot
 //! through `SCOPE_BY_CG` (cgroup id, at the levels of
-//! `CONFIG[CFG_SCOPE_LEVELS]`) or `SCOPE_BY_IF` (ifindex). The rules, so
+//! `CONFIG[CFG_SCOPE_LEVELS]`, cached per CPU until
+//! `CONFIG[CFG_SCOPE_VERSION]` moves) or `SCOPE_BY_IF` (ifindex). The rules, so
 //! that no count is ever read under a name it was not made for:
 //!
 //! - an entry keeps its slot across reloads and agent restarts (the names
@@ -23,9 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
 use enforcer_common::{
-    CFG_SCOPE_LEVELS, CFG_SCOPE_NEXT, MAX_CGROUP_DEPTH, NO_SCOPE, SCOPE_BY_CG, SCOPE_BY_IF,
-    SCOPE_COUNTS, SCOPE_NAME_BYTES, SCOPE_NAME_CGROUP, SCOPE_NAME_INTERFACE, SCOPE_NAMES,
-    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName,
+    CFG_SCOPE_LEVELS, CFG_SCOPE_NEXT, CFG_SCOPE_VERSION, MAX_CGROUP_DEPTH, NO_SCOPE, SCOPE_BY_CG,
+    SCOPE_BY_IF, SCOPE_COUNTS, SCOPE_NAME_BYTES, SCOPE_NAME_CGROUP, SCOPE_NAME_INTERFACE,
+    SCOPE_NAMES, SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName,
 };
 
 use super::{Datapath, DatapathError, map_err};
@@ -250,9 +251,16 @@ impl Datapath {
         let levels = level_bits(targets);
         let old_levels = self.config_word(CFG_SCOPE_LEVELS)?;
         self.set_config_word(CFG_SCOPE_LEVELS, levels | old_levels)?;
-        replace(self.map_of(SCOPE_BY_CG)?, SCOPE_BY_CG, &cgroups)?;
+        let moved = replace(self.map_of(SCOPE_BY_CG)?, SCOPE_BY_CG, &cgroups)?;
         replace(self.map_of(SCOPE_BY_IF)?, SCOPE_BY_IF, &interfaces)?;
         self.set_config_word(CFG_SCOPE_LEVELS, levels)?;
+        // After the map and the levels: the kernel's per-CPU cache of
+        // cgroup -> slot (`SCOPE_CACHE`) holds answers under the version
+        // they were found with, and a bumped one makes them looked up again.
+        if moved || levels != old_levels {
+            let version = self.config_word(CFG_SCOPE_VERSION)?;
+            self.set_config_word(CFG_SCOPE_VERSION, version.wrapping_add(1))?;
+        }
 
         // A removed entry is no longer in the maps above: counted again
         // now, so a decision made for it meanwhile keeps its name.
@@ -266,12 +274,13 @@ impl Datapath {
     }
 }
 
-/// Makes the hash map `data` hold exactly `wanted`.
+/// Makes the hash map `data` hold exactly `wanted`; true when that changed
+/// anything.
 fn replace<K, V>(
     data: &mut Map,
     name: &'static str,
     wanted: &BTreeMap<K, V>,
-) -> Result<(), DatapathError>
+) -> Result<bool, DatapathError>
 where
     K: aya::Pod + Ord,
     V: aya::Pod + PartialEq,
@@ -282,15 +291,17 @@ where
         .filter_map(Result::ok)
         .filter(|k| !wanted.contains_key(k))
         .collect();
+    let mut changed = !stale.is_empty();
     for (k, v) in wanted {
         if map.get(k, 0).ok().as_ref() != Some(v) {
             map.insert(k, v, 0).map_err(map_err(name))?;
+            changed = true;
         }
     }
     for k in stale {
         map.remove(&k).map_err(map_err(name))?;
     }
-    Ok(())
+    Ok(changed)
 }
 
 #[cfg(test)]

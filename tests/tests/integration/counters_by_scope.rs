@@ -234,6 +234,7 @@ fn each_scope_entry_counts_what_it_sent_across_a_reload_and_a_restart() {
     let scoped = sum(&[
         "SCOPE_COUNTS",
         "SCOPE_MISSES",
+        "SCOPE_CACHE",
         "SCOPE_BY_CG",
         "SCOPE_BY_IF",
         "SCOPE_NAMES",
