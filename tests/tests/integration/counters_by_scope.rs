@@ -248,3 +248,59 @@ fn each_scope_entry_counts_what_it_sent_across_a_reload_and_a_restart() {
     assert!(scoped < totals, "by scope {scoped} B, totals {totals} B");
     agent.uninstall();
 }
+
+/// The kernel caches each cgroup's scope slot per CPU (`SCOPE_CACHE`) until
+/// the agent says the scope cgroups changed: when the entry a process
+/// counts under moves from its cgroup's parent to the cgroup itself, its
+/// next decisions count under the new entry, none under the old one.
+#[test]
+fn a_cached_scope_slot_follows_a_reload() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let parent = s.sb.cgroup.join("svc-p");
+    let child = parent.join("worker");
+    fs::create_dir(&parent).expect("create the parent cgroup");
+    fs::create_dir(&child).expect("create the child cgroup");
+    let (lp, lq) = (label(&parent), label(&child));
+    let events = s.events_table(1000, 1000);
+    let mut agent = s.start(&s.config_scoped("enforce", "allow", &[], &[&parent], "", &events));
+    wait_covered(&s, &agent, &[&parent]);
+
+    // Several connects, so both CPUs are likely to have cached the slot.
+    send(&s, &child, approved(), 5, false);
+    send(&s, &child, denied(), 3, true);
+    let m = agent.scrape();
+    assert_eq!(conns(&m, &lp, "allowed"), 5.0, "{}", m.text);
+    assert_eq!(conns(&m, &lp, "denied"), 3.0, "{}", m.text);
+
+    let loads = |m: &Metrics| m.sum("enforcer_policy_loads_total", &[("result", "success")]);
+    let before = loads(&m);
+    fs::write(
+        &agent.config,
+        s.config_scoped("enforce", "allow", &[], &[&child], "", &events),
+    )
+    .expect("write the new config");
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for_metrics("the reload", Duration::from_secs(30), |m| loads(m) > before);
+    wait_covered(&s, &agent, &[&child]);
+
+    send(&s, &child, approved(), 5, false);
+    send(&s, &child, denied(), 3, true);
+    let m = agent.scrape();
+    assert_eq!(
+        conns(&m, &lp, "allowed"),
+        5.0,
+        "the parent's stay\n{}",
+        m.text
+    );
+    assert_eq!(conns(&m, &lp, "denied"), 3.0, "{}", m.text);
+    assert_eq!(
+        conns(&m, &lq, "allowed"),
+        5.0,
+        "the child's own\n{}",
+        m.text
+    );
+    assert_eq!(conns(&m, &lq, "denied"), 3.0, "{}", m.text);
+    assert_sums(&s, &m);
+    agent.uninstall();
+}
