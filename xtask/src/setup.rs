@@ -58,6 +58,7 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "nft",  package: "nftables",     used_by: "the nftables baseline" },
     Tool { command: "curl", package: "curl",         used_by: "real HTTP clients" },
     Tool { command: "ping", package: "iputils-ping", used_by: "ICMP clients" },
+    Tool { command: "tmux", package: "tmux",         used_by: "running `enforcer top` in a real terminal (top tests)" },
     Tool { command: "logrotate", package: "logrotate", used_by: "rotating the audit log with the shipped snippet (sinks tests)" },
     Tool { command: "tar",  package: "tar",          used_by: "unpacking npm tarballs (geoip fetch)" },
     Tool { command: "npm",  package: "npm",          used_by: "downloading GeoIP databases (geoip fetch)" },

@@ -7,6 +7,7 @@
 //! reads the pinned maps through [`datapath`](crate::datapath) but nothing
 //! there depends on it.
 
+mod decisions;
 mod view;
 
 use std::sync::{Arc, RwLock};

@@ -43,5 +43,6 @@ mod shipping;
 mod sinks;
 mod starvation;
 mod storage_host;
+mod top;
 mod tunnelled;
 mod unknown_and_exempt;
