@@ -110,7 +110,7 @@ impl Tmux {
     fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + SCREEN_WAIT;
         loop {
-            let screen = self.capture();
+            let screen = trimmed(&self.capture());
             if done(&screen) {
                 return screen;
             }
@@ -134,6 +134,16 @@ impl Drop for Tmux {
             }
         }
     }
+}
+
+/// A capture without the blank lines below its last line of text.
+fn trimmed(screen: &str) -> String {
+    let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    let end = lines
+        .iter()
+        .rposition(|l| !l.is_empty())
+        .map_or(0, |i| i + 1);
+    lines[..end].join("\n")
 }
 
 /// The refresh number in `top`'s title line.
@@ -215,10 +225,17 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
     assert!(ok.iter().all(|a| a.ok), "{ok:?}");
 
     // The shell reports top's exit and the terminal modes after it.
-    let command = format!(
-        "{} top --socket {}; echo \"top exited $?\"; stty -a | tr ' ;' '\\n\\n' | grep -E -x -- '-?(icanon|echo)' | tr '\\n' ' '; echo; exec sleep 600",
+    // Run twice: the first is left with q, the second (after Enter) with
+    // Ctrl-C.
+    let report =
+        "stty -a | tr ' ;' '\\n\\n' | grep -E -x -- '-?(icanon|echo)' | tr '\\n' ' '; echo";
+    let top = format!(
+        "{} top --socket {}",
         enforcer_binary().display(),
         s.control_socket().display()
+    );
+    let command = format!(
+        "{top}; echo \"top exited $?\"; {report}; read _; {top}; echo \"top again exited $?\"; {report}; exec sleep 600"
     );
     let tmux = Tmux::start(&command);
     let first = tmux.wait_for("a first frame with the decisions", |screen| {
@@ -260,14 +277,22 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
     };
 
     // Paused: wait until a frame made entirely after the pause (two
-    // refreshes: its status answer and the one before it came after),
-    // then read the metrics and the screen.
+    // refreshes: its status answer and the one before it came after) in
+    // which every would-deny decision is accounted for: an event on the
+    // destinations table, or one the kernel suppressed.
     let paused = refresh_number(&tmux.capture()).expect("a refresh number");
-    let screen = tmux.wait_for("two refreshes after the pause", |screen| {
-        refresh_number(screen).is_some_and(|n| n >= paused + 2)
-    });
+    let screen = tmux.wait_for(
+        "two refreshes after the pause, every decision accounted for",
+        |screen| {
+            refresh_number(screen).is_some_and(|n| n >= paused + 2)
+                && event_counts(screen)
+                    + figure_after(screen, "rate_limit")
+                    + figure_after(screen, "ring_full")
+                    == decision_figures(&row(screen, DENIED_COUNTRY))[2].0
+        },
+    );
     let m: Metrics = agent.scrape();
-    let again = tmux.capture();
+    let again = trimmed(&tmux.capture());
     println!("--- paused, compared with /metrics ---\n{screen}");
 
     let us = decision_figures(&row(&screen, DENIED_COUNTRY));
@@ -369,17 +394,38 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
     assert_eq!(dest[7], "3", "one event per connect: {screen}");
 
     // q: top exits 0, the shell's stty shows canonical mode and echo
-    // again, and the pane is back on the normal screen.
+    // again, and the pane is back on the normal screen. The second run,
+    // ended with Ctrl-C (SIGINT from the terminal), the same way.
     tmux.send_keys("q");
-    let after = tmux.wait_for("top's exit", |screen| screen.contains("top exited"));
+    let after = exited(&tmux, "top exited");
     println!("--- after q ---\n{after}");
-    assert!(after.contains("top exited 0"), "{after}");
-    let modes = after
-        .lines()
-        .skip_while(|l| !l.contains("top exited"))
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    tmux.send_keys("Enter");
+    tmux.wait_for("the second run's frame", |screen| {
+        screen.contains("DECISIONS")
+    });
+    assert_eq!(tmux.display("#{alternate_on}"), "1");
+    tmux.send_keys("C-c");
+    let after = exited(&tmux, "top again exited");
+    println!("--- after Ctrl-C ---\n{after}");
+}
+
+/// Waits for the shell's `<what> N` line and the terminal modes it printed
+/// next, and checks them: exit status 0, canonical mode and echo on, the
+/// normal screen, no frame left on it.
+fn exited(tmux: &Tmux, what: &str) -> String {
+    let modes_line = |screen: &str| {
+        screen
+            .lines()
+            .skip_while(|l| !l.starts_with(what))
+            .nth(1)
+            .map(str::to_owned)
+            .filter(|l| !l.trim().is_empty())
+    };
+    let after = tmux.wait_for(&format!("{what} and the modes after it"), |screen| {
+        modes_line(screen).is_some()
+    });
+    assert!(after.contains(&format!("{what} 0")), "{after}");
+    let modes = modes_line(&after).unwrap_or_default();
     assert_eq!(
         modes.split_whitespace().collect::<Vec<_>>(),
         ["icanon", "echo"],
@@ -394,6 +440,20 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
         !after.contains("DECISIONS"),
         "the frame is gone with the alternate screen:\n{after}"
     );
+    after
+}
+
+/// The sum of the COUNT column of the destinations table.
+fn event_counts(screen: &str) -> u64 {
+    screen
+        .lines()
+        .skip_while(|l| !l.starts_with("VERDICT "))
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 9).then(|| f[7].parse::<u64>().ok()).flatten()
+        })
+        .sum()
 }
 
 /// Runs `enforcer top --once` with `socket`, optionally as another user.
