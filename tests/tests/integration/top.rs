@@ -208,7 +208,7 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
     );
     let s = Scenario::new();
     // A low event rate, so the stream below also shows suppression.
-    let agent = s.start(&s.config_with("observe", "allow", &[], "", &s.events_table(20, 20)));
+    let mut agent = s.start(&s.config_with("observe", "allow", &[], "", &s.events_table(20, 20)));
 
     // Before top starts: three would-deny connections from one process
     // and five allowed ones; top must show them from the replay.
@@ -404,6 +404,17 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
         screen.contains("DECISIONS")
     });
     assert_eq!(tmux.display("#{alternate_on}"), "1");
+    // The agent goes away: the screen says so and keeps its last figures.
+    agent.stop();
+    let gone = tmux.wait_for("that the agent stopped answering", |screen| {
+        screen.contains("AGENT NOT ANSWERING") && screen.contains("event stream down")
+    });
+    println!("--- the agent stopped ---\n{gone}");
+    assert!(
+        gone.contains("AGENT NOT ANSWERING (the figures below are its last answer): cannot connect to the control socket"),
+        "{gone}"
+    );
+    assert!(gone.contains("TOTAL"), "{gone}");
     tmux.send_keys("C-c");
     let after = exited(&tmux, "top again exited");
     println!("--- after Ctrl-C ---\n{after}");

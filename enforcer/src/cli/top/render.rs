@@ -55,8 +55,9 @@ pub fn frame(v: &View<'_>, width: Option<usize>, height: Option<usize>) -> Vec<S
     });
     head.push(title);
     if let Some(e) = v.status_error {
+        // The note first: the error may be longer than the line.
         head.push(format!(
-            "AGENT NOT ANSWERING: {e}{}",
+            "AGENT NOT ANSWERING{}: {e}",
             if v.current.is_some() {
                 " (the figures below are its last answer)"
             } else {
