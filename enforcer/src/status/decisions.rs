@@ -15,12 +15,17 @@ use crate::datapath::counters::Count;
 
 /// One row per (country, scope) that has a non-zero counter, with a count
 /// for every verdict (zeros included, so a client need not know which
-/// verdicts exist). `scope` is null while the counters carry no scope
-/// entry (the figures are then those of every scope entry together).
-pub fn by_country_and_scope(counts: &[Count]) -> serde_json::Value {
+/// verdicts exist). Each count comes with its scope entry, or None when
+/// the counters carry none (the figures are then those of every scope
+/// entry together, and `scope` is null).
+pub fn by_country_and_scope<'a>(
+    counts: impl IntoIterator<Item = (Option<&'a str>, &'a Count)>,
+) -> serde_json::Value {
     let mut rows: BTreeMap<(String, Option<String>), [u64; Outcome::COUNT]> = BTreeMap::new();
-    for c in counts {
-        let row = rows.entry((country_label(c.country), None)).or_default();
+    for (scope, c) in counts {
+        let row = rows
+            .entry((country_label(c.country), scope.map(str::to_owned)))
+            .or_default();
         if let Some(slot) = row.get_mut(c.outcome as usize) {
             *slot = slot.wrapping_add(c.value);
         }
@@ -63,12 +68,24 @@ mod tests {
             count(Hook::Sendmsg4, Family::Ipv4, "US", Outcome::Allowed, 1),
             count(Hook::Connect4, Family::Ipv4, "DE", Outcome::Allowed, 7),
         ];
-        let rows = by_country_and_scope(&counts);
+        let rows = by_country_and_scope(counts.iter().map(|c| (None, c)));
         assert_eq!(
             rows,
             serde_json::json!([
                 {"country": "DE", "scope": null, "allowed": 7, "denied": 0, "would_deny": 0, "exempt": 0},
                 {"country": "US", "scope": null, "allowed": 1, "denied": 0, "would_deny": 5, "exempt": 0},
+            ])
+        );
+        let scoped = [
+            (Some("a"), &counts[0]),
+            (Some("b"), &counts[1]),
+            (Some("a"), &counts[1]),
+        ];
+        assert_eq!(
+            by_country_and_scope(scoped),
+            serde_json::json!([
+                {"country": "US", "scope": "a", "allowed": 0, "denied": 0, "would_deny": 5, "exempt": 0},
+                {"country": "US", "scope": "b", "allowed": 0, "denied": 0, "would_deny": 2, "exempt": 0},
             ])
         );
     }

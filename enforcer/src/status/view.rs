@@ -145,7 +145,7 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
         },
         "denied_or_would_deny_by_country": refused_by_country,
         // Per country and scope, for `enforcer top`.
-        "decisions": super::decisions::by_country_and_scope(&connections),
+        "decisions": super::decisions::by_country_and_scope(connections.iter().map(|c| (None, c))),
         // The layouts whose counts are included (they continue across a
         // layout upgrade, see datapath::carry).
         "counters_carried_from": reader.carried_from(),

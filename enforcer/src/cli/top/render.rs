@@ -25,7 +25,7 @@ pub struct View<'a> {
 }
 
 const COUNTRY_W: usize = 8;
-const SCOPE_W: usize = 34;
+const SCOPE_W: usize = 44;
 const TOTAL_W: usize = 11;
 const RATE_W: usize = 8;
 
