@@ -10,7 +10,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 use enforcer_tests::{
@@ -206,9 +206,20 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
         Command::new("tmux").arg("-V").output().is_ok(),
         "tmux is not installed (cargo xtask setup installs it)"
     );
+    let real = real_geoip("GeoLite2-Country.mmdb");
+    skip_unless!(
+        real.is_some(),
+        "the real GeoLite2 database is missing (cargo xtask geoip fetch)"
+    );
+    let real = real.unwrap_or_default();
     let s = Scenario::new();
-    // A low event rate, so the stream below also shows suppression.
-    let mut agent = s.start(&s.config_with("observe", "allow", &[], "", &s.events_table(20, 20)));
+    // A low event rate, so the stream below also shows suppression; the
+    // real database (built in 2019) under a 30-day max_age, so the screen
+    // has an age and a TOO OLD to show.
+    let config = s
+        .config_with("observe", "allow", &[real], "", &s.events_table(20, 20))
+        .replace("[geoip]\n", "[geoip]\nmax_age = \"30d\"\n");
+    let mut agent = s.start(&config);
 
     // Before top starts: three would-deny connections from one process
     // and five allowed ones; top must show them from the replay.
@@ -359,6 +370,37 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
         screen.contains("coverage   1 scope entry attached, 0 waiting"),
         "{screen}"
     );
+    // The database line: its build date and age, too old, as the metrics.
+    let db = "GeoLite2-Country.mmdb";
+    let built = m.sum(
+        "enforcer_geoip_database_build_timestamp_seconds",
+        &[("database", db)],
+    ) as u64;
+    let age_seconds = m.sum("enforcer_geoip_database_age_seconds", &[("database", db)]);
+    let age_days = age_seconds as u64 / 86_400;
+    assert_eq!(
+        m.sum("enforcer_geoip_database_too_old", &[("database", db)]),
+        1.0
+    );
+    let date =
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(built)).to_string();
+    let shown_age = screen
+        .split(&format!("{db} built {} (", &date[..10]))
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {db} built {} on the screen:\n{screen}", &date[..10]));
+    // The screen's answer came just before the scrape: a day may have
+    // turned in between.
+    assert!(
+        shown_age == age_days || shown_age + 1 == age_days,
+        "{shown_age} days on the screen, {age_days} in the metrics:\n{screen}"
+    );
+    assert!(
+        screen.contains("days old, TOO OLD: geoip.max_age is 30 days)")
+            && screen.contains("a database is TOO OLD"),
+        "{screen}"
+    );
     println!(
         "--- /metrics at the same moment ---\n{}\nenforcer_events_suppressed_total: rate_limit {} ring_full {}\nenforcer_policy_generation {generation}\nenforcer_mode{{mode=\"observe\"}} 1",
         shown.join("\n"),
@@ -370,6 +412,9 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
             "enforcer_events_suppressed_total",
             &[("reason", "ring_full")]
         ),
+    );
+    println!(
+        "enforcer_geoip_database_age_seconds{{database=\"{db}\"}} {age_seconds} ({age_days} days), enforcer_geoip_database_too_old 1"
     );
     // The frame did not change while the metrics were read.
     assert_eq!(
