@@ -38,6 +38,7 @@ mod packet_test_run;
 mod privileges;
 mod promtool;
 mod refresh;
+mod reload_guard;
 mod scope;
 mod shipping;
 mod sinks;
