@@ -23,6 +23,7 @@ mod deb;
 mod demo;
 mod fuzz;
 mod geoip;
+mod grafana;
 mod previous;
 mod rootfs;
 mod setup;

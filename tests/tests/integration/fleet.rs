@@ -30,6 +30,9 @@
 //! - stopping a's agent fires `EgressEnforcerDown` for host a only.
 //!
 //! Every alert the webhook received is printed at the end.
+//!
+//! A second test (no root) type-checks the dashboard with Grafana's own
+//! schema types (`@grafana/schema`) and the TypeScript compiler.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -489,5 +492,149 @@ fn check_dashboard_structure(d: &serde_json::Value) {
     assert!(
         types.contains("geomap"),
         "no world map (geomap) panel: {types:?}"
+    );
+}
+
+/// The panel types the dashboard uses, each with its options and custom
+/// field config types in `@grafana/schema`.
+const PANEL_KINDS: [&str; 4] = ["geomap", "timeseries", "stat", "table"];
+
+/// TypeScript that types the dashboard with Grafana's own schema types
+/// (`@grafana/schema`): the whole dashboard as `Dashboard`, each variable
+/// as `VariableModel`, each panel as `Panel` or `RowPanel`, its `options`
+/// as its panel type's `Options` and its `fieldConfig.defaults.custom` as
+/// its `FieldConfig`. Object literals get TypeScript's excess-property
+/// check, so an unknown key fails as well as a wrong type or value.
+fn schema_check_ts(d: &serde_json::Value) -> String {
+    const S: &str = "@grafana/schema/dist/types/raw";
+    let mut out = vec![format!(
+        "import {{ Dashboard, Panel, RowPanel, VariableModel }} from '{S}/dashboard/x/types.gen';"
+    )];
+    for k in PANEL_KINDS {
+        out.push(format!(
+            "import * as {k} from '{S}/composable/{k}/panelcfg/x/types.gen';"
+        ));
+    }
+    // String enums are nominal in TypeScript while JSON carries their
+    // values: every enum is widened to the union of its values, nothing
+    // else is loosened.
+    out.push(
+        "type Loose<T> = T extends string ? `${T}` : T extends Array<infer U> ? Array<Loose<U>> \
+         : T extends object ? { [K in keyof T]: Loose<T[K]> } : T;"
+            .to_owned(),
+    );
+    out.push(format!("export const dashboard: Loose<Dashboard> = {d};"));
+    for (i, v) in d["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        out.push(format!("export const var_{i}: Loose<VariableModel> = {v};"));
+    }
+    for (i, p) in panels(d).into_iter().enumerate() {
+        let ty = p["type"].as_str().unwrap_or_default();
+        if ty == "row" {
+            out.push(format!("export const row_{i}: Loose<RowPanel> = {p};"));
+            continue;
+        }
+        assert!(
+            PANEL_KINDS.contains(&ty),
+            "panel type {ty:?}: add its schema types to the check"
+        );
+        out.push(format!("export const panel_{i}: Loose<Panel> = {p};"));
+        out.push(format!(
+            "export const options_{i}: Loose<{ty}.Options> = {};",
+            p["options"]
+        ));
+        let custom = &p["fieldConfig"]["defaults"]["custom"];
+        if !custom.is_null() {
+            out.push(format!(
+                "export const custom_{i}: Loose<Partial<{ty}.FieldConfig>> = {custom};"
+            ));
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// `tsc --strict --noEmit` over [`schema_check_ts`] of `d`, with the
+/// packages in `schema_dir`: whether it passed, and what tsc said.
+fn tsc(schema_dir: &std::path::Path, d: &serde_json::Value) -> (bool, String) {
+    let work = tempfile::Builder::new()
+        .prefix("ee-dashboard-schema-")
+        .tempdir()
+        .expect("scratch directory");
+    std::os::unix::fs::symlink(
+        schema_dir.join("node_modules"),
+        work.path().join("node_modules"),
+    )
+    .expect("link node_modules");
+    std::fs::write(work.path().join("check.ts"), schema_check_ts(d)).expect("write check.ts");
+    std::fs::write(
+        work.path().join("tsconfig.json"),
+        r#"{"compilerOptions":{"strict":true,"noEmit":true,"moduleResolution":"node","module":"commonjs","target":"es2020","skipLibCheck":true,"types":[]},"files":["check.ts"]}"#,
+    )
+    .expect("write tsconfig.json");
+    let out = std::process::Command::new(schema_dir.join("node_modules/.bin/tsc"))
+        .arg("-p")
+        .arg(work.path())
+        .output()
+        .expect("run tsc");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The shipped dashboard against Grafana's schema types (see
+/// [`schema_check_ts`]; `cargo xtask test` installs `@grafana/schema` and
+/// TypeScript, pinned by packaging/grafana/schema-check/, and names the
+/// directory in `EE_GRAFANA_SCHEMA_DIR`). No root needed. Two broken
+/// copies show the check catches an unknown option and a wrong enum value.
+#[test]
+fn dashboard_type_checks_with_grafanas_schema_types() {
+    let dir = std::env::var_os("EE_GRAFANA_SCHEMA_DIR").map(PathBuf::from);
+    skip_unless!(
+        dir.as_ref()
+            .is_some_and(|d| d.join("node_modules/.bin/tsc").exists()),
+        "EE_GRAFANA_SCHEMA_DIR names no directory with node_modules/.bin/tsc (cargo xtask test installs it)"
+    );
+    let dir = dir.unwrap_or_default();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shipped_dashboard_path()).expect("read the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let (ok, said) = tsc(&dir, &dashboard);
+    assert!(ok, "the dashboard does not type-check:\n{said}");
+    eprintln!(
+        "dashboard: {} panels type-check with @grafana/schema",
+        panels(&dashboard).len()
+    );
+
+    // The index of the first top-level panel of type `ty`.
+    let first = |ty: &str| -> usize {
+        dashboard["panels"]
+            .as_array()
+            .and_then(|ps| ps.iter().position(|p| p["type"] == ty))
+            .unwrap_or_else(|| panic!("no {ty} panel"))
+    };
+    let mut unknown_option = dashboard.clone();
+    unknown_option["panels"][first("stat")]["options"]["colourMode"] = "background".into();
+    let (ok, said) = tsc(&dir, &unknown_option);
+    assert!(
+        !ok && said.contains("colourMode"),
+        "an unknown stat option passed:\n{said}"
+    );
+    let mut bad_value = dashboard.clone();
+    bad_value["panels"][first("timeseries")]["fieldConfig"]["defaults"]["custom"]["drawStyle"] =
+        "zigzag".into();
+    let (ok, said) = tsc(&dir, &bad_value);
+    assert!(
+        !ok && said.contains("zigzag"),
+        "a drawStyle the schema does not have passed:\n{said}"
     );
 }
