@@ -23,6 +23,9 @@
 //!   traffic stops; would-deny traffic on c fires
 //!   `EgressEnforcerWouldRefuseAppeared` (host=c) and resolves too;
 //! - `EgressEnforcerGeoipDatabaseOld` fires for a only;
+//! - a reload of a broken config on c fires `EgressEnforcerReloadFailed`
+//!   for c, and b's events, limited to one per second and CPU, fire
+//!   `EgressEnforcerEventsSuppressed` (rate_limit) for b;
 //! - every PromQL expression of the shipped Grafana dashboard
 //!   (packaging/grafana/egress-enforcer.json), with its variables
 //!   substituted by values that exist here, returns data from this
@@ -102,8 +105,16 @@ struct Host {
 
 impl Host {
     /// A host in `mode` whose extra GeoIP database was built `db_age_days`
-    /// ago, with `geoip.max_age` set to `max_age` if given.
-    fn start(name: &'static str, mode: &str, db_age_days: u64, max_age: Option<&str>) -> Host {
+    /// ago, with `geoip.max_age` set to `max_age` if given, and an events
+    /// file with the rate limit `events` (per CPU and second, burst) if
+    /// given.
+    fn start(
+        name: &'static str,
+        mode: &str,
+        db_age_days: u64,
+        max_age: Option<&str>,
+        events: Option<(u32, u32)>,
+    ) -> Host {
         let s = Scenario::new();
         let svc = s.sb.cgroup.join("app.service");
         std::fs::create_dir(&svc).expect("create the service cgroup");
@@ -119,7 +130,8 @@ impl Host {
             .build_epoch(now - db_age_days * 86_400);
         w.insert("198.18.0.0/15".parse().expect("network"), "FR");
         w.write(&mmdb).expect("write the database");
-        let mut config = s.config_scoped(mode, "allow", &[mmdb], &[&svc], "", "");
+        let tail = events.map_or(String::new(), |(rate, burst)| s.events_table(rate, burst));
+        let mut config = s.config_scoped(mode, "allow", &[mmdb], &[&svc], "", &tail);
         if let Some(age) = max_age {
             config = config.replace("[geoip]\n", &format!("[geoip]\nmax_age = \"{age}\"\n"));
         }
@@ -178,9 +190,10 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
     let webhook = Webhook::start();
     let am = Alertmanager::start(scratch.path(), webhook.addr);
     let mut hosts = [
-        Host::start("a", "observe", 40, Some("30d")),
-        Host::start("b", "enforce", 0, None),
-        Host::start("c", "observe", 40, Some("60d")),
+        Host::start("a", "observe", 40, Some("30d"), None),
+        // One event per second and CPU: b's refusals overrun it.
+        Host::start("b", "enforce", 0, None, Some((1, 1))),
+        Host::start("c", "observe", 40, Some("60d"), None),
     ];
     let targets: Vec<Target> = hosts
         .iter()
@@ -211,13 +224,24 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
     }
     eprintln!("targets: {:?}", prom.target_health());
 
-    // A reload on a, so the reload panels have a second load to show.
-    let out = enforcer_tests::agent::enforcer_at(&hosts[0].s.control_socket(), &["reload"]);
+    // A reload on a, so the reload panels have a second load to show; a
+    // failed one on c (a config that does not parse; the policy in force
+    // stays), then c's config back.
+    let reload = |h: &Host| enforcer_tests::agent::enforcer_at(&h.s.control_socket(), &["reload"]);
+    let out = reload(&hosts[0]);
     assert!(
         out.status.success(),
         "reload: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let c_config = hosts[2].agent().config.clone();
+    let good = std::fs::read_to_string(&c_config).expect("read c's config");
+    std::fs::write(&c_config, "mode = ").expect("break c's config");
+    assert!(
+        !reload(&hosts[2]).status.success(),
+        "a broken config reloaded"
+    );
+    std::fs::write(&c_config, good).expect("restore c's config");
 
     // Traffic: every host to an approved peer; b (enforce) and c (observe)
     // to a non-approved one, until both alerts have reached the webhook.
@@ -301,6 +325,25 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
         );
     }
 
+    // The failed reload on c, and b's suppressed events.
+    let failed = webhook.wait_for(
+        "EgressEnforcerReloadFailed firing for host c",
+        ALERT_TIMEOUT,
+        |a| a.name() == "EgressEnforcerReloadFailed" && a.status == "firing",
+        || {},
+        context,
+    );
+    assert_eq!(failed.label("host"), "c", "{failed}");
+    let suppressed = webhook.wait_for(
+        "EgressEnforcerEventsSuppressed firing for host b",
+        ALERT_TIMEOUT,
+        |a| a.name() == "EgressEnforcerEventsSuppressed" && a.status == "firing",
+        || {},
+        context,
+    );
+    assert_eq!(suppressed.label("host"), "b", "{suppressed}");
+    assert_eq!(suppressed.label("reason"), "rate_limit", "{suppressed}");
+
     // The database-age alert: a's database is older than its max_age; c's
     // is as old but within its own limit; b's is new.
     let old = webhook.wait_for(
@@ -346,6 +389,13 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
         ("EgressEnforcerGeoipDatabaseOld", "c"),
         ("EgressEnforcerDown", "b"),
         ("EgressEnforcerDown", "c"),
+        ("EgressEnforcerReloadFailed", "a"),
+        ("EgressEnforcerReloadFailed", "b"),
+        ("EgressEnforcerEventsSuppressed", "a"),
+        ("EgressEnforcerEventsSuppressed", "c"),
+        ("EgressEnforcerSinkWriteErrors", "a"),
+        ("EgressEnforcerSinkWriteErrors", "b"),
+        ("EgressEnforcerSinkWriteErrors", "c"),
         ("EgressEnforcerCoverageLost", "a"),
         ("EgressEnforcerCoverageLost", "b"),
         ("EgressEnforcerCoverageLost", "c"),
