@@ -255,7 +255,7 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
     let refused = webhook.wait_for(
         "EgressEnforcerRefusals firing for host b",
         ALERT_TIMEOUT,
-        |a| a.name() == "EgressEnforcerRefusals" && a.status == "firing",
+        |a| a.name() == "EgressEnforcerRefusals" && a.label("host") == "b" && a.status == "firing",
         || traffic(&hosts),
         context,
     );
@@ -270,7 +270,11 @@ fn a_fleet_is_scraped_alerted_on_and_dashboarded() {
     let appeared = webhook.wait_for(
         "EgressEnforcerWouldRefuseAppeared firing for host c",
         ALERT_TIMEOUT,
-        |a| a.name() == "EgressEnforcerWouldRefuseAppeared" && a.status == "firing",
+        |a| {
+            a.name() == "EgressEnforcerWouldRefuseAppeared"
+                && a.label("host") == "c"
+                && a.status == "firing"
+        },
         || traffic(&hosts),
         context,
     );
