@@ -5,6 +5,8 @@
 //!   requests;
 //! - [`config`]: the TOML config, validated before anything touches the kernel;
 //! - [`policy`]: config + GeoIP sources -> what one policy slot holds;
+//! - [`flip`]: address space new GeoIP data moves between allowed and
+//!   refused (`geoip diff`, the reload guard);
 //! - [`datapath`]: load/adopt, slot writer and flip, attach/pin, counters,
 //!   uninstall;
 //! - [`scope`]: configured cgroups -> attach targets;
@@ -31,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod events;
+pub mod flip;
 pub mod metrics;
 pub mod paths;
 pub mod policy;

@@ -15,6 +15,7 @@
 //! `/healthz`, `/readyz` ([`readiness`]) and an index at `/`.
 
 pub mod process;
+pub mod reload_guard;
 pub mod text004;
 
 use std::{
@@ -107,6 +108,7 @@ impl Collector for EnforcerCollector {
         self.encode_events(&mut encoder)?;
         self.encode_policy(&mut encoder, &status)?;
         self.encode_geoip(&mut encoder, &status)?;
+        reload_guard::encode(&mut encoder, &status)?;
         self.encode_agent(&mut encoder, &status)?;
         encode_process(&mut encoder)
     }

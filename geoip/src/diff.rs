@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     CountryCode, GeoTable,
-    table::{Family, Table, prefix_end},
+    table::{Family, Table, WideRun, prefix_end},
 };
 
 /// Address space that moved from one country (or unlocated) to another.
@@ -114,46 +114,102 @@ impl GeoTable {
 /// The stretches of addresses whose country differs between `old` and
 /// `new`, sorted and disjoint; they end where a run of either table ends.
 pub fn changed_ranges<A: Family>(old: &Table<A>, new: &Table<A>) -> Vec<ChangedRange> {
-    let a: Vec<_> = old.wide_runs().collect();
-    let b: Vec<_> = new.wide_runs().collect();
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    // The first address not yet swept; None once past the family's end.
-    let mut pos: Option<u128> = Some(0);
-    while let Some(p) = pos {
-        if i >= a.len() && j >= b.len() {
-            break; // both unlocated from here on: nothing changes
-        }
-        // What each side says at `p`, and up to where it keeps saying it.
-        // A run that ends before `p` has been passed: the indices only
-        // advance when the sweep reaches a run's end.
-        let side = |runs: &[crate::table::WideRun], k: usize| match runs.get(k) {
-            Some(r) if r.start <= p => (Some(r.country), r.end),
-            Some(r) => (None, r.start - 1), // r.start > p >= 0
-            None => (None, u128::MAX),
-        };
-        let (from, old_end) = side(&a, i);
-        let (to, new_end) = side(&b, j);
-        let end = old_end.min(new_end);
-        if from != to {
-            // No merging needed: runs are maximal, so two adjacent
-            // stretches always differ in `from` or `to`.
-            out.push(ChangedRange {
-                start: p,
-                end,
-                from,
-                to,
-            });
-        }
-        if from.is_some() && end == old_end {
-            i += 1;
-        }
-        if to.is_some() && end == new_end {
-            j += 1;
-        }
-        pos = end.checked_add(1);
+    Sweep::new(old.wide_runs(), new.wide_runs()).collect()
+}
+
+/// The `(from, to)` moves of [`family_change`] alone, largest first, from
+/// one pass that holds neither table's runs nor the changed stretches in
+/// memory: what the agent's reload guard needs, at a cost of a few bytes
+/// per country pair.
+pub fn family_moves<A: Family>(old: &Table<A>, new: &Table<A>) -> Vec<Move> {
+    moves_of(Sweep::new(old.wide_runs(), new.wide_runs())).1
+}
+
+/// The total and the per-pair moves of `changed`, largest first (ties by
+/// pair, unlocated first).
+fn moves_of(changed: impl Iterator<Item = ChangedRange>) -> (u128, Vec<Move>) {
+    let mut pairs: BTreeMap<(Option<CountryCode>, Option<CountryCode>), u128> = BTreeMap::new();
+    let mut total = 0u128;
+    for c in changed {
+        let n = c.addresses();
+        total = total.saturating_add(n);
+        let slot = pairs.entry((c.from, c.to)).or_default();
+        *slot = slot.saturating_add(n);
     }
-    out
+    let mut moves: Vec<Move> = pairs
+        .into_iter()
+        .map(|((from, to), addresses)| Move {
+            from,
+            to,
+            addresses,
+        })
+        .collect();
+    // Stable sort: equal sizes stay in pair order, so output is deterministic.
+    moves.sort_by_key(|m| std::cmp::Reverse(m.addresses));
+    (total, moves)
+}
+
+/// The sweep over both tables' sorted, disjoint runs, yielding each
+/// maximal stretch whose country differs.
+struct Sweep<I: Iterator<Item = WideRun>, J: Iterator<Item = WideRun>> {
+    old: std::iter::Peekable<I>,
+    new: std::iter::Peekable<J>,
+    /// The first address not yet swept; None once past the family's end.
+    pos: Option<u128>,
+}
+
+impl<I: Iterator<Item = WideRun>, J: Iterator<Item = WideRun>> Sweep<I, J> {
+    fn new(old: I, new: J) -> Self {
+        Sweep {
+            old: old.peekable(),
+            new: new.peekable(),
+            pos: Some(0),
+        }
+    }
+}
+
+impl<I: Iterator<Item = WideRun>, J: Iterator<Item = WideRun>> Iterator for Sweep<I, J> {
+    type Item = ChangedRange;
+
+    fn next(&mut self) -> Option<ChangedRange> {
+        while let Some(p) = self.pos {
+            let (a, b) = (self.old.peek().copied(), self.new.peek().copied());
+            if a.is_none() && b.is_none() {
+                // Both unlocated from here on: nothing changes.
+                self.pos = None;
+                break;
+            }
+            // What each side says at `p`, and up to where it keeps saying
+            // it. A run that ends before `p` has been passed: a side only
+            // advances when the sweep reaches its run's end.
+            let side = |r: Option<WideRun>| match r {
+                Some(r) if r.start <= p => (Some(r.country), r.end),
+                Some(r) => (None, r.start - 1), // r.start > p >= 0
+                None => (None, u128::MAX),
+            };
+            let (from, old_end) = side(a);
+            let (to, new_end) = side(b);
+            let end = old_end.min(new_end);
+            if from.is_some() && end == old_end {
+                self.old.next();
+            }
+            if to.is_some() && end == new_end {
+                self.new.next();
+            }
+            self.pos = end.checked_add(1);
+            if from != to {
+                // No merging needed: runs are maximal, so two adjacent
+                // stretches always differ in `from` or `to`.
+                return Some(ChangedRange {
+                    start: p,
+                    end,
+                    from,
+                    to,
+                });
+            }
+        }
+        None
+    }
 }
 
 /// How many of `prefixes` (sorted, disjoint `(first, last)` pairs) contain
@@ -182,24 +238,7 @@ fn prefix_bounds<A: Family>(t: &Table<A>) -> impl Iterator<Item = (u128, u128)> 
 /// The country changes from `old` to `new` of one family.
 pub fn family_change<A: Family>(old: &Table<A>, new: &Table<A>) -> FamilyChange {
     let changed = changed_ranges(old, new);
-    let mut pairs: BTreeMap<(Option<CountryCode>, Option<CountryCode>), u128> = BTreeMap::new();
-    let mut total = 0u128;
-    for c in &changed {
-        let n = c.addresses();
-        total = total.saturating_add(n);
-        let slot = pairs.entry((c.from, c.to)).or_default();
-        *slot = slot.saturating_add(n);
-    }
-    let mut moves: Vec<Move> = pairs
-        .into_iter()
-        .map(|((from, to), addresses)| Move {
-            from,
-            to,
-            addresses,
-        })
-        .collect();
-    // Stable sort: equal sizes stay in pair order, so output is deterministic.
-    moves.sort_by_key(|m| std::cmp::Reverse(m.addresses));
+    let (total, moves) = moves_of(changed.iter().copied());
     FamilyChange {
         changed: total,
         moves,
@@ -403,6 +442,7 @@ mod tests {
                 .map(|m| ((m.from, m.to), m.addresses))
                 .collect();
             assert_eq!(got, want);
+            assert_eq!(family_moves(&old, &new), c.moves);
             let involved_new = new
                 .prefixes()
                 .filter(|(n, _)| n.iter().any(|a| old.country(a) != new.country(a)))

@@ -57,7 +57,9 @@ use ipnetwork::IpNetwork;
 
 pub use aliases::{Alias, Aliases};
 pub use country::{CountryCode, ParseCountryError};
-pub use diff::{ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change};
+pub use diff::{
+    ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change, family_moves,
+};
 pub use error::GeoipError;
 pub use sets::SetError;
 pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats, hex};

@@ -41,6 +41,8 @@ pub struct ModeChange {
 pub enum Command {
     Reload {
         peer: PeerCreds,
+        /// `enforcer reload --accept-change`: past the reload guard.
+        accept_change: bool,
         reply: oneshot::Sender<Result<serde_json::Value, String>>,
     },
     Mode {
@@ -139,9 +141,14 @@ impl Handler for AgentHandler {
     async fn handle(&self, peer: &PeerCreds, request: Request) -> Reply {
         match request {
             Request::Status {} => self.status(),
-            Request::Reload {} => {
+            Request::Reload { accept_change } => {
                 let peer = peer.clone();
-                self.ask(|reply| Command::Reload { peer, reply }).await
+                self.ask(|reply| Command::Reload {
+                    peer,
+                    accept_change,
+                    reply,
+                })
+                .await
             }
             Request::Mode {
                 mode,

@@ -32,6 +32,7 @@ mod freshness;
 mod prepare;
 mod privileges;
 mod records;
+mod reload_guard;
 
 use std::{
     path::PathBuf,
@@ -276,6 +277,7 @@ async fn serve(started: Started, privileges: privileges::Privileges) -> anyhow::
         audit,
         events_config,
         freshness: Freshness::default(),
+        geo_in_force: Some(prepared.policy.geo),
     };
     // `status` shows each database against its file on disk from the start.
     agent.check_sources();
@@ -370,6 +372,15 @@ struct Running {
     coverage: Coverage,
     /// Each source in force against its file on disk (see [`freshness`]).
     freshness: Freshness,
+    /// The GeoIP data in force, for the reload guard ([`reload_guard`]).
+    geo_in_force: Option<geoip::GeoTable>,
+}
+
+/// A reload that applied a policy: its generation, and the flip it
+/// applied beyond the bound when `--accept-change` let it through.
+pub(crate) struct Reloaded {
+    generation: u32,
+    accepted: Option<crate::flip::Flip>,
 }
 
 impl Running {
@@ -377,12 +388,15 @@ impl Running {
     /// the config again. On any error the policy in force stays; the error
     /// is logged, counted, audited and returned as one line. On success the
     /// new config is in force (events settings and file watch included)
-    /// and its generation is returned.
+    /// and its generation is returned. New GeoIP data beyond
+    /// `geoip.max_flip` is held instead, unless `accept_change`
+    /// ([`reload_guard`]).
     async fn reload(
         &mut self,
         trigger: LoadTrigger,
         caller: Option<&PeerCreds>,
-    ) -> Result<u32, String> {
+        accept_change: bool,
+    ) -> Result<Reloaded, String> {
         let mode_before = self.read_status().mode;
         let trigger_label = trigger.label();
         // systemd's Type=notify-reload wants RELOADING=1 with the time it
@@ -400,8 +414,26 @@ impl Running {
         // their paths, whether or not the reload succeeds.
         self.audit.reopen();
         self.events_config.send_modify(|_| ());
-        let result = match prepare_blocking(self.config_path.clone()).await {
-            Ok(p) => {
+        let prepared = match prepare_blocking(self.config_path.clone()).await {
+            Ok(p) => match self.check_flip(&p, accept_change) {
+                reload_guard::Check::Pass(accepted) => Ok((p, accepted)),
+                reload_guard::Check::Hold(flip) => {
+                    // Nothing applied: the agent serves on as it was.
+                    let _ = sd_notify::notify(&[NotifyState::Ready]);
+                    self.freshness.reloaded();
+                    let message = self.hold(trigger, caller, flip, &p);
+                    self.audit.flush();
+                    self.check_sources();
+                    return Err(message);
+                }
+            },
+            Err(e) => Err(e),
+        };
+        // The data in force before, for an accept record.
+        let before: Vec<audit::DatabaseRecord> =
+            self.read_status().sources.iter().map(Into::into).collect();
+        let result = match prepared {
+            Ok((p, accepted)) => {
                 self.warn_start_only_changes(&p.config);
                 // The key as read by this load (replaced or removed):
                 // only a load that succeeds changes it.
@@ -409,7 +441,7 @@ impl Running {
                 tokio::task::block_in_place(|| {
                     apply(&mut self.dp, &p, &self.status, false, &mut self.runtime)
                 })
-                .map(|overrides| (p.config, overrides))
+                .map(|overrides| (p.config, overrides, p.policy.geo, accepted))
             }
             Err(e) => Err(e),
         };
@@ -426,8 +458,14 @@ impl Running {
             }
         }
         let outcome = match result {
-            Ok((config, overrides)) => {
+            Ok((config, overrides, geo, accepted)) => {
                 tracing::info!(trigger = trigger_label, "reloaded");
+                // The accept is recorded before the load it let through.
+                let accepted_by = match (&accepted, caller) {
+                    (Some(flip), Some(peer)) => Some((flip.clone(), peer, before)),
+                    _ => None,
+                };
+                self.applied(geo, accepted_by);
                 self.audit.record(load_record(&self.status, trigger, None));
                 let mode_after = self.read_status().mode;
                 if mode_after != mode_before {
@@ -451,7 +489,10 @@ impl Running {
                 }
                 self.config = config;
                 self.replace_coverage(&overrides);
-                Ok(self.read_status().generation)
+                Ok(Reloaded {
+                    generation: self.read_status().generation,
+                    accepted,
+                })
             }
             Err(e) => {
                 let message = format!("{e:#}");
@@ -547,7 +588,7 @@ impl Running {
                         // was set up, or an inotify overflow): reload
                         // anyway, once per new content.
                         tracing::warn!(files = ?overdue, "a GeoIP database on disk differs from the one in force and the file watch did not report it");
-                        let _ = self.reload(LoadTrigger::FileWatch, None).await;
+                        let _ = self.reload(LoadTrigger::FileWatch, None, false).await;
                     }
                 }
                 _ = checkpoints.tick() => {
@@ -555,17 +596,23 @@ impl Running {
                 }
                 files = replaced => {
                     tracing::info!(files = ?files, "a GeoIP database was replaced on disk");
-                    let _ = self.reload(LoadTrigger::FileWatch, None).await;
+                    let _ = self.reload(LoadTrigger::FileWatch, None, false).await;
                 }
                 _ = signals.hup.recv() => {
-                    let _ = self.reload(LoadTrigger::Sighup, None).await;
+                    let _ = self.reload(LoadTrigger::Sighup, None, false).await;
                 }
                 Some(command) = commands.recv() => match command {
-                    control::Command::Reload { peer, reply } => {
+                    control::Command::Reload { peer, accept_change, reply } => {
                         let answer = self
-                            .reload(LoadTrigger::Control, Some(&peer))
+                            .reload(LoadTrigger::Control, Some(&peer), accept_change)
                             .await
-                            .map(|generation| serde_json::json!({ "generation": generation }));
+                            .map(|r| {
+                                let mut v = serde_json::json!({ "generation": r.generation });
+                                if let Some(flip) = &r.accepted {
+                                    v["accepted"] = flip.json();
+                                }
+                                v
+                            });
                         let _ = reply.send(answer);
                     }
                     control::Command::Mode { change, reply } => {

@@ -85,15 +85,15 @@ pub use note::{
 pub use record::{
     AgentStart, AgentStop, AuditEvent, Checkpoint, Continued, Coverage, DatabaseRecord,
     EventsSuppressed, Gap, Kind, LoadResult, LoadTrigger, ModeChange, PolicyLoad, Recovered,
-    Uninstall,
+    ReloadAccepted, ReloadHeld, Uninstall,
 };
 pub use shared::SharedAudit;
 pub use verify::{
     AgentSummary, Anchor, CheckpointMatch, CheckpointSummary, ContinuedEntry, EventSummary,
     FileSummary, GapEntry, GapSummary, HeadCheck, LIST_CAP, LoadFailure, ModeChangeEntry,
-    PolicyLoadSummary, Problem, RecoveredEntry, SignatureCheck, SignatureSummary, Summary,
-    SuppressedSummary, Tail, UninstallEntry, VerifyError, first_difference, verify, verify_files,
-    verify_signed,
+    PolicyLoadSummary, Problem, RecoveredEntry, ReloadGuardEntry, ReloadGuardSummary,
+    SignatureCheck, SignatureSummary, Summary, SuppressedSummary, Tail, UninstallEntry,
+    VerifyError, first_difference, verify, verify_files, verify_signed,
 };
 pub use writer::{Appended, AuditError, AuditLog};
 

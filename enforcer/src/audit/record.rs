@@ -35,6 +35,11 @@ pub enum Kind {
     /// The first record of a log file that continues the chain of an
     /// earlier one (the log was rotated, moved or deleted).
     Continued(Continued),
+    /// The reload guard held new GeoIP data: it would flip more address
+    /// space than `geoip.max_flip` allows; nothing was applied.
+    ReloadHeld(ReloadHeld),
+    /// `enforcer reload --accept-change` applied data beyond the bound.
+    ReloadAccepted(ReloadAccepted),
 }
 
 /// Every kind name [`Kind`] knows, as written in `kind`.
@@ -51,6 +56,8 @@ pub(super) const KNOWN_KINDS: &[&str] = &[
     "coverage",
     "gap",
     "continued",
+    "reload_held",
+    "reload_accepted",
 ];
 
 impl Kind {
@@ -69,6 +76,8 @@ impl Kind {
             Kind::Coverage(_) => "coverage",
             Kind::Gap(_) => "gap",
             Kind::Continued(_) => "continued",
+            Kind::ReloadHeld(_) => "reload_held",
+            Kind::ReloadAccepted(_) => "reload_accepted",
         }
     }
 }
@@ -151,6 +160,47 @@ pub struct Coverage {
     pub links: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A reload the guard held (see `crate::flip`): what the new data would
+/// flip, the bound, and both data versions by hash. Written once per new
+/// content: the same data arriving again is not recorded again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadHeld {
+    pub trigger: LoadTrigger,
+    /// The caller of an explicit `enforcer reload` (peer credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub flip: crate::flip::FlipFigures,
+    /// The data in force (it stays) and the data held.
+    pub databases_in_force: Vec<DatabaseRecord>,
+    pub databases_held: Vec<DatabaseRecord>,
+}
+
+/// `enforcer reload --accept-change` applied data whose flip exceeds the
+/// bound. The data applied is what was on disk at the accept (it is read
+/// and evaluated again); when that is not the data last held, both are
+/// named.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadAccepted {
+    /// Who accepted (peer credentials of the control request).
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub flip: crate::flip::FlipFigures,
+    /// The data replaced and the data applied.
+    pub databases_before: Vec<DatabaseRecord>,
+    pub databases_applied: Vec<DatabaseRecord>,
+    /// The data of the hold this accept ends, when it differs from the
+    /// data applied (the files changed again after the hold).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases_held: Vec<DatabaseRecord>,
+    /// The policy generation after the flip.
+    pub generation: u64,
 }
 
 /// The agent started (or adopted a pinned datapath).
@@ -373,6 +423,26 @@ pub struct Recovered {
 mod tests {
     use super::*;
 
+    fn figures() -> crate::flip::FlipFigures {
+        use crate::flip::FamilyFigures;
+        crate::flip::FlipFigures {
+            ipv4: FamilyFigures {
+                allowed_to_refused: 1,
+                refused_to_allowed: 2,
+                flipped: 3,
+                bound: Some(2),
+                max_flip: "2 addresses".into(),
+            },
+            ipv6: FamilyFigures {
+                allowed_to_refused: "0".into(),
+                refused_to_allowed: "0".into(),
+                flipped: "0".into(),
+                bound: None,
+                max_flip: "off".into(),
+            },
+        }
+    }
+
     #[test]
     fn kinds_serialise_with_their_tag_first_and_names_match_the_list() {
         let k = Kind::AgentStop(AgentStop {
@@ -454,6 +524,24 @@ mod tests {
                 previous_seq: 9,
                 previous_hash: "ab".into(),
                 cause: "renamed".into(),
+            }),
+            Kind::ReloadHeld(ReloadHeld {
+                trigger: LoadTrigger::FileWatch,
+                uid: None,
+                pid: None,
+                flip: figures(),
+                databases_in_force: vec![],
+                databases_held: vec![],
+            }),
+            Kind::ReloadAccepted(ReloadAccepted {
+                uid: 0,
+                gid: Some(0),
+                pid: Some(7),
+                flip: figures(),
+                databases_before: vec![],
+                databases_applied: vec![],
+                databases_held: vec![],
+                generation: 3,
             }),
         ];
         for k in all {

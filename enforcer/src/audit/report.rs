@@ -648,6 +648,36 @@ pub fn timeline(recs: &[Rec]) -> Vec<TimelineEntry> {
                 e.what = format!("{} records dropped after seq {}", g.dropped, g.after_seq);
                 e.why = Some(g.error.clone());
             }
+            Kind::ReloadHeld(h) => {
+                e.what = format!(
+                    "reload HELD: new GeoIP data would flip {} IPv4 and {} IPv6 addresses between allowed and refused",
+                    h.flip.ipv4.flipped, h.flip.ipv6.flipped
+                );
+                e.who = h.uid.map(|u| format!("uid {u}"));
+                e.why = Some(format!(
+                    "trigger {}; geoip.max_flip ipv4 {}, ipv6 {}",
+                    h.trigger.label(),
+                    h.flip.ipv4.max_flip,
+                    h.flip.ipv6.max_flip
+                ));
+                e.database_sha256 = h.databases_held.iter().map(|d| d.sha256.clone()).collect();
+            }
+            Kind::ReloadAccepted(a) => {
+                e.what = format!(
+                    "held change ACCEPTED (generation {}): {} IPv4 and {} IPv6 addresses flipped",
+                    a.generation, a.flip.ipv4.flipped, a.flip.ipv6.flipped
+                );
+                e.who = Some(match a.gid {
+                    Some(g) => format!("uid {} gid {g}", a.uid),
+                    None => format!("uid {}", a.uid),
+                });
+                e.why = Some("enforcer reload --accept-change".into());
+                e.database_sha256 = a
+                    .databases_applied
+                    .iter()
+                    .map(|d| d.sha256.clone())
+                    .collect();
+            }
             Kind::Uninstall(u) => {
                 e.what = format!("enforcement uninstalled ({})", u.pin_dir);
                 e.who = Some(format!("uid {} gid {}", u.uid, u.gid));

@@ -429,6 +429,30 @@ pub struct RecoveredEntry {
     pub discarded_sha256: String,
 }
 
+/// A `reload_held` or `reload_accepted` record: the reload guard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadGuardEntry {
+    pub line: u64,
+    pub time: String,
+    /// `held` or `accepted`.
+    pub event: String,
+    /// Who accepted (absent for a hold of an automatic reload).
+    pub uid: Option<u32>,
+    /// Addresses flipped (IPv4 as a number, IPv6 as a decimal string).
+    pub ipv4_flipped: u64,
+    pub ipv6_flipped: String,
+    /// The SHA-256 of the data held or applied.
+    pub databases: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadGuardSummary {
+    pub held: u64,
+    pub accepted: u64,
+    /// The first [`LIST_CAP`].
+    pub entries: Vec<ReloadGuardEntry>,
+}
+
 /// One file of a chain verified across several files.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileSummary {
@@ -510,6 +534,8 @@ pub struct Summary {
     pub gaps: GapSummary,
     /// `continued` records: where the chain goes from one file to the next.
     pub continued: Vec<ContinuedEntry>,
+    /// `reload_held` and `reload_accepted` records.
+    pub reload_guard: ReloadGuardSummary,
     /// Records whose time is earlier than the record before.
     pub time_backwards: u64,
     /// Signed checkpoints: how many, and what was checked.
@@ -549,10 +575,17 @@ impl Summary {
             coverage: BTreeMap::new(),
             gaps: GapSummary::default(),
             continued: Vec::new(),
+            reload_guard: ReloadGuardSummary::default(),
             time_backwards: 0,
             signatures: SignatureSummary::default(),
             warnings: Vec::new(),
             warnings_omitted: 0,
+        }
+    }
+
+    fn reload_guard_entry(&mut self, e: ReloadGuardEntry) {
+        if self.reload_guard.entries.len() < LIST_CAP {
+            self.reload_guard.entries.push(e);
         }
     }
 
@@ -693,6 +726,30 @@ impl Summary {
             }
             // Listed by `verify`, which knows whether the link was checked.
             Some(Kind::Continued(_)) => {}
+            Some(Kind::ReloadHeld(h)) => {
+                self.reload_guard.held += 1;
+                self.reload_guard_entry(ReloadGuardEntry {
+                    line,
+                    time: time.clone(),
+                    event: "held".into(),
+                    uid: h.uid,
+                    ipv4_flipped: h.flip.ipv4.flipped,
+                    ipv6_flipped: h.flip.ipv6.flipped,
+                    databases: h.databases_held.into_iter().map(|d| d.sha256).collect(),
+                });
+            }
+            Some(Kind::ReloadAccepted(a)) => {
+                self.reload_guard.accepted += 1;
+                self.reload_guard_entry(ReloadGuardEntry {
+                    line,
+                    time: time.clone(),
+                    event: "accepted".into(),
+                    uid: Some(a.uid),
+                    ipv4_flipped: a.flip.ipv4.flipped,
+                    ipv6_flipped: a.flip.ipv6.flipped,
+                    databases: a.databases_applied.into_iter().map(|d| d.sha256).collect(),
+                });
+            }
             Some(Kind::Recovered(r)) => {
                 self.warn(format!(
                     "line {line}: the writer cut off an incomplete line of {} bytes (sha256 {}) before this record",

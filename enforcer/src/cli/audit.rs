@@ -386,6 +386,26 @@ pub fn text(s: &Summary) -> String {
         "gaps:        {} ({} records dropped while the log could not be written)",
         s.gaps.records, s.gaps.dropped
     );
+    if s.reload_guard.held + s.reload_guard.accepted > 0 {
+        let _ = writeln!(
+            o,
+            "reload guard: {} held, {} accepted",
+            s.reload_guard.held, s.reload_guard.accepted
+        );
+        for r in &s.reload_guard.entries {
+            let _ = writeln!(
+                o,
+                "  line {} {}  {}{}  flipped IPv4 {} IPv6 {}  data {}",
+                r.line,
+                r.time,
+                r.event,
+                r.uid.map(|u| format!(" by uid {u}")).unwrap_or_default(),
+                r.ipv4_flipped,
+                r.ipv6_flipped,
+                r.databases.join(" ")
+            );
+        }
+    }
     for c in &s.continued {
         let _ = writeln!(
             o,

@@ -55,6 +55,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let (v4, v6) = policy.geo_len();
     println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");
+    println!(
+        "guard:    geoip.max_flip ipv4 {}, ipv6 {} (a reload flipping more is held)",
+        config.max_flip.ipv4, config.max_flip.ipv6
+    );
     match &config.scope {
         Scope::HostWide => {
             if let Some(root) = targets.present.first() {

@@ -70,13 +70,37 @@ pub fn mode(args: ModeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn reload(args: SocketArg) -> anyhow::Result<()> {
-    let socket = args.resolve();
-    let result = client::call(&socket, &Request::Reload {}).context("reloading")?;
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// Apply new GeoIP data even when it flips more address space between
+    /// allowed and refused than geoip.max_flip allows (a held reload).
+    /// Review it first with `enforcer status` and `enforcer geoip diff`;
+    /// the data applied is what is on disk now, and the accept is audited.
+    #[arg(long)]
+    pub accept_change: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+pub fn reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let socket = args.socket.resolve();
+    let result = client::call(
+        &socket,
+        &Request::Reload {
+            accept_change: args.accept_change,
+        },
+    )
+    .context("reloading")?;
     println!(
         "reloaded: policy generation {}",
         result["generation"].as_u64().unwrap_or(0)
     );
+    if let Some(flip) = result.get("accepted") {
+        println!(
+            "accepted: IPv4 {} addresses flipped, IPv6 {} addresses flipped (audited)",
+            flip["ipv4"]["flipped"], flip["ipv6"]["flipped"]
+        );
+    }
     Ok(())
 }
 

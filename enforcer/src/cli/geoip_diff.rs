@@ -11,6 +11,10 @@
 //! change between OLD and NEW, so the figures include address space they
 //! would decide anyway (an upper bound for those ranges).
 //!
+//! With `--config`, it also says whether the agent's reload guard
+//! (`geoip.max_flip`, [`crate::flip`]) would hold NEW arriving while OLD is
+//! in force.
+//!
 //! IPv4 is counted in addresses (JSON numbers); IPv6 in 128-bit addresses,
 //! as decimal strings in JSON (they do not fit a JSON number exactly), with
 //! the /64 equivalent beside them for reading; the text output shows IPv6
@@ -25,7 +29,8 @@ use serde_json::{Value, json};
 
 use crate::{
     config::Config,
-    policy::{approval_table, approves},
+    flip::{Flip, PolicyMoves, count_json, total},
+    policy::approval_table,
 };
 
 /// The arguments of `enforcer geoip diff`.
@@ -44,16 +49,6 @@ pub struct DiffArgs {
     pub top: usize,
     #[command(flatten)]
     pub output: super::OutputArg,
-}
-
-/// One family's address count as JSON: exact for both families.
-fn count_json(v6: bool, n: u128) -> Value {
-    if v6 {
-        Value::String(n.to_string())
-    } else {
-        // An IPv4 count is at most 2^32: always a u64.
-        json!(u64::try_from(n).unwrap_or(u64::MAX))
-    }
 }
 
 /// A count for people: IPv4 addresses, IPv6 /64s.
@@ -95,36 +90,6 @@ fn moves_json(v6: bool, moves: &[Move]) -> Value {
             })
             .collect(),
     )
-}
-
-/// The moves whose verdict differs, split by direction, largest first.
-struct PolicyMoves {
-    allowed_to_refused: Vec<Move>,
-    refused_to_allowed: Vec<Move>,
-}
-
-impl PolicyMoves {
-    fn of(change: &FamilyChange, approval: &[u32]) -> PolicyMoves {
-        let (mut a2r, mut r2a) = (Vec::new(), Vec::new());
-        // `change.moves` is already largest first; filtering keeps the order.
-        for m in &change.moves {
-            match (approves(approval, m.from), approves(approval, m.to)) {
-                (true, false) => a2r.push(*m),
-                (false, true) => r2a.push(*m),
-                _ => {}
-            }
-        }
-        PolicyMoves {
-            allowed_to_refused: a2r,
-            refused_to_allowed: r2a,
-        }
-    }
-}
-
-fn total(moves: &[Move]) -> u128 {
-    moves
-        .iter()
-        .fold(0u128, |acc, m| acc.saturating_add(m.addresses))
 }
 
 fn family_json(v6: bool, c: &FamilyChange, policy: Option<&PolicyMoves>) -> Value {
@@ -226,6 +191,14 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
             PolicyMoves::of(&change.v6, a),
         )
     });
+    // What the agent's reload guard (geoip.max_flip) would do with NEW
+    // arriving while OLD is in force: the agent's own computation (its
+    // streaming sweep), not the figures above, so that a test of this
+    // output checks the agent's code.
+    let guard = config
+        .as_ref()
+        .zip(approval.as_deref())
+        .map(|(c, a)| Flip::compute(&old.table, &new.table, a, &c.max_flip));
     // What the agent calls a refused destination depends on its mode.
     let refused = match config.as_ref().map(|c| c.mode) {
         Some(Mode::Observe) => Outcome::WouldDeny.label(),
@@ -249,6 +222,9 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
                 "refused_label": refused,
                 "exceptions_applied": false,
             });
+        }
+        if let Some(g) = &guard {
+            v["reload_guard"] = json!({ "would_hold": g.exceeds(), "flip": g.json() });
         }
         println!("{v}");
         return Ok(());
@@ -275,63 +251,23 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         policy.as_ref().map(|p| (&p.1, refused)),
         args.top,
     );
+    if let Some(g) = &guard {
+        println!(
+            "reload guard (geoip.max_flip): {}: {}",
+            if g.exceeds() {
+                "an automatic reload would be HELD (apply with `enforcer reload --accept-change`)"
+            } else {
+                "within the bound, a reload applies it"
+            },
+            g.summary()
+        );
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Origin;
-
-    fn cc(s: &str) -> Option<CountryCode> {
-        Some(s.parse().expect("test code"))
-    }
-    fn mv(from: Option<CountryCode>, to: Option<CountryCode>, addresses: u128) -> Move {
-        Move {
-            from,
-            to,
-            addresses,
-        }
-    }
-    fn config(unknown: &str) -> Config {
-        let text = format!(
-            "mode = \"enforce\"\napproved = [\"DE\", \"FR\"]\nunknown = \"{unknown}\"\n[geoip]\nsources = [\"/nonexistent.mmdb\"]\n[scope]\nhost_wide = true\n"
-        );
-        Config::parse(&text, Origin::Embedded).expect("test config")
-    }
-
-    #[test]
-    fn verdict_moves_follow_the_approval_table() {
-        let change = FamilyChange {
-            moves: vec![
-                mv(cc("DE"), cc("US"), 500),
-                mv(cc("US"), cc("FR"), 300),
-                mv(cc("DE"), cc("FR"), 200), // allowed both sides
-                mv(cc("US"), None, 100),     // refused, then unknown
-                mv(None, cc("DE"), 50),      // unknown, then allowed
-                mv(cc("FR"), None, 10),      // allowed, then unknown
-            ],
-            ..FamilyChange::default()
-        };
-        // unknown = deny: unlocated is refused.
-        let p = PolicyMoves::of(&change, &approval_table(&config("deny")));
-        assert_eq!(
-            p.allowed_to_refused,
-            vec![mv(cc("DE"), cc("US"), 500), mv(cc("FR"), None, 10)]
-        );
-        assert_eq!(
-            p.refused_to_allowed,
-            vec![mv(cc("US"), cc("FR"), 300), mv(None, cc("DE"), 50)]
-        );
-        // unknown = allow: unlocated is allowed.
-        let p = PolicyMoves::of(&change, &approval_table(&config("allow")));
-        assert_eq!(p.allowed_to_refused, vec![mv(cc("DE"), cc("US"), 500)]);
-        assert_eq!(
-            p.refused_to_allowed,
-            vec![mv(cc("US"), cc("FR"), 300), mv(cc("US"), None, 100)]
-        );
-        assert_eq!(total(&p.refused_to_allowed), 400);
-    }
 
     #[test]
     fn counts_are_exact_in_json_and_readable_in_text() {

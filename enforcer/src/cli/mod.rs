@@ -77,8 +77,9 @@ pub enum Command {
     /// the config value it overrode is edited.
     Mode(control_verbs::ModeArgs),
     /// Reload the config and databases in the running agent and report the
-    /// result (like SIGHUP, but it says whether it worked).
-    Reload(control_verbs::SocketArg),
+    /// result (like SIGHUP, but it says whether it worked); --accept-change
+    /// applies GeoIP data the reload guard holds.
+    Reload(control_verbs::ReloadArgs),
     /// Print the running agent's recent refused/would-refuse events; with
     /// --follow, then each new one.
     Events(control_verbs::EventsArgs),

@@ -190,6 +190,7 @@ fn print_agent(a: &serde_json::Value) {
             _ => {}
         }
     }
+    print_held(&a["reload_held"]);
     println!(
         "prefixes:   {} IPv4 + {} IPv6; rules {} IPv4 + {} IPv6",
         s(&a["prefixes"]["ipv4"]),
@@ -240,6 +241,52 @@ fn print_agent(a: &serde_json::Value) {
             serde_json::Value::String(e) => format!("; last error: {e}"),
             _ => String::new(),
         }
+    );
+}
+
+/// A reload the guard holds (`geoip.max_flip`), if any.
+fn print_held(h: &serde_json::Value) {
+    if h.is_null() {
+        return;
+    }
+    let since = h["since_unix"]
+        .as_f64()
+        .map(|t| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0)),
+            )
+            .to_string()
+        })
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "RELOAD HELD: since {since} ({}): the new GeoIP data would flip more address space than geoip.max_flip allows; the policy in force stays",
+        s(&h["trigger"])
+    );
+    for (label, key) in [("IPv4", "ipv4"), ("IPv6", "ipv6")] {
+        let f = &h["flip"][key];
+        println!(
+            "            {label}: {} addresses flipped ({} allowed -> refused, {} refused -> allowed), bound {} ({}){}",
+            s(&f["flipped"]),
+            s(&f["allowed_to_refused"]),
+            s(&f["refused_to_allowed"]),
+            s(&f["bound"]),
+            s(&f["max_flip"]),
+            if f["exceeds"].as_bool() == Some(true) {
+                ": EXCEEDS"
+            } else {
+                ""
+            }
+        );
+    }
+    for d in h["databases"].as_array().into_iter().flatten() {
+        println!(
+            "            held: {} sha256 {}",
+            s(&d["path"]),
+            s(&d["sha256"])
+        );
+    }
+    println!(
+        "            review with `enforcer geoip diff`; apply with `enforcer reload --accept-change`"
     );
 }
 

@@ -8,6 +8,7 @@
 //! [`Config`] and its parts, [`Locations`]); `raw.rs` holds the file's
 //! own shape (serde) and the checks, one function per section.
 
+pub mod max_flip;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -147,6 +148,8 @@ pub struct Config {
     pub watch_sources: bool,
     /// `geoip.max_age`: a database built longer ago is reported too old.
     pub geoip_max_age: Option<std::time::Duration>,
+    /// `geoip.max_flip`: the reload guard's bound per family.
+    pub max_flip: max_flip::MaxFlip,
     pub scope: Scope,
     /// Per-cgroup mode overrides, in config order.
     pub overrides: Vec<ModeOverride>,

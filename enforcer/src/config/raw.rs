@@ -118,6 +118,16 @@ struct RawGeoip {
     /// check and metrics call it too old, e.g. "35d"; unset: no limit.
     #[serde(default)]
     max_age: Option<String>,
+    /// The reload guard's bounds (see `super::max_flip`).
+    #[serde(default)]
+    max_flip: RawMaxFlip,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaxFlip {
+    ipv4: Option<String>,
+    ipv6: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -209,6 +219,7 @@ impl RawConfig {
         let sites = sites(&self.site)?;
         let sources = self.geoip.sources(base)?;
         let geoip_max_age = self.geoip.max_age()?;
+        let max_flip = self.geoip.max_flip()?;
         let scope = self.scope.scope()?;
         let overrides = self.scope.overrides()?;
         let interfaces = self.scope.interfaces()?;
@@ -229,6 +240,7 @@ impl RawConfig {
             sources,
             watch_sources: self.geoip.watch,
             geoip_max_age,
+            max_flip,
             scope,
             overrides,
             interfaces,
@@ -303,6 +315,23 @@ impl RawGeoip {
             return Err(format!("{key} {text:?}: at most 10 years"));
         }
         Ok(Some(age))
+    }
+
+    /// `geoip.max_flip.ipv4` and `.ipv6`; each unset one is its default
+    /// ([`super::max_flip::DEFAULT_IPV4`], `DEFAULT_IPV6`).
+    fn max_flip(&self) -> Result<super::max_flip::MaxFlip, String> {
+        use super::max_flip::{DEFAULT_IPV4, DEFAULT_IPV6, FlipBound, MaxFlip};
+        let one = |family: &str, text: &Option<String>, default, bits| {
+            FlipBound::parse(
+                &format!("geoip.max_flip.{family}"),
+                text.as_deref().unwrap_or(default),
+                bits,
+            )
+        };
+        Ok(MaxFlip {
+            ipv4: one("ipv4", &self.max_flip.ipv4, DEFAULT_IPV4, 32)?,
+            ipv6: one("ipv6", &self.max_flip.ipv6, DEFAULT_IPV6, 128)?,
+        })
     }
 
     fn sources(&self, base: &Path) -> Result<Vec<PathBuf>, String> {

@@ -69,7 +69,12 @@ pub enum Request {
         reason: String,
     },
     /// Reload the config and databases, like SIGHUP, and say how it went.
-    Reload {},
+    /// `accept_change`: apply new GeoIP data even when it flips more
+    /// address space than `geoip.max_flip` allows (the reload guard).
+    Reload {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accept_change: bool,
+    },
     /// Recent events; with `follow`, then every new one until the client
     /// disconnects.
     Events {
@@ -111,7 +116,7 @@ impl Request {
         match self {
             Request::Status {} => "status",
             Request::Mode { .. } => "mode",
-            Request::Reload {} => "reload",
+            Request::Reload { .. } => "reload",
             Request::Events { .. } => "events",
             Request::Check { .. } => "check",
         }
@@ -194,6 +199,20 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Status {}).expect("serialises"),
             r#"{"verb":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Reload {
+                accept_change: false
+            })
+            .expect("serialises"),
+            r#"{"verb":"reload"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"verb":"reload","accept_change":true}"#)
+                .expect("parses"),
+            Request::Reload {
+                accept_change: true
+            }
         );
         let bad = serde_json::from_str::<Request>(r#"{"verb":"reload","now":true}"#)
             .expect_err("unknown field on an argument-less verb")

@@ -81,6 +81,9 @@ pub struct AgentStatus {
     pub sinks: Vec<Arc<SinkHealth>>,
     /// What the agent runs with after start (`None` before the drop).
     pub privileges: Option<Privileges>,
+    /// New GeoIP data the reload guard holds (`geoip.max_flip`), until a
+    /// reload applies a policy.
+    pub reload_held: Option<crate::flip::HeldReload>,
 }
 
 /// One GeoIP source in force and the file at its path now.

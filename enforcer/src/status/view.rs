@@ -57,6 +57,7 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
             })
         }).collect::<Vec<_>>(),
         "privileges": s.privileges,
+        "reload_held": s.reload_held.as_ref().map(crate::flip::HeldReload::json),
     })
 }
 

@@ -235,6 +235,33 @@ fn check(old_path: &Path, new_path: &Path, config: &Path, old: &GeoTable, new: &
         count(&v["ipv6"]["policy"]["refused_to_allowed"]),
         total(&want6.refused_to_allowed)
     );
+    // The reload guard's figures (the agent's own streaming sweep) against
+    // the same recomputation, and its verdict against the default bounds
+    // (geoip.max_flip unset: a /8 of IPv4, a /20 of IPv6).
+    let g = &v["reload_guard"]["flip"];
+    let flipped4 = total(&want4.allowed_to_refused) + total(&want4.refused_to_allowed);
+    let flipped6 = total(&want6.allowed_to_refused) + total(&want6.refused_to_allowed);
+    assert_eq!(
+        count(&g["ipv4"]["allowed_to_refused"]),
+        total(&want4.allowed_to_refused)
+    );
+    assert_eq!(
+        count(&g["ipv4"]["refused_to_allowed"]),
+        total(&want4.refused_to_allowed)
+    );
+    assert_eq!(count(&g["ipv4"]["flipped"]), flipped4);
+    assert_eq!(count(&g["ipv6"]["flipped"]), flipped6);
+    assert_eq!(count(&g["ipv4"]["bound"]), 1 << 24);
+    assert_eq!(count(&g["ipv6"]["bound"]), 1 << 108);
+    assert_eq!(
+        v["reload_guard"]["would_hold"],
+        flipped4 > 1 << 24 || flipped6 > 1 << 108,
+        "{g:#}"
+    );
+    println!(
+        "reload guard: IPv4 {flipped4} flipped, IPv6 {flipped6} flipped, would hold: {}",
+        v["reload_guard"]["would_hold"]
+    );
     println!(
         "IPv4: {} addresses changed ({} pairs), {} allowed -> denied, {} denied -> allowed, {} of {} new prefixes involved",
         want4.changed,

@@ -39,6 +39,7 @@ mod packet_test_run;
 mod privileges;
 mod promtool;
 mod refresh;
+mod reload_guard;
 mod scope;
 mod shipping;
 mod sinks;

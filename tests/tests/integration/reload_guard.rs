@@ -1,0 +1,295 @@
+//! The reload guard (`geoip.max_flip`): a database replaced on disk that
+//! moves more address space between allowed and refused than the bound
+//! allows is held by the file watch (the kernel's verdicts stay as they
+//! were; status, the metrics and the audit log say so with figures this
+//! test computes on its own), an explicit `enforcer reload` is refused
+//! with the way out, and `enforcer reload --accept-change` applies it,
+//! audited; a change within the bound is applied on its own; a bound that
+//! cannot be right is refused naming its key.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use enforcer_tests::{
+    agent::{Agent, enforcer, enforcer_at, verified_audit_summary},
+    privileged,
+    probe::{Proto, attempt},
+    scenario::*,
+    skip_unless,
+};
+use sha2::{Digest as _, Sha256};
+
+/// The old data: the test database plus a /15 in the refused country.
+const BLOCK: &str = "198.18.0.0/15";
+/// Addresses of [`BLOCK`], counted from its prefix length, not by the
+/// agent's sweep.
+const BLOCK_ADDRESSES: u64 = 1 << (32 - 15);
+
+/// The bound the tests set for IPv4: well above one address, well below
+/// the block. IPv6's is 0: any IPv6 flip is held.
+const BOUND: u64 = 1000;
+
+fn old_data() -> String {
+    format!("{TEST_DB_CSV}{BLOCK},{DENIED_COUNTRY}\n")
+}
+
+/// The new data: the denied test addresses (IPv4 and IPv6) and the block
+/// move to the approved country.
+fn new_data() -> String {
+    TEST_DB_CSV
+        .replace(
+            &format!("198.51.100.20/32,{DENIED_COUNTRY}"),
+            &format!("198.51.100.20/32,{APPROVED_COUNTRY}"),
+        )
+        .replace(
+            &format!("2001:db8:1::20/128,{DENIED_COUNTRY}"),
+            &format!("2001:db8:1::20/128,{APPROVED_COUNTRY}"),
+        )
+        + &format!("{BLOCK},{APPROVED_COUNTRY}\n")
+}
+
+/// The moves of `new_data` over `old_data`, all refused -> allowed under
+/// the test config (EEA approved): the /32 and the /15.
+const FLIPPED: u64 = 1 + BLOCK_ADDRESSES;
+
+fn sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Renames `text` over the scenario's database, as geoipupdate does.
+fn replace(s: &Scenario, text: &str) {
+    let tmp = s.dir.path().join(".test-geo.csv.new");
+    std::fs::write(&tmp, text).expect("write the new database");
+    std::fs::rename(&tmp, &s.db).expect("rename it over the old one");
+}
+
+/// Polls `what` for at most 20 s (the watch's debounce is one second).
+fn within(what: &str, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not within 20s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The audit records of `kind`, in order.
+fn records(log: &Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .expect("read the audit log")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("audit line is JSON"))
+        .filter(|r| r["kind"] == kind)
+        .collect()
+}
+
+fn config(s: &Scenario, ipv4: &str) -> String {
+    s.config_with(
+        "enforce",
+        "allow",
+        &[],
+        "",
+        &format!("[geoip.max_flip]\nipv4 = {ipv4:?}\nipv6 = \"0\"\n"),
+    )
+}
+
+fn held_gauge(agent: &Agent) -> f64 {
+    agent.scrape().sum("enforcer_reload_held", &[])
+}
+
+#[test]
+fn a_change_beyond_the_bound_is_held_until_accepted() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    let denied6 = IpAddr::V6(DENIED_V6);
+    std::fs::write(&s.db, old_data()).expect("write the old data");
+    let agent = s.start(&config(&s, &BOUND.to_string()));
+    let log = s.audit_log();
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    assert!(attempt(&s.sb, Proto::Tcp, denied6).refused());
+    assert!(s.status()["agent"]["reload_held"].is_null());
+    assert_eq!(held_gauge(&agent), 0.0);
+
+    // Beyond the bound: the watch holds it.
+    replace(&s, &new_data());
+    within("status shows the reload held", || {
+        !s.status()["agent"]["reload_held"].is_null()
+    });
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).refused()
+            && attempt(&s.sb, Proto::Tcp, denied6).refused(),
+        "a held change changes no verdict"
+    );
+    let st = s.status();
+    let held = &st["agent"]["reload_held"];
+    assert_eq!(held["trigger"], "file_watch", "{held:#}");
+    let v4 = &held["flip"]["ipv4"];
+    assert_eq!(v4["flipped"], FLIPPED, "{held:#}");
+    assert_eq!(v4["refused_to_allowed"], FLIPPED, "{held:#}");
+    assert_eq!(v4["allowed_to_refused"], 0, "{held:#}");
+    assert_eq!(v4["bound"], BOUND, "{held:#}");
+    assert_eq!(v4["exceeds"], true, "{held:#}");
+    let v6 = &held["flip"]["ipv6"];
+    assert_eq!(v6["flipped"], "1", "{held:#}");
+    assert_eq!(v6["refused_to_allowed"], "1", "{held:#}");
+    assert_eq!(v6["bound"], "0", "{held:#}");
+    assert_eq!(v6["exceeds"], true, "{held:#}");
+    assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
+    // What is in force is still the old data.
+    assert_eq!(
+        st["agent"]["databases"][0]["sha256"],
+        sha256(&old_data()),
+        "{st:#}"
+    );
+    let text = enforcer_at(&s.control_socket(), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("RELOAD HELD") && text.contains(&format!("IPv4: {FLIPPED} addresses")),
+        "{text}"
+    );
+
+    let m = agent.scrape();
+    assert_eq!(m.sum("enforcer_reload_held", &[]), 1.0);
+    assert_eq!(
+        m.sum(
+            "enforcer_reload_held_flipped_addresses",
+            &[("family", "ipv4"), ("direction", "refused_to_allowed")]
+        ),
+        FLIPPED as f64
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_reload_held_bound_addresses",
+            &[("family", "ipv4")]
+        ),
+        BOUND as f64
+    );
+    assert!(
+        agent.log().contains("reload held"),
+        "a warning is logged: {}",
+        agent.log()
+    );
+
+    let held = records(&log, "reload_held");
+    assert_eq!(held.len(), 1, "{held:#?}");
+    let h = &held[0];
+    assert_eq!(h["trigger"], "file_watch", "{h:#}");
+    assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
+    assert_eq!(h["flip"]["ipv4"]["bound"], BOUND, "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["flipped"], "1", "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["max_flip"], "0 addresses", "{h:#}");
+    assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
+    assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
+
+    // An explicit reload is refused too, with the way out; the same data
+    // is not recorded again.
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--accept-change"),
+        "{err}"
+    );
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    assert_eq!(records(&log, "reload_held").len(), 1);
+
+    // Accepted: applied, audited, no longer held.
+    let out = enforcer_at(&s.control_socket(), &["reload", "--accept-change"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("accepted"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).ok && attempt(&s.sb, Proto::Tcp, denied6).ok,
+        "the accepted data is in force"
+    );
+    assert!(s.status()["agent"]["reload_held"].is_null());
+    assert_eq!(held_gauge(&agent), 0.0);
+    let accepted = records(&log, "reload_accepted");
+    assert_eq!(accepted.len(), 1, "{accepted:#?}");
+    let a = &accepted[0];
+    assert_eq!(a["uid"], nix::unistd::getuid().as_raw(), "{a:#}");
+    assert!(a["pid"].as_u64().is_some_and(|p| p > 0), "{a:#}");
+    assert_eq!(a["flip"]["ipv4"]["flipped"], FLIPPED, "{a:#}");
+    assert_eq!(a["databases_before"][0]["sha256"], sha256(&old_data()));
+    assert_eq!(a["databases_applied"][0]["sha256"], sha256(&new_data()));
+    assert!(
+        a.get("databases_held").is_none(),
+        "the held data was applied: {a:#}"
+    );
+
+    // Within the bound (one IPv4 address back to refused, IPv6 as it is):
+    // applied on its own.
+    let back = new_data().replace(
+        &format!("198.51.100.20/32,{APPROVED_COUNTRY}"),
+        &format!("198.51.100.20/32,{DENIED_COUNTRY}"),
+    );
+    replace(&s, &back);
+    within("the change within the bound is in force", || {
+        attempt(&s.sb, Proto::Tcp, denied).refused()
+    });
+    assert!(s.status()["agent"]["reload_held"].is_null());
+    assert_eq!(records(&log, "reload_held").len(), 1);
+
+    let summary = verified_audit_summary(&log);
+    assert_eq!(summary["reload_guard"]["held"], 1, "{summary:#}");
+    assert_eq!(summary["reload_guard"]["accepted"], 1, "{summary:#}");
+    assert_eq!(summary["kinds"]["reload_accepted"], 1, "{summary:#}");
+    let report = enforcer(&[
+        "audit",
+        "report",
+        "--format",
+        "json",
+        log.to_str().expect("utf-8 path"),
+    ]);
+    let report = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.contains("reload HELD") && report.contains("held change ACCEPTED"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_bound_that_cannot_be_right_is_refused_naming_its_key() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let bad = s.dir.path().join("bad.toml");
+    std::fs::write(&bad, config(&s, "12 parsecs")).expect("write the bad config");
+    let out = enforcer(&[
+        "config",
+        "check",
+        "--config",
+        bad.to_str().expect("utf-8 path"),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("geoip.max_flip.ipv4 \"12 parsecs\""),
+        "{err}"
+    );
+
+    let agent = s.start(&config(&s, "1%"));
+    let generation = s.status()["agent"]["generation"].clone();
+    std::fs::write(&agent.config, config(&s, "101%")).expect("write the bad config");
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("geoip.max_flip.ipv4 \"101%\": more than 100%"),
+        "{err}"
+    );
+    assert_eq!(s.status()["agent"]["generation"], generation);
+    assert!(attempt(&s.sb, Proto::Tcp, IpAddr::V4(DENIED_V4)).refused());
+}
