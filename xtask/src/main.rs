@@ -10,6 +10,7 @@
 //! cargo xtask bench          # performance, side by side (bench/results/)
 //! cargo xtask fuzz           # the parsers' fuzz targets (nightly, cargo-fuzz)
 //! cargo xtask deb            # the Debian package (target/debian/*.deb)
+//! cargo xtask image          # the container image (buildah), run and archived
 //! ```
 //!
 //! Every subcommand that needs the toolchain or system tools calls
@@ -23,6 +24,8 @@ mod deb;
 mod demo;
 mod fuzz;
 mod geoip;
+mod grafana;
+mod image;
 mod previous;
 mod rootfs;
 mod setup;
@@ -87,6 +90,12 @@ enum Command {
     /// print its path. `test` does this by itself. Needs root.
     Rootfs,
 
+    /// Build, when not cached, the previous release's agent (the last
+    /// commit of the previous datapath layout, `previous::COMMIT`) that
+    /// the upgrade test starts from, and print its path. `test` does this
+    /// by itself; this is for running the upgrade test alone.
+    Previous,
+
     /// Build the Debian package: the release agent, its man pages and
     /// completions, the hardened systemd unit, residency.slice, the config
     /// (observe mode), tmpfiles, logrotate and maintainer scripts from
@@ -96,6 +105,15 @@ enum Command {
     /// --contents, shellcheck and systemd-analyze verify, and prints
     /// lintian's findings when lintian is installed. Does not need root.
     Deb(deb::Args),
+
+    /// Build the agent's container image from packaging/container/Containerfile
+    /// with buildah: the package (`deb`, or --deb) installed into Debian 12
+    /// (--base, or a minimal Debian 12 made with mmdebstrap when no registry
+    /// serves one). Then runs it with runc (`enforcer --version`, and
+    /// `enforcer config check` on the Kubernetes ConfigMap's config) and
+    /// writes an OCI archive under target/container/, whose path is the
+    /// last line printed. Needs root.
+    Image(image::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -192,6 +210,11 @@ fn run(command: Command) -> Result<()> {
             println!("{}", rootfs::ensure()?.display());
             Ok(())
         }
+        Command::Previous => {
+            println!("{}", previous::ensure()?.display());
+            Ok(())
+        }
         Command::Deb(args) => deb::run(args),
+        Command::Image(args) => image::run(args),
     }
 }
