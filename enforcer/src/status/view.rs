@@ -122,6 +122,8 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
     let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
     let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
     let connections = reader.connections()?;
+    // By scope entry, as the metrics' `scope` label (`enforcer top`).
+    let scoped = reader.read_scoped(CounterKind::Connections)?;
     for c in &connections {
         *by_verdict.entry(c.outcome.label()).or_default() += c.value;
         if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
@@ -146,7 +148,9 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
         },
         "denied_or_would_deny_by_country": refused_by_country,
         // Per country and scope, for `enforcer top`.
-        "decisions": super::decisions::by_country_and_scope(connections.iter().map(|c| (None, c))),
+        "decisions": super::decisions::by_country_and_scope(
+            scoped.iter().map(|s| (Some(s.scope.as_str()), &s.count))
+        ),
         // The layouts whose counts are included (they continue across a
         // layout upgrade, see datapath::carry).
         "counters_carried_from": reader.carried_from(),

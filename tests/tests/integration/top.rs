@@ -306,6 +306,16 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
     let again = trimmed(&tmux.capture());
     println!("--- paused, compared with /metrics ---\n{screen}");
 
+    // Each row is one (country, scope entry): the sandbox's cgroup, as
+    // configured, is the metrics' `scope` label and the screen's column.
+    let scope = s.sb.cgroup.display().to_string();
+    for country in [DENIED_COUNTRY, APPROVED_COUNTRY] {
+        assert_eq!(
+            row(&screen, country)[1],
+            scope,
+            "{country}'s scope:\n{screen}"
+        );
+    }
     let us = decision_figures(&row(&screen, DENIED_COUNTRY));
     let de = decision_figures(&row(&screen, APPROVED_COUNTRY));
     let total = decision_figures(&row(&screen, "TOTAL"));
@@ -315,6 +325,7 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
             let mut labels = vec![("verdict", *verdict)];
             if let Some(c) = country {
                 labels.push(("country", c));
+                labels.push(("scope", scope.as_str()));
             }
             m.sum("enforcer_connections_total", &labels) as u64
         };
@@ -339,8 +350,10 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
             "total {verdict} rate after the pause:\n{screen}"
         );
         shown.push(format!(
-            "{verdict}: US {} DE {} total {}",
-            us[i].0, de[i].0, total[i].0
+            "enforcer_connections_total{{verdict=\"{verdict}\"}}: country=US,scope=<sandbox> {} country=DE,scope=<sandbox> {} all {}",
+            metric(Some(DENIED_COUNTRY)),
+            metric(Some(APPROVED_COUNTRY)),
+            metric(None)
         ));
     }
     // And they are what was sent: one decision per connect.
@@ -434,6 +447,7 @@ fn the_screen_shows_what_the_metrics_say_and_q_restores_the_terminal() {
         .unwrap_or_else(|| panic!("no would_deny row for pid {probe_pid}:\n{screen}"));
     assert_eq!(dest[1], "ee-probe", "{screen}");
     assert_eq!(dest[3], "0", "uid: {screen}");
+    assert_eq!(dest[4], scope, "the event's scope entry: {screen}");
     assert_eq!(dest[5], denied.to_string(), "{screen}");
     assert_eq!(dest[6], DENIED_COUNTRY, "{screen}");
     assert_eq!(dest[7], "3", "one event per connect: {screen}");
