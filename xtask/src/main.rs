@@ -10,6 +10,7 @@
 //! cargo xtask bench          # performance, side by side (bench/results/)
 //! cargo xtask fuzz           # the parsers' fuzz targets (nightly, cargo-fuzz)
 //! cargo xtask deb            # the Debian package (target/debian/*.deb)
+//! cargo xtask image          # the container image (buildah), run and archived
 //! ```
 //!
 //! Every subcommand that needs the toolchain or system tools calls
@@ -23,6 +24,7 @@ mod deb;
 mod demo;
 mod fuzz;
 mod geoip;
+mod image;
 mod previous;
 mod rootfs;
 mod setup;
@@ -96,6 +98,15 @@ enum Command {
     /// --contents, shellcheck and systemd-analyze verify, and prints
     /// lintian's findings when lintian is installed. Does not need root.
     Deb(deb::Args),
+
+    /// Build the agent's container image from packaging/container/Containerfile
+    /// with buildah: the package (`deb`, or --deb) installed into Debian 12
+    /// (--base, or a minimal Debian 12 made with mmdebstrap when no registry
+    /// serves one). Then runs it with runc (`enforcer --version`, and
+    /// `enforcer config check` on the Kubernetes ConfigMap's config) and
+    /// writes an OCI archive under target/container/, whose path is the
+    /// last line printed. Needs root.
+    Image(image::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -193,5 +204,6 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Deb(args) => deb::run(args),
+        Command::Image(args) => image::run(args),
     }
 }

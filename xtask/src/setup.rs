@@ -72,6 +72,8 @@ const SYSTEM_TOOLS: &[Tool] = &[
     // The package's maintainer script does not start the daemon where
     // systemd is not running (invoke-rc.d declines): checked on Debian 12.
     Tool { command: "promtool", package: "prometheus", used_by: "checking live scrapes and the shipped alert rules (promtool tests)" },
+    Tool { command: "python3:ensurepip", package: "python3-venv", used_by: "the venv kubernetes-validate is installed in (kubernetes tests)" },
+    Tool { command: "kubectl", package: "kubernetes-client", used_by: "rendering packaging/kubernetes with kustomize (kubernetes tests)" },
 ];
 
 /// What only `cargo xtask bench` needs on top of [`SYSTEM_TOOLS`]: the
@@ -82,6 +84,17 @@ const BENCH_TOOLS: &[Tool] = &[
     Tool { command: "ipset",    package: "ipset",    used_by: "the ipset hash:net baseline (bench)" },
     Tool { command: "iptables", package: "iptables", used_by: "the iptables + ipset baseline (bench)" },
     Tool { command: "iperf3",   package: "iperf3",   used_by: "TCP bulk and UDP packet rate (bench)" },
+];
+
+/// What only `cargo xtask image` needs: a daemonless image builder, an OCI
+/// runtime to run the image with (runc: crun refuses hosts with a hybrid
+/// cgroup hierarchy, like this project's test machine), and mmdebstrap for
+/// a Debian 12 base when no registry serves one.
+#[rustfmt::skip] // one line per tool
+const IMAGE_TOOLS: &[Tool] = &[
+    Tool { command: "buildah",    package: "buildah",    used_by: "building the container image (image)" },
+    Tool { command: "runc",       package: "runc",       used_by: "running the built image (image)" },
+    Tool { command: "mmdebstrap", package: "mmdebstrap", used_by: "a Debian 12 base image when none can be pulled (image)" },
 ];
 
 /// Directories searched for system commands in addition to `$PATH`: a
@@ -103,6 +116,7 @@ pub fn ensure(opts: &Opts) -> Result<()> {
     ensure_bpf_linker()?;
     ensure_cargo_fuzz()?;
     ensure_system_tools(root, SYSTEM_TOOLS)?;
+    ensure_kubernetes_validate()?;
     Ok(())
 }
 
@@ -123,6 +137,14 @@ pub fn ensure_build() -> Result<()> {
     check_nightly(&rustup)?;
     ensure_rust_src(&rustup)?;
     ensure_bpf_linker()
+}
+
+/// What `cargo xtask image` needs: the build toolchain (for the package)
+/// and [`IMAGE_TOOLS`]. Needs root (buildah's storage, runc).
+pub fn ensure_image() -> Result<()> {
+    let root = check_linux_and_root(&Opts { require_root: true })?;
+    ensure_build()?;
+    ensure_system_tools(root, IMAGE_TOOLS)
 }
 
 /// [`ensure`], then the tools only the benchmark needs ([`BENCH_TOOLS`]).
@@ -607,6 +629,87 @@ fn ensure_system_tools(root: bool, tools: &[Tool]) -> Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Python tools from PyPI
+
+/// PyPI's kubernetes-validate, which checks packaging/kubernetes against the
+/// Kubernetes API schemas (the `kubernetes::` tests). Debian has no package
+/// of it. Pinned: it bundles the schemas, so its version decides which
+/// Kubernetes versions can be named.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The venv PyPI tools are installed in, `<cache>/venv`: pip never touches
+/// the system's Python (Debian's is externally managed), and the tests
+/// find the tools there by the same rule (tests/tests/integration/kubernetes.rs).
+pub fn python_venv() -> PathBuf {
+    crate::cache_root().join("venv")
+}
+
+/// Installs kubernetes-validate into [`python_venv`] (made with `python3 -m
+/// venv`, which on Debian needs python3-venv from [`SYSTEM_TOOLS`]) unless
+/// the pinned version is there. Needs PyPI only when installing.
+fn ensure_kubernetes_validate() -> Result<()> {
+    let venv = python_venv();
+    let bin = venv.join("bin").join("kubernetes-validate");
+    let installed = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if installed.as_deref() == Some(KUBERNETES_VALIDATE_VERSION) {
+        println!(
+            "ok: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} at {}",
+            bin.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "installing: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI, for the \
+         kubernetes tests) into {}",
+        venv.display()
+    );
+    let python = venv.join("bin").join("python3");
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdin(Stdio::null())
+            .status()
+            .context("running `python3 -m venv` (Debian packages python3, python3-venv)")?;
+        if !status.success() {
+            bail!(
+                "`python3 -m venv {}` failed ({status}); on Debian it needs python3-venv",
+                venv.display()
+            );
+        }
+    }
+    let spec = format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}");
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(&spec)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running pip in {}", venv.display()))?;
+    if !status.success() {
+        bail!(
+            "`{} -m pip install {spec}` failed ({status}); it needs PyPI; run it by hand to retry",
+            python.display()
+        );
+    }
+    println!(
+        "ok: kubernetes-validate {KUBERNETES_VALIDATE_VERSION} at {} (installed)",
+        bin.display()
+    );
     Ok(())
 }
 

@@ -29,6 +29,7 @@ mod forwarded;
 mod geoip_diff;
 mod guard;
 mod inbound;
+mod kubernetes;
 mod lifecycle;
 mod offline;
 mod operator;
