@@ -419,11 +419,36 @@ fn a_hold_survives_a_restart_until_accepted() {
     );
     stop_for_restart(agent);
 
-    // The accept moved the baseline: the next restart holds nothing.
+    // The accept moved the baseline (written after the capabilities were
+    // dropped): the next restart compares, and holds nothing.
     let mut agent = s.start(&config);
     assert!(attempt(&s.sb, Proto::Tcp, denied).ok);
-    assert!(s.status()["agent"]["reload_held"].is_null());
+    let st = s.status();
+    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
+    let b = &st["agent"]["reload_guard_baseline"];
+    assert!(
+        b["missing_at_start"].is_null() && b["last_write_error"].is_null(),
+        "{st:#}"
+    );
+    assert!(
+        b["written_unix"].as_f64().is_some_and(|t| t > 0.0),
+        "{st:#}"
+    );
     assert_eq!(held_gauge(&agent), 0.0);
+    assert_eq!(baseline_missing_gauge(&agent), 0.0);
+    assert_eq!(
+        agent
+            .scrape()
+            .sum("enforcer_reload_guard_baseline_write_failures_total", &[]),
+        0.0
+    );
+    assert!(
+        agent
+            .log()
+            .contains("the GeoIP data on disk is the data in force"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(records(&log, "reload_held").len(), 2);
     verified_audit_summary(&log);
 
