@@ -399,6 +399,30 @@ fn a_hold_survives_a_restart_until_accepted() {
     assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
     assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
 
+    // The review: the previous file is gone, the baseline stands for it.
+    let out = enforcer(&[
+        "geoip",
+        "diff",
+        baseline_manifest(&s).to_str().expect("utf-8 path"),
+        s.db.to_str().expect("utf-8 path"),
+        "--config",
+        agent.config.to_str().expect("utf-8 path"),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).expect("diff is JSON");
+    assert_eq!(diff["reload_guard"]["would_hold"], true, "{diff:#}");
+    assert_eq!(
+        diff["reload_guard"]["flip"]["ipv4"]["flipped"], FLIPPED,
+        "{diff:#}"
+    );
+    assert_eq!(diff["new"]["sha256"], sha256(&new_data()), "{diff:#}");
+
     // Accepted after the restart: applied as after a reload hold.
     let out = enforcer_at(&s.control_socket(), &["reload", "--accept-change"]);
     assert!(
