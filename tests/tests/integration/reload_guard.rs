@@ -306,10 +306,17 @@ fn baseline_manifest(s: &Scenario) -> std::path::PathBuf {
     s.run_dir().join(enforcer::paths::BASELINE_MANIFEST_NAME)
 }
 
+/// The value of a metric that must have exactly one sample (a zero must
+/// not pass for a metric that is not there).
+fn only_sample(agent: &Agent, name: &str) -> f64 {
+    let m = agent.scrape();
+    let series = m.series(name);
+    assert_eq!(series.len(), 1, "{name}: {series:?}");
+    series[0].value
+}
+
 fn baseline_missing_gauge(agent: &Agent) -> f64 {
-    agent
-        .scrape()
-        .sum("enforcer_reload_guard_baseline_missing", &[])
+    only_sample(agent, "enforcer_reload_guard_baseline_missing")
 }
 
 /// SIGTERM, pins left for the next agent (as `systemctl restart` does).
@@ -379,7 +386,7 @@ fn a_hold_survives_a_restart_until_accepted() {
         ),
         FLIPPED as f64
     );
-    assert_eq!(m.sum("enforcer_reload_guard_baseline_missing", &[]), 0.0);
+    assert_eq!(baseline_missing_gauge(&agent), 0.0);
     assert!(
         agent.log().contains("reload held") && agent.log().contains("trigger=\"start\""),
         "{}",
@@ -461,9 +468,10 @@ fn a_hold_survives_a_restart_until_accepted() {
     assert_eq!(held_gauge(&agent), 0.0);
     assert_eq!(baseline_missing_gauge(&agent), 0.0);
     assert_eq!(
-        agent
-            .scrape()
-            .sum("enforcer_reload_guard_baseline_write_failures_total", &[]),
+        only_sample(
+            &agent,
+            "enforcer_reload_guard_baseline_write_failures_total"
+        ),
         0.0
     );
     assert!(
