@@ -12,7 +12,8 @@
 //! the first one wrote into the runtime directory, and holds it again
 //! (trigger `start`) with the old verdicts in the kernel; without a
 //! baseline (removed, or damaged) it starts with the data on disk and says
-//! so in its log, `status` and the metrics.
+//! so in its log, `status` and the metrics; a baseline that cannot be
+//! written fails no reload, and is counted and shown.
 
 use std::{
     net::IpAddr,
@@ -560,4 +561,48 @@ fn a_restart_without_a_baseline_says_it_cannot_compare() {
         "{why}"
     );
     assert_eq!(baseline_missing_gauge(&agent), 1.0);
+
+    // A baseline that cannot be written fails no apply: counted, shown,
+    // and the old manifest goes (a restart must not compare with it).
+    std::fs::remove_file(&table).expect("remove the table");
+    std::fs::create_dir(&table).expect("take its name");
+    let generation = s.status()["agent"]["generation"].as_u64();
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = s.status();
+    assert_ne!(st["agent"]["generation"].as_u64(), generation, "{st:#}");
+    let b = &st["agent"]["reload_guard_baseline"];
+    assert_eq!(b["write_failures"], 1, "{st:#}");
+    assert!(
+        b["last_write_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&table.display().to_string())),
+        "{st:#}"
+    );
+    assert_eq!(
+        only_sample(
+            &agent,
+            "enforcer_reload_guard_baseline_write_failures_total"
+        ),
+        1.0
+    );
+    assert!(!baseline_manifest(&s).exists());
+    let text = enforcer_at(&s.control_socket(), &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("baseline:   cannot be written"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    assert!(
+        agent
+            .log()
+            .contains("cannot write the reload guard's baseline"),
+        "{}",
+        agent.log()
+    );
+    std::fs::remove_dir(&table).expect("give the name back");
 }
