@@ -45,8 +45,12 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   `SK_VERDICT`). Earlier entries use today's names;
 /// - 9: events say their direction and local port ([`Event::direction`],
 ///   [`Event::sport`]; 88 bytes, were 80), so a v8 `EVENTS` ring would be
-///   misread.
-pub const LAYOUT_VERSION: u32 = 9;
+///   misread;
+/// - 10: decisions are also counted by scope entry ([`SCOPE_COUNTS`], found
+///   through [`SCOPE_BY_CG`], [`SCOPE_BY_IF`] and [`CFG_SCOPE_LEVELS`], named
+///   in [`SCOPE_NAMES`]); the totals ([`CONN_COUNTS`], [`PKT_COUNTS`],
+///   [`BYTE_COUNTS`]) are unchanged, so layout 9's are carried.
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -94,6 +98,15 @@ pub const ALIAS_V4_COMPATIBLE: u32 = 1;
 pub const ALIAS_TEREDO: u32 = 2;
 /// `2002::/16` (6to4): bits 16..48.
 pub const ALIAS_6TO4: u32 = 4;
+/// `CONFIG[CFG_SCOPE_LEVELS]`: bit `l` set when a scope cgroup (an entry of
+/// [`SCOPE_BY_CG`]) is at cgroup level `l` (0: the root), so finding a
+/// decision's scope entry costs one ancestor lookup per set bit, usually
+/// one. 0: no scope cgroup is known, the lookup is skipped.
+pub const CFG_SCOPE_LEVELS: u32 = 12;
+/// `CONFIG[CFG_SCOPE_NEXT]`: the next scope slot number the agent hands
+/// out. Slot numbers are never reused while the maps live, so counts made
+/// for a removed entry can never be read under another entry's name.
+pub const CFG_SCOPE_NEXT: u32 = 13;
 /// Number of `CONFIG` words (room is left for later settings).
 pub const CONFIG_LEN: u32 = 16;
 
@@ -300,6 +313,61 @@ pub const MODE_OVERRIDES_CAPACITY: u32 = 1024;
 /// How many cgroup levels the override walk looks at (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 32;
 
+/// `SCOPE_BY_CG`: `HashMap<u64, u32>`, cgroup id -> scope slot: the present
+/// scope cgroups (`scope.cgroups`, or the root for `host_wide`). Scope
+/// cgroups never nest (the config refuses it), so a process has at most
+/// one ancestor here. Written by the agent's coverage loop, which follows
+/// re-created cgroups (new ids).
+pub const SCOPE_BY_CG: &str = "SCOPE_BY_CG";
+/// `SCOPE_BY_IF`: `HashMap<u32, u32>`, ifindex -> scope slot: the present
+/// `scope.interfaces` (the tcx hook's egress device).
+pub const SCOPE_BY_IF: &str = "SCOPE_BY_IF";
+/// Capacity of [`SCOPE_BY_CG`] and [`SCOPE_BY_IF`] each: scope entries
+/// present at once.
+pub const SCOPE_TARGETS_CAPACITY: u32 = 1024;
+/// Slot 0 is no scope: the lookup found none.
+pub const NO_SCOPE: u32 = 0;
+
+/// `SCOPE_COUNTS`: `PerCpuHashMap<ScopeKey, ScopeCount>`, preallocated,
+/// [`SCOPE_COUNTS_CAPACITY`] keys: the decisions of [`CONN_COUNTS`] (kind
+/// [`SCOPE_KIND_CONNECTIONS`]) and [`PKT_COUNTS`]/[`BYTE_COUNTS`]
+/// ([`SCOPE_KIND_PACKETS`]) once more, by scope slot. The arrays stay the
+/// exact totals; what is not here (the table was full, no scope was found)
+/// is their difference, and [`SCOPE_MISSES`] says why. Memory: 16 bytes per
+/// key per CPU (128 KiB per CPU) plus about 88 bytes per key shared
+/// (docs/architecture.md has the figures at 64 and 256 CPUs).
+pub const SCOPE_COUNTS: &str = "SCOPE_COUNTS";
+pub const SCOPE_COUNTS_CAPACITY: u32 = 8192;
+/// [`ScopeKey::kind`]: a connection-level decision (`count` only).
+pub const SCOPE_KIND_CONNECTIONS: u8 = 0;
+/// [`ScopeKey::kind`]: a packet (`count` packets, `bytes` bytes).
+pub const SCOPE_KIND_PACKETS: u8 = 1;
+
+/// `SCOPE_MISSES`: `PerCpuArray<u64>`, decisions not in [`SCOPE_COUNTS`],
+/// by reason: [`SCOPE_MISS_FULL`], [`SCOPE_MISS_NONE`].
+pub const SCOPE_MISSES: &str = "SCOPE_MISSES";
+/// The key was new and [`SCOPE_COUNTS`] was full.
+pub const SCOPE_MISS_FULL: u32 = 0;
+/// No scope entry was found for the decision's cgroup or interface (the
+/// moment between a link attached and the coverage loop writing its id).
+pub const SCOPE_MISS_NONE: u32 = 1;
+pub const SCOPE_MISSES_LEN: u32 = 2;
+
+/// `SCOPE_NAMES`: `HashMap<u32, ScopeName>`, not preallocated, slot -> the
+/// entry's label: read by the agent only, beside the counts so that they
+/// live and die together (an agent that adopts the maps names the slots an
+/// earlier one gave out). A removed entry's name is kept while it has
+/// counts.
+pub const SCOPE_NAMES: &str = "SCOPE_NAMES";
+pub const SCOPE_NAMES_CAPACITY: u32 = 1024;
+/// Bytes of a [`ScopeName`]'s label.
+pub const SCOPE_NAME_BYTES: usize = 4088;
+/// [`ScopeName::kind`] of a cgroup entry and of an interface.
+pub const SCOPE_NAME_CGROUP: u32 = 1;
+pub const SCOPE_NAME_INTERFACE: u32 = 2;
+/// `BPF_F_NO_PREALLOC`: allocate hash elements on insert.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// `SOCK_VERDICT`: socket storage holding the last decision made for the
 /// socket ([`SockVerdict`]), so the packet hook costs a lookup. A BTF map:
 /// the kernel needs BTF type ids for socket storage.
@@ -475,7 +543,10 @@ pub struct Event {
     /// The local port, host byte order; 0 when there is none yet (a
     /// `connect()` before the kernel picked the ephemeral port) or at all.
     pub sport: u16,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The egress interface of a forwarded packet (tcx: its scope entry);
+    /// 0 for the cgroup hooks.
+    pub ifindex: u32,
 }
 
 /// [`Event::direction`]: traffic the scope started.
@@ -511,6 +582,43 @@ pub struct CounterBlock {
     pub counts: [[u64; Outcome::COUNT]; COUNTRY_SLOTS],
 }
 
+/// A [`SCOPE_COUNTS`] key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScopeKey {
+    /// The scope slot ([`SCOPE_NAMES`]).
+    pub scope: u32,
+    pub country: u16,
+    /// [`crate::Hook`], [`crate::Family`], [`crate::Outcome`] as `u8`.
+    pub hook: u8,
+    pub family: u8,
+    pub outcome: u8,
+    /// [`SCOPE_KIND_CONNECTIONS`] or [`SCOPE_KIND_PACKETS`].
+    pub kind: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A [`SCOPE_COUNTS`] value (one CPU's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeCount {
+    /// Connections or packets.
+    pub count: u64,
+    /// Bytes (packets only).
+    pub bytes: u64,
+}
+
+/// A [`SCOPE_NAMES`] value: the label of a scope entry, UTF-8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopeName {
+    /// [`SCOPE_NAME_CGROUP`] or [`SCOPE_NAME_INTERFACE`].
+    pub kind: u32,
+    /// Bytes of `label` in use.
+    pub len: u32,
+    pub label: [u8; SCOPE_NAME_BYTES],
+}
+
 // No implicit padding anywhere: the verifier rejects reads of uninitialised
 // stack bytes, and both sides must agree on every byte.
 const _: () = assert!(core::mem::size_of::<Rule>() == 8);
@@ -521,6 +629,9 @@ const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<FaultState>() == 16);
 const _: () = assert!(core::mem::size_of::<DestCacheEntry>() == 32);
+const _: () = assert!(core::mem::size_of::<ScopeKey>() == 12);
+const _: () = assert!(core::mem::size_of::<ScopeCount>() == 16);
+const _: () = assert!(core::mem::size_of::<ScopeName>() == 4096);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
 // A per-CPU value may not exceed PCPU_MIN_UNIT_SIZE (32 KiB):
 // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L68
@@ -540,4 +651,7 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::DestCacheEntry {}
     unsafe impl aya::Pod for super::FaultState {}
+    unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::ScopeCount {}
+    unsafe impl aya::Pod for super::ScopeName {}
 }

@@ -18,7 +18,7 @@
 //!   forwards (containers, VMs), which no local socket sends.
 //!
 //! Shared: [`decide`], [`mode`] (global mode or per-cgroup override),
-//! [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
+//! [`scope`] (the scope entry a decision is counted under), [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
 //! header parsing), [`diagnostics`] (internal failures: counted and logged
 //! through aya-log), [`maps`].
 #![no_std]
@@ -38,6 +38,7 @@ mod maps;
 mod mode;
 mod packet;
 mod runtime;
+mod scope;
 mod sendmsg;
 mod skb;
 mod sock_addr;

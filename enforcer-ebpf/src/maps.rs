@@ -6,14 +6,15 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use enforcer_common::{
     BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DP_ERRORS_LEN,
     DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4_TREE_CAPACITY,
     GEO6_FINE_BLOCKS, GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block, Geo6Leaf,
     MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULE_BITMAP_LEN, RULE_BITMAP_WORDS, RULES_CAPACITY,
-    RateState, Rule, SockVerdict,
+    RateState, Rule, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES_LEN, SCOPE_NAMES_CAPACITY,
+    SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName, SockVerdict,
 };
 
 #[map]
@@ -65,6 +66,21 @@ pub static CONN_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_
 pub static PKT_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
 #[map]
 pub static BYTE_COUNTS: PerCpuArray<CounterBlock> = PerCpuArray::pinned(COUNTER_BLOCKS, 0);
+
+// Decisions by scope entry (layout in enforcer_common::layout).
+#[map]
+pub static SCOPE_COUNTS: PerCpuHashMap<ScopeKey, ScopeCount> =
+    PerCpuHashMap::pinned(SCOPE_COUNTS_CAPACITY, 0);
+#[map]
+pub static SCOPE_MISSES: PerCpuArray<u64> = PerCpuArray::pinned(SCOPE_MISSES_LEN, 0);
+#[map]
+pub static SCOPE_BY_CG: HashMap<u64, u32> = HashMap::pinned(SCOPE_TARGETS_CAPACITY, 0);
+#[map]
+pub static SCOPE_BY_IF: HashMap<u32, u32> = HashMap::pinned(SCOPE_TARGETS_CAPACITY, 0);
+/// Never read here: the agent names the slots in it, beside the counts.
+#[map]
+pub static SCOPE_NAMES: HashMap<u32, ScopeName> =
+    HashMap::pinned(SCOPE_NAMES_CAPACITY, enforcer_common::BPF_F_NO_PREALLOC);
 
 #[map]
 pub static MODE_OVERRIDES: HashMap<u64, u32> = HashMap::pinned(MODE_OVERRIDES_CAPACITY, 0);

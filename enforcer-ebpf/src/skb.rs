@@ -31,7 +31,7 @@ use crate::{
     diagnostics::report,
     events::{self, Target},
     maps::{SOCK_VERDICT, config},
-    mode, packet,
+    mode, packet, scope,
 };
 
 /// cgroup_skb return values (`__cgroup_bpf_run_filter_skb`).
@@ -57,6 +57,8 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
         return PASS;
     };
     let generation = config(CFG_GENERATION);
+    // Every path below counts the packet under its scope entry: found once.
+    let scope = scope::for_skb(skb);
     // An allowed or exempt destination in the per-CPU cache first: most
     // packets are an allowed flow's, and this spares them the storage
     // lookup below (a helper call). The storage only ever holds reportable
@@ -65,7 +67,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     // so a hit here is what the storage would not contradict.
     let probe = CacheProbe::new(p.dest, generation);
     if let Some(d) = probe.hit() {
-        count_packet(Hook::SkbEgress, &d, len);
+        count_packet(Hook::SkbEgress, &d, len, scope);
         return PASS;
     }
     let daddr = p.dest.bytes();
@@ -85,7 +87,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     {
         match from_cache(c) {
             Some(d) => {
-                count_packet(Hook::SkbEgress, &d, len);
+                count_packet(Hook::SkbEgress, &d, len, scope);
                 return if d.refuses() { DROP } else { PASS };
             }
             // Only the hooks write the storage, with decoded values: a
@@ -99,7 +101,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
     }
 
     let d = probe.decide(|slot| mode::for_skb(skb, slot));
-    count_packet(Hook::SkbEgress, &d, len);
+    count_packet(Hook::SkbEgress, &d, len, scope);
     // A reportable verdict is stored (its storage created now if need be),
     // so the socket's later packets neither decide nor report again.
     let sv = if sv.is_null() && d.reportable() {

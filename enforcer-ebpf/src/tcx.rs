@@ -24,7 +24,8 @@
 //! - The mode is the global one of the active slot: forwarded traffic has
 //!   no local cgroup, so per-cgroup overrides cannot apply.
 //! - Packets and bytes (from the IP header on, like the cgroup skb hook)
-//!   are counted per country and outcome; refused and would-refuse packets
+//!   are counted per country and outcome, and per interface
+//!   (`SCOPE_BY_IF`, by `skb->ifindex`); refused and would-refuse packets
 //!   are reported as events with no process, uid or cgroup (there is none).
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
@@ -35,7 +36,7 @@ use crate::{
     decide::decide_cached,
     events::{self, Target},
     maps::config,
-    mode, packet,
+    mode, packet, scope,
 };
 
 /// Length of the Ethernet header before the IP header.
@@ -62,7 +63,14 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the context pointer is valid; protocol and len are plain
     // 4-byte context loads, sk an 8-byte one (see the module docs).
-    let (protocol, len, sk) = unsafe { ((*skb).protocol, (*skb).len, (*skb).__bindgen_anon_2.sk) };
+    let (protocol, len, sk, ifindex) = unsafe {
+        (
+            (*skb).protocol,
+            (*skb).len,
+            (*skb).__bindgen_anon_2.sk,
+            (*skb).ifindex,
+        )
+    };
     if !sk.is_null() {
         // Sent by a socket of this host: the cgroup hooks' business.
         return TCX_NEXT;
@@ -76,10 +84,12 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     // parse() read a whole IP header after the Ethernet header, so `len`
     // is larger than ETH_HLEN; saturating anyway, for the verifier's sake.
     let bytes = len.saturating_sub(ETH_HLEN as u32);
-    count_packet(Hook::TcxEgress, &d, bytes);
+    // The scope entry is the interface: at tc egress `skb->ifindex` is the
+    // device the packet leaves by.
+    count_packet(Hook::TcxEgress, &d, bytes, scope::for_ifindex(ifindex));
     if d.reportable() {
         // No pid, comm, uid or cgroup: the sender is not on this host, and
-        // the event's zeroed fields say so.
+        // the event's zeroed fields say so; the interface names its scope.
         events::emit(|e| {
             let to = Target {
                 daddr: p.dest.bytes(),
@@ -94,6 +104,7 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
                 },
             };
             events::describe(e, Hook::TcxEgress, &d, to);
+            e.ifindex = ifindex;
         });
     }
     if d.refuses() { TCX_DROP } else { TCX_NEXT }

@@ -6,7 +6,8 @@
 //!  "protocol":"tcp","dst":"198.51.100.20","dport":7000,"direction":"outbound","country":"US",
 //!  "verdict":"denied","mode":"enforce","reason":"geoip","pid":1234,
 //!  "tgid":1234,"uid":0,"gid":0,"comm":"curl","cgroup_id":1032,
-//!  "cgroup":"/sys/fs/cgroup/system.slice/minio.service"}
+//!  "cgroup":"/sys/fs/cgroup/system.slice/minio.service/sub",
+//!  "scope":"/sys/fs/cgroup/system.slice/minio.service"}
 //! ```
 //!
 //! The kernel rate-limits events per CPU and counts what it suppressed
@@ -101,6 +102,12 @@ pub struct EventRecord {
     pub cgroup_id: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The configured scope entry the decision was made for: the scope
+    /// cgroup `cgroup` is under (labelled as in `status` and the metrics'
+    /// `scope`), or the interface of a forwarded packet. None when it
+    /// cannot be told (a cgroup gone before the event was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u32>,
 }
@@ -162,6 +169,7 @@ impl EventRecord {
             comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
             cgroup_id: e.cgroup_id,
             cgroup,
+            scope: None,
             bytes: packet.then_some(e.bytes),
         })
     }
@@ -387,6 +395,15 @@ impl CgroupNames {
         }
     }
 
+    /// The scope entry (one of the roots, as labelled in `status`) a
+    /// cgroup path from [`Self::lookup`] is under.
+    pub fn scope_of(&self, path: &str) -> Option<String> {
+        self.roots
+            .iter()
+            .find(|r| Path::new(path).starts_with(r))
+            .map(|r| r.display().to_string())
+    }
+
     /// The path of a cgroup id; walks the tree again at most once a second.
     pub fn lookup(&mut self, id: u64) -> Option<String> {
         if let Some(p) = self.known.get(&id) {
@@ -405,6 +422,21 @@ impl CgroupNames {
         }
         self.known.get(&id).cloned()
     }
+}
+
+/// The name of an interface of the agent's network namespace, by index
+/// (a forwarded packet's event names its interface, the scope entry).
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write; the
+    // result is checked for null before the buffer is read as a C string.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 fn walk(dir: &Path, depth: u32, budget: &mut usize, known: &mut HashMap<u64, String>) {
@@ -571,9 +603,14 @@ pub async fn run(
                     let cgroup = (e.cgroup_id != 0)
                         .then(|| names.lookup(e.cgroup_id))
                         .flatten();
-                    let Some(record) = EventRecord::decode(&e, &to_wall, cgroup) else {
+                    let Some(mut record) = EventRecord::decode(&e, &to_wall, cgroup) else {
                         tracing::warn!("skipping an event record that does not decode");
                         continue;
+                    };
+                    record.scope = if e.ifindex != 0 {
+                        interface_name(e.ifindex)
+                    } else {
+                        record.cgroup.as_deref().and_then(|p| names.scope_of(p))
                     };
                     if let (Some(h), Some(o)) = (Hook::from_raw(e.hook as u32), Outcome::from_raw(e.outcome as u32)) {
                         read.push((h as usize, o as usize));
@@ -709,7 +746,8 @@ mod tests {
             direction: 0,
             _pad0: 0,
             sport: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            ifindex: 0,
         };
         let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, Some("/cg/x".into()))
             .expect("decodes");
@@ -745,7 +783,8 @@ mod tests {
             direction: 0,
             _pad0: 0,
             sport: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
+            ifindex: 0,
         };
         let r = EventRecord::decode(&e, |_| SystemTime::UNIX_EPOCH, None).expect("decodes");
         assert_eq!(

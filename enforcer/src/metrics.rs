@@ -7,8 +7,11 @@
 //! Every name is prefixed `enforcer_` (but the standard `process_*` ones,
 //! [`process`]), counters end in `_total`, every family has help text, and
 //! labels have bounded cardinality: hook (6), family (2), country (<= 677),
-//! verdict (4), kind (7). Only non-zero series of the decision counters are
-//! exposed.
+//! verdict (4), kind (7), and on the decision counters scope (the
+//! configured entries, the removed ones that still have counts, and
+//! `overflow`, `carried`; their series bounded by `SCOPE_COUNTS`' 8,192
+//! keys: docs/metrics.md). Only non-zero series of the decision counters
+//! are exposed.
 //!
 //! The listener answers OpenMetrics to scrapers that prefer it and the
 //! Prometheus text format 0.0.4 to the others ([`text004`]), and serves
@@ -33,7 +36,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    datapath::counters::{CounterKind, CounterReader, Suppressed},
+    datapath::counters::{CounterKind, CounterReader, ScopeMisses, Suppressed},
     events::EventCounts,
     status::AgentStatus,
     status::{SharedStatus, country_label, map_fill_table, programs_attached},
@@ -87,12 +90,12 @@ const KERNEL_FAMILIES: [(CounterKind, &str, &str); 3] = [
     (
         CounterKind::Connections,
         "enforcer_connections",
-        "Connection-level decisions (connect/sendmsg), by hook, address family, destination country and verdict.",
+        "Connection-level decisions (connect/sendmsg), by scope entry, hook, address family, destination country and verdict.",
     ),
     (
         CounterKind::Packets,
         "enforcer_packets",
-        "Packets decided by the packet hooks (cgroup skb and tcx egress), by hook, family, destination country and verdict.",
+        "Packets decided by the packet hooks (cgroup skb and tcx egress), by scope entry, hook, family, destination country and verdict.",
     ),
     (
         CounterKind::Bytes,
@@ -122,13 +125,15 @@ impl EnforcerCollector {
         // only on a kernel error; it is logged, and the families stay
         // present (empty) so that the rest of the scrape still works.
         for (kind, name, help) in KERNEL_FAMILIES {
-            let counts = self.counters.read(kind).unwrap_or_else(|e| {
+            let counts = self.counters.read_scoped(kind).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read kernel counters");
                 Vec::new()
             });
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for c in counts {
+            for s in counts {
+                let c = s.count;
                 let labels = [
+                    ("scope", s.scope),
                     ("hook", c.hook.label().to_owned()),
                     ("family", c.family.label().to_owned()),
                     ("country", country_label(c.country)),
@@ -136,6 +141,22 @@ impl EnforcerCollector {
                 ];
                 ConstCounter::new(c.value).encode(family.encode_family(&labels)?)?;
             }
+        }
+        let misses = self.counters.scope_misses().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the scope misses");
+            ScopeMisses::default()
+        });
+        let mut family = encoder.encode_descriptor(
+            "enforcer_scope_overflow",
+            "Decisions (connections and packets) the kernel could not count under their scope entry, by reason: table_full (no room for a new key), no_scope (no entry found); they are in the decision counters with scope=\"overflow\".",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in [
+            ("table_full", misses.table_full),
+            ("no_scope", misses.no_scope),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

@@ -89,6 +89,12 @@ enum Command {
     /// print its path. `test` does this by itself. Needs root.
     Rootfs,
 
+    /// Build, when not cached, the previous release's agent (the last
+    /// commit of the previous datapath layout, `previous::COMMIT`) that
+    /// the upgrade test starts from, and print its path. `test` does this
+    /// by itself; this is for running the upgrade test alone.
+    Previous,
+
     /// Build the Debian package: the release agent, its man pages and
     /// completions, the hardened systemd unit, residency.slice, the config
     /// (observe mode), tmpfiles, logrotate and maintainer scripts from
@@ -201,6 +207,10 @@ fn run(command: Command) -> Result<()> {
         Command::Rootfs => {
             setup::ensure(&setup::Opts { require_root: true })?;
             println!("{}", rootfs::ensure()?.display());
+            Ok(())
+        }
+        Command::Previous => {
+            println!("{}", previous::ensure()?.display());
             Ok(())
         }
         Command::Deb(args) => deb::run(args),

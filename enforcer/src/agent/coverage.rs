@@ -42,7 +42,10 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     audit::{self, Kind, SharedAudit},
     config::Config,
-    datapath::{Datapath, LinkTarget, PROGRAMS, TCX_PROGRAM},
+    datapath::{
+        Datapath, LinkTarget, PROGRAMS, TCX_PROGRAM,
+        scopes::{ScopePlace, ScopeTarget},
+    },
     paths,
     runtime_mode::RuntimeModes,
     scope,
@@ -140,6 +143,12 @@ pub(super) struct Coverage {
     /// re-created override cgroup has a new id.
     overrides: Vec<(u64, Mode)>,
     watch: ScopeWatch,
+    /// The cgroup2 mount the entries' paths are under (scope levels count
+    /// from it).
+    mount: PathBuf,
+    /// What `SCOPE_BY_CG`/`SCOPE_BY_IF` were last made to say; `None`
+    /// until the first write, so every start writes them.
+    scopes: Option<Vec<ScopeTarget>>,
 }
 
 impl Coverage {
@@ -149,6 +158,8 @@ impl Coverage {
             entries: Vec::new(),
             overrides: Vec::new(),
             watch: ScopeWatch::new(),
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            scopes: None,
         };
         coverage.reconfigure(config, overrides);
         coverage
@@ -159,6 +170,7 @@ impl Coverage {
     /// last covered), and the overrides the load wrote.
     pub(super) fn reconfigure(&mut self, config: &Config, overrides: &[(u64, Mode)]) {
         let mount = paths::cgroup2_mount().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup"));
+        self.mount = mount.clone();
         let targets = scope::configured_paths(&mount, &config.scope)
             .into_iter()
             .map(Target::Cgroup)
@@ -220,6 +232,7 @@ impl Coverage {
             }
         }
         self.repin(dp, &mut changes);
+        self.write_scopes(dp);
         let shown = self.reconcile_overrides(dp, config, runtime, &mut changes);
         self.watch.refresh();
 
@@ -290,6 +303,45 @@ impl Coverage {
                 links: Vec::new(),
                 error: Some(e.to_string()),
             }),
+        }
+    }
+
+    /// Tells the kernel which scope entry each present cgroup id and
+    /// interface index is (`SCOPE_BY_CG`, `SCOPE_BY_IF`), when that changed:
+    /// the decision counters' `scope` label. A failure is logged and tried
+    /// again on the next pass; meanwhile decisions count as `overflow`.
+    fn write_scopes(&mut self, dp: &mut Datapath) {
+        let targets: Vec<ScopeTarget> = self
+            .entries
+            .iter()
+            .map(|e| ScopeTarget {
+                label: e.target.label(),
+                place: match (&e.target, e.current) {
+                    (Target::Cgroup(p), Some(id)) => ScopePlace::Cgroup {
+                        id,
+                        level: p
+                            .strip_prefix(&self.mount)
+                            .map_or(0, |r| r.components().count() as u32),
+                    },
+                    (Target::Cgroup(_), None) => ScopePlace::AbsentCgroup,
+                    (Target::Interface(_), Some(i)) => ScopePlace::Interface { ifindex: i as u32 },
+                    (Target::Interface(_), None) => ScopePlace::AbsentInterface,
+                },
+            })
+            .collect();
+        if self.scopes.as_ref() == Some(&targets) {
+            return;
+        }
+        match dp.set_scopes(&targets) {
+            Ok(unassigned) => {
+                for label in unassigned {
+                    tracing::warn!(scope = %label, "no scope slot left for this entry: its decisions are counted with scope=\"overflow\"");
+                }
+                self.scopes = Some(targets);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the scope entries' ids; decisions count as scope=\"overflow\" until it works");
+            }
         }
     }
 

@@ -624,6 +624,11 @@ fn check_interface_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err("not an interface name".into());
     }
+    // The metrics' `scope` label names interfaces as they are; these two
+    // values mean something else there (docs/metrics.md).
+    if name == "overflow" || name == "carried" {
+        return Err("reserved: the metrics' scope label uses it for counts of no entry".into());
+    }
     if let Some(c) = name
         .chars()
         .find(|c| *c == '/' || *c == ':' || c.is_whitespace())

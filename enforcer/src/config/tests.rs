@@ -121,6 +121,11 @@ fn bad_interface_names_are_refused_with_the_key() {
         ("[\"eth0:1\"]", "contains ':'"),
         ("[\"..\"]", "not an interface name"),
         (
+            "[\"overflow\"]",
+            "scope.interfaces[0] \"overflow\": reserved",
+        ),
+        ("[\"carried\"]", "reserved"),
+        (
             "[\"eth0\", \"eth0\"]",
             "scope.interfaces[1] \"eth0\": given twice",
         ),

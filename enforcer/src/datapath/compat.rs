@@ -18,7 +18,9 @@ use enforcer_common::{
     GEO4_TREE, GEO4_TREE_CAPACITY, GEO4_WORDS, GEO6_FINE, GEO6_FINE_BLOCKS, GEO6_INDEX,
     GEO6_INDEX_LEN, GEO6_LEAF_COUNT, GEO6_LEAVES, Geo6Block, Geo6Leaf, MODE_OVERRIDES,
     MODE_OVERRIDES_CAPACITY, PKT_COUNTS, POLICY, POLICY_LEN, RULE_BITMAP, RULE_BITMAP_LEN,
-    RULE_BITMAP_WORDS, RULES_CAPACITY, RULES4, RULES6, RateState, Rule,
+    RULE_BITMAP_WORDS, RULES_CAPACITY, RULES4, RULES6, RateState, Rule, SCOPE_BY_CG, SCOPE_BY_IF,
+    SCOPE_COUNTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES, SCOPE_MISSES_LEN, SCOPE_NAMES,
+    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCount, ScopeKey, ScopeName,
 };
 
 use super::DatapathError;
@@ -100,6 +102,23 @@ fn expected() -> Vec<Expected> {
             DP_ERRORS_LEN,
         ),
         e(AYA_LOGS, MapType::RingBuf, 0, 0, AYA_LOGS_BYTES),
+        e(
+            SCOPE_COUNTS,
+            MapType::PerCpuHash,
+            size_of::<ScopeKey>(),
+            size_of::<ScopeCount>(),
+            SCOPE_COUNTS_CAPACITY,
+        ),
+        e(SCOPE_MISSES, MapType::PerCpuArray, 4, 8, SCOPE_MISSES_LEN),
+        e(SCOPE_BY_CG, MapType::Hash, 8, 4, SCOPE_TARGETS_CAPACITY),
+        e(SCOPE_BY_IF, MapType::Hash, 4, 4, SCOPE_TARGETS_CAPACITY),
+        e(
+            SCOPE_NAMES,
+            MapType::Hash,
+            4,
+            size_of::<ScopeName>(),
+            SCOPE_NAMES_CAPACITY,
+        ),
     ];
     for slot in 0..2 {
         v.push(e(

@@ -3,17 +3,54 @@
 //! (`PKT_COUNTS`, `BYTE_COUNTS`), events not emitted (`EVENT_STATS`) and
 //! the datapath's internal failures (`DP_ERRORS`, see [`super::diagnostics`]);
 //! each summed with the same map carried from earlier layouts, so they
-//! continue across a layout upgrade (see [`super::carry`]).
+//! continue across a layout upgrade (see [`super::carry`]). And the same
+//! decisions by scope entry ([`CounterReader::read_scoped`]).
 
-use std::{collections::BTreeSet, path::Path};
-
-use aya::maps::{Map, MapData, PerCpuArray};
-use enforcer_common::{
-    BYTE_COUNTS, CONN_COUNTS, CounterBlock, EVENT_STATS, EVENT_SUPPRESSED_FULL,
-    EVENT_SUPPRESSED_RATE, Family, Hook, Outcome, PKT_COUNTS, counter_index,
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    sync::Mutex,
 };
 
-use super::{DatapathError, carry, diagnostics::FaultCounts, map_err, open_pinned};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use enforcer_common::{
+    BYTE_COUNTS, CONN_COUNTS, CounterBlock, EVENT_STATS, EVENT_SUPPRESSED_FULL,
+    EVENT_SUPPRESSED_RATE, Family, Hook, Outcome, PKT_COUNTS, SCOPE_COUNTS, SCOPE_KIND_CONNECTIONS,
+    SCOPE_KIND_PACKETS, SCOPE_MISS_FULL, SCOPE_MISS_NONE, SCOPE_MISSES, SCOPE_NAMES, ScopeCount,
+    ScopeKey, ScopeName, counter_index,
+};
+
+use super::{
+    DatapathError, carry, diagnostics::FaultCounts, map_err, open_pinned, scopes::read_names,
+};
+
+/// The `scope` of decisions not counted under a configured entry: the
+/// scope table was full, no entry was found (a cgroup between its links
+/// and the coverage loop writing its id), or the slot lost its name.
+pub const SCOPE_OVERFLOW: &str = "overflow";
+/// The `scope` of counts carried from a layout that had no scope counts
+/// (9 and older).
+pub const SCOPE_CARRIED: &str = "carried";
+
+/// One non-zero counter of one scope entry (or [`SCOPE_OVERFLOW`],
+/// [`SCOPE_CARRIED`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopedCount {
+    pub scope: String,
+    pub count: Count,
+}
+
+/// Decisions the kernel could not count by scope (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScopeMisses {
+    /// The scope table had no room for a new key.
+    pub table_full: u64,
+    /// No scope entry was found for the cgroup or interface.
+    pub no_scope: u64,
+}
+
+/// (kind, hook, family, country, outcome), raw.
+type RawKey = (u8, u8, u8, u16, u8);
 
 /// One non-zero counter, summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +102,11 @@ pub struct CounterReader {
     faults: FaultCounts,
     /// The layouts counters were carried from, ascending.
     carried_from: Vec<u32>,
+    scope_counts: PerCpuHashMap<MapData, ScopeKey, ScopeCount>,
+    scope_names: HashMap<MapData, u32, ScopeName>,
+    scope_misses: PerCpuArray<MapData, u64>,
+    /// The `overflow` value last reported per key: see [`Self::read_scoped`].
+    overflow_seen: Mutex<BTreeMap<RawKey, u64>>,
 }
 
 impl CounterReader {
@@ -99,6 +141,13 @@ impl CounterReader {
             event_stats,
             faults: FaultCounts::open(pin_dir)?,
             carried_from: carried_from.into_iter().collect(),
+            scope_counts: PerCpuHashMap::try_from(open_pinned(pin_dir, SCOPE_COUNTS)?)
+                .map_err(map_err(SCOPE_COUNTS))?,
+            scope_names: HashMap::try_from(open_pinned(pin_dir, SCOPE_NAMES)?)
+                .map_err(map_err(SCOPE_NAMES))?,
+            scope_misses: PerCpuArray::try_from(open_pinned(pin_dir, SCOPE_MISSES)?)
+                .map_err(map_err(SCOPE_MISSES))?,
+            overflow_seen: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -122,33 +171,104 @@ impl CounterReader {
     /// Every non-zero counter of one kind, in (hook, family, country,
     /// outcome) order.
     pub fn read(&self, kind: CounterKind) -> Result<Vec<Count>, DatapathError> {
+        read_blocks(kind, &self.blocks[kind as usize])
+    }
+
+    /// Every non-zero counter of one kind by scope entry, in (scope, hook,
+    /// family, country, outcome) order; per (hook, family, country,
+    /// outcome) they add up to [`Self::read`]'s count.
+    ///
+    /// The kernel counts a decision in `SCOPE_COUNTS` and then in the
+    /// totals, and this reads the totals first: so no total read is ever
+    /// smaller than what its scope entries hold, and the difference, the
+    /// decisions counted under no entry, is reported as [`SCOPE_OVERFLOW`].
+    /// That difference reads low while decisions are being counted between
+    /// the two reads (never high), so each key's value is the largest seen
+    /// yet, and a counter never goes backwards; it is exact when quiet.
+    /// The totals carried from older layouts are [`SCOPE_CARRIED`].
+    pub fn read_scoped(&self, kind: CounterKind) -> Result<Vec<ScopedCount>, DatapathError> {
         let maps = &self.blocks[kind as usize];
-        let mut out = Vec::new();
-        for &hook in Hook::ALL {
-            for &family in Family::ALL {
-                let mut total = zero();
-                for map in maps {
-                    let per_cpu = map
-                        .get(&counter_index(hook, family), 0)
-                        .map_err(map_err(kind.map_name()))?;
-                    add(&mut total, &per_cpu);
-                }
-                for (country, row) in total.counts.iter().enumerate() {
-                    for (&outcome, &value) in Outcome::ALL.iter().zip(row) {
-                        if value != 0 {
-                            out.push(Count {
-                                hook,
-                                family,
-                                country: country as u16,
-                                outcome,
-                                value,
-                            });
-                        }
-                    }
+        let current = read_blocks(kind, &maps[..1])?;
+        let carried = read_blocks(kind, &maps[1..])?;
+        let want = match kind {
+            CounterKind::Connections => SCOPE_KIND_CONNECTIONS,
+            CounterKind::Packets | CounterKind::Bytes => SCOPE_KIND_PACKETS,
+        };
+        let names = read_names(&self.scope_names);
+        let mut out: BTreeMap<(String, RawKey), u64> = BTreeMap::new();
+        let mut scoped: BTreeMap<RawKey, u64> = BTreeMap::new();
+        for item in self.scope_counts.iter() {
+            let (k, values) = item.map_err(map_err(SCOPE_COUNTS))?;
+            if k.kind != want {
+                continue;
+            }
+            let v = values.iter().fold(0u64, |a, c| {
+                a.wrapping_add(match kind {
+                    CounterKind::Bytes => c.bytes,
+                    _ => c.count,
+                })
+            });
+            if v == 0 {
+                continue;
+            }
+            let key = (0, k.hook, k.family, k.country, k.outcome);
+            let label = names
+                .get(&k.scope)
+                .cloned()
+                .unwrap_or_else(|| SCOPE_OVERFLOW.to_owned());
+            *out.entry((label, key)).or_default() += v;
+            *scoped.entry(key).or_default() += v;
+        }
+        {
+            let mut seen = self.overflow_seen.lock().unwrap_or_else(|e| e.into_inner());
+            for c in &current {
+                let key = raw_key(c);
+                let rest = c
+                    .value
+                    .saturating_sub(scoped.get(&key).copied().unwrap_or(0));
+                let last = seen
+                    .entry((kind as u8, key.1, key.2, key.3, key.4))
+                    .or_default();
+                *last = (*last).max(rest);
+                if *last > 0 {
+                    *out.entry((SCOPE_OVERFLOW.to_owned(), key)).or_default() += *last;
                 }
             }
         }
-        Ok(out)
+        for c in &carried {
+            *out.entry((SCOPE_CARRIED.to_owned(), raw_key(c)))
+                .or_default() += c.value;
+        }
+        Ok(out
+            .into_iter()
+            .filter_map(|((scope, (_, hook, family, country, outcome)), value)| {
+                Some(ScopedCount {
+                    scope,
+                    count: Count {
+                        hook: Hook::from_raw(hook.into())?,
+                        family: Family::from_raw(family.into())?,
+                        country,
+                        outcome: Outcome::from_raw(outcome.into())?,
+                        value,
+                    },
+                })
+            })
+            .collect())
+    }
+
+    /// Decisions the kernel could not count by scope, by reason.
+    pub fn scope_misses(&self) -> Result<ScopeMisses, DatapathError> {
+        let total = |index: u32| -> Result<u64, DatapathError> {
+            let per_cpu = self
+                .scope_misses
+                .get(&index, 0)
+                .map_err(map_err(SCOPE_MISSES))?;
+            Ok(per_cpu.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
+        };
+        Ok(ScopeMisses {
+            table_full: total(SCOPE_MISS_FULL)?,
+            no_scope: total(SCOPE_MISS_NONE)?,
+        })
     }
 
     /// Events not emitted since the maps were created.
@@ -166,6 +286,43 @@ impl CounterReader {
             ring_full: total(EVENT_SUPPRESSED_FULL)?,
         })
     }
+}
+
+/// The non-zero counters of one kind summed over `maps`.
+fn read_blocks(
+    kind: CounterKind,
+    maps: &[PerCpuArray<MapData, CounterBlock>],
+) -> Result<Vec<Count>, DatapathError> {
+    let mut out = Vec::new();
+    for &hook in Hook::ALL {
+        for &family in Family::ALL {
+            let mut total = zero();
+            for map in maps {
+                let per_cpu = map
+                    .get(&counter_index(hook, family), 0)
+                    .map_err(map_err(kind.map_name()))?;
+                add(&mut total, &per_cpu);
+            }
+            for (country, row) in total.counts.iter().enumerate() {
+                for (&outcome, &value) in Outcome::ALL.iter().zip(row) {
+                    if value != 0 {
+                        out.push(Count {
+                            hook,
+                            family,
+                            country: country as u16,
+                            outcome,
+                            value,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn raw_key(c: &Count) -> RawKey {
+    (0, c.hook as u8, c.family as u8, c.country, c.outcome as u8)
 }
 
 fn zero() -> Box<CounterBlock> {

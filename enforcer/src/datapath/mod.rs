@@ -28,6 +28,7 @@ pub mod guard;
 mod links;
 mod pinned;
 mod query;
+pub mod scopes;
 mod slots;
 
 use std::{

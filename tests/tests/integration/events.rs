@@ -75,6 +75,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "verdict": "denied", "mode": "enforce", "reason": "geoip",
             "pid": pid(&tcp[0]), "tgid": pid(&tcp[0]), "uid": NOBODY, "gid": NOBODY,
             "comm": "ee-probe", "cgroup_id": cgroup_id, "cgroup": cgroup_path,
+            // The scope entry is the sandbox cgroup itself.
+            "scope": cgroup_path,
             "direction": "outbound",
         }),
         json!({
@@ -83,6 +85,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "verdict": "denied", "mode": "enforce", "reason": "geoip",
             "pid": pid(&udp[0]), "tgid": pid(&udp[0]), "uid": NOBODY, "gid": NOBODY,
             "comm": "ee-probe", "cgroup_id": cgroup_id, "cgroup": cgroup_path,
+            // The scope entry is the sandbox cgroup itself.
+            "scope": cgroup_path,
             "direction": "outbound",
         }),
         // A raw socket never went through connect/sendmsg: the packet hook
@@ -93,6 +97,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "dst": DENIED_V4.to_string(), "country": DENIED_COUNTRY,
             "verdict": "denied", "mode": "enforce", "reason": "geoip",
             "uid": 0, "cgroup_id": cgroup_id, "cgroup": cgroup_path,
+            // The scope entry is the sandbox cgroup itself.
+            "scope": cgroup_path,
             "direction": "outbound",
             // IPv4 header (20) + the probe's 16-byte echo request.
             "bytes": 36,

@@ -172,6 +172,10 @@ fn assert_events(events: &[Value], verdict: &str, mode: &str) {
         assert_eq!(e["country"], DENIED_COUNTRY, "{e}");
         assert_eq!(e["reason"], "geoip", "{e}");
         assert_eq!(e["cgroup_id"], 0, "no local cgroup: {e}");
+        assert_eq!(
+            e["scope"], ROUTER_OUT,
+            "the interface is its scope entry: {e}"
+        );
         assert!(
             denied.iter().any(|d| e["dst"] == d.as_str()),
             "only denied destinations are reported: {e}"
@@ -234,6 +238,15 @@ fn enforce_drops_forwarded_traffic_to_non_approved_destinations() {
         4.0 * (N as f64 + 1.0),
         "nothing else was decided on the router's egress: not the replies \
          (they leave by the other interface), not the router's own ARP/ND/MLD\n{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_packets_total",
+            &[("hook", "tcx_egress"), ("scope", ROUTER_OUT)]
+        ),
+        all_tcx_packets(&m),
+        "forwarded packets count under their interface's scope entry\n{}",
         m.text
     );
 

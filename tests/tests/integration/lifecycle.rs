@@ -228,6 +228,15 @@ fn a_new_layout_retires_the_previous_one() {
     assert_eq!(
         m.sum(
             "enforcer_connections_total",
+            &[("scope", "carried"), ("verdict", "denied")]
+        ),
+        2.0,
+        "carried counts have no scope entry: they are under scope=\"carried\"\n{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum(
+            "enforcer_connections_total",
             &[("country", DENIED_COUNTRY), ("verdict", "would_deny")]
         ),
         1.0,
@@ -383,6 +392,24 @@ fn counters_continue_across_a_layout_upgrade() {
         "the metrics say what status says\n{}",
         m.text
     );
+    // The previous layout counted by no scope entry: its counts are
+    // `carried`, this layout's are the sandbox cgroup's.
+    let scope = s.sb.cgroup.display().to_string();
+    for (label, want) in [("carried", after_country), (scope.as_str(), M)] {
+        assert_eq!(
+            m.sum(
+                "enforcer_connections_total",
+                &[
+                    ("scope", label),
+                    ("country", DENIED_COUNTRY),
+                    ("verdict", "denied")
+                ]
+            ),
+            want as f64,
+            "scope {label}\n{}",
+            m.text
+        );
+    }
 
     // A restart with the same layout adopts the pins, carried ones too.
     agent.stop();

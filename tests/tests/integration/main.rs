@@ -21,6 +21,7 @@ mod check;
 mod connect;
 mod continuity;
 mod control;
+mod counters_by_scope;
 mod diagnostics;
 mod events;
 mod exceptions;
