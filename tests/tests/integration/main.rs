@@ -26,6 +26,7 @@ mod diagnostics;
 mod events;
 mod exceptions;
 mod flat_tables;
+mod fleet;
 mod forwarded;
 mod geoip_diff;
 mod guard;
