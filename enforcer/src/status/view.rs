@@ -58,6 +58,7 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "privileges": s.privileges,
         "reload_held": s.reload_held.as_ref().map(crate::flip::HeldReload::json),
+        "reload_guard_baseline": s.baseline.json(),
     })
 }
 
