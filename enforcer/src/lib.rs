@@ -7,6 +7,8 @@
 //! - [`policy`]: config + GeoIP sources -> what one policy slot holds;
 //! - [`flip`]: address space new GeoIP data moves between allowed and
 //!   refused (`geoip diff`, the reload guard);
+//! - [`baseline`]: the GeoIP data in force, kept in the runtime directory
+//!   so a restarted agent's reload guard can compare with it;
 //! - [`datapath`]: load/adopt, slot writer and flip, attach/pin, counters,
 //!   uninstall;
 //! - [`scope`]: configured cgroups -> attach targets;
@@ -28,6 +30,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -17,7 +17,8 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/egress-enforcer";
 
 /// Default runtime directory (tmpfs, so its contents last until reboot,
-/// like the bpffs pins): the control socket and runtime mode changes.
+/// like the bpffs pins): the control socket, runtime mode changes and the
+/// reload guard's baseline of the GeoIP data in force.
 pub const DEFAULT_RUN_DIR: &str = "/run/egress-enforcer";
 
 /// The control socket's file name in the runtime directory.
@@ -26,6 +27,14 @@ pub const CONTROL_SOCKET_NAME: &str = "control.sock";
 /// The runtime mode changes (made with `enforcer mode`) in the runtime
 /// directory.
 pub const RUNTIME_MODE_NAME: &str = "runtime-mode.json";
+
+/// The reload guard's baseline in the runtime directory: the GeoIP table
+/// in force (see [`crate::baseline`]).
+pub const BASELINE_TABLE_NAME: &str = "geoip-baseline.table";
+
+/// The baseline's manifest in the runtime directory: the sources and
+/// SHA-256s of [`BASELINE_TABLE_NAME`].
+pub const BASELINE_MANIFEST_NAME: &str = "geoip-baseline.json";
 
 /// Default audit log (its head file is `<this>.head`).
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/egress-enforcer/audit.jsonl";

@@ -17,6 +17,8 @@
 //!   kernel); [`CountryChange`]: how much address space moved between
 //!   countries (for people, `enforcer geoip diff`).
 //! - [`sets`]: jurisdiction sets (EU, EEA, adequacy decisions) as data.
+//! - [`GeoTable::to_snapshot`] / [`GeoTable::from_snapshot`]: an exact
+//!   binary form of a table (the agent's baseline of the data in force).
 //! - `writer` (feature `writer`): writes small `.mmdb` files for tests and
 //!   demos.
 //!
@@ -46,6 +48,7 @@ mod diff;
 mod error;
 mod mmdb;
 pub mod sets;
+mod snapshot;
 mod source;
 mod table;
 #[cfg(any(test, feature = "writer"))]

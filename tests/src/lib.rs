@@ -17,6 +17,8 @@
 //! - [`container`]: a booted Debian 12 machine (systemd-nspawn, real
 //!   systemd 252) on an overlay of the cached root fs, in the sandbox's
 //!   client namespace, removed on drop;
+//! - [`prometheus`]: a real Prometheus and Alertmanager for the fleet
+//!   test, and a webhook receiver collecting the alerts, killed on drop;
 //! - [`postgres`]: PostgreSQL servers in the sandbox's server namespace,
 //!   the peers the storage host writes user rows to;
 //! - [`rsyslog`]: rsyslog instances running the shipped configurations
@@ -37,6 +39,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod postgres;
 pub mod probe;
+pub mod prometheus;
 pub mod router;
 pub mod rsyslog;
 pub mod sandbox;

@@ -64,6 +64,7 @@ const STATIC_FILES: &[(&str, &str, u32)] = &[
     ("rsyslog/egress-enforcer-collector.conf", "usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", 0o644),
     // An example for the operator's Prometheus, not loaded by anything here.
     ("prometheus/egress-enforcer-rules.yml", "usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", 0o644),
+    ("grafana/egress-enforcer.json", "usr/share/egress-enforcer/grafana/egress-enforcer.json", 0o644),
 ];
 
 /// Files under /etc that the administrator may edit: dpkg keeps their
@@ -109,6 +110,7 @@ const REQUIRED: &[(&str, &str)] = &[
     ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-host.conf", "-rw-r--r--"),
     ("./usr/share/egress-enforcer/rsyslog/egress-enforcer-collector.conf", "-rw-r--r--"),
     ("./usr/share/egress-enforcer/prometheus/egress-enforcer-rules.yml", "-rw-r--r--"),
+    ("./usr/share/egress-enforcer/grafana/egress-enforcer.json", "-rw-r--r--"),
     ("./usr/share/doc/egress-enforcer/changelog.Debian.gz", "-rw-r--r--"),
 ];
 

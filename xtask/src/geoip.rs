@@ -481,7 +481,7 @@ fn sha512_integrity(path: &Path) -> Result<String> {
     ))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())

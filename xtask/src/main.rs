@@ -24,6 +24,7 @@ mod deb;
 mod demo;
 mod fuzz;
 mod geoip;
+mod grafana;
 mod image;
 mod previous;
 mod rootfs;

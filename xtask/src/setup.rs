@@ -58,6 +58,7 @@ const SYSTEM_TOOLS: &[Tool] = &[
     Tool { command: "nft",  package: "nftables",     used_by: "the nftables baseline" },
     Tool { command: "curl", package: "curl",         used_by: "real HTTP clients" },
     Tool { command: "ping", package: "iputils-ping", used_by: "ICMP clients" },
+    Tool { command: "tmux", package: "tmux",         used_by: "running `enforcer top` in a real terminal (top tests)" },
     Tool { command: "logrotate", package: "logrotate", used_by: "rotating the audit log with the shipped snippet (sinks tests)" },
     Tool { command: "tar",  package: "tar",          used_by: "unpacking npm tarballs (geoip fetch)" },
     Tool { command: "npm",  package: "npm",          used_by: "downloading GeoIP databases (geoip fetch)" },
@@ -72,6 +73,10 @@ const SYSTEM_TOOLS: &[Tool] = &[
     // The package's maintainer script does not start the daemon where
     // systemd is not running (invoke-rc.d declines): checked on Debian 12.
     Tool { command: "promtool", package: "prometheus", used_by: "checking live scrapes and the shipped alert rules (promtool tests)" },
+    Tool { command: "prometheus", package: "prometheus", used_by: "scraping three agents and evaluating the shipped rules (fleet test)" },
+    // Installed without starting its daemon where systemd is not running
+    // (invoke-rc.d declines): checked on Debian 12.
+    Tool { command: "prometheus-alertmanager", package: "prometheus-alertmanager", used_by: "delivering the fleet test's alerts to its webhook (fleet test)" },
     Tool { command: "python3:ensurepip", package: "python3-venv", used_by: "the venv kubernetes-validate is installed in (kubernetes tests)" },
     Tool { command: "kubectl", package: "kubernetes-client", used_by: "rendering packaging/kubernetes with kustomize (kubernetes tests)" },
 ];

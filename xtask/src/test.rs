@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{deb, fuzz, geoip, previous, rootfs, setup, workspace, workspace_root};
+use crate::{deb, fuzz, geoip, grafana, previous, rootfs, setup, workspace, workspace_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -79,6 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     let geo_dir = files.dir.as_path();
     let previous = previous::ensure()?;
     let rootfs = rootfs::ensure()?;
+    let grafana_schema = grafana::ensure()?;
 
     // Plain `cargo build/clippy/test` cover the default members: every
     // crate but enforcer-ebpf, which only builds for the BPF target (through
@@ -109,7 +110,7 @@ pub fn run(args: Args) -> Result<()> {
     let target = ws.target_dir.join("debug");
     let enforcer = target.join("enforcer");
     let probe = target.join("ee-probe");
-    let envs: [(&str, &Path); 7] = [
+    let envs: [(&str, &Path); 8] = [
         ("EE_GEOIP_DIR", geo_dir),
         ("ENFORCER_BIN", &enforcer),
         ("EE_PROBE_BIN", &probe),
@@ -117,6 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         ("EE_ROOTFS", &rootfs),
         ("EE_DEB", &deb_current),
         ("EE_DEB_PREVIOUS", &deb_previous),
+        ("EE_GRAFANA_SCHEMA_DIR", &grafana_schema),
     ];
     let _bpffs = crate::bpffs::Restore::new();
     let mut test_args = vec!["test", "--no-fail-fast"];

@@ -170,7 +170,7 @@ async fn start(config_path: Option<PathBuf>) -> anyhow::Result<Started> {
     // Installed first, and kept across the runtimes: a SIGHUP during
     // start-up must not kill the agent, and is served once it runs.
     let signals = Signals::install()?;
-    let prepared = prepare_blocking(config_path.clone()).await?;
+    let mut prepared = prepare_blocking(config_path.clone()).await?;
     let config = &prepared.config;
     // The file watch from the moment the sources are known, long before
     // READY: a database replaced during the start is a pending change, not
@@ -204,7 +204,7 @@ async fn start(config_path: Option<PathBuf>) -> anyhow::Result<Started> {
     }));
 
     let (dp, overrides) = tokio::task::block_in_place(|| {
-        start_datapath(&pin_dir, &prepared, &status, &mut runtime, &audit)
+        start_datapath(&pin_dir, &mut prepared, &status, &mut runtime, &audit)
     })?;
     Ok(Started {
         config_path,
@@ -281,6 +281,7 @@ async fn serve(started: Started, privileges: privileges::Privileges) -> anyhow::
     };
     // `status` shows each database against its file on disk from the start.
     agent.check_sources();
+    agent.write_baseline();
     let _ = sd_notify::notify(&[
         NotifyState::Ready,
         NotifyState::Status(&format!(
@@ -300,12 +301,14 @@ async fn serve(started: Started, privileges: privileges::Privileges) -> anyhow::
     Ok(())
 }
 
-/// Loads or adopts the datapath and applies the first policy. A failure
-/// is audited, and a datapath this start loaded is discarded again, so a
+/// Loads or adopts the datapath and applies the first policy (an adopted
+/// one's is first put through the reload guard, which may replace it with
+/// the data in force: [`reload_guard::guard_start`]). A failure is
+/// audited, and a datapath this start loaded is discarded again, so a
 /// failed start changes nothing.
 fn start_datapath(
     pin_dir: &std::path::Path,
-    prepared: &Prepared,
+    prepared: &mut Prepared,
     status: &SharedStatus,
     runtime: &mut RuntimeState,
     audit: &SharedAudit,
@@ -316,6 +319,11 @@ fn start_datapath(
         tracing::info!(pin_dir = %pin_dir.display(), "adopting the pinned datapath of an earlier agent");
     }
     let fresh = !dp.adopted();
+    let start_hold = if fresh {
+        None
+    } else {
+        reload_guard::guard_start(prepared, status)
+    };
     let began = std::time::Instant::now();
     let overrides = match apply(&mut dp, prepared, status, fresh, runtime) {
         Ok(o) => {
@@ -346,6 +354,9 @@ fn start_datapath(
         layout_version: enforcer_common::LAYOUT_VERSION,
     }));
     audit.record(load_record(status, LoadTrigger::Start, None));
+    if let Some(h) = start_hold {
+        reload_guard::record_hold(status, audit, LoadTrigger::Start, None, h.flip, h.held);
+    }
     // A checkpoint right away: a fresh log has a signed one (when a key is
     // set) before the first interval ends.
     records::checkpoint_record(status, audit);

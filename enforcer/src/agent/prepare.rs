@@ -29,6 +29,7 @@ pub(super) struct Prepared {
 /// prepares it. Blocking: database loads take hundreds of milliseconds.
 pub(super) fn prepare(path: Option<&Path>) -> anyhow::Result<Prepared> {
     let config = Config::load_or_default(path)?;
+    config.check_default_database()?;
     let policy = CompiledPolicy::compile(&config)?;
     release_free_memory("policy compiled");
     for s in &policy.sources {

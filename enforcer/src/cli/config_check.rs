@@ -14,6 +14,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config.load()?;
+    config.check_default_database()?;
     // As `run` checks them: the admin group must exist.
     crate::control::peer::Access::resolve(config.control.admin_group.as_deref())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.origin))?;

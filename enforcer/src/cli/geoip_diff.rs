@@ -15,6 +15,11 @@
 //! (`geoip.max_flip`, [`crate::flip`]) would hold NEW arriving while OLD is
 //! in force.
 //!
+//! OLD may be the agent's baseline of the data in force
+//! (`<run_dir>/geoip-baseline.json`, [`crate::baseline`]): after a restart
+//! held new data, the file that was in force may be gone, and the baseline
+//! is what the agent compared with.
+//!
 //! IPv4 is counted in addresses (JSON numbers); IPv6 in 128-bit addresses,
 //! as decimal strings in JSON (they do not fit a JSON number exactly), with
 //! the /64 equivalent beside them for reading; the text output shows IPv6
@@ -28,15 +33,18 @@ use geoip::{CountryCode, FamilyChange, Move};
 use serde_json::{Value, json};
 
 use crate::{
+    baseline,
     config::Config,
     flip::{Flip, PolicyMoves, count_json, total},
+    paths,
     policy::approval_table,
 };
 
 /// The arguments of `enforcer geoip diff`.
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
-    /// The database in force (or the older one): .mmdb or CSV.
+    /// The database in force (or the older one): .mmdb or CSV, or the
+    /// agent's baseline of the data in force (`<run_dir>/geoip-baseline.json`).
     pub old: PathBuf,
     /// The candidate database: .mmdb or CSV.
     pub new: PathBuf,
@@ -172,8 +180,38 @@ fn print_family(
 }
 
 fn load(path: &Path) -> anyhow::Result<geoip::Loaded> {
+    let name = path.file_name().and_then(|n| n.to_str());
+    if name == Some(paths::BASELINE_MANIFEST_NAME) || name == Some(paths::BASELINE_TABLE_NAME) {
+        return load_baseline(path);
+    }
     // GeoipError names the file; the caller's context says which side.
     Ok(geoip::Source::open(path)?.load()?)
+}
+
+/// The agent's baseline (by its manifest or table), as one source: the
+/// layered table of every source that was in force, identified by the
+/// table's SHA-256.
+fn load_baseline(path: &Path) -> anyhow::Result<geoip::Loaded> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let b = baseline::read(dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no baseline manifest (the agent writes it after each apply)",
+            baseline::manifest_path(dir).display()
+        )
+    })?;
+    Ok(geoip::Loaded {
+        stats: geoip::Stats::default(),
+        info: geoip::SourceInfo {
+            path: baseline::table_path(dir),
+            // Not read from a source file: the snapshot is exact, like a
+            // CSV's rows (no tree, no aliases detected).
+            format: geoip::Format::Csv,
+            database_type: Some("egress-enforcer baseline".to_owned()),
+            build_epoch: None,
+            sha256: b.manifest.table_sha256,
+        },
+        table: b.geo,
+    })
 }
 
 pub fn run(args: DiffArgs) -> anyhow::Result<()> {

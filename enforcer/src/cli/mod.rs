@@ -11,6 +11,7 @@ mod guard;
 mod logging;
 mod run;
 pub(crate) mod status;
+mod top;
 mod uninstall;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -83,6 +84,10 @@ pub enum Command {
     /// Print the running agent's recent refused/would-refuse events; with
     /// --follow, then each new one.
     Events(control_verbs::EventsArgs),
+    /// A live view of the running agent, refreshed every second: decisions
+    /// per country and scope, the would-deny and denied destinations with
+    /// the process behind them, events, mode, coverage, database age.
+    Top(top::Args),
     /// Explain the verdict the kernel gives addresses: matched prefix,
     /// source, country, policy, mode, read from the live maps.
     Check(check::Args),
@@ -226,6 +231,7 @@ pub fn main() -> ExitCode {
         Command::Mode(args) => control_verbs::mode(args),
         Command::Reload(args) => control_verbs::reload(args),
         Command::Events(args) => control_verbs::events(args),
+        Command::Top(args) => top::run(args),
         Command::Check(args) => check::run(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Guard(args) => guard::run(args),

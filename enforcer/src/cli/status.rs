@@ -191,6 +191,7 @@ fn print_agent(a: &serde_json::Value) {
         }
     }
     print_held(&a["reload_held"]);
+    print_baseline(&a["reload_guard_baseline"]);
     println!(
         "prefixes:   {} IPv4 + {} IPv6; rules {} IPv4 + {} IPv6",
         s(&a["prefixes"]["ipv4"]),
@@ -288,6 +289,21 @@ fn print_held(h: &serde_json::Value) {
     println!(
         "            review with `enforcer geoip diff`; apply with `enforcer reload --accept-change`"
     );
+}
+
+/// The reload guard's baseline, when something is wrong with it.
+fn print_baseline(b: &serde_json::Value) {
+    if let Some(why) = b["missing_at_start"].as_str() {
+        println!(
+            "BASELINE MISSING: this start adopted data in force without a baseline to compare with, so the reload guard did not check the data on disk ({why})"
+        );
+    }
+    if let Some(e) = b["last_write_error"].as_str() {
+        println!(
+            "baseline:   cannot be written ({} failures; {e}): a restart cannot compare with the data in force",
+            s(&b["write_failures"])
+        );
+    }
 }
 
 fn print_kernel(k: &serde_json::Value) {

@@ -4,7 +4,8 @@
 //! required, and the audit log gets a record of the caller and the reason
 //! before anything is removed (no record, no removal). The runtime mode
 //! changes made with `enforcer mode` go too: a later fresh start must come
-//! back in the mode its config says.
+//! back in the mode its config says. So does the reload guard's baseline
+//! of the data in force ([`crate::baseline`]): nothing is in force any more.
 
 use std::path::Path;
 
@@ -13,7 +14,7 @@ use anyhow::Context as _;
 use super::PinDirArg;
 use crate::{
     audit::{AuditLog, Kind, Uninstall},
-    datapath, paths,
+    baseline, datapath, paths,
 };
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Err(e) => {
             return Err(e).with_context(|| format!("removing {}", modes.display()));
         }
+    }
+    // The baseline describes the data in force: with the pins gone there
+    // is none.
+    if baseline::remove(&config.run_dir)? {
+        println!(
+            "removed the reload guard's baseline ({})",
+            baseline::manifest_path(&config.run_dir).display()
+        );
     }
     if report.found {
         println!(

@@ -224,6 +224,31 @@ impl Config {
         Self::parse(EMBEDDED_DEFAULT, Origin::Embedded)
     }
 
+    /// With the embedded default, whether its database is where it reads
+    /// it from; when it is not, an error that says exactly how to get it (a
+    /// fresh machine has none, and "No such file or directory" alone does
+    /// not say what to do). Configs from a file are left to the load, whose
+    /// error names the file.
+    pub fn check_default_database(&self) -> Result<(), ConfigError> {
+        if self.origin != Origin::Embedded {
+            return Ok(());
+        }
+        for path in &self.sources {
+            match fs::metadata(path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ConfigError {
+                        origin: Origin::Embedded,
+                        message: missing_default_database(path),
+                    });
+                }
+                // Anything else (permissions, ...) is the load's error.
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// `load(path)` when a path is given, else the embedded default.
     pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
         match path {
@@ -246,6 +271,21 @@ impl Config {
         };
         raw.validate(&base, origin.clone()).map_err(err)
     }
+}
+
+/// What to do when the embedded default's database is missing.
+fn missing_default_database(path: &Path) -> String {
+    format!(
+        "no config was given (--config), and the built-in default reads the GeoIP database \
+         {path}, which does not exist. Either put a database there: on Debian or Ubuntu \
+         install `geoipupdate`, put a MaxMind licence key (a free GeoLite2 account) in \
+         /etc/GeoIP.conf and run `geoipupdate`, which writes that file; or copy any MaxMind-format \
+         country database there (`install -D -m 0644 FILE.mmdb {path}`; from a source \
+         checkout, `cargo xtask geoip fetch` downloads one to \
+         ~/.cache/egress-enforcer/geoip/GeoLite2-Country.mmdb). Or run with --config FILE \
+         whose geoip.sources name your databases (docs/configuration.md)",
+        path = path.display()
+    )
 }
 
 /// Where the agent's runtime objects are (pins, control socket), for the

@@ -317,3 +317,30 @@ fn an_unusable_signing_key_is_an_error_naming_the_file() {
         .to_string();
     assert!(open.contains("good.key") && open.contains("0644"), "{open}");
 }
+
+#[test]
+fn a_missing_default_database_says_how_to_get_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("GeoLite2-Country.mmdb");
+    let mut c = Config::embedded_default().expect("the embedded default parses");
+    c.sources = vec![missing.clone()];
+    let e = c.check_default_database().expect_err("missing").to_string();
+    for needle in [
+        "<embedded default config>",
+        missing.to_str().expect("utf-8"),
+        "geoipupdate",
+        "cargo xtask geoip fetch",
+        "--config",
+    ] {
+        assert!(e.contains(needle), "{needle:?} in {e}");
+    }
+    fs::write(&missing, b"").expect("write");
+    c.check_default_database()
+        .expect("present: the load says the rest");
+    // A config file's sources are the load's business (its error names
+    // the file).
+    let mut f = parse(MINIMAL).expect("parses");
+    f.sources = vec![dir.path().join("nope.mmdb")];
+    f.check_default_database()
+        .expect("not the embedded default");
+}

@@ -1,9 +1,10 @@
 //! The reload guard's metrics (`geoip.max_flip`, see [`crate::flip`]):
-//! whether new GeoIP data is held, since when, and its figures.
+//! whether new GeoIP data is held, since when, and its figures; and the
+//! baseline a restart compares with (see [`crate::baseline`]).
 
 use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{MetricType, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
 use crate::status::AgentStatus;
@@ -14,6 +15,20 @@ pub fn encode(
     encoder: &mut DescriptorEncoder,
     status: &AgentStatus,
 ) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::from(status.baseline.missing_at_start.is_some()));
+    metric.encode(encoder.encode_descriptor(
+        "enforcer_reload_guard_baseline_missing",
+        "1 when this start adopted a datapath with GeoIP data in force but found no usable baseline of it (missing or unreadable, see `enforcer status`): the data on disk went live without the reload guard's check. Stays 1 until the next start.",
+        None,
+        metric.metric_type(),
+    )?)?;
+    let metric = ConstCounter::new(status.baseline.write_failures);
+    metric.encode(encoder.encode_descriptor(
+        "enforcer_reload_guard_baseline_write_failures",
+        "Writes of the reload guard's baseline (the GeoIP data in force, in the runtime directory) that failed; the policy was applied regardless, and a restart before the next good write cannot compare.",
+        None,
+        metric.metric_type(),
+    )?)?;
     let held = status.reload_held.as_ref();
     let metric = ConstGauge::new(i64::from(held.is_some()));
     metric.encode(encoder.encode_descriptor(

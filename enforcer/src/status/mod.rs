@@ -7,6 +7,7 @@
 //! reads the pinned maps through [`datapath`](crate::datapath) but nothing
 //! there depends on it.
 
+mod decisions;
 mod view;
 
 use std::sync::{Arc, RwLock};
@@ -84,6 +85,9 @@ pub struct AgentStatus {
     /// New GeoIP data the reload guard holds (`geoip.max_flip`), until a
     /// reload applies a policy.
     pub reload_held: Option<crate::flip::HeldReload>,
+    /// The reload guard's baseline of the data in force (see
+    /// [`crate::baseline`]).
+    pub baseline: crate::baseline::BaselineStatus,
 }
 
 /// One GeoIP source in force and the file at its path now.

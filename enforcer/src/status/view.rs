@@ -58,6 +58,7 @@ pub fn agent_view(s: &AgentStatus) -> serde_json::Value {
         }).collect::<Vec<_>>(),
         "privileges": s.privileges,
         "reload_held": s.reload_held.as_ref().map(crate::flip::HeldReload::json),
+        "reload_guard_baseline": s.baseline.json(),
     })
 }
 
@@ -121,7 +122,10 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
     let suppressed = reader.suppressed()?;
     let mut by_verdict: BTreeMap<&str, u64> = BTreeMap::new();
     let mut refused_by_country: BTreeMap<String, u64> = BTreeMap::new();
-    for c in &reader.connections()? {
+    let connections = reader.connections()?;
+    // By scope entry, as the metrics' `scope` label (`enforcer top`).
+    let scoped = reader.read_scoped(CounterKind::Connections)?;
+    for c in &connections {
         *by_verdict.entry(c.outcome.label()).or_default() += c.value;
         if matches!(c.outcome, Outcome::Denied | Outcome::WouldDeny) {
             *refused_by_country
@@ -144,6 +148,10 @@ pub fn kernel_view(pin_dir: &Path) -> Result<serde_json::Value, DatapathError> {
             "ring_full": suppressed.ring_full,
         },
         "denied_or_would_deny_by_country": refused_by_country,
+        // Per country and scope, for `enforcer top`.
+        "decisions": super::decisions::by_country_and_scope(
+            scoped.iter().map(|s| (Some(s.scope.as_str()), &s.count))
+        ),
         // The layouts whose counts are included (they continue across a
         // layout upgrade, see datapath::carry).
         "counters_carried_from": reader.carried_from(),

@@ -6,6 +6,14 @@
 //! with the way out, and `enforcer reload --accept-change` applies it,
 //! audited; a change within the bound is applied on its own; a bound that
 //! cannot be right is refused naming its key.
+//!
+//! A hold survives an agent restart: the restarted agent adopts the pins,
+//! compares the data on disk with the baseline of the data in force that
+//! the first one wrote into the runtime directory, and holds it again
+//! (trigger `start`) with the old verdicts in the kernel; without a
+//! baseline (removed, or damaged) it starts with the data on disk and says
+//! so in its log, `status` and the metrics; a baseline that cannot be
+//! written fails no reload, and is counted and shown.
 
 use std::{
     net::IpAddr,
@@ -292,4 +300,309 @@ fn a_bound_that_cannot_be_right_is_refused_naming_its_key() {
     );
     assert_eq!(s.status()["agent"]["generation"], generation);
     assert!(attempt(&s.sb, Proto::Tcp, IpAddr::V4(DENIED_V4)).refused());
+}
+
+/// The baseline's manifest in the scenario's runtime directory.
+fn baseline_manifest(s: &Scenario) -> std::path::PathBuf {
+    s.run_dir().join(enforcer::paths::BASELINE_MANIFEST_NAME)
+}
+
+/// The value of a metric that must have exactly one sample (a zero must
+/// not pass for a metric that is not there).
+fn only_sample(agent: &Agent, name: &str) -> f64 {
+    let m = agent.scrape();
+    let series = m.series(name);
+    assert_eq!(series.len(), 1, "{name}: {series:?}");
+    series[0].value
+}
+
+fn baseline_missing_gauge(agent: &Agent) -> f64 {
+    only_sample(agent, "enforcer_reload_guard_baseline_missing")
+}
+
+/// SIGTERM, pins left for the next agent (as `systemctl restart` does).
+fn stop_for_restart(mut agent: Agent) {
+    assert!(agent.stop().success(), "{}", agent.log());
+    agent.leave_pins();
+}
+
+#[test]
+fn a_hold_survives_a_restart_until_accepted() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    let denied6 = IpAddr::V6(DENIED_V6);
+    std::fs::write(&s.db, old_data()).expect("write the old data");
+    let config = config(&s, &BOUND.to_string());
+    let first = s.start(&config);
+    let log = s.audit_log();
+    assert!(
+        baseline_manifest(&s).is_file(),
+        "the start writes the baseline"
+    );
+    assert_eq!(
+        baseline_missing_gauge(&first),
+        0.0,
+        "a fresh start is not gated"
+    );
+
+    replace(&s, &new_data());
+    within("status shows the reload held", || {
+        !s.status()["agent"]["reload_held"].is_null()
+    });
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    stop_for_restart(first);
+
+    // The restart reads the new data from disk and holds it again.
+    let agent = s.start(&config);
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).refused()
+            && attempt(&s.sb, Proto::Tcp, denied6).refused(),
+        "the restart keeps the data in force: {}",
+        agent.log()
+    );
+    let st = s.status();
+    let held = &st["agent"]["reload_held"];
+    assert_eq!(held["trigger"], "start", "{st:#}");
+    assert_eq!(held["flip"]["ipv4"]["flipped"], FLIPPED, "{held:#}");
+    assert_eq!(held["flip"]["ipv4"]["bound"], BOUND, "{held:#}");
+    assert_eq!(held["flip"]["ipv6"]["flipped"], "1", "{held:#}");
+    assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
+    assert_eq!(
+        st["agent"]["databases"][0]["sha256"],
+        sha256(&old_data()),
+        "the baseline's data is in force: {st:#}"
+    );
+    assert!(st["agent"]["adopted"].as_bool().unwrap_or(false), "{st:#}");
+    assert!(
+        st["agent"]["reload_guard_baseline"]["missing_at_start"].is_null(),
+        "{st:#}"
+    );
+    let m = agent.scrape();
+    assert_eq!(m.sum("enforcer_reload_held", &[]), 1.0);
+    assert_eq!(
+        m.sum(
+            "enforcer_reload_held_flipped_addresses",
+            &[("family", "ipv4"), ("direction", "refused_to_allowed")]
+        ),
+        FLIPPED as f64
+    );
+    assert_eq!(baseline_missing_gauge(&agent), 0.0);
+    assert!(
+        agent.log().contains("reload held") && agent.log().contains("trigger=\"start\""),
+        "{}",
+        agent.log()
+    );
+    let text = enforcer_at(&s.control_socket(), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("RELOAD HELD") && text.contains("(start)"),
+        "{text}"
+    );
+    let held = records(&log, "reload_held");
+    assert_eq!(held.len(), 2, "one per agent: {held:#?}");
+    let h = &held[1];
+    assert_eq!(h["trigger"], "start", "{h:#}");
+    assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
+    assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
+    assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
+
+    // The review: the previous file is gone, the baseline stands for it.
+    let out = enforcer(&[
+        "geoip",
+        "diff",
+        baseline_manifest(&s).to_str().expect("utf-8 path"),
+        s.db.to_str().expect("utf-8 path"),
+        "--config",
+        agent.config.to_str().expect("utf-8 path"),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).expect("diff is JSON");
+    assert_eq!(diff["reload_guard"]["would_hold"], true, "{diff:#}");
+    assert_eq!(
+        diff["reload_guard"]["flip"]["ipv4"]["flipped"], FLIPPED,
+        "{diff:#}"
+    );
+    assert_eq!(diff["new"]["sha256"], sha256(&new_data()), "{diff:#}");
+
+    // Accepted after the restart: applied as after a reload hold.
+    let out = enforcer_at(&s.control_socket(), &["reload", "--accept-change"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).ok && attempt(&s.sb, Proto::Tcp, denied6).ok,
+        "the accepted data is in force"
+    );
+    assert!(s.status()["agent"]["reload_held"].is_null());
+    let accepted = records(&log, "reload_accepted");
+    assert_eq!(accepted.len(), 1, "{accepted:#?}");
+    assert_eq!(
+        accepted[0]["databases_applied"][0]["sha256"],
+        sha256(&new_data())
+    );
+    stop_for_restart(agent);
+
+    // The accept moved the baseline (written after the capabilities were
+    // dropped): the next restart compares, and holds nothing.
+    let mut agent = s.start(&config);
+    assert!(attempt(&s.sb, Proto::Tcp, denied).ok);
+    let st = s.status();
+    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
+    let b = &st["agent"]["reload_guard_baseline"];
+    assert!(
+        b["missing_at_start"].is_null() && b["last_write_error"].is_null(),
+        "{st:#}"
+    );
+    assert!(
+        b["written_unix"].as_f64().is_some_and(|t| t > 0.0),
+        "{st:#}"
+    );
+    assert_eq!(held_gauge(&agent), 0.0);
+    assert_eq!(baseline_missing_gauge(&agent), 0.0);
+    assert_eq!(
+        only_sample(
+            &agent,
+            "enforcer_reload_guard_baseline_write_failures_total"
+        ),
+        0.0
+    );
+    assert!(
+        agent
+            .log()
+            .contains("the GeoIP data on disk is the data in force"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(records(&log, "reload_held").len(), 2);
+    verified_audit_summary(&log);
+
+    // Uninstalling removes the baseline with the pins.
+    agent.uninstall();
+    assert!(!baseline_manifest(&s).exists());
+    assert!(
+        !s.run_dir()
+            .join(enforcer::paths::BASELINE_TABLE_NAME)
+            .exists()
+    );
+}
+
+#[test]
+fn a_restart_without_a_baseline_says_it_cannot_compare() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let s = Scenario::new();
+    let denied = IpAddr::V4(DENIED_V4);
+    std::fs::write(&s.db, old_data()).expect("write the old data");
+    let config = config(&s, &BOUND.to_string());
+    let first = s.start(&config);
+    assert!(attempt(&s.sb, Proto::Tcp, denied).refused());
+    stop_for_restart(first);
+
+    // Removed: the restart goes on with the data on disk, loudly.
+    std::fs::remove_file(baseline_manifest(&s)).expect("remove the baseline");
+    replace(&s, &new_data());
+    let agent = s.start(&config);
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).ok,
+        "the data on disk is in force: {}",
+        agent.log()
+    );
+    let st = s.status();
+    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
+    let why = st["agent"]["reload_guard_baseline"]["missing_at_start"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status says the baseline is missing: {st:#}"))
+        .to_owned();
+    assert!(
+        why.contains(&baseline_manifest(&s).display().to_string()) && why.contains("no baseline"),
+        "{why}"
+    );
+    assert_eq!(baseline_missing_gauge(&agent), 1.0);
+    assert!(
+        agent.log().contains("no usable baseline"),
+        "{}",
+        agent.log()
+    );
+    let text = enforcer_at(&s.control_socket(), &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("BASELINE MISSING"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    assert!(baseline_manifest(&s).is_file(), "the start wrote a new one");
+    stop_for_restart(agent);
+
+    // Damaged: the same, naming the file and what is wrong.
+    let table = s.run_dir().join(enforcer::paths::BASELINE_TABLE_NAME);
+    std::fs::write(&table, b"not a table").expect("damage the baseline");
+    replace(&s, &old_data());
+    let agent = s.start(&config);
+    assert!(
+        attempt(&s.sb, Proto::Tcp, denied).refused(),
+        "the data on disk is in force: {}",
+        agent.log()
+    );
+    let st = s.status();
+    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
+    let why = st["agent"]["reload_guard_baseline"]["missing_at_start"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status says the baseline is unusable: {st:#}"))
+        .to_owned();
+    assert!(
+        why.contains(&table.display().to_string()) && why.contains("manifest names"),
+        "{why}"
+    );
+    assert_eq!(baseline_missing_gauge(&agent), 1.0);
+
+    // A baseline that cannot be written fails no apply: counted, shown,
+    // and the old manifest goes (a restart must not compare with it).
+    std::fs::remove_file(&table).expect("remove the table");
+    std::fs::create_dir(&table).expect("take its name");
+    let generation = s.status()["agent"]["generation"].as_u64();
+    let out = enforcer_at(&s.control_socket(), &["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = s.status();
+    assert_ne!(st["agent"]["generation"].as_u64(), generation, "{st:#}");
+    let b = &st["agent"]["reload_guard_baseline"];
+    assert_eq!(b["write_failures"], 1, "{st:#}");
+    assert!(
+        b["last_write_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&table.display().to_string())),
+        "{st:#}"
+    );
+    assert_eq!(
+        only_sample(
+            &agent,
+            "enforcer_reload_guard_baseline_write_failures_total"
+        ),
+        1.0
+    );
+    assert!(!baseline_manifest(&s).exists());
+    let text = enforcer_at(&s.control_socket(), &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("baseline:   cannot be written"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    assert!(
+        agent
+            .log()
+            .contains("cannot write the reload guard's baseline"),
+        "{}",
+        agent.log()
+    );
+    std::fs::remove_dir(&table).expect("give the name back");
 }
