@@ -16,7 +16,7 @@
 //! The answer is cached per CPU by the cgroup's own id (`SCOPE_CACHE`,
 //! layout in `enforcer_common::layout`): that id is one cheap helper call,
 //! a host's decisions come from few cgroups, and the walk plus the hash
-//! lookup cost about 15 ns a decision in `cargo xtask bench`.
+//! lookup cost about 10 ns a program run in `cargo xtask bench`.
 
 use core::ptr::{read_volatile, write_volatile};
 
