@@ -209,6 +209,29 @@ fn reports_exactly_the_destinations_whose_verdict_changes() {
         e.len() as u64 >= total
     });
     assert_eq!(seen.len() as u64, total, "{seen:#?}");
+    // whatif's userspace decision agrees with the kernel's tables (read
+    // back by `check`'s explainer) for the recorded config, on every peer,
+    // an IPv4-mapped one, an unlocated one and a built-in range.
+    let decider = enforcer::whatif::Decider::new(
+        enforcer::config::Config::load(&agent.config).expect("the recording's config"),
+    )
+    .expect("compile the recording's config");
+    let explainer =
+        enforcer::datapath::explain::Explainer::open(&s.pin_dir).expect("open the pins");
+    let mut probes: Vec<IpAddr> = SERVER_V4_ALL.iter().map(|a| IpAddr::V4(*a)).collect();
+    probes.extend(SERVER_V6_ALL.iter().map(|a| IpAddr::V6(*a)));
+    probes.extend([mapped(DENIED_V4), "198.18.0.1".parse().expect("ip")]);
+    probes.push("10.0.0.1".parse().expect("ip"));
+    for ip in probes {
+        let k = explainer.explain(ip, None).expect("explain");
+        let u = decider.decide(ip, None);
+        assert_eq!(
+            (u.outcome, u.country.map(|c| c.to_string()), u.source),
+            (k.outcome, k.country.map(|c| c.to_string()), k.source),
+            "{ip}: whatif's decision against the kernel's"
+        );
+    }
+    drop(explainer);
     agent.stop();
 
     // The candidate: US approved, enforce, and the candidate database.
