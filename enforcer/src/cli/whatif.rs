@@ -58,6 +58,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.events.is_empty() && args.audit.is_empty() {
         anyhow::bail!("nothing to replay: give --events FILE and/or --audit FILE");
     }
+    // The configs first: a bad one fails before any input is read.
+    let candidate = decider(&args.config, "candidate")?;
+    let current = args
+        .current
+        .as_deref()
+        .map(|p| decider(p, "current"))
+        .transpose()?;
     let mut rec = Recording::default();
     for p in &args.events {
         rec.read(p, InputKind::Events)?;
@@ -65,15 +72,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for p in &args.audit {
         rec.read(p, InputKind::Audit)?;
     }
-    for u in &rec.unreadable {
-        tracing::warn!("{}:{}: skipped: {}", u.file.display(), u.line, u.error);
+    if args.output.json() {
+        // The text lists them itself; JSON on stdout is for a script, so
+        // a person watching the terminal hears of them on stderr.
+        for u in &rec.unreadable {
+            tracing::warn!("{}:{}: skipped: {}", u.file.display(), u.line, u.error);
+        }
     }
-    let candidate = decider(&args.config, "candidate")?;
-    let current = args
-        .current
-        .as_deref()
-        .map(|p| decider(p, "current"))
-        .transpose()?;
     let report = Report::build(&rec, &candidate, current.as_ref());
     let before = match &args.current {
         Some(p) => format!("config {}", p.display()),
