@@ -32,6 +32,11 @@ pub struct Args {
     /// An audit log of the agent (its `event` records); may be repeated.
     #[arg(long, value_name = "FILE")]
     pub audit: Vec<PathBuf>,
+    /// Candidate GeoIP data: decide with these sources (in priority
+    /// order) instead of the candidate config's `geoip.sources`; may be
+    /// repeated. `--config` may then be the config in force.
+    #[arg(long, value_name = "FILE")]
+    pub source: Vec<PathBuf>,
     /// Decide the "before" side under this config instead of taking the
     /// verdict recorded with each event (for a recording made under an
     /// older policy).
@@ -45,8 +50,11 @@ pub struct Args {
     pub output: super::OutputArg,
 }
 
-fn decider(path: &Path, what: &str) -> anyhow::Result<Decider> {
-    let config = Config::load(path).with_context(|| format!("{what} config"))?;
+fn decider(path: &Path, what: &str, sources: &[PathBuf]) -> anyhow::Result<Decider> {
+    let mut config = Config::load(path).with_context(|| format!("{what} config"))?;
+    if !sources.is_empty() {
+        config.sources = sources.to_vec();
+    }
     Decider::new(config).with_context(|| format!("{what} config {}: GeoIP sources", path.display()))
 }
 
@@ -59,11 +67,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("nothing to replay: give --events FILE and/or --audit FILE");
     }
     // The configs first: a bad one fails before any input is read.
-    let candidate = decider(&args.config, "candidate")?;
+    let candidate = decider(&args.config, "candidate", &args.source)?;
     let current = args
         .current
         .as_deref()
-        .map(|p| decider(p, "current"))
+        .map(|p| decider(p, "current", &[]))
         .transpose()?;
     let mut rec = Recording::default();
     for p in &args.events {
@@ -80,6 +88,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let report = Report::build(&rec, &candidate, current.as_ref());
+    let candidate_sources: Vec<String> = candidate
+        .config
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let before = match &args.current {
         Some(p) => format!("config {}", p.display()),
         None => "recorded verdicts".to_owned(),
@@ -88,6 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.output.json() {
         let v = json!({
             "candidate": args.config.display().to_string(),
+            "candidate_sources": candidate_sources,
             "before": before,
             "inputs": {
                 "events": args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -129,6 +144,17 @@ fn text(
     before: &str,
 ) -> io::Result<()> {
     writeln!(out, "candidate   {}", args.config.display())?;
+    if !args.source.is_empty() {
+        writeln!(
+            out,
+            "  sources   {}",
+            args.source
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+    }
     writeln!(out, "before      {before}")?;
     writeln!(
         out,

@@ -340,6 +340,28 @@ fn reports_exactly_the_destinations_whose_verdict_changes() {
     }
     assert!(text.contains("allowed traffic is not covered"), "{text}");
 
+    // --source: the candidate policy over the recording's database, with
+    // the candidate database given on the command line in its place,
+    // answers the same; without --source it answers for the recording's
+    // database (DENIED_V4 is still US there, and US is now approved).
+    let policy_only = s.dir.path().join("policy-only.toml");
+    fs::write(&policy_only, config("enforce", &["DE", "FR", "US"], &s.db)).expect("write");
+    let po = policy_only.to_str().expect("utf-8");
+    let cand_db_s = cand_db.to_str().expect("utf-8");
+    let v = whatif_json(&["--config", po, "--source", cand_db_s, "--events", file_s]);
+    assert_eq!(keys(&v["changed"]), expect_changed, "{v:#}");
+    let v = whatif_json(&["--config", po, "--events", file_s]);
+    let expect_old_db: BTreeSet<Key> = recorded
+        .keys()
+        .filter(|(ip, _)| {
+            let ip: IpAddr = ip.parse().expect("ip");
+            approved(&rdb, RECORDED, ip) != approved(&rdb, CANDIDATE, ip)
+        })
+        .cloned()
+        .collect();
+    assert_ne!(expect_old_db, expect_changed, "the database move matters");
+    assert_eq!(keys(&v["changed"]), expect_old_db, "{v:#}");
+
     // The audit log carries the same events (without their scope entry).
     let audit = s.audit_log();
     let v = whatif_json(&[
