@@ -44,3 +44,4 @@ pub mod runtime_mode;
 pub mod scope;
 pub mod status;
 pub mod watch;
+pub mod whatif;

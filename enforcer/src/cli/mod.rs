@@ -13,6 +13,7 @@ mod run;
 pub(crate) mod status;
 mod top;
 mod uninstall;
+mod whatif;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -91,6 +92,10 @@ pub enum Command {
     /// Explain the verdict the kernel gives addresses: matched prefix,
     /// source, country, policy, mode, read from the live maps.
     Check(check::Args),
+    /// Replay the destinations recorded in events files or audit logs
+    /// against a candidate config and its databases: which would move
+    /// between approved and refused, by country and scope (offline).
+    Whatif(whatif::Args),
     /// Detach every program and remove every pinned map: the only way
     /// enforcement stops.
     Uninstall(uninstall::Args),
@@ -233,6 +238,7 @@ pub fn main() -> ExitCode {
         Command::Events(args) => control_verbs::events(args),
         Command::Top(args) => top::run(args),
         Command::Check(args) => check::run(args),
+        Command::Whatif(args) => whatif::run(args),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Guard(args) => guard::run(args),
         Command::Config(ConfigCommand::Check(args)) => config_check::run(args),

@@ -50,3 +50,4 @@ mod storage_host;
 mod top;
 mod tunnelled;
 mod unknown_and_exempt;
+mod whatif;
