@@ -109,6 +109,54 @@ fn config(s: &Scenario, ipv4: &str) -> String {
     )
 }
 
+/// Asserts that the new data is held (the old in force) the same way in
+/// status, the metrics, the log and the audit log's `nth` `reload_held`
+/// record, with the figures of [`FLIPPED`]; returns that record.
+fn assert_held_everywhere(
+    s: &Scenario,
+    agent: &Agent,
+    trigger: &str,
+    nth: usize,
+) -> serde_json::Value {
+    let st = s.status();
+    let held = &st["agent"]["reload_held"];
+    assert_eq!(held["trigger"], trigger, "{st:#}");
+    assert_eq!(held["flip"]["ipv4"]["flipped"], FLIPPED, "{held:#}");
+    assert_eq!(held["flip"]["ipv6"]["flipped"], "1", "{held:#}");
+    assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
+    assert_eq!(
+        st["agent"]["databases"][0]["sha256"],
+        sha256(&old_data()),
+        "the old data stays in force: {st:#}"
+    );
+
+    let m = agent.scrape();
+    assert_eq!(m.sum("enforcer_reload_held", &[]), 1.0);
+    assert_eq!(
+        m.sum(
+            "enforcer_reload_held_flipped_addresses",
+            &[("family", "ipv4"), ("direction", "refused_to_allowed")]
+        ),
+        FLIPPED as f64
+    );
+    assert!(
+        agent.log().contains("reload held"),
+        "a warning is logged: {}",
+        agent.log()
+    );
+
+    let records = records(&s.audit_log(), "reload_held");
+    let h = records
+        .get(nth)
+        .unwrap_or_else(|| panic!("record {nth}: {records:#?}"));
+    assert_eq!(h["trigger"], trigger, "{h:#}");
+    assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["flipped"], "1", "{h:#}");
+    assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
+    assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
+    h.clone()
+}
+
 fn held_gauge(agent: &Agent) -> f64 {
     agent.scrape().sum("enforcer_reload_held", &[])
 }
@@ -137,27 +185,20 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
             && attempt(&s.sb, Proto::Tcp, denied6).refused(),
         "a held change changes no verdict"
     );
+    let h = assert_held_everywhere(&s, &agent, "file_watch", 0);
+    assert_eq!(h["flip"]["ipv4"]["bound"], BOUND, "{h:#}");
+    assert_eq!(h["flip"]["ipv6"]["max_flip"], "0 addresses", "{h:#}");
     let st = s.status();
     let held = &st["agent"]["reload_held"];
-    assert_eq!(held["trigger"], "file_watch", "{held:#}");
     let v4 = &held["flip"]["ipv4"];
-    assert_eq!(v4["flipped"], FLIPPED, "{held:#}");
     assert_eq!(v4["refused_to_allowed"], FLIPPED, "{held:#}");
     assert_eq!(v4["allowed_to_refused"], 0, "{held:#}");
     assert_eq!(v4["bound"], BOUND, "{held:#}");
     assert_eq!(v4["exceeds"], true, "{held:#}");
     let v6 = &held["flip"]["ipv6"];
-    assert_eq!(v6["flipped"], "1", "{held:#}");
     assert_eq!(v6["refused_to_allowed"], "1", "{held:#}");
     assert_eq!(v6["bound"], "0", "{held:#}");
     assert_eq!(v6["exceeds"], true, "{held:#}");
-    assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
-    // What is in force is still the old data.
-    assert_eq!(
-        st["agent"]["databases"][0]["sha256"],
-        sha256(&old_data()),
-        "{st:#}"
-    );
     let text = enforcer_at(&s.control_socket(), &["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -165,38 +206,14 @@ fn a_change_beyond_the_bound_is_held_until_accepted() {
         "{text}"
     );
 
-    let m = agent.scrape();
-    assert_eq!(m.sum("enforcer_reload_held", &[]), 1.0);
     assert_eq!(
-        m.sum(
-            "enforcer_reload_held_flipped_addresses",
-            &[("family", "ipv4"), ("direction", "refused_to_allowed")]
-        ),
-        FLIPPED as f64
-    );
-    assert_eq!(
-        m.sum(
+        agent.scrape().sum(
             "enforcer_reload_held_bound_addresses",
             &[("family", "ipv4")]
         ),
         BOUND as f64
     );
-    assert!(
-        agent.log().contains("reload held"),
-        "a warning is logged: {}",
-        agent.log()
-    );
-
-    let held = records(&log, "reload_held");
-    assert_eq!(held.len(), 1, "{held:#?}");
-    let h = &held[0];
-    assert_eq!(h["trigger"], "file_watch", "{h:#}");
-    assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
-    assert_eq!(h["flip"]["ipv4"]["bound"], BOUND, "{h:#}");
-    assert_eq!(h["flip"]["ipv6"]["flipped"], "1", "{h:#}");
-    assert_eq!(h["flip"]["ipv6"]["max_flip"], "0 addresses", "{h:#}");
-    assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
-    assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
+    assert_eq!(records(&log, "reload_held").len(), 1);
 
     // An explicit reload is refused too, with the way out; the same data
     // is not recorded again.
@@ -361,51 +378,27 @@ fn a_hold_survives_a_restart_until_accepted() {
         "the restart keeps the data in force: {}",
         agent.log()
     );
+    // The baseline's data is in force, the disk's held: one record per agent.
+    assert_held_everywhere(&s, &agent, "start", 1);
     let st = s.status();
-    let held = &st["agent"]["reload_held"];
-    assert_eq!(held["trigger"], "start", "{st:#}");
-    assert_eq!(held["flip"]["ipv4"]["flipped"], FLIPPED, "{held:#}");
-    assert_eq!(held["flip"]["ipv4"]["bound"], BOUND, "{held:#}");
-    assert_eq!(held["flip"]["ipv6"]["flipped"], "1", "{held:#}");
-    assert_eq!(held["databases"][0]["sha256"], sha256(&new_data()));
     assert_eq!(
-        st["agent"]["databases"][0]["sha256"],
-        sha256(&old_data()),
-        "the baseline's data is in force: {st:#}"
+        st["agent"]["reload_held"]["flip"]["ipv4"]["bound"], BOUND,
+        "{st:#}"
     );
     assert!(st["agent"]["adopted"].as_bool().unwrap_or(false), "{st:#}");
     assert!(
         st["agent"]["reload_guard_baseline"]["missing_at_start"].is_null(),
         "{st:#}"
     );
-    let m = agent.scrape();
-    assert_eq!(m.sum("enforcer_reload_held", &[]), 1.0);
-    assert_eq!(
-        m.sum(
-            "enforcer_reload_held_flipped_addresses",
-            &[("family", "ipv4"), ("direction", "refused_to_allowed")]
-        ),
-        FLIPPED as f64
-    );
     assert_eq!(baseline_missing_gauge(&agent), 0.0);
-    assert!(
-        agent.log().contains("reload held") && agent.log().contains("trigger=\"start\""),
-        "{}",
-        agent.log()
-    );
+    assert!(agent.log().contains("trigger=\"start\""), "{}", agent.log());
     let text = enforcer_at(&s.control_socket(), &["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("RELOAD HELD") && text.contains("(start)"),
         "{text}"
     );
-    let held = records(&log, "reload_held");
-    assert_eq!(held.len(), 2, "one per agent: {held:#?}");
-    let h = &held[1];
-    assert_eq!(h["trigger"], "start", "{h:#}");
-    assert_eq!(h["flip"]["ipv4"]["flipped"], FLIPPED, "{h:#}");
-    assert_eq!(h["databases_in_force"][0]["sha256"], sha256(&old_data()));
-    assert_eq!(h["databases_held"][0]["sha256"], sha256(&new_data()));
+    assert_eq!(records(&log, "reload_held").len(), 2, "one per agent");
 
     // The review: the previous file is gone, the baseline stands for it.
     let out = enforcer(&[
