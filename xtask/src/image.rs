@@ -324,10 +324,13 @@ impl Container {
     }
 
     /// `buildah run` with runc and these read-only bind mounts; the
-    /// command follows.
+    /// command follows. `--network none`: the checks need no network, and
+    /// buildah's default private network would have CNI create a bridge
+    /// (`cni-podman0`), a route and iptables chains in the host's network
+    /// namespace, which nothing here may touch.
     fn run(&self, mounts: &[(&Path, &str)]) -> Command {
         let mut cmd = Command::new("buildah");
-        cmd.args(["run", "--runtime", "runc"]);
+        cmd.args(["run", "--runtime", "runc", "--network", "none"]);
         for (from, to) in mounts {
             cmd.arg("-v").arg(format!("{}:{to}:ro", from.display()));
         }
