@@ -338,6 +338,18 @@ fn baseline_missing_gauge(agent: &Agent) -> f64 {
 }
 
 /// SIGTERM, pins left for the next agent (as `systemctl restart` does).
+/// Asserts that a start went on without a usable baseline (nothing held,
+/// the gauge at 1) and returns the reason `status` gives.
+fn missing_at_start(s: &Scenario, agent: &Agent) -> String {
+    let st = s.status();
+    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
+    assert_eq!(baseline_missing_gauge(agent), 1.0);
+    st["agent"]["reload_guard_baseline"]["missing_at_start"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status says the baseline is unusable: {st:#}"))
+        .to_owned()
+}
+
 fn stop_for_restart(mut agent: Agent) {
     assert!(agent.stop().success(), "{}", agent.log());
     agent.leave_pins();
@@ -508,17 +520,11 @@ fn a_restart_without_a_baseline_says_it_cannot_compare() {
         "the data on disk is in force: {}",
         agent.log()
     );
-    let st = s.status();
-    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
-    let why = st["agent"]["reload_guard_baseline"]["missing_at_start"]
-        .as_str()
-        .unwrap_or_else(|| panic!("status says the baseline is missing: {st:#}"))
-        .to_owned();
+    let why = missing_at_start(&s, &agent);
     assert!(
         why.contains(&baseline_manifest(&s).display().to_string()) && why.contains("no baseline"),
         "{why}"
     );
-    assert_eq!(baseline_missing_gauge(&agent), 1.0);
     assert!(
         agent.log().contains("no usable baseline"),
         "{}",
@@ -543,17 +549,11 @@ fn a_restart_without_a_baseline_says_it_cannot_compare() {
         "the data on disk is in force: {}",
         agent.log()
     );
-    let st = s.status();
-    assert!(st["agent"]["reload_held"].is_null(), "{st:#}");
-    let why = st["agent"]["reload_guard_baseline"]["missing_at_start"]
-        .as_str()
-        .unwrap_or_else(|| panic!("status says the baseline is unusable: {st:#}"))
-        .to_owned();
+    let why = missing_at_start(&s, &agent);
     assert!(
         why.contains(&table.display().to_string()) && why.contains("manifest names"),
         "{why}"
     );
-    assert_eq!(baseline_missing_gauge(&agent), 1.0);
 
     // A baseline that cannot be written fails no apply: counted, shown,
     // and the old manifest goes (a restart must not compare with it).
