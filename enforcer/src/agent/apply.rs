@@ -231,6 +231,19 @@ pub(super) fn apply(
 /// What the status says about the policy now in force.
 fn record_in_force(s: &mut AgentStatus, p: &Prepared, report: &SlotReport) {
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    // What was just read is, as of that read, what is on disk. Said here,
+    // under the same lock as the new sources, so that `status` never shows
+    // the data in force next to the previous comparison ("differs") while
+    // the rest of the reload (baseline, audit) finishes; the next check of
+    // the files corrects it if a file changed since.
+    s.sources_on_disk = s
+        .sources
+        .iter()
+        .map(|info| crate::status::SourceOnDisk {
+            path: info.path.clone(),
+            state: crate::status::OnDisk::InForce,
+        })
+        .collect();
     s.geoip_max_age = p.config.geoip_max_age;
     s.geo_v4_entries = report.geo.v4_entries;
     s.geo_v6_ranges = report.geo.v6_entries;

@@ -125,7 +125,11 @@ fn a_source_replaced_under_churn_and_before_a_sighup_is_in_force() {
     });
     eprintln!("in force {took:?} after the rename, under churn");
     assert!(agent.log().contains("replaced on disk"), "{}", agent.log());
-    assert_eq!(on_disk(&s), "in_force");
+    // The kernel's maps change a few milliseconds before the reload
+    // publishes its status: the verdict may be seen first.
+    within("status says the new file is in force", || {
+        on_disk(&s) == "in_force"
+    });
 
     // Renamed over just before a SIGHUP: whichever reads it, the new
     // content ends up in force (the SIGHUP's reload may read the old one;
