@@ -14,6 +14,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 pub struct CountryCode([u8; 2]);
 
 impl CountryCode {
+    /// The anycast class: ranges served from many countries at once (cloud
+    /// providers' `GLOBAL` edge ranges, a global service tag without a
+    /// region, or rows an operator marks so). Such a range is never given
+    /// one country; the `anycast` policy decides it. `XA` is in ISO 3166-1's
+    /// user-assigned space (AA, QM-QZ, XA-XZ, ZZ), which no country will
+    /// ever get, and no GeoIP database reports it.
+    pub const ANYCAST: CountryCode = CountryCode(*b"XA");
+
+    /// Whether this is the [anycast class](Self::ANYCAST).
+    pub fn is_anycast(self) -> bool {
+        self == Self::ANYCAST
+    }
+
     /// Accepts two ASCII letters in either case; `None` for anything else.
     pub fn new(b: [u8; 2]) -> Option<Self> {
         if b.iter().all(u8::is_ascii_alphabetic) {
@@ -149,6 +162,14 @@ mod tests {
     }
 
     #[test]
+    fn the_anycast_class_is_no_country_a_policy_can_name() {
+        assert!(CountryCode::ANYCAST.is_anycast());
+        assert_eq!(CountryCode::ANYCAST, "xa".parse().unwrap());
+        assert!(!CountryCode::ANYCAST.is_assigned());
+        assert!(!"DE".parse::<CountryCode>().unwrap().is_anycast());
+    }
+
+    #[test]
     fn the_assigned_list_is_iso_3166_1_plus_kosovo() {
         let all: Vec<CountryCode> = CountryCode::assigned().collect();
         assert_eq!(all.len(), 251, "249 assigned codes, XK and AN");
@@ -161,7 +182,7 @@ mod tests {
         for ok in ["DE", "GR", "XK", "GB", "SS", "BQ"] {
             assert!(ok.parse::<CountryCode>().unwrap().is_assigned(), "{ok}");
         }
-        for typo in ["UK", "EL", "XX", "ZZ", "EU", "AP", "QQ"] {
+        for typo in ["UK", "EL", "XX", "ZZ", "EU", "AP", "QQ", "XA"] {
             assert!(
                 !typo.parse::<CountryCode>().unwrap().is_assigned(),
                 "{typo}"
