@@ -179,7 +179,7 @@ fn an_overlay_moves_real_space_and_the_anycast_policy_decides_its_class() {
     let without = s.config_with(
         "enforce",
         "allow",
-        &[real.clone()],
+        std::slice::from_ref(&real),
         "",
         &s.events_table(1000, 1000),
     );
