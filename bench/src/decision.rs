@@ -332,6 +332,19 @@ pub fn measure(
             ),
             "ns",
         ));
+        rows.push(
+            Row::new(
+                S,
+                format!(
+                    "enforcer decision + allowed sample update (a new entry each run, LRU evicting), {fam}, minus empty"
+                ),
+                "ns",
+            )
+            .vs(
+                "decision alone",
+                format!("enforcer decision, {fam}, minus empty"),
+            ),
+        );
         rows.push(Row::new(
             S,
             format!("skb_egress, first packet of a socket, {fam}, minus empty"),

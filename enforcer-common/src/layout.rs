@@ -51,7 +51,11 @@ use crate::{COUNTRY_SLOTS, Family, Hook, Outcome};
 ///   in [`SCOPE_NAMES`]); the totals ([`CONN_COUNTS`], [`PKT_COUNTS`],
 ///   [`BYTE_COUNTS`]) are unchanged, so layout 9's are carried. The
 ///   lookup is cached per CPU ([`SCOPE_CACHE`], [`CFG_SCOPE_VERSION`]).
-pub const LAYOUT_VERSION: u32 = 10;
+/// - 11: a bounded sample of allowed and exempt destinations for
+///   `enforcer whatif` ([`ALLOWED_SAMPLE`], switched by
+///   [`CFG_ALLOWED_SAMPLE`]); nothing else changed, so layout 10's
+///   counters are carried as 8's and 9's are.
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Number of policy slots (active + the one being prepared).
 pub const SLOTS: u32 = 2;
@@ -112,7 +116,12 @@ pub const CFG_SCOPE_NEXT: u32 = 13;
 /// [`SCOPE_BY_CG`] or [`CFG_SCOPE_LEVELS`], so a [`SCOPE_CACHE`] entry
 /// found under an older version is looked up again.
 pub const CFG_SCOPE_VERSION: u32 = 14;
-/// Number of `CONFIG` words (room is left for later settings).
+/// `CONFIG[CFG_ALLOWED_SAMPLE]`: 1 when the datapath keeps the sample of
+/// allowed destinations ([`ALLOWED_SAMPLE`]), 0 (off) otherwise. Outside
+/// the slots, like the event rate: the agent writes it with every load.
+pub const CFG_ALLOWED_SAMPLE: u32 = 15;
+/// Number of `CONFIG` words (every one is in use: the next setting needs a
+/// layout with more).
 pub const CONFIG_LEN: u32 = 16;
 
 /// `POLICY`: `Array<u32>`, `SLOTS * COUNTRY_SLOTS` entries, index
@@ -401,6 +410,21 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const DEST_CACHE: &str = "DEST_CACHE";
 pub const DEST_CACHE_SLOTS: u32 = 256;
 
+/// `ALLOWED_SAMPLE`: `LruHashMap<SampleKey, SampleEntry>`, a bounded sample
+/// of the destinations decided `allowed` or `exempt`, by family, address
+/// and scope slot, for `enforcer whatif` (events cover only refused
+/// decisions). Updated on a verdict-cache miss only (a `DEST_CACHE` hit is
+/// not decided again, and not sampled), and only while
+/// `CONFIG[CFG_ALLOWED_SAMPLE]` is 1. The kernel's LRU evicts the least
+/// recently used destinations when it is full, so memory stays bounded
+/// with no agent action; the agent appends what it reads to a file, which
+/// the eviction does not touch. One common LRU (not per CPU): a
+/// destination is one entry however many CPUs decide it.
+pub const ALLOWED_SAMPLE: &str = "ALLOWED_SAMPLE";
+/// Entries of [`ALLOWED_SAMPLE`]: 4,096 destinations of 56 bytes (key and
+/// value) plus the kernel's per-element overhead, about 400 KiB.
+pub const ALLOWED_SAMPLE_CAPACITY: u32 = 4096;
+
 /// `EVENT_STATE`: `PerCpuArray<RateState>`, one entry: the token bucket.
 pub const EVENT_STATE: &str = "EVENT_STATE";
 /// `EVENT_STATS`: `PerCpuArray<u64>`, indices [`EVENT_SUPPRESSED_RATE`] and
@@ -638,6 +662,39 @@ pub struct ScopeCount {
     pub bytes: u64,
 }
 
+/// An [`ALLOWED_SAMPLE`] key: one destination decided for one scope entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SampleKey {
+    /// The destination, IPv4 in the first four bytes (as in [`Event`]).
+    pub daddr: [u8; 16],
+    /// The scope slot ([`SCOPE_NAMES`]), [`NO_SCOPE`] when none was found.
+    pub scope: u32,
+    /// [`crate::Family`] as `u8`.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An [`ALLOWED_SAMPLE`] value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleEntry {
+    /// `bpf_ktime_get_boot_ns()` when the entry was created and when it
+    /// was last updated (CLOCK_BOOTTIME, as [`Event::time_ns`]).
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Uncached decisions of this destination since `first_ns` (a lower
+    /// bound of its connections and packets: cache hits are not counted).
+    pub count: u64,
+    pub country: u16,
+    /// [`crate::Hook`], [`crate::Outcome`] and [`crate::Source`] of the
+    /// first decision, as `u8`.
+    pub hook: u8,
+    pub outcome: u8,
+    pub source: u8,
+    pub _pad: [u8; 3],
+}
+
 /// A [`SCOPE_NAMES`] value: the label of a scope entry, UTF-8.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,6 +720,8 @@ const _: () = assert!(core::mem::size_of::<ScopeKey>() == 12);
 const _: () = assert!(core::mem::size_of::<ScopeCacheEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<ScopeCount>() == 16);
 const _: () = assert!(core::mem::size_of::<ScopeName>() == 4096);
+const _: () = assert!(core::mem::size_of::<SampleKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SampleEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<CounterBlock>() == 8 * Outcome::COUNT * COUNTRY_SLOTS);
 // A per-CPU value may not exceed PCPU_MIN_UNIT_SIZE (32 KiB):
 // https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/arraymap.c#L68
@@ -686,4 +745,6 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeCacheEntry {}
     unsafe impl aya::Pod for super::ScopeCount {}
     unsafe impl aya::Pod for super::ScopeName {}
+    unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::SampleEntry {}
 }

@@ -35,6 +35,8 @@ mod maps;
 mod mode;
 #[path = "runtime.rs"]
 mod runtime;
+#[path = "sample.rs"]
+mod sample;
 
 use aya_ebpf::{
     macros::{cgroup_skb, map},
@@ -42,7 +44,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    BPF_F_MMAPABLE, CFG_SLOT,
+    BPF_F_MMAPABLE, CFG_SLOT, Hook,
     bench::{BENCH_DESTS, BENCH_LPM_CAPACITY},
 };
 
@@ -143,6 +145,27 @@ pub fn bench_hot6(_ctx: SkBuffContext) -> i32 {
     let _ = next();
     let a = BENCH_DST6.get(0).copied().unwrap_or([0; 16]);
     bit(decide(Dest::from_v6(a), mode::global).outcome as u32)
+}
+
+/// The decision and the allowed sample's update (`sample::update`), for
+/// every destination whatever its verdict, so against `bench_decide4` it
+/// is the update's cost per sampled decision: on random destinations each
+/// one is a new entry, and once the map is full each insert evicts, the
+/// dearest case (a destination already sampled is one lookup and an add).
+#[cgroup_skb]
+pub fn bench_sample4(_ctx: SkBuffContext) -> i32 {
+    let a = dest4();
+    let d = decide(Dest::V4(a), mode::global);
+    sample::update(Hook::SkbEgress, &d, Dest::V4(a).bytes(), 0);
+    bit(d.outcome as u32)
+}
+
+#[cgroup_skb]
+pub fn bench_sample6(_ctx: SkBuffContext) -> i32 {
+    let dest = Dest::from_v6(dest6());
+    let d = decide(dest, mode::global);
+    sample::update(Hook::SkbEgress, &d, dest.bytes(), 0);
+    bit(d.outcome as u32)
 }
 
 /// The two lookups `decide` makes, alone: the exception rules of the active

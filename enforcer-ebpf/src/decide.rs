@@ -100,13 +100,19 @@ impl Dest {
 /// caches. `generation` is `CONFIG[CFG_GENERATION]`, read by the caller
 /// before anything else (see `sock_addr.rs`); an entry made under another
 /// generation never answers. Only verdicts that do not depend on the mode
-/// or the caller are cached, so a hit is the same for every cgroup.
+/// or the caller are cached, so a hit is the same for every cgroup. The
+/// flag says whether it was decided (a miss), for the allowed sample
+/// (sample.rs), which cached verdicts do not update.
 #[inline(always)]
-pub fn decide_cached(dest: Dest, generation: u32, mode: impl FnOnce(u32) -> Mode) -> Decision {
+pub fn decide_cached(
+    dest: Dest,
+    generation: u32,
+    mode: impl FnOnce(u32) -> Mode,
+) -> (Decision, bool) {
     let probe = CacheProbe::new(dest, generation);
     match probe.hit() {
-        Some(d) => d,
-        None => probe.decide(mode),
+        Some(d) => (d, false),
+        None => (probe.decide(mode), true),
     }
 }
 

@@ -18,7 +18,9 @@
 //!   forwards (containers, VMs), which no local socket sends.
 //!
 //! Shared: [`decide`], [`mode`] (global mode or per-cgroup override),
-//! [`scope`] (the scope entry a decision is counted under), [`counters`], [`events`] (rate-limited ring buffer), [`packet`] (IP
+//! [`scope`] (the scope entry a decision is counted under), [`counters`],
+//! [`sample`] (the bounded sample of allowed destinations for `whatif`),
+//! [`events`] (rate-limited ring buffer), [`packet`] (IP
 //! header parsing), [`diagnostics`] (internal failures: counted and logged
 //! through aya-log), [`maps`].
 #![no_std]
@@ -38,6 +40,7 @@ mod maps;
 mod mode;
 mod packet;
 mod runtime;
+mod sample;
 mod scope;
 mod sendmsg;
 mod skb;

@@ -6,16 +6,16 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use enforcer_common::{
-    BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock, DEST_CACHE_SLOTS, DP_ERRORS_LEN,
-    DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState, GEO4_LEN, GEO4_TREE_CAPACITY,
-    GEO6_FINE_BLOCKS, GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block, Geo6Leaf,
-    MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULE_BITMAP_LEN, RULE_BITMAP_WORDS, RULES_CAPACITY,
-    RateState, Rule, SCOPE_CACHE_SLOTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES_LEN,
-    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, ScopeCacheEntry, ScopeCount, ScopeKey, ScopeName,
-    SockVerdict,
+    ALLOWED_SAMPLE_CAPACITY, BPF_F_MMAPABLE, CONFIG_LEN, COUNTER_BLOCKS, CounterBlock,
+    DEST_CACHE_SLOTS, DP_ERRORS_LEN, DestCacheEntry, EVENT_STATS_LEN, EVENTS_BYTES, FaultState,
+    GEO4_LEN, GEO4_TREE_CAPACITY, GEO6_FINE_BLOCKS, GEO6_INDEX_LEN, GEO6_LEAF_COUNT, Geo6Block,
+    Geo6Leaf, MODE_OVERRIDES_CAPACITY, POLICY_LEN, RULE_BITMAP_LEN, RULE_BITMAP_WORDS,
+    RULES_CAPACITY, RateState, Rule, SCOPE_CACHE_SLOTS, SCOPE_COUNTS_CAPACITY, SCOPE_MISSES_LEN,
+    SCOPE_NAMES_CAPACITY, SCOPE_TARGETS_CAPACITY, SampleEntry, SampleKey, ScopeCacheEntry,
+    ScopeCount, ScopeKey, ScopeName, SockVerdict,
 };
 
 #[map]
@@ -95,6 +95,11 @@ pub static SOCK_VERDICT: SkStorage<SockVerdict> = SkStorage::new();
 
 #[map]
 pub static DEST_CACHE: PerCpuArray<DestCacheEntry> = PerCpuArray::pinned(DEST_CACHE_SLOTS, 0);
+
+/// The sample of allowed destinations for `enforcer whatif` (sample.rs).
+#[map]
+pub static ALLOWED_SAMPLE: LruHashMap<SampleKey, SampleEntry> =
+    LruHashMap::pinned(ALLOWED_SAMPLE_CAPACITY, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

@@ -31,7 +31,7 @@ use crate::{
     diagnostics::report,
     events::{self, Target},
     maps::{SOCK_VERDICT, config},
-    mode, packet, scope,
+    mode, packet, sample, scope,
 };
 
 /// cgroup_skb return values (`__cgroup_bpf_run_filter_skb`).
@@ -102,6 +102,7 @@ pub fn skb_egress(ctx: SkBuffContext) -> i32 {
 
     let d = probe.decide(|slot| mode::for_skb(skb, slot));
     count_packet(Hook::SkbEgress, &d, len, scope);
+    sample::record(Hook::SkbEgress, &d, daddr, scope);
     // A reportable verdict is stored (its storage created now if need be),
     // so the socket's later packets neither decide nor report again.
     let sv = if sv.is_null() && d.reportable() {

@@ -22,7 +22,7 @@ use crate::{
     diagnostics::report,
     events::{self, Target},
     maps::{SOCK_VERDICT, config},
-    mode, scope,
+    mode, sample, scope,
 };
 
 const REFUSE: i32 = 0;
@@ -62,8 +62,12 @@ pub fn apply(ctx: &SockAddrContext, hook: Hook, dest: Dest) -> i32 {
     // new generation and the packet hook would trust it until the next
     // flip. (The packet hook reads it first too: skb.rs.)
     let generation = config(CFG_GENERATION);
-    let d = decide_cached(dest, generation, mode::for_current_task);
-    count_connection(hook, &d, scope::for_current_task());
+    let (d, decided) = decide_cached(dest, generation, mode::for_current_task);
+    let scope = scope::for_current_task();
+    count_connection(hook, &d, scope);
+    if decided {
+        sample::record(hook, &d, dest.bytes(), scope);
+    }
     if !d.reportable() {
         // Allowed or exempt: nothing is stored on the socket. Creating its
         // storage (bpf_sk_storage_get with F_CREATE: allocations, memcg

@@ -36,7 +36,7 @@ use crate::{
     decide::decide_cached,
     events::{self, Target},
     maps::config,
-    mode, packet, scope,
+    mode, packet, sample, scope,
 };
 
 /// Length of the Ethernet header before the IP header.
@@ -80,13 +80,17 @@ fn try_tcx_egress(ctx: &TcContext) -> i32 {
     let Some(p) = packet::parse(protocol, ETH_HLEN, &ctx.skb, || {}) else {
         return TCX_NEXT;
     };
-    let d = decide_cached(p.dest, config(CFG_GENERATION), mode::global);
+    let (d, decided) = decide_cached(p.dest, config(CFG_GENERATION), mode::global);
     // parse() read a whole IP header after the Ethernet header, so `len`
     // is larger than ETH_HLEN; saturating anyway, for the verifier's sake.
     let bytes = len.saturating_sub(ETH_HLEN as u32);
     // The scope entry is the interface: at tc egress `skb->ifindex` is the
     // device the packet leaves by.
-    count_packet(Hook::TcxEgress, &d, bytes, scope::for_ifindex(ifindex));
+    let scope = scope::for_ifindex(ifindex);
+    count_packet(Hook::TcxEgress, &d, bytes, scope);
+    if decided {
+        sample::record(Hook::TcxEgress, &d, p.dest.bytes(), scope);
+    }
     if d.reportable() {
         // No pid, comm, uid or cgroup: the sender is not on this host, and
         // the event's zeroed fields say so; the interface names its scope.

@@ -49,6 +49,10 @@ use crate::{
 pub struct EventCounts {
     read: [[AtomicU64; Outcome::COUNT]; Hook::COUNT],
     pub write_errors: AtomicU64,
+    /// Lines of the allowed sample written, and those lost or passes that
+    /// failed (`crate::allowed_sample`).
+    pub sample_lines: AtomicU64,
+    pub sample_errors: AtomicU64,
 }
 
 impl EventCounts {
@@ -183,13 +187,13 @@ impl EventRecord {
 
 /// The events file: appended, whole lines only, opened again when it is
 /// moved, deleted or rotated.
-struct EventsFile {
-    path: PathBuf,
+pub(crate) struct EventsFile {
+    pub(crate) path: PathBuf,
     file: File,
 }
 
 impl EventsFile {
-    fn open(path: &Path) -> io::Result<EventsFile> {
+    pub(crate) fn open(path: &Path) -> io::Result<EventsFile> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -210,7 +214,7 @@ impl EventsFile {
 
     /// Whether the path no longer names the open file (renamed away,
     /// deleted, or another file put there).
-    fn moved(&self) -> bool {
+    pub(crate) fn moved(&self) -> bool {
         use std::os::unix::fs::MetadataExt as _;
         let Ok(open) = self.file.metadata() else {
             return false;
@@ -224,7 +228,7 @@ impl EventsFile {
     /// Writes `lines` (each `\n`-terminated); returns how many of them are
     /// in the file. After a failed or short write the file is cut back to
     /// its last complete line, so it only ever holds whole lines.
-    fn write(&mut self, lines: &str) -> (usize, Option<io::Error>) {
+    pub(crate) fn write(&mut self, lines: &str) -> (usize, Option<io::Error>) {
         let start = self.file.metadata().map(|m| m.len());
         let bytes = lines.as_bytes();
         let mut written = 0;
@@ -369,7 +373,7 @@ pub fn check_sinks(config: &EventsConfig) -> io::Result<()> {
 
 /// CLOCK_BOOTTIME nanoseconds to wall-clock time, by the current offset
 /// between the two clocks.
-fn boot_to_wall() -> impl Fn(u64) -> SystemTime {
+pub(crate) fn boot_to_wall() -> impl Fn(u64) -> SystemTime {
     use nix::time::{ClockId, clock_gettime};
     let now_wall = SystemTime::now();
     let now_boot = clock_gettime(ClockId::CLOCK_BOOTTIME)
@@ -717,6 +721,7 @@ mod tests {
             burst: 1,
             file: Some(path.clone()),
             stdout: false,
+            allowed_file: None,
         };
         let health = SinksHealth::new(&config);
         let mut sinks = open_sinks(&config, &health);

@@ -29,6 +29,7 @@
 //! are the application layer and use `anyhow` to add context.
 
 pub mod agent;
+pub mod allowed_sample;
 pub mod audit;
 pub mod baseline;
 pub mod cli;

@@ -220,6 +220,22 @@ impl EnforcerCollector {
             )?;
             metric.encode(enc)?;
         }
+        for (name, help, n) in [
+            (
+                "enforcer_allowed_sample_lines",
+                "Lines appended to the allowed-destinations sample file (events.allowed_file): entries of the kernel's sample that were new or had grown.",
+                &self.events.sample_lines,
+            ),
+            (
+                "enforcer_allowed_sample_errors",
+                "Sample lines not written (a failed or short write, or the file could not be opened) and passes over the kernel's sample map that could not read it.",
+                &self.events.sample_errors,
+            ),
+        ] {
+            let metric = ConstCounter::new(n.load(Ordering::Relaxed));
+            let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            metric.encode(enc)?;
+        }
         Ok(())
     }
 

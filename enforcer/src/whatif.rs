@@ -17,11 +17,17 @@
 //! `--current CONFIG`, that config's decision (for recordings made under an
 //! older policy).
 //!
-//! What is not covered: the agent writes events for refused and
-//! would-refuse decisions only. Destinations allowed today that a candidate
-//! would refuse are visible only when `--current` approves something the
-//! recording refused; the rest of today's allowed traffic is not in any
-//! input, and the report says so.
+//! Allowed traffic: the agent writes events for refused and would-refuse
+//! decisions only. The approved side comes from the agent's sample of
+//! allowed destinations (`--sample`, the `[events] allowed_file` that
+//! `crate::allowed_sample` writes): bounded (the kernel keeps at most
+//! [`enforcer_common::ALLOWED_SAMPLE_CAPACITY`] destinations at a time,
+//! least recently decided evicted first; the agent appends every 10 s), so
+//! a destination used rarely between two passes can be missing, and the
+//! report says the approved side is sampled. Without a sample, destinations
+//! allowed today that a candidate would refuse are visible only when
+//! `--current` approves something the recording refused, and the report
+//! says the approved side is not covered.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -59,6 +65,8 @@ pub enum InputKind {
     Events,
     /// The agent's audit log: its `event` records.
     Audit,
+    /// The agent's sample of allowed destinations (`[events] allowed_file`).
+    Sample,
 }
 
 impl fmt::Display for InputKind {
@@ -66,6 +74,7 @@ impl fmt::Display for InputKind {
         f.write_str(match self {
             InputKind::Events => "events file",
             InputKind::Audit => "audit log",
+            InputKind::Sample => "allowed sample",
         })
     }
 }
@@ -238,6 +247,26 @@ pub struct Seen {
     pub countries: BTreeSet<String>,
     /// The last cgroup recorded (for the candidate's per-cgroup modes).
     pub cgroup: Option<String>,
+    /// Sample lines: `(first_seen, verdict)` of a kernel sample entry ->
+    /// its largest count (a later line of the same entry supersedes an
+    /// earlier one: counts are totals since `first_seen`).
+    pub sampled: BTreeMap<(String, String), u64>,
+}
+
+impl Seen {
+    /// Approved decisions in the sample (uncached ones: a lower bound).
+    pub fn sampled_decisions(&self) -> u64 {
+        self.sampled.values().sum()
+    }
+
+    /// Events and sampled decisions by verdict.
+    pub fn verdict_counts(&self) -> BTreeMap<String, u64> {
+        let mut out = self.verdicts.clone();
+        for ((_, verdict), n) in &self.sampled {
+            *out.entry(verdict.clone()).or_default() += n;
+        }
+        out
+    }
 }
 
 /// A line that was skipped.
@@ -256,6 +285,10 @@ pub struct Recording {
     pub seen: BTreeMap<(IpAddr, Option<String>), Seen>,
     pub unreadable: Vec<Unreadable>,
     pub events: u64,
+    /// Lines read from allowed samples.
+    pub sample_lines: u64,
+    /// Whether any allowed sample was read (even an empty one).
+    pub sampled: bool,
     /// Audit records of other kinds, passed over.
     pub other_records: u64,
 }
@@ -271,6 +304,8 @@ struct Line {
     country: Option<String>,
     scope: Option<String>,
     cgroup: Option<String>,
+    /// Sample lines only: the entry's `first_seen`, `last_seen` and count.
+    sample: Option<(String, Option<String>, u64)>,
 }
 
 fn parse_line(v: &Value, kind: InputKind) -> Result<Option<Line>, String> {
@@ -293,6 +328,23 @@ fn parse_line(v: &Value, kind: InputKind) -> Result<Option<Line>, String> {
         .copied()
         .find(|o| o.label() == verdict)
         .ok_or_else(|| format!("\"verdict\" {verdict:?} is not a verdict"))?;
+    let sample = if kind == InputKind::Sample {
+        if Class::of(verdict) != Class::Approved {
+            return Err(format!(
+                "\"verdict\" {:?}: a sample holds allowed and exempt decisions only",
+                verdict.label()
+            ));
+        }
+        let count = obj
+            .get("count")
+            .ok_or("no \"count\"")?
+            .as_u64()
+            .ok_or("\"count\" is not a whole number")?;
+        let first = s("first_seen").ok_or("no \"first_seen\"")?;
+        Some((first, s("last_seen"), count))
+    } else {
+        None
+    };
     let dport = match obj.get("dport") {
         None | Some(Value::Null) => None,
         Some(p) => Some(
@@ -307,6 +359,9 @@ fn parse_line(v: &Value, kind: InputKind) -> Result<Option<Line>, String> {
         time: match kind {
             InputKind::Events => s("time"),
             InputKind::Audit => s("event_time").or_else(|| s("time")),
+            // When the line was written; the entry's own times are in
+            // `sample`.
+            InputKind::Sample => None,
         },
         hook: s("hook"),
         dport,
@@ -314,6 +369,7 @@ fn parse_line(v: &Value, kind: InputKind) -> Result<Option<Line>, String> {
         country: s("country"),
         scope: s("scope"),
         cgroup: s("cgroup"),
+        sample,
     }))
 }
 
@@ -328,6 +384,9 @@ impl Recording {
             source,
         };
         let file = std::fs::File::open(path).map_err(err)?;
+        if kind == InputKind::Sample {
+            self.sampled = true;
+        }
         // Lines are read as bytes: one line that is not UTF-8 is a
         // malformed line, not the end of the file.
         let mut reader = BufReader::new(file);
@@ -362,12 +421,27 @@ impl Recording {
     }
 
     fn add(&mut self, l: Line) {
-        self.events += 1;
         let e = self.seen.entry((l.dst, l.scope)).or_default();
-        e.events += 1;
+        let times = match l.sample {
+            Some((first, last, count)) => {
+                self.sample_lines += 1;
+                let n = e
+                    .sampled
+                    .entry((first.clone(), l.verdict.label().to_owned()))
+                    .or_default();
+                *n = (*n).max(count);
+                [Some(first), last]
+            }
+            None => {
+                self.events += 1;
+                e.events += 1;
+                *e.verdicts.entry(l.verdict.label().to_owned()).or_default() += 1;
+                [l.time.clone(), l.time]
+            }
+        };
         e.hooks.extend(l.hook);
         e.ports.extend(l.dport);
-        if let Some(t) = l.time {
+        for t in times.into_iter().flatten() {
             // The agent writes RFC 3339 UTC with a fixed number of digits:
             // the text order is the time order.
             if e.first.as_ref().is_none_or(|f| &t < f) {
@@ -377,7 +451,6 @@ impl Recording {
                 e.last = Some(t);
             }
         }
-        *e.verdicts.entry(l.verdict.label().to_owned()).or_default() += 1;
         e.modes.extend(l.mode);
         e.countries.extend(l.country);
         if l.cgroup.is_some() {
@@ -392,11 +465,14 @@ pub struct Row {
     pub dst: IpAddr,
     pub scope: Option<String>,
     pub events: u64,
+    /// Approved decisions of this destination in the allowed sample.
+    pub sampled: u64,
     pub hooks: Vec<String>,
     pub ports: Vec<u16>,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
-    /// The recorded verdicts (`verdict -> events`).
+    /// The recorded verdicts (`verdict -> events`, plus sampled
+    /// decisions for `allowed` and `exempt`).
     pub recorded: BTreeMap<String, u64>,
     pub recorded_country: Vec<String>,
     pub before: Class,
@@ -425,6 +501,8 @@ pub struct Group {
     pub scope: Option<String>,
     pub destinations: u64,
     pub events: u64,
+    /// Their approved decisions in the allowed sample.
+    pub sampled: u64,
 }
 
 /// `(from, to, country, scope)`.
@@ -461,7 +539,7 @@ fn before(seen: &Seen, ip: IpAddr, current: Option<&Decider>) -> (Class, Option<
         return (Class::of(o), Some(o));
     }
     let mut by_class: BTreeMap<Class, u64> = BTreeMap::new();
-    for (v, n) in &seen.verdicts {
+    for (v, n) in &seen.verdict_counts() {
         if let Some(o) = Outcome::ALL.iter().find(|o| o.label() == v) {
             *by_class.entry(Class::of(*o)).or_default() += n;
         }
@@ -502,11 +580,12 @@ impl Report {
                 dst: *ip,
                 scope: scope.clone(),
                 events: seen.events,
+                sampled: seen.sampled_decisions(),
                 hooks: seen.hooks.iter().cloned().collect(),
                 ports: seen.ports.iter().copied().collect(),
                 first_seen: seen.first.clone(),
                 last_seen: seen.last.clone(),
-                recorded: seen.verdicts.clone(),
+                recorded: seen.verdict_counts(),
                 recorded_country: seen.countries.iter().cloned().collect(),
                 before,
                 current_verdict: current_outcome.map(Outcome::label),
@@ -516,7 +595,7 @@ impl Report {
                 candidate_source: d.source.label(),
             });
         }
-        let mut groups: BTreeMap<GroupKey, (u64, u64)> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, (u64, u64, u64)> = BTreeMap::new();
         for r in rows.iter().filter(|r| r.changed()) {
             let g = groups
                 .entry((
@@ -528,30 +607,33 @@ impl Report {
                 .or_default();
             g.0 += 1;
             g.1 += r.events;
+            g.2 += r.sampled;
         }
         let mut groups: Vec<Group> = groups
             .into_iter()
             .map(
-                |((from, to, country, scope), (destinations, events))| Group {
+                |((from, to, country, scope), (destinations, events, sampled))| Group {
                     from,
                     to,
                     country,
                     scope,
                     destinations,
                     events,
+                    sampled,
                 },
             )
             .collect();
-        // Largest first: destinations, then events; ties in key order.
+        // Largest first: destinations, then events and sampled decisions;
+        // ties in key order.
         groups.sort_by(|a, b| {
-            (b.destinations, b.events)
-                .cmp(&(a.destinations, a.events))
+            (b.destinations, b.events + b.sampled)
+                .cmp(&(a.destinations, a.events + a.sampled))
                 .then_with(|| (a.from, &a.country, &a.scope).cmp(&(b.from, &b.country, &b.scope)))
         });
         rows.sort_by(|a, b| {
             b.changed()
                 .cmp(&a.changed())
-                .then(b.events.cmp(&a.events))
+                .then((b.events + b.sampled).cmp(&(a.events + a.sampled)))
                 .then_with(|| (a.dst, &a.scope).cmp(&(b.dst, &b.scope)))
         });
         let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|r| f(r)).count() as u64;
@@ -740,5 +822,98 @@ mod tests {
                 .iter()
                 .any(|x| x.dst.to_string() == "2001:db8::1" && x.changed())
         );
+    }
+
+    #[test]
+    fn a_sample_is_the_approved_side_and_its_entries_count_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = db(dir.path());
+        let f = dir.path().join("events.jsonl.allowed.jsonl");
+        let line = |dst: &str, verdict: &str, first: &str, count: u64| {
+            format!(
+                "{{\"time\":\"2026-01-01T00:01:00.000000Z\",\"hook\":\"connect4\",\"family\":\"ipv4\",\
+                 \"dst\":\"{dst}\",\"country\":\"DE\",\"verdict\":\"{verdict}\",\"reason\":\"geoip\",\
+                 \"scope\":\"a\",\"count\":{count},\"first_seen\":\"{first}\",\
+                 \"last_seen\":\"2026-01-01T00:00:59.000000Z\"}}\n"
+            )
+        };
+        let text = [
+            // One entry written twice as it grew: 5 decisions, not 7.
+            line("198.51.100.1", "allowed", "2026-01-01T00:00:01.000000Z", 2),
+            line("198.51.100.1", "allowed", "2026-01-01T00:00:01.000000Z", 5),
+            // Evicted and back: a new entry, counted on top.
+            line("198.51.100.1", "allowed", "2026-01-01T00:00:30.000000Z", 1),
+            line("198.51.100.2", "allowed", "2026-01-01T00:00:02.000000Z", 1),
+            line("10.1.2.3", "exempt", "2026-01-01T00:00:03.000000Z", 4),
+            // Refused decisions are never in a sample; no count.
+            line(
+                "198.51.100.130",
+                "would_deny",
+                "2026-01-01T00:00:04.000000Z",
+                1,
+            ),
+            "{\"dst\":\"198.51.100.3\",\"verdict\":\"allowed\",\"first_seen\":\"x\"}\n".to_owned(),
+        ]
+        .concat();
+        std::fs::write(&f, text).expect("write");
+        let mut rec = Recording::default();
+        rec.read(&f, InputKind::Sample).expect("read");
+        assert!(rec.sampled);
+        assert_eq!(rec.sample_lines, 5);
+        assert_eq!(rec.events, 0, "sample lines are not events");
+        let errors: Vec<_> = rec
+            .unreadable
+            .iter()
+            .map(|u| (u.line, u.error.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            vec![
+                (
+                    6,
+                    "\"verdict\" \"would_deny\": a sample holds allowed and exempt decisions only"
+                ),
+                (7, "no \"count\""),
+            ]
+        );
+        let de = &rec.seen[&("198.51.100.1".parse().expect("ip"), Some("a".into()))];
+        assert_eq!(de.sampled_decisions(), 6);
+        assert_eq!(de.first.as_deref(), Some("2026-01-01T00:00:01.000000Z"));
+
+        // The candidate approves nothing of DE any more: both DE
+        // destinations go approved -> refused; the exempt one stays.
+        let cand = decider(
+            "mode = \"enforce\"\napproved = [\"US\"]\nunknown = \"deny\"\n",
+            &db,
+        );
+        let r = Report::build(&rec, &cand, None);
+        assert_eq!(r.destinations_seen, 3);
+        assert_eq!(r.approved_to_refused, 2);
+        assert_eq!(r.refused_to_approved, 0);
+        assert_eq!(r.unchanged, 1);
+        let g: Vec<_> = r
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.from,
+                    g.to,
+                    g.country.as_str(),
+                    g.scope.as_deref(),
+                    g.destinations,
+                    g.sampled,
+                )
+            })
+            .collect();
+        assert_eq!(
+            g,
+            vec![(Class::Approved, Class::Refused, "DE", Some("a"), 2, 7)]
+        );
+        // A candidate that still approves DE changes nothing.
+        let same = decider(
+            "mode = \"enforce\"\napproved = [\"DE\"]\nunknown = \"deny\"\n",
+            &db,
+        );
+        assert_eq!(Report::build(&rec, &same, None).changed, 0);
     }
 }

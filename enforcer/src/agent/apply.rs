@@ -142,7 +142,8 @@ pub(super) fn apply(
                 .context("attaching to the scope cgroups and interfaces")?,
         )
     };
-    // The overrides and the event rate live outside the slots: a load that
+    // The overrides, the event rate and the sample switch live outside the
+    // slots: a load that
     // fails before its flip puts them back, so nothing of it stays.
     let before = dp
         .unslotted()
@@ -153,6 +154,10 @@ pub(super) fn apply(
         .and_then(|()| {
             dp.set_event_limits(p.config.events.rate_per_cpu, p.config.events.burst)
                 .context("setting the event rate")
+        })
+        .and_then(|()| {
+            dp.set_allowed_sample(p.config.events.allowed_file.is_some())
+                .context("turning the allowed sample on or off")
         })
         .and_then(|()| {
             dp.install(&p.policy, mode)

@@ -689,11 +689,13 @@ struct Services {
     control_task: JoinHandle<()>,
     events_stop: oneshot::Sender<()>,
     events_task: JoinHandle<Result<(), crate::datapath::DatapathError>>,
+    sample_stop: oneshot::Sender<()>,
+    sample_task: JoinHandle<Result<(), crate::datapath::DatapathError>>,
 }
 
 impl Services {
     /// Starts the tasks beside the main loop: the events reader, the
-    /// metrics server, the control socket server. Returns them with the
+    /// allowed sample's writer, the metrics server, the control socket server. Returns them with the
     /// events task's settings, the control commands for the main loop and
     /// the socket's path.
     fn spawn(
@@ -724,6 +726,15 @@ impl Services {
         }
         let hub = Arc::new(EventsHub::new(RECENT_EVENTS));
         let (events_config, events_config_rx) = watch::channel(config.events.clone());
+        // The allowed sample's writer follows the same settings.
+        let sample_config_rx = events_config.subscribe();
+        let (sample_stop, sample_stop_rx) = oneshot::channel::<()>();
+        let sample_task = tokio::spawn(crate::allowed_sample::run(
+            config.pin_dir.clone(),
+            sample_config_rx,
+            Arc::clone(&event_counts),
+            sample_stop_rx,
+        ));
         let (events_stop, events_stop_rx) = oneshot::channel::<()>();
         let events_task = tokio::spawn(events::run(
             config.pin_dir.clone(),
@@ -774,6 +785,8 @@ impl Services {
             control_task,
             events_stop,
             events_task,
+            sample_stop,
+            sample_task,
         };
         Ok((services, events_config, commands, control_path))
     }
@@ -787,6 +800,15 @@ impl Services {
         match self.events_task.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "the events reader stopped with an error"),
             Err(e) => tracing::warn!(error = %e, "the events reader panicked"),
+            Ok(Ok(())) => {}
+        }
+        // Its last pass writes what the kernel sampled since the one before.
+        let _ = self.sample_stop.send(());
+        match self.sample_task.await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the allowed-sample writer stopped with an error")
+            }
+            Err(e) => tracing::warn!(error = %e, "the allowed-sample writer panicked"),
             Ok(Ok(())) => {}
         }
     }

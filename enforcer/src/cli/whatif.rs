@@ -1,5 +1,5 @@
 //! `enforcer whatif --config CANDIDATE [--events FILE]... [--audit FILE]...
-//! [--current CONFIG]`: which recorded destinations a candidate config (or
+//! [--sample FILE]... [--current CONFIG]`: which recorded destinations a candidate config (or
 //! its databases) would move between approved and refused, offline. The
 //! work is in [`crate::whatif`]; this prints it.
 
@@ -16,10 +16,25 @@ use crate::{
     whatif::{Decider, InputKind, Recording, Report},
 };
 
-/// Said in every answer: events exist only for refused decisions.
+/// Said in an answer without `--sample`: events exist only for refused
+/// decisions.
 const NOT_COVERED: &str = "allowed traffic is not covered: the agent records events only for \
 refused and would-refuse decisions, so destinations allowed today that the candidate would \
-refuse are not in the input (only those --current approves among the recorded ones are)";
+refuse are not in the input (only those --current approves among the recorded ones are); \
+give the agent's allowed sample (--sample, events.allowed_file) to cover them";
+
+/// Said in an answer with `--sample`: the approved side is a bounded
+/// sample.
+fn sampled_note() -> String {
+    format!(
+        "allowed traffic is sampled, not complete: the kernel keeps at most {} allowed or exempt \
+destinations at a time (least recently decided evicted first), updated only when a destination \
+is decided rather than answered from the per-CPU verdict cache, and the agent appends them to the \
+sample file every {} s, so a destination used rarely can be missing",
+        enforcer_common::ALLOWED_SAMPLE_CAPACITY,
+        crate::allowed_sample::INTERVAL.as_secs()
+    )
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,6 +47,10 @@ pub struct Args {
     /// An audit log of the agent (its `event` records); may be repeated.
     #[arg(long, value_name = "FILE")]
     pub audit: Vec<PathBuf>,
+    /// The agent's sample of allowed destinations (`events.allowed_file`,
+    /// JSON lines): destinations approved before; may be repeated.
+    #[arg(long, value_name = "FILE")]
+    pub sample: Vec<PathBuf>,
     /// Candidate GeoIP data: decide with these sources (in priority
     /// order) instead of the candidate config's `geoip.sources`; may be
     /// repeated. `--config` may then be the config in force.
@@ -67,8 +86,8 @@ fn scope_label(s: &Option<String>) -> &str {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.events.is_empty() && args.audit.is_empty() {
-        anyhow::bail!("nothing to replay: give --events FILE and/or --audit FILE");
+    if args.events.is_empty() && args.audit.is_empty() && args.sample.is_empty() {
+        anyhow::bail!("nothing to replay: give --events FILE, --audit FILE and/or --sample FILE");
     }
     // The configs first: a bad one fails before any input is read.
     let candidate = decider(&args.config, "candidate", &args.source)?;
@@ -84,6 +103,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for p in &args.audit {
         rec.read(p, InputKind::Audit)?;
     }
+    for p in &args.sample {
+        rec.read(p, InputKind::Sample)?;
+    }
+    let note = if rec.sampled {
+        sampled_note()
+    } else {
+        NOT_COVERED.to_owned()
+    };
     if args.output.json() {
         // The text lists them itself; JSON on stdout is for a script, so
         // a person watching the terminal hears of them on stderr.
@@ -111,9 +138,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "inputs": {
                 "events": args.events.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 "audit": args.audit.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "sample": args.sample.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             },
             "totals": {
                 "events": rec.events,
+                "sample_lines": rec.sample_lines,
                 "destinations_seen": report.destinations_seen,
                 "changed": report.changed,
                 "approved_to_refused": report.approved_to_refused,
@@ -130,13 +159,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "changed": report.rows.iter().filter(|r| r.changed()).collect::<Vec<_>>(),
             "unchanged": report.rows.iter().filter(|r| !r.changed()).collect::<Vec<_>>(),
             "unreadable": rec.unreadable,
-            "allowed_traffic_covered": false,
-            "note": NOT_COVERED,
+            // false, or "sampled" (then `sample_bound` names the bound).
+            "allowed_traffic_covered": if rec.sampled { json!("sampled") } else { json!(false) },
+            "sample_bound": rec.sampled.then_some(enforcer_common::ALLOWED_SAMPLE_CAPACITY),
+            "note": note,
         });
         writeln!(out, "{v}")?;
         return Ok(());
     }
-    text(&mut out, &args, &rec, &report, &before)?;
+    text(&mut out, &args, &rec, &report, &before, &note)?;
     Ok(())
 }
 
@@ -146,6 +177,7 @@ fn text(
     rec: &Recording,
     r: &Report,
     before: &str,
+    note: &str,
 ) -> io::Result<()> {
     writeln!(out, "candidate   {}", args.config.display())?;
     if !args.source.is_empty() {
@@ -162,8 +194,14 @@ fn text(
     writeln!(out, "before      {before}")?;
     writeln!(
         out,
-        "seen        {} destinations ({} events)",
-        r.destinations_seen, rec.events
+        "seen        {} destinations ({} events{})",
+        r.destinations_seen,
+        rec.events,
+        if rec.sampled {
+            format!(", {} allowed-sample lines", rec.sample_lines)
+        } else {
+            String::new()
+        }
     )?;
     writeln!(
         out,
@@ -191,7 +229,7 @@ fn text(
     for u in &rec.unreadable {
         writeln!(out, "  {}:{}: {}", u.file.display(), u.line, u.error)?;
     }
-    writeln!(out, "note        {NOT_COVERED}")?;
+    writeln!(out, "note        {note}")?;
     if r.groups.is_empty() {
         writeln!(out, "\nno recorded destination changes verdict")?;
         return Ok(());
@@ -199,17 +237,18 @@ fn text(
     writeln!(out, "\nchanges by country and scope (largest first)")?;
     writeln!(
         out,
-        "  {:<22} {:<8} {:>12} {:>8}  scope",
-        "change", "country", "destinations", "events"
+        "  {:<22} {:<8} {:>12} {:>8} {:>8}  scope",
+        "change", "country", "destinations", "events", "sampled"
     )?;
     for g in &r.groups {
         writeln!(
             out,
-            "  {:<22} {:<8} {:>12} {:>8}  {}",
+            "  {:<22} {:<8} {:>12} {:>8} {:>8}  {}",
             format!("{} -> {}", g.from.label(), g.to.label()),
             g.country,
             g.destinations,
             g.events,
+            g.sampled,
             scope_label(&g.scope)
         )?;
     }
@@ -239,9 +278,10 @@ fn text(
         )?;
         writeln!(
             out,
-            "      scope {}; {} event(s) via {}; recorded {} ({}){}; seen {} .. {}",
+            "      scope {}; {} event(s), {} sampled decision(s) via {}; recorded {} ({}){}; seen {} .. {}",
             scope_label(&row.scope),
             row.events,
+            row.sampled,
             if row.hooks.is_empty() {
                 "-".to_owned()
             } else {

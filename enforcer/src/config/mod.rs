@@ -143,6 +143,11 @@ pub struct Events {
     pub file: Option<PathBuf>,
     /// Also (or, without a file, only) JSON lines on stdout.
     pub stdout: bool,
+    /// Where the sample of allowed destinations goes (JSON lines, mode
+    /// 0640; `crate::allowed_sample`); None: the sample is off, in the
+    /// kernel too. Default: the events file's path with
+    /// `.allowed.jsonl` appended, when there is an events file.
+    pub allowed_file: Option<PathBuf>,
 }
 
 /// A site network: an internal range whose jurisdiction GeoIP cannot know.

@@ -210,6 +210,10 @@ struct RawEvents {
     file: Option<PathBuf>,
     #[serde(default)]
     stdout: Option<bool>,
+    #[serde(default)]
+    allowed_sample: Option<bool>,
+    #[serde(default)]
+    allowed_file: Option<PathBuf>,
 }
 
 impl Default for RawEvents {
@@ -219,9 +223,15 @@ impl Default for RawEvents {
             burst: None,
             file: None,
             stdout: None,
+            allowed_sample: None,
+            allowed_file: None,
         }
     }
 }
+
+/// What `<events file>` gets appended to name the allowed sample's file
+/// when `events.allowed_file` is not given.
+pub const ALLOWED_FILE_SUFFIX: &str = ".allowed.jsonl";
 
 fn default_event_rate() -> u32 {
     100
@@ -522,11 +532,38 @@ impl RawEvents {
         if burst > MAX_EVENT_BURST {
             return Err(format!("events.burst {burst}: at most {MAX_EVENT_BURST}"));
         }
+        let file = self.file.map(|f| under(base, &f));
+        // The sample is on by default wherever it has a file to go to.
+        let allowed_file = match (self.allowed_sample, self.allowed_file) {
+            (Some(false), Some(f)) => {
+                return Err(format!(
+                    "events.allowed_file {:?} is set but events.allowed_sample = false",
+                    f.display().to_string()
+                ));
+            }
+            (Some(false), None) => None,
+            (_, Some(f)) => Some(under(base, &f)),
+            (on, None) => match &file {
+                Some(events) => {
+                    let mut name = events.clone().into_os_string();
+                    name.push(ALLOWED_FILE_SUFFIX);
+                    Some(PathBuf::from(name))
+                }
+                None if on == Some(true) => {
+                    return Err(
+                        "events.allowed_sample = true needs a file: set events.file or events.allowed_file"
+                            .to_owned(),
+                    );
+                }
+                None => None,
+            },
+        };
         Ok(Events {
             rate_per_cpu: self.rate_per_cpu,
             burst,
-            stdout: self.stdout.unwrap_or(self.file.is_none()),
-            file: self.file.map(|f| under(base, &f)),
+            stdout: self.stdout.unwrap_or(file.is_none()),
+            file,
+            allowed_file,
         })
     }
 }

@@ -142,9 +142,10 @@ fn events_and_overrides() {
             rate_per_cpu: 100,
             burst: 200,
             file: None,
-            stdout: true
+            stdout: true,
+            allowed_file: None,
         },
-        "without a file, events go to stdout"
+        "without a file, events go to stdout, and no allowed sample is kept"
     );
     let c = parse(&format!(
         "{MINIMAL}[[scope.override]]\ncgroup = \"system.slice/storage.service/worker\"\nmode = \"enforce\"\n\
@@ -161,6 +162,48 @@ fn events_and_overrides() {
     assert_eq!(c.events.burst, 10);
     assert_eq!(c.events.file, Some(PathBuf::from("/etc/ee/events.jsonl")));
     assert!(!c.events.stdout, "with a file, stdout only when asked");
+    assert_eq!(
+        c.events.allowed_file,
+        Some(PathBuf::from("/etc/ee/events.jsonl.allowed.jsonl")),
+        "with an events file, the allowed sample is on, beside it"
+    );
+}
+
+#[test]
+fn the_allowed_sample_follows_its_settings() {
+    let with = |events: &str| {
+        parse(&format!(
+            "{MINIMAL}[events]
+{events}"
+        ))
+    };
+    let c = with("file = \"e.jsonl\"\nallowed_sample = false\n").expect("valid");
+    assert_eq!(c.events.allowed_file, None, "turned off");
+    let c = with("allowed_file = \"/var/log/ee/allowed.jsonl\"\n").expect("valid");
+    assert_eq!(
+        c.events.allowed_file,
+        Some(PathBuf::from("/var/log/ee/allowed.jsonl")),
+        "a file of its own, without an events file"
+    );
+    let c = with("file = \"e.jsonl\"\nallowed_file = \"a.jsonl\"\n").expect("valid");
+    assert_eq!(
+        c.events.allowed_file,
+        Some(PathBuf::from("/etc/ee/a.jsonl")),
+        "relative to the config's directory, as the events file"
+    );
+    let e = with("allowed_sample = true\n").expect_err("nowhere to write");
+    assert!(
+        e.to_string()
+            .contains("events.allowed_sample = true needs a file"),
+        "{e}"
+    );
+    let e =
+        with("allowed_sample = false\nallowed_file = \"a.jsonl\"\n").expect_err("contradiction");
+    assert!(
+        e.to_string()
+            .contains("events.allowed_file \"a.jsonl\" is set but events.allowed_sample = false"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -43,8 +43,9 @@ use aya::{
     programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError, SchedClassifier},
 };
 use enforcer_common::{
-    AYA_LOGS, CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT, CFG_MODE, CFG_OVERRIDES,
-    CFG_SLOT, CONFIG, LAYOUT_VERSION, MODE_OVERRIDES, MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
+    AYA_LOGS, CFG_ALLOWED_SAMPLE, CFG_EVENT_BURST, CFG_EVENT_RATE, CFG_GENERATION, CFG_LAYOUT,
+    CFG_MODE, CFG_OVERRIDES, CFG_SLOT, CONFIG, LAYOUT_VERSION, MODE_OVERRIDES,
+    MODE_OVERRIDES_CAPACITY, Mode, cfg_mode,
 };
 
 pub use self::{
@@ -158,6 +159,7 @@ pub struct Unslotted {
     overrides: Vec<(u64, Mode)>,
     event_rate: u32,
     event_burst: u32,
+    allowed_sample: bool,
 }
 
 /// A loaded (or adopted) datapath.
@@ -303,6 +305,7 @@ impl Datapath {
             overrides,
             event_rate: self.config_word(CFG_EVENT_RATE)?,
             event_burst: self.config_word(CFG_EVENT_BURST)?,
+            allowed_sample: self.config_word(CFG_ALLOWED_SAMPLE)? != 0,
         })
     }
 
@@ -315,7 +318,15 @@ impl Datapath {
         }
         self.set_overrides(&before.overrides)?;
         self.set_event_limits(before.event_rate, before.event_burst)?;
+        self.set_allowed_sample(before.allowed_sample)?;
         Ok(true)
+    }
+
+    /// Turns the kernel's sample of allowed destinations
+    /// (`ALLOWED_SAMPLE`) on or off. Off, the map keeps what it holds
+    /// but no decision updates it.
+    pub fn set_allowed_sample(&mut self, on: bool) -> Result<(), DatapathError> {
+        self.set_config_word(CFG_ALLOWED_SAMPLE, u32::from(on))
     }
 
     /// Sets the events' per-CPU rate and burst (rate 0: no events).
