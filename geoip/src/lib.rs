@@ -42,6 +42,9 @@
 //! ```
 
 mod aliases;
+// Until geoip/src/source.rs wires them in (issue 19): not yet called.
+#[allow(dead_code)]
+mod cloud;
 mod country;
 mod csv;
 mod diff;

@@ -52,6 +52,11 @@ pub struct Stats {
     /// Of `unlocated`: networks whose country field is present but is not
     /// two ASCII letters.
     pub invalid_codes: usize,
+    /// Of `raw_v4` and `raw_v6`: prefixes given the anycast class
+    /// ([`CountryCode::ANYCAST`](crate::CountryCode::ANYCAST)), as served
+    /// from many countries (cloud `GLOBAL` ranges, global Azure tags, a
+    /// prefix one file lists in two countries, geofeed `XA` rows).
+    pub anycast: usize,
     /// IPv4 prefixes after aggregation.
     pub aggregated_v4: usize,
     /// IPv6 prefixes after aggregation.
