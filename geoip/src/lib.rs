@@ -49,6 +49,8 @@ mod country;
 mod csv;
 mod diff;
 mod error;
+#[allow(dead_code)]
+mod geofeed;
 mod mmdb;
 pub mod sets;
 mod snapshot;
