@@ -52,6 +52,7 @@ mod error;
 #[allow(dead_code)]
 mod geofeed;
 mod mmdb;
+mod provenance;
 pub mod sets;
 mod snapshot;
 mod source;
@@ -69,8 +70,11 @@ pub use diff::{
     ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change, family_moves,
 };
 pub use error::GeoipError;
+pub use provenance::Provenance;
 pub use sets::SetError;
-pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats, hex};
+pub use source::{
+    CountryField, Format, Kind, Loaded, Options, Schema, Source, SourceInfo, SourceSpec, Stats, hex,
+};
 pub use table::{Diff, Family, Table};
 
 /// The tables of both families.
