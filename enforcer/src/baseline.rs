@@ -27,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use geoip::{Format, GeoTable, Schema, SourceInfo};
+use geoip::{Format, GeoTable, SourceInfo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -58,7 +58,7 @@ pub struct Manifest {
 pub struct ManifestSource {
     pub path: PathBuf,
     pub sha256: String,
-    /// `csv`, `mmdb-maxmind` or `mmdb-flat`.
+    /// [`Format::label`]: `csv`, `mmdb-maxmind`, `mmdb-flat`, ...
     pub format: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<u16>,
@@ -70,17 +70,11 @@ pub struct ManifestSource {
 
 impl ManifestSource {
     fn of(info: &SourceInfo) -> ManifestSource {
-        let (format, ip_version) = match info.format {
-            Format::Csv => ("csv", None),
-            Format::Mmdb {
-                schema: Schema::MaxMind,
-                ip_version,
-            } => ("mmdb-maxmind", Some(ip_version)),
-            Format::Mmdb {
-                schema: Schema::Flat,
-                ip_version,
-            } => ("mmdb-flat", Some(ip_version)),
+        let ip_version = match info.format {
+            Format::Mmdb { ip_version, .. } => Some(ip_version),
+            _ => None,
         };
+        let format = info.format.label();
         ManifestSource {
             path: info.path.clone(),
             sha256: info.sha256.clone(),
@@ -93,20 +87,14 @@ impl ManifestSource {
 
     /// Back to a [`SourceInfo`], as `status` and the audit log show it.
     fn info(&self) -> Result<SourceInfo, String> {
-        let mmdb = |schema| match self.ip_version {
-            Some(ip_version) => Ok(Format::Mmdb { schema, ip_version }),
-            None => Err(format!(
-                "{}: format {} without ip_version",
+        let format = Format::from_label(&self.format, self.ip_version).ok_or_else(|| {
+            format!(
+                "{}: format {:?} (ip_version {:?}) is not one this agent writes",
                 self.path.display(),
-                self.format
-            )),
-        };
-        let format = match self.format.as_str() {
-            "csv" => Format::Csv,
-            "mmdb-maxmind" => mmdb(Schema::MaxMind)?,
-            "mmdb-flat" => mmdb(Schema::Flat)?,
-            other => return Err(format!("{}: unknown format {other:?}", self.path.display())),
-        };
+                self.format,
+                self.ip_version
+            )
+        })?;
         Ok(SourceInfo {
             path: self.path.clone(),
             format,
@@ -357,8 +345,9 @@ mod tests {
             SourceInfo {
                 path: "/var/lib/GeoIP/GeoLite2-Country.mmdb".into(),
                 format: Format::Mmdb {
-                    schema: Schema::MaxMind,
+                    schema: geoip::Schema::MaxMind,
                     ip_version: 6,
+                    field: geoip::CountryField::RegisteredCountry,
                 },
                 database_type: Some("GeoLite2-Country".into()),
                 build_epoch: Some(1_700_000_000),

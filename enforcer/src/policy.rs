@@ -11,7 +11,7 @@ use enforcer_common::{APPROVED, COUNTRY_SLOTS, NOT_APPROVED, Rule, RuleKind, UNK
 use geoip::{CountryCode, GeoTable, Loaded};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::config::{Config, Unknown};
+use crate::config::{Anycast, Config, Unknown};
 
 /// The built-in never-geolocated ranges: traffic to them stays on the host,
 /// the link or the private network, so GeoIP has nothing to say about it.
@@ -98,6 +98,24 @@ pub fn policy_sha256(config: &Config, policy: &CompiledPolicy) -> String {
         "interfaces": config.interfaces,
         "overrides": config.overrides.iter().map(|o| (o.cgroup.display().to_string(), o.mode.label())).collect::<Vec<_>>(),
     });
+    // Added only when they differ from what earlier versions always did,
+    // so that a config using neither keeps the hash it had: an upgrade
+    // alone does not look like a policy change in the audit trail.
+    let mut canonical = canonical;
+    if config.anycast != Anycast::default() {
+        canonical["anycast"] = config.anycast.label().into();
+    }
+    let formats: Vec<&str> = policy
+        .sources
+        .iter()
+        .map(|s| s.info.format.label())
+        .collect();
+    if formats
+        .iter()
+        .any(|f| !matches!(*f, "csv" | "mmdb-maxmind" | "mmdb-flat"))
+    {
+        canonical["database_formats"] = formats.into();
+    }
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     geoip::hex(&digest)
@@ -108,9 +126,9 @@ impl CompiledPolicy {
     pub fn compile(config: &Config) -> Result<CompiledPolicy, PolicyError> {
         let mut layers = Vec::with_capacity(config.sources.len());
         let mut sources = Vec::with_capacity(config.sources.len());
-        for path in &config.sources {
+        for spec in &config.sources {
             let started = Instant::now();
-            let Loaded { table, stats, info } = geoip::Source::open(path)?.load()?;
+            let Loaded { table, stats, info } = spec.load()?;
             sources.push(SourceReport {
                 info,
                 stats,
@@ -223,6 +241,13 @@ pub fn approval_table(config: &Config) -> Vec<u32> {
         Unknown::Allow => APPROVED,
         Unknown::Deny => NOT_APPROVED,
     };
+    // The anycast class is a code of its own in the tables, so the kernel
+    // decides it with one more entry of this table: no datapath change.
+    approval[country_index(CountryCode::ANYCAST) as usize] = match config.anycast {
+        Anycast::Allow => APPROVED,
+        Anycast::Deny => NOT_APPROVED,
+        Anycast::Unknown => approval[UNKNOWN_COUNTRY as usize],
+    };
     approval
 }
 
@@ -323,6 +348,37 @@ mod tests {
         // Outside the site: builtin private.
         assert_eq!(at("10.2.0.1"), Some((k(RuleKind::Builtin), 1, 8)));
         assert_eq!(at("11.0.0.1"), None);
+    }
+
+    #[test]
+    fn the_anycast_class_follows_its_own_policy() {
+        let config = |anycast: &str, unknown: &str| {
+            Config::parse(
+                &format!(
+                    "approved = [\"DE\"]\nanycast = \"{anycast}\"\nunknown = \"{unknown}\"\n\
+                     [geoip]\nsources = [\"x.csv\"]\n[scope]\ncgroups = [\"x\"]\n"
+                ),
+                crate::config::Origin::File("/t.toml".into()),
+            )
+            .expect("config")
+        };
+        let xa = Some(CountryCode::ANYCAST);
+        let de = Some("DE".parse().expect("code"));
+        for (anycast, unknown, approved) in [
+            ("allow", "deny", true),
+            ("deny", "allow", false),
+            ("unknown", "allow", true),
+            ("unknown", "deny", false),
+        ] {
+            let table = approval_table(&config(anycast, unknown));
+            assert_eq!(
+                approves(&table, xa),
+                approved,
+                "anycast {anycast}, unknown {unknown}"
+            );
+            assert!(approves(&table, de));
+            assert_eq!(approves(&table, None), unknown == "allow");
+        }
     }
 
     #[test]

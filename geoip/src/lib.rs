@@ -65,7 +65,9 @@ pub use diff::{
 };
 pub use error::GeoipError;
 pub use sets::SetError;
-pub use source::{Format, Loaded, Schema, Source, SourceInfo, Stats, hex};
+pub use source::{
+    CountryField, Format, Kind, Loaded, Options, Schema, Source, SourceInfo, SourceSpec, Stats, hex,
+};
 pub use table::{Diff, Family, Table};
 
 /// The tables of both families.

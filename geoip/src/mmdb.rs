@@ -39,7 +39,7 @@ use serde::{
 };
 
 use crate::{
-    CountryCode, GeoTable, GeoipError, Schema, Stats,
+    CountryCode, CountryField, GeoTable, GeoipError, Schema, Stats,
     table::{Run, Table, WideRun},
 };
 
@@ -108,7 +108,7 @@ impl RawRecord {
         }
     }
 
-    fn outcome(&self, schema: Option<Schema>) -> Outcome {
+    fn outcome(&self, schema: Option<Schema>, field: CountryField) -> Outcome {
         let pick = |codes: &[Code]| {
             if let Some(c) = codes.iter().find_map(|c| match c {
                 Code::Valid(c) => Some(*c),
@@ -122,7 +122,10 @@ impl RawRecord {
             }
         };
         match schema {
-            Some(Schema::MaxMind) => pick(&[self.country, self.registered]),
+            Some(Schema::MaxMind) => match field {
+                CountryField::Country => pick(&[self.country, self.registered]),
+                CountryField::RegisteredCountry => pick(&[self.registered, self.country]),
+            },
             Some(Schema::Flat) => pick(&[self.flat]),
             None => Outcome::Missing,
         }
@@ -321,6 +324,7 @@ pub(crate) struct MmdbTables {
 pub(crate) fn load(
     reader: &Reader<Vec<u8>>,
     aliases: crate::Aliases,
+    field: CountryField,
     path: &Path,
 ) -> Result<MmdbTables, GeoipError> {
     let mmdb_err = |source| GeoipError::Mmdb {
@@ -392,7 +396,7 @@ pub(crate) fn load(
                 if schema.is_none() {
                     schema = rec.schema_hint();
                 }
-                let o = rec.outcome(schema);
+                let o = rec.outcome(schema, field);
                 cache.insert(offset, o);
                 o
             }
@@ -633,13 +637,52 @@ mod tests {
             flat: Code::Valid(cc("FR")),
             maxmind_keys: true,
         };
-        assert!(matches!(r.outcome(Some(Schema::MaxMind)), Outcome::Located(c) if c == cc("DE")));
-        assert!(matches!(r.outcome(Some(Schema::Flat)), Outcome::Located(c) if c == cc("FR")));
+        assert!(
+            matches!(r.outcome(Some(Schema::MaxMind), CountryField::Country), Outcome::Located(c) if c == cc("DE"))
+        );
+        assert!(
+            matches!(r.outcome(Some(Schema::Flat), CountryField::Country), Outcome::Located(c) if c == cc("FR"))
+        );
         r.registered = Code::Absent;
-        assert!(matches!(r.outcome(Some(Schema::MaxMind)), Outcome::Invalid));
+        assert!(matches!(
+            r.outcome(Some(Schema::MaxMind), CountryField::Country),
+            Outcome::Invalid
+        ));
         r.country = Code::Absent;
-        assert!(matches!(r.outcome(Some(Schema::MaxMind)), Outcome::Missing));
-        assert!(matches!(r.outcome(None), Outcome::Missing));
+        assert!(matches!(
+            r.outcome(Some(Schema::MaxMind), CountryField::Country),
+            Outcome::Missing
+        ));
+        assert!(matches!(
+            r.outcome(None, CountryField::Country),
+            Outcome::Missing
+        ));
+    }
+
+    #[test]
+    fn registered_country_is_preferred_when_chosen_and_falls_back() {
+        let mut r = RawRecord {
+            country: Code::Valid(cc("DE")),
+            registered: Code::Valid(cc("US")),
+            flat: Code::Absent,
+            maxmind_keys: true,
+        };
+        let mm = Some(Schema::MaxMind);
+        assert!(
+            matches!(r.outcome(mm, CountryField::Country), Outcome::Located(c) if c == cc("DE"))
+        );
+        assert!(
+            matches!(r.outcome(mm, CountryField::RegisteredCountry), Outcome::Located(c) if c == cc("US"))
+        );
+        r.registered = Code::Absent;
+        assert!(
+            matches!(r.outcome(mm, CountryField::RegisteredCountry), Outcome::Located(c) if c == cc("DE"))
+        );
+        // The flat schema has one field: the choice does not apply.
+        r.flat = Code::Valid(cc("FR"));
+        assert!(
+            matches!(r.outcome(Some(Schema::Flat), CountryField::RegisteredCountry), Outcome::Located(c) if c == cc("FR"))
+        );
     }
 }
 

@@ -174,7 +174,8 @@ fn ipv6_database_walks_ipv4_once_and_skips_aliases() {
             loaded.info.format,
             Format::Mmdb {
                 schema,
-                ip_version: 6
+                ip_version: 6,
+                field: crate::CountryField::Country,
             }
         );
         assert_eq!(loaded.stats.raw_v4, V4.len(), "{:?}", loaded.stats);
@@ -234,7 +235,8 @@ fn ipv4_only_database_has_no_v6_table_and_aggregates() {
         loaded.info.format,
         Format::Mmdb {
             schema: Schema::Flat,
-            ip_version: 4
+            ip_version: 4,
+            field: crate::CountryField::Country,
         }
     );
     assert_eq!(
@@ -338,7 +340,8 @@ fn schema_is_detected_from_type_or_first_record() {
         l.info.format,
         Format::Mmdb {
             schema: Schema::MaxMind,
-            ip_version: 6
+            ip_version: 6,
+            field: crate::CountryField::Country,
         }
     );
 
@@ -364,7 +367,8 @@ fn schema_is_detected_from_type_or_first_record() {
         l.info.format,
         Format::Mmdb {
             schema: Schema::MaxMind,
-            ip_version: 6
+            ip_version: 6,
+            field: crate::CountryField::Country,
         }
     );
     assert_eq!(
@@ -390,7 +394,8 @@ fn schema_is_detected_from_type_or_first_record() {
         l.info.format,
         Format::Mmdb {
             schema: Schema::Flat,
-            ip_version: 6
+            ip_version: 6,
+            field: crate::CountryField::Country,
         }
     );
 }

@@ -26,6 +26,114 @@ pub enum Schema {
     Flat,
 }
 
+/// For MaxMind-schema databases: which record field locates a network.
+///
+/// `country` is where the network is used (MaxMind's best estimate of the
+/// location); `registered_country` is where the owner registered it (a
+/// cloud provider's addresses are usually registered in the US wherever
+/// they are used). Each falls back to the other when a record lacks it. The
+/// flat schema has one field; the choice does not apply to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CountryField {
+    /// `country.iso_code`, else `registered_country.iso_code`.
+    #[default]
+    Country,
+    /// `registered_country.iso_code`, else `country.iso_code`.
+    RegisteredCountry,
+}
+
+impl CountryField {
+    /// The config's spelling: `country`, `registered_country`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CountryField::Country => "country",
+            CountryField::RegisteredCountry => "registered_country",
+        }
+    }
+
+    /// Parses [`label`](Self::label)'s spelling.
+    pub fn from_label(text: &str) -> Option<CountryField> {
+        match text {
+            "country" => Some(CountryField::Country),
+            "registered_country" => Some(CountryField::RegisteredCountry),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of file a source is, as configured: `auto` detects it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A MaxMind DB when the metadata marker is near the end, otherwise a
+    /// CSV text file.
+    #[default]
+    Auto,
+    /// A MaxMind DB; anything else is an error.
+    Mmdb,
+    /// `network,country` or `first,last,country` rows.
+    Csv,
+}
+
+impl Kind {
+    /// Every kind with its config spelling.
+    pub const ALL: &[(Kind, &'static str)] = &[
+        (Kind::Auto, "auto"),
+        (Kind::Mmdb, "mmdb"),
+        (Kind::Csv, "csv"),
+    ];
+
+    /// The config's spelling.
+    pub fn label(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("auto", |(_, l)| l)
+    }
+
+    /// Parses [`label`](Self::label)'s spelling.
+    pub fn from_label(text: &str) -> Option<Kind> {
+        Self::ALL.iter().find(|(_, l)| *l == text).map(|(k, _)| *k)
+    }
+
+    /// Whether a file of this kind may be a MaxMind DB.
+    pub fn may_be_mmdb(self) -> bool {
+        matches!(self, Kind::Auto | Kind::Mmdb)
+    }
+}
+
+/// How to read one source: its kind and, for MaxMind DBs, the field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// What the file is (`auto` detects it).
+    pub kind: Kind,
+    /// Which field locates a network in a MaxMind-schema database.
+    pub country_field: CountryField,
+}
+
+/// One configured source: a path and how to read it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceSpec {
+    /// The file.
+    pub path: PathBuf,
+    /// How to read it.
+    pub options: Options,
+}
+
+impl SourceSpec {
+    /// A source read with the default options (kind detected, `country`).
+    pub fn path(path: impl Into<PathBuf>) -> SourceSpec {
+        SourceSpec {
+            path: path.into(),
+            options: Options::default(),
+        }
+    }
+
+    /// Opens and loads it.
+    pub fn load(&self) -> Result<Loaded, GeoipError> {
+        Source::open_with(&self.path, self.options)?.load()
+    }
+}
+
 /// The format of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -35,9 +143,55 @@ pub enum Format {
         schema: Schema,
         /// The database's `ip_version`: 4 (IPv4 only) or 6.
         ip_version: u16,
+        /// The field that located networks (MaxMind schema).
+        field: CountryField,
     },
     /// A CSV text file.
     Csv,
+}
+
+impl Format {
+    /// A short name: `csv`, `mmdb-maxmind`, `mmdb-maxmind-registered`
+    /// (located by `registered_country`), `mmdb-flat`. Stable: the agent's
+    /// baseline manifest stores it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Mmdb {
+                schema: Schema::MaxMind,
+                field: CountryField::Country,
+                ..
+            } => "mmdb-maxmind",
+            Format::Mmdb {
+                schema: Schema::MaxMind,
+                field: CountryField::RegisteredCountry,
+                ..
+            } => "mmdb-maxmind-registered",
+            Format::Mmdb {
+                schema: Schema::Flat,
+                ..
+            } => "mmdb-flat",
+        }
+    }
+
+    /// Parses [`label`](Self::label), with the IP version of a MaxMind DB
+    /// (None for the text formats); None when they do not fit together.
+    pub fn from_label(label: &str, ip_version: Option<u16>) -> Option<Format> {
+        let mmdb = |schema, field| {
+            ip_version.map(|ip_version| Format::Mmdb {
+                schema,
+                ip_version,
+                field,
+            })
+        };
+        match label {
+            "csv" => Some(Format::Csv),
+            "mmdb-maxmind" => mmdb(Schema::MaxMind, CountryField::Country),
+            "mmdb-maxmind-registered" => mmdb(Schema::MaxMind, CountryField::RegisteredCountry),
+            "mmdb-flat" => mmdb(Schema::Flat, CountryField::Country),
+            _ => None,
+        }
+    }
 }
 
 /// Counts from one load.
@@ -96,6 +250,7 @@ pub struct Source {
     path: PathBuf,
     sha256: String,
     content: Content,
+    options: Options,
 }
 
 impl fmt::Debug for Source {
@@ -115,16 +270,30 @@ impl Source {
     /// text file. The MaxMind DB metadata and layout are validated here;
     /// records are read by [`load`](Self::load).
     pub fn open(path: &Path) -> Result<Source, GeoipError> {
+        Self::open_with(path, Options::default())
+    }
+
+    /// Like [`open`](Self::open), read as `options` say.
+    pub fn open_with(path: &Path, options: Options) -> Result<Source, GeoipError> {
         let bytes = std::fs::read(path).map_err(|source| GeoipError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_bytes(path, bytes)
+        Self::from_bytes_with(path, bytes, options)
     }
 
     /// Like [`open`](Self::open) for bytes already in memory; `path` only
     /// labels errors and [`SourceInfo`].
     pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Source, GeoipError> {
+        Self::from_bytes_with(path, bytes, Options::default())
+    }
+
+    /// Like [`from_bytes`](Self::from_bytes), read as `options` say.
+    pub fn from_bytes_with(
+        path: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+        options: Options,
+    ) -> Result<Source, GeoipError> {
         let path = path.into();
         let format_err = |reason: &str| GeoipError::Format {
             path: path.clone(),
@@ -140,7 +309,14 @@ impl Source {
         let has_marker = tail
             .windows(METADATA_MARKER.len())
             .any(|w| w == METADATA_MARKER);
-        let content = if has_marker {
+        if options.kind == Kind::Mmdb && !has_marker {
+            return Err(format_err(
+                "configured as kind \"mmdb\" but there is no MaxMind DB metadata marker \
+                 (\\xab\\xcd\\xefMaxMind.com) near its end: a truncated or corrupt .mmdb, \
+                 or another kind of file",
+            ));
+        }
+        let content = if has_marker && options.kind != Kind::Csv {
             let mmdb_err = |source| GeoipError::Mmdb {
                 path: path.clone(),
                 source,
@@ -176,6 +352,7 @@ impl Source {
             path,
             sha256,
             content,
+            options,
         })
     }
 
@@ -203,7 +380,8 @@ impl Source {
         match &self.content {
             Content::Mmdb(reader, aliases) => {
                 let md = reader.metadata();
-                let loaded = mmdb::load(reader, *aliases, &self.path)?;
+                let field = self.options.country_field;
+                let loaded = mmdb::load(reader, *aliases, field, &self.path)?;
                 Ok(Loaded {
                     table: loaded.table,
                     stats: loaded.stats,
@@ -212,6 +390,7 @@ impl Source {
                         format: Format::Mmdb {
                             schema: loaded.schema,
                             ip_version: md.ip_version,
+                            field,
                         },
                         database_type: Some(md.database_type.clone()),
                         build_epoch: Some(md.build_epoch),

@@ -118,7 +118,10 @@ fn load_and_compare(path: PathBuf, want_schema: Schema, seed: u64) -> Report {
     );
     let elapsed = started.elapsed();
     let s = loaded.stats;
-    let Format::Mmdb { schema, ip_version } = loaded.info.format else {
+    let Format::Mmdb {
+        schema, ip_version, ..
+    } = loaded.info.format
+    else {
         panic!("{} is not read as a MaxMind DB", path.display());
     };
     assert_eq!(schema, want_schema);
@@ -272,6 +275,65 @@ fn geolite2_country_maxmind_schema() {
                 .unwrap()
                 .overlaps(n)
     }));
+}
+
+/// `country_field = "registered_country"` locates each network by where it
+/// is registered: every network of the tree, decoded by `maxminddb`
+/// itself, agrees with the table under each choice, and the two choices
+/// differ where the records do.
+#[test]
+fn geolite2_registered_country_is_a_choice_per_source() {
+    let Some(path) = database("GeoLite2-Country.mmdb") else {
+        return;
+    };
+    let load = |field| {
+        geoip::SourceSpec {
+            path: path.clone(),
+            options: geoip::Options {
+                kind: geoip::Kind::Auto,
+                country_field: field,
+            },
+        }
+        .load()
+        .expect("load")
+    };
+    let by_country = load(geoip::CountryField::Country);
+    let by_registered = load(geoip::CountryField::RegisteredCountry);
+    assert_eq!(by_registered.info.format.label(), "mmdb-maxmind-registered");
+    assert_eq!(by_country.info.format.label(), "mmdb-maxmind");
+    let reader = Reader::open_readfile(&path).expect("open");
+    let (mut differ, mut checked) = (0u64, 0u64);
+    for item in reader.networks(Default::default()).expect("networks") {
+        let item = item.expect("network");
+        let net = item.network().expect("net");
+        if net.is_ipv6() {
+            continue;
+        }
+        let Some(rec) = item.decode::<geoip2::Country>().expect("decode") else {
+            continue;
+        };
+        let code = |c: Option<&str>| c.and_then(|c| c.parse::<CountryCode>().ok());
+        let country = code(rec.country.iso_code);
+        let registered = code(rec.registered_country.iso_code);
+        let addr = net.network();
+        let want_c = country.or(registered);
+        let want_r = registered.or(country);
+        let got = |l: &Loaded| l.table.lookup(addr).map(|(_, c)| c);
+        assert_eq!(got(&by_country), want_c, "{net} by country");
+        assert_eq!(got(&by_registered), want_r, "{net} by registered_country");
+        checked += 1;
+        if want_c != want_r {
+            differ += 1;
+        }
+    }
+    eprintln!(
+        "{checked} IPv4 networks checked, {differ} located differently by registered_country"
+    );
+    assert!(checked > 100_000, "{checked}");
+    assert!(
+        differ > 100,
+        "GeoLite2 has networks used outside their registration country: {differ}"
+    );
 }
 
 #[test]

@@ -826,7 +826,8 @@ fn watch_sources(config: &Config) -> Option<Watcher> {
     if !config.watch_sources {
         return None;
     }
-    match Watcher::new(&config.sources) {
+    let paths: Vec<PathBuf> = config.sources.iter().map(|s| s.path.clone()).collect();
+    match Watcher::new(&paths) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the GeoIP sources; reload with SIGHUP or `enforcer reload`");

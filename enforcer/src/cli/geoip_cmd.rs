@@ -65,7 +65,9 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
             .to_string()
     });
     let (schema, ip_version) = match info.format {
-        geoip::Format::Mmdb { schema, ip_version } => (format!("{schema:?}"), Some(ip_version)),
+        geoip::Format::Mmdb {
+            schema, ip_version, ..
+        } => (format!("{schema:?}"), Some(ip_version)),
         other => (format!("{other:?}"), None),
     };
     if json {
@@ -150,11 +152,11 @@ pub fn run(cmd: GeoipCommand) -> anyhow::Result<()> {
             let sources = if sources.is_empty() {
                 config.load()?.sources
             } else {
-                sources
+                sources.into_iter().map(geoip::SourceSpec::path).collect()
             };
             let mut layers = Vec::new();
-            for path in &sources {
-                layers.push((path.clone(), geoip::Source::open(path)?.load()?.table));
+            for spec in &sources {
+                layers.push((spec.path.clone(), spec.load()?.table));
             }
             for ip in addresses {
                 let hit = layers

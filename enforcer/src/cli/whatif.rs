@@ -53,7 +53,11 @@ pub struct Args {
 fn decider(path: &Path, what: &str, sources: &[PathBuf]) -> anyhow::Result<Decider> {
     let mut config = Config::load(path).with_context(|| format!("{what} config"))?;
     if !sources.is_empty() {
-        config.sources = sources.to_vec();
+        config.sources = sources
+            .iter()
+            .cloned()
+            .map(geoip::SourceSpec::path)
+            .collect();
     }
     Decider::new(config).with_context(|| format!("{what} config {}: GeoIP sources", path.display()))
 }
@@ -92,7 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .config
         .sources
         .iter()
-        .map(|p| p.display().to_string())
+        .map(|s| s.path.display().to_string())
         .collect();
     let before = match &args.current {
         Some(p) => format!("config {}", p.display()),

@@ -86,6 +86,34 @@ impl Unknown {
     }
 }
 
+/// What to do with destinations in the anycast class
+/// ([`geoip::CountryCode::ANYCAST`]): ranges a source says are served from
+/// many countries at once, so no country can be named for them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Anycast {
+    /// Approved, whatever the approved countries.
+    Allow,
+    /// Not approved. The default: before such a source is added the same
+    /// ranges were usually located in one non-approved country (a cloud
+    /// provider's registration country), so adding a source never turns a
+    /// refusal into an allow unless the config says so.
+    #[default]
+    Deny,
+    /// Decided as the `unknown` policy decides unlocated destinations.
+    Unknown,
+}
+
+impl Anycast {
+    pub fn label(self) -> &'static str {
+        match self {
+            Anycast::Allow => "allow",
+            Anycast::Deny => "deny",
+            Anycast::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// The cgroup2 root: every process on the host.
@@ -136,6 +164,8 @@ pub struct Config {
     /// The resolved set of approved countries.
     pub approved: BTreeSet<CountryCode>,
     pub unknown: Unknown,
+    /// How the anycast class is decided.
+    pub anycast: Anycast,
     /// `allow` exceptions: always let through, whatever GeoIP says.
     pub allow: Vec<IpNetwork>,
     /// `deny` exceptions: never approved, whatever GeoIP says.
@@ -143,7 +173,7 @@ pub struct Config {
     /// Site networks, in config order.
     pub sites: Vec<Site>,
     /// GeoIP sources in priority order: the first that locates an address wins.
-    pub sources: Vec<PathBuf>,
+    pub sources: Vec<geoip::SourceSpec>,
     /// Reload when a source file is replaced on disk.
     pub watch_sources: bool,
     /// `geoip.max_age`: a database built longer ago is reported too old.
@@ -233,7 +263,7 @@ impl Config {
         if self.origin != Origin::Embedded {
             return Ok(());
         }
-        for path in &self.sources {
+        for path in self.sources.iter().map(|s| &s.path) {
             match fs::metadata(path) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -45,6 +45,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     unknown: Unknown,
     #[serde(default)]
+    anycast: super::Anycast,
+    #[serde(default)]
     allow: Vec<String>,
     #[serde(default)]
     deny: Vec<String>,
@@ -108,10 +110,53 @@ struct RawSite {
     name: Option<String>,
 }
 
+/// One `geoip.sources` entry: a path (kind detected), or a table naming
+/// the kind and, for MaxMind-schema databases, the field that locates.
+#[derive(Debug)]
+enum RawSource {
+    Path(PathBuf),
+    Table(RawSourceTable),
+}
+
+// By hand rather than `#[serde(untagged)]`, whose only error is "did not
+// match any variant": a table with a misspelt key must say which key.
+impl<'de> Deserialize<'de> for RawSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a path, or a table { path = \"...\", kind = \"...\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSource, E> {
+                Ok(RawSource::Path(PathBuf::from(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSource, A::Error> {
+                RawSourceTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSource::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSourceTable {
+    path: PathBuf,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    country_field: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawGeoip {
-    sources: Vec<PathBuf>,
+    sources: Vec<RawSource>,
     #[serde(default = "default_true")]
     watch: bool,
     /// How old (from its build time) a database may be before status,
@@ -234,6 +279,7 @@ impl RawConfig {
             approved_items: self.approved,
             approved,
             unknown: self.unknown,
+            anycast: self.anycast,
             allow,
             deny,
             sites,
@@ -334,11 +380,61 @@ impl RawGeoip {
         })
     }
 
-    fn sources(&self, base: &Path) -> Result<Vec<PathBuf>, String> {
+    fn sources(&self, base: &Path) -> Result<Vec<geoip::SourceSpec>, String> {
         if self.sources.is_empty() {
             return Err("geoip.sources: at least one database is needed".into());
         }
-        Ok(self.sources.iter().map(|s| under(base, s)).collect())
+        let mut specs: Vec<geoip::SourceSpec> = Vec::with_capacity(self.sources.len());
+        for (i, source) in self.sources.iter().enumerate() {
+            let spec = match source {
+                RawSource::Path(p) => geoip::SourceSpec::path(under(base, p)),
+                RawSource::Table(t) => {
+                    let key = format!("geoip.sources[{i}]");
+                    let kind = match &t.kind {
+                        None => geoip::Kind::Auto,
+                        Some(text) => geoip::Kind::from_label(text).ok_or_else(|| {
+                            let known: Vec<&str> =
+                                geoip::Kind::ALL.iter().map(|(_, l)| *l).collect();
+                            format!(
+                                "{key}.kind {text:?}: unknown kind (expected one of {})",
+                                known.join(", ")
+                            )
+                        })?,
+                    };
+                    let country_field = match &t.country_field {
+                        None => geoip::CountryField::Country,
+                        Some(text) => geoip::CountryField::from_label(text).ok_or_else(|| {
+                            format!(
+                                "{key}.country_field {text:?}: expected \"country\" or \
+                                 \"registered_country\""
+                            )
+                        })?,
+                    };
+                    if t.country_field.is_some() && !kind.may_be_mmdb() {
+                        return Err(format!(
+                            "{key}.country_field: only MaxMind-schema databases have one \
+                             (kind is {:?})",
+                            kind.label()
+                        ));
+                    }
+                    geoip::SourceSpec {
+                        path: under(base, &t.path),
+                        options: geoip::Options {
+                            kind,
+                            country_field,
+                        },
+                    }
+                }
+            };
+            if let Some(j) = specs.iter().position(|s| s.path == spec.path) {
+                return Err(format!(
+                    "geoip.sources[{i}]: {} is already geoip.sources[{j}]",
+                    spec.path.display()
+                ));
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 }
 

@@ -32,9 +32,83 @@ fn embedded_default_is_valid_and_safe() {
 fn minimal_file_gets_defaults_and_relative_sources() {
     let c = parse(MINIMAL).expect("valid");
     assert_eq!(c.mode, Mode::Observe);
-    assert_eq!(c.sources, vec![PathBuf::from("/etc/ee/geo.mmdb")]);
+    assert_eq!(c.sources, vec![geoip::SourceSpec::path("/etc/ee/geo.mmdb")]);
+    assert_eq!(
+        c.anycast,
+        Anycast::Deny,
+        "anycast ranges are refused unless chosen"
+    );
     assert_eq!(c.metrics_listen, "127.0.0.1:9477".parse().expect("addr"));
     assert_eq!(c.pin_dir, PathBuf::from(paths::DEFAULT_PIN_DIR));
+}
+
+#[test]
+fn sources_as_tables_name_their_kind_and_field() {
+    let c = parse(
+        "approved = [\"DE\"]\nanycast = \"unknown\"\n[geoip]\nsources = [\n\
+         { path = \"feed.csv\", kind = \"csv\" },\n\
+         { path = \"/x/GeoLite2-Country.mmdb\", country_field = \"registered_country\" },\n\
+         \"plain.mmdb\",\n]\n[scope]\ncgroups = [\"a\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(c.anycast, Anycast::Unknown);
+    let kinds: Vec<(String, &str, &str)> = c
+        .sources
+        .iter()
+        .map(|s| {
+            (
+                s.path.display().to_string(),
+                s.options.kind.label(),
+                s.options.country_field.label(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("/etc/ee/feed.csv".to_owned(), "csv", "country"),
+            (
+                "/x/GeoLite2-Country.mmdb".to_owned(),
+                "auto",
+                "registered_country"
+            ),
+            ("/etc/ee/plain.mmdb".to_owned(), "auto", "country"),
+        ]
+    );
+    let bad = |sources: &str, expected: &str| {
+        let e = parse(&format!(
+            "approved = [\"DE\"]\n[geoip]\nsources = {sources}\n[scope]\ncgroups = [\"a\"]\n"
+        ))
+        .expect_err(sources)
+        .to_string();
+        assert!(e.contains(expected), "{sources}: {e}");
+        assert!(e.starts_with("/etc/ee/test.toml"), "{e}");
+    };
+    bad(
+        r#"[{ path = "a", kind = "geojson" }]"#,
+        "geoip.sources[0].kind \"geojson\": unknown kind (expected one of auto, mmdb, csv",
+    );
+    bad(
+        r#"["x", { path = "a", country_field = "where" }]"#,
+        "geoip.sources[1].country_field \"where\"",
+    );
+    bad(
+        r#"[{ path = "a", kind = "csv", country_field = "country" }]"#,
+        "geoip.sources[0].country_field: only MaxMind-schema",
+    );
+    bad(
+        r#"["a.mmdb", "/etc/ee/a.mmdb"]"#,
+        "geoip.sources[1]: /etc/ee/a.mmdb is already geoip.sources[0]",
+    );
+    bad(
+        r#"[{ path = "a", colour = "red" }]"#,
+        "unknown field `colour`, expected one of `path`, `kind`, `country_field`",
+    );
+    bad(r#"[42]"#, "a path, or a table");
+    let e = parse(&format!("anycast = \"maybe\"\n{MINIMAL}"))
+        .expect_err("anycast")
+        .to_string();
+    assert!(e.contains("anycast"), "{e}");
 }
 
 #[test]
@@ -323,7 +397,7 @@ fn a_missing_default_database_says_how_to_get_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("GeoLite2-Country.mmdb");
     let mut c = Config::embedded_default().expect("the embedded default parses");
-    c.sources = vec![missing.clone()];
+    c.sources = vec![geoip::SourceSpec::path(missing.clone())];
     let e = c.check_default_database().expect_err("missing").to_string();
     for needle in [
         "<embedded default config>",
@@ -340,7 +414,7 @@ fn a_missing_default_database_says_how_to_get_it() {
     // A config file's sources are the load's business (its error names
     // the file).
     let mut f = parse(MINIMAL).expect("parses");
-    f.sources = vec![dir.path().join("nope.mmdb")];
+    f.sources = vec![geoip::SourceSpec::path(dir.path().join("nope.mmdb"))];
     f.check_default_database()
         .expect("not the embedded default");
 }

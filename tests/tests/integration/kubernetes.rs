@@ -417,7 +417,7 @@ fn configmap_config_passes_config_check_and_matches_the_daemonset() {
     host_path(&config.control.socket);
     host_path(Path::new("/sys/fs/cgroup"));
     for source in &config.sources {
-        host_path(source);
+        host_path(&source.path);
     }
     host_path(config.audit.file.as_deref().expect("the audit log is on"));
     host_path(config.events.file.as_deref().expect("an events file"));
