@@ -108,6 +108,11 @@ pub struct EventRecord {
     /// cannot be told (a cgroup gone before the event was read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The GeoIP source (file and kind) that located `dst`, when GeoIP
+    /// gave `country` and the agent can tell which source of the policy
+    /// in force said so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub located_by: Option<crate::datapath::explain::LocatedBy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u32>,
 }
@@ -170,6 +175,7 @@ impl EventRecord {
             cgroup_id: e.cgroup_id,
             cgroup,
             scope: None,
+            located_by: None,
             bytes: packet.then_some(e.bytes),
         })
     }
@@ -516,6 +522,7 @@ pub async fn run(
     hub: std::sync::Arc<EventsHub>,
     audit: crate::audit::SharedAudit,
     health: std::sync::Arc<SinksHealth>,
+    status: crate::status::SharedStatus,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), DatapathError> {
     let ring: RingBuf<MapData> =
@@ -579,6 +586,10 @@ pub async fn run(
                     }
                 };
                 let to_wall = boot_to_wall();
+                // The sources of the policy in force, once per batch.
+                let provenance = std::sync::Arc::clone(
+                    &status.read().unwrap_or_else(|e| e.into_inner()).provenance,
+                );
                 let mut lines = String::new();
                 let mut n_lines = 0usize;
                 // (hook, outcome) of each event of the batch: counted once
@@ -612,6 +623,7 @@ pub async fn run(
                     } else {
                         record.cgroup.as_deref().and_then(|p| names.scope_of(p))
                     };
+                    record.located_by = located_by(&provenance, &e, record.dst);
                     if let (Some(h), Some(o)) = (Hook::from_raw(e.hook as u32), Outcome::from_raw(e.outcome as u32)) {
                         read.push((h as usize, o as usize));
                     }
@@ -647,6 +659,24 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The source that located an event's destination: only when GeoIP gave
+/// its country (a site network's country is the config's).
+fn located_by(
+    provenance: &geoip::Provenance,
+    e: &Event,
+    dst: IpAddr,
+) -> Option<crate::datapath::explain::LocatedBy> {
+    let by_geoip = matches!(
+        Source::from_raw(e.source as u32),
+        Some(Source::Geoip | Source::DenyException)
+    );
+    let code = enforcer_common::country::code(e.country)?;
+    let country = geoip::CountryCode::new(code)?;
+    by_geoip
+        .then(|| crate::datapath::explain::LocatedBy::find(provenance, dst, country))
+        .flatten()
 }
 
 /// Events per batch at most: a full ring buffer (1 MiB, about 8,000

@@ -68,6 +68,8 @@ pub struct CompiledPolicy {
     /// Indexed by country index; entry 0 is the `unknown` policy.
     pub approval: Vec<u32>,
     pub sources: Vec<SourceReport>,
+    /// Which source located an address (`check`, events).
+    pub provenance: std::sync::Arc<geoip::Provenance>,
 }
 
 /// The SHA-256 (hex) of the policy in force, for the audit log: a
@@ -143,7 +145,15 @@ impl CompiledPolicy {
         } else {
             GeoTable::layered(&layers)
         };
-        Self::from_parts(config, geo, sources)
+        // Every layer but the last is kept to tell which source located an
+        // address (see geoip::Provenance); the last, usually the large
+        // database, is not needed for that.
+        layers.pop();
+        let provenance =
+            geoip::Provenance::new(sources.iter().map(|s| s.info.clone()).collect(), layers);
+        let mut policy = Self::from_parts(config, geo, sources)?;
+        policy.provenance = std::sync::Arc::new(provenance);
+        Ok(policy)
     }
 
     /// Compiles a policy from an already layered GeoIP table.
@@ -198,6 +208,11 @@ impl CompiledPolicy {
         }
 
         let approval = approval_table(config);
+        // Without the layers' own tables only a single source can be named.
+        let provenance = std::sync::Arc::new(geoip::Provenance::new(
+            sources.iter().map(|s| s.info.clone()).collect(),
+            Vec::new(),
+        ));
 
         Ok(CompiledPolicy {
             rules_v4,
@@ -205,6 +220,7 @@ impl CompiledPolicy {
             geo,
             approval,
             sources,
+            provenance,
         })
     }
 

@@ -107,12 +107,15 @@ fn is_header(fields: &[&str]) -> bool {
 /// A row's country: an assigned ISO 3166-1 alpha-2 code, as a policy must
 /// name it. A CSV is written by hand or by a script, so `UK` (the United
 /// Kingdom is `GB`) or `EU` is a mistake: located under a code no policy
-/// can approve, its addresses would be refused with nothing said.
+/// can approve, its addresses would be refused with nothing said. `XA`
+/// (the anycast class) is accepted: an operator marks anycast ranges so.
 fn parse_country(text: &str) -> Result<CountryCode, String> {
     let code = CountryCode::from_str(text).map_err(|e| e.to_string())?;
-    if !code.is_assigned() {
+    // XA marks the anycast class: decided by the `anycast` policy.
+    if !code.is_assigned() && !code.is_anycast() {
         return Err(format!(
-            "{:?} is not an assigned ISO 3166-1 alpha-2 country code",
+            "{:?} is not an assigned ISO 3166-1 alpha-2 country code \
+             (nor XA, the anycast class)",
             text.trim()
         ));
     }

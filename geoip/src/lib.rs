@@ -47,6 +47,7 @@ mod csv;
 mod diff;
 mod error;
 mod mmdb;
+mod provenance;
 pub mod sets;
 mod snapshot;
 mod source;
@@ -64,6 +65,7 @@ pub use diff::{
     ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change, family_moves,
 };
 pub use error::GeoipError;
+pub use provenance::Provenance;
 pub use sets::SetError;
 pub use source::{
     CountryField, Format, Kind, Loaded, Options, Schema, Source, SourceInfo, SourceSpec, Stats, hex,

@@ -231,6 +231,7 @@ pub(super) fn apply(
 /// What the status says about the policy now in force.
 fn record_in_force(s: &mut AgentStatus, p: &Prepared, report: &SlotReport) {
     s.sources = p.policy.sources.iter().map(|r| r.info.clone()).collect();
+    s.provenance = std::sync::Arc::clone(&p.policy.provenance);
     // What was just read is, as of that read, what is on disk. Said here,
     // under the same lock as the new sources, so that `status` never shows
     // the data in force next to the previous comparison ("differs") while

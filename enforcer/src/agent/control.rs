@@ -19,7 +19,7 @@ use crate::{
     audit::{self, Kind},
     config::ModeOverride,
     control::{ModeName, Reply, Request, peer::PeerCreds, server::Handler},
-    datapath::explain::{CgroupAncestry, Explainer, Explanation},
+    datapath::explain::{CgroupAncestry, Explainer, Explanation, LocatedBy},
     events::EventsHub,
     paths,
     runtime_mode::{Change, RuntimeModes},
@@ -127,12 +127,21 @@ impl AgentHandler {
                 })
                 .collect()
         };
-        let answers = match tokio::task::spawn_blocking(work).await {
+        let mut answers = match tokio::task::spawn_blocking(work).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return Reply::error(e),
             Err(e) => return Reply::error(format!("check failed: {e}")),
         };
-        let databases = status::databases(&self.status.read().unwrap_or_else(|e| e.into_inner()));
+        let databases = {
+            let s = self.status.read().unwrap_or_else(|e| e.into_inner());
+            for a in &mut answers {
+                // A site network's country is the config's, not GeoIP's.
+                if let (Some(country), Some(_)) = (a.country, a.geoip_prefix) {
+                    a.located_by = LocatedBy::find(&s.provenance, a.decided_as, country);
+                }
+            }
+            status::databases(&s)
+        };
         Reply::ok(serde_json::json!({ "explanations": answers, "geoip_databases": databases }))
     }
 }

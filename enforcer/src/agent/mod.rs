@@ -733,6 +733,7 @@ impl Services {
             Arc::clone(&hub),
             audit.clone(),
             sinks_health,
+            Arc::clone(status),
             events_stop_rx,
         ));
 

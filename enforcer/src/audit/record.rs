@@ -351,6 +351,10 @@ pub struct AuditEvent {
     pub cgroup: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u32>,
+    /// The GeoIP source that located `dst`: its file and kind, e.g.
+    /// `/var/lib/egress-enforcer/aws-ip-ranges.json (aws)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub located_by: Option<String>,
 }
 
 impl From<&EventRecord> for AuditEvent {
@@ -374,6 +378,10 @@ impl From<&EventRecord> for AuditEvent {
             cgroup_id: e.cgroup_id,
             cgroup: e.cgroup.clone(),
             bytes: e.bytes,
+            located_by: e
+                .located_by
+                .as_ref()
+                .map(|l| format!("{} ({})", l.path.display(), l.kind)),
         }
     }
 }

@@ -46,6 +46,7 @@ fn event(verdict: &str, country: &str) -> Kind {
         cgroup_id: 42,
         cgroup: Some("/sys/fs/cgroup/x".into()),
         bytes: None,
+        located_by: Some("/var/lib/GeoIP/GeoLite2-Country.mmdb (mmdb-maxmind)".into()),
     })
 }
 

@@ -107,7 +107,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 write!(out, "{}", text(e))?;
                 if e.source == enforcer_common::Source::Geoip {
-                    for d in databases.as_array().into_iter().flatten() {
+                    // The one that located it when the agent said which;
+                    // otherwise every database in force.
+                    let shown = databases.as_array().into_iter().flatten().filter(|d| {
+                        e.located_by.as_ref().is_none_or(|by| {
+                            d["path"].as_str() == Some(&by.path.display().to_string())
+                        })
+                    });
+                    for d in shown {
                         writeln!(
                             out,
                             "  {:<8} {} (sha256 {}{})",
@@ -165,11 +172,17 @@ fn text(e: &Explanation) -> String {
     line("source", format!("{} ({detail})", e.source.label()));
     let country = match (e.country, e.geoip_prefix) {
         (Some(c), Some(p)) if Some(p) != e.prefix => format!("{c} (GeoIP {p})"),
+        (Some(c), _) if c.is_anycast() => {
+            format!("{c} (anycast class: served from many countries)")
+        }
         (Some(c), _) => c.to_string(),
         (None, _) if e.approved.is_none() => "none (not geolocated)".to_owned(),
         (None, _) => "unknown".to_owned(),
     };
     line("country", country);
+    if let Some(by) = &e.located_by {
+        line("located", format!("by {} ({})", by.path.display(), by.kind));
+    }
     let policy = match e.approved {
         None => "not consulted (exempt)",
         Some(true) => "approved",

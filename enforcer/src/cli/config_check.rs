@@ -41,11 +41,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .join(" ")
     );
     println!("unknown:  {}", config.unknown.label());
+    println!("anycast:  {}", config.anycast.label());
     for (i, s) in policy.sources.iter().enumerate() {
         println!(
             "geoip[{i}]: {} ({}; {} + {} networks with a country, {} without; {} + {} prefixes after aggregation; {:.2}s)",
             s.info.path.display(),
-            s.info.database_type.as_deref().unwrap_or("csv"),
+            match &s.info.database_type {
+                Some(t) => format!("{}, {t}", s.info.format.label()),
+                None => s.info.format.label().to_owned(),
+            },
             s.stats.raw_v4,
             s.stats.raw_v6,
             s.stats.unlocated,

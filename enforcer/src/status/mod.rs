@@ -19,6 +19,8 @@ pub use view::{agent_view, databases, kernel_view, too_old};
 /// Agent-side state that metrics and `status` report.
 #[derive(Clone, Debug, Default)]
 pub struct AgentStatus {
+    /// Which GeoIP source of the policy in force located an address.
+    pub provenance: std::sync::Arc<geoip::Provenance>,
     pub mode: Option<Mode>,
     pub generation: u32,
     pub prefixes_v4: usize,

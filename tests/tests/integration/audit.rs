@@ -72,6 +72,7 @@ fn event(n: u32, verdict: &str, country: &str) -> Kind {
         cgroup_id: 8123,
         cgroup: Some("/sys/fs/cgroup/system.slice/minio.service".into()),
         bytes: None,
+        located_by: None,
     })
 }
 

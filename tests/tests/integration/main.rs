@@ -45,6 +45,7 @@ mod reload_guard;
 mod scope;
 mod shipping;
 mod sinks;
+mod sources;
 mod starvation;
 mod storage_host;
 mod top;

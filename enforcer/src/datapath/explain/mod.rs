@@ -61,7 +61,7 @@ mod maps;
 mod report;
 
 pub use cgroup::CgroupAncestry;
-pub use report::{CgroupRef, Explanation, ModeFrom, RuleRef};
+pub use report::{CgroupRef, Explanation, LocatedBy, ModeFrom, RuleRef};
 
 /// How often an explanation starts again because the policy flipped while
 /// it read; a flip takes one config word, so a second miss means a reload
@@ -405,6 +405,7 @@ impl Explainer {
             overrides: self.word(CFG_OVERRIDES)?,
             slot,
             generation,
+            located_by: None,
         })
     }
 

@@ -99,6 +99,32 @@ pub struct Explanation {
     /// The policy slot the answer was read from, and its generation.
     pub slot: u32,
     pub generation: u32,
+    /// The GeoIP source that located the address (the running agent
+    /// answers it; the pins alone cannot tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub located_by: Option<LocatedBy>,
+}
+
+/// A GeoIP source as named in answers and events: its file and kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocatedBy {
+    pub path: std::path::PathBuf,
+    /// [`geoip::Format::label`]: `mmdb-maxmind`, `csv`, `aws`, ...
+    pub kind: String,
+}
+
+impl LocatedBy {
+    /// The source of the policy in force that located `ip` as `country`.
+    pub fn find(
+        provenance: &geoip::Provenance,
+        ip: std::net::IpAddr,
+        country: CountryCode,
+    ) -> Option<LocatedBy> {
+        provenance.located_by(ip, country).map(|s| LocatedBy {
+            path: s.path.clone(),
+            kind: s.format.label().to_owned(),
+        })
+    }
 }
 
 /// `Option<IpNetwork>` as a CIDR string or null (ipnetwork's serde support
@@ -188,6 +214,7 @@ mod tests {
             overrides: 1,
             slot: 1,
             generation: 7,
+            located_by: None,
         };
         let text = serde_json::to_string(&e).expect("serialise");
         for needle in [
