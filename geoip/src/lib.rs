@@ -43,13 +43,11 @@
 
 mod aliases;
 // Until geoip/src/source.rs wires them in (issue 19): not yet called.
-#[allow(dead_code)]
 mod cloud;
 mod country;
 mod csv;
 mod diff;
 mod error;
-#[allow(dead_code)]
 mod geofeed;
 mod mmdb;
 mod provenance;
@@ -65,6 +63,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::IpNetwork;
 
 pub use aliases::{Alias, Aliases};
+pub use cloud::{Provider, detect as detect_cloud};
 pub use country::{CountryCode, ParseCountryError};
 pub use diff::{
     ChangedRange, CountryChange, FamilyChange, Move, changed_ranges, family_change, family_moves,

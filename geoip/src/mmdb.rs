@@ -506,7 +506,12 @@ pub(crate) fn load(
             }
         };
         let country = match outcome {
-            Outcome::Located(c) => c,
+            Outcome::Located(c) => {
+                if c.is_anycast() {
+                    stats.anycast += 1;
+                }
+                c
+            }
             Outcome::Missing => {
                 stats.unlocated += 1;
                 continue;

@@ -57,6 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.stats.aggregated_v6,
             s.load_seconds
         );
+        if s.stats.anycast > 0 {
+            println!(
+                "          {} prefixes in the anycast class (XA, decided by anycast = {:?})",
+                s.stats.anycast,
+                config.anycast.label()
+            );
+        }
+        for w in &s.warnings {
+            println!("          warning: {w}");
+        }
     }
     let (v4, v6) = policy.geo_len();
     println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");
