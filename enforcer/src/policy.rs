@@ -56,6 +56,8 @@ struct RuleEntry {
 pub struct SourceReport {
     pub info: geoip::SourceInfo,
     pub stats: geoip::Stats,
+    /// What the load said that did not stop it (see `geoip::Loaded`).
+    pub warnings: Vec<String>,
     pub load_seconds: f64,
 }
 
@@ -130,10 +132,19 @@ impl CompiledPolicy {
         let mut sources = Vec::with_capacity(config.sources.len());
         for spec in &config.sources {
             let started = Instant::now();
-            let Loaded { table, stats, info } = spec.load()?;
+            let Loaded {
+                table,
+                stats,
+                info,
+                warnings,
+            } = spec.load()?;
+            for w in &warnings {
+                tracing::warn!(source = %info.path.display(), kind = info.format.label(), "{w}");
+            }
             sources.push(SourceReport {
                 info,
                 stats,
+                warnings,
                 load_seconds: started.elapsed().as_secs_f64(),
             });
             layers.push(table);

@@ -58,6 +58,9 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<(GeoTable, Stats), GeoipE
         };
         let (row, country) =
             parse_row(&fields).map_err(|m| err(format!("{m} (line: {content:?})")))?;
+        if country.is_anycast() {
+            stats.anycast += 1;
+        }
         match row {
             Row::V4(prefixes) => {
                 stats.raw_v4 += 1;

@@ -51,6 +51,17 @@ pub enum GeoipError {
         /// What is wrong, quoting the offending text.
         message: String,
     },
+    /// A JSON range file (a cloud provider's) is malformed.
+    #[error("{}: {at}: {message}", path.display())]
+    Json {
+        /// The range file.
+        path: PathBuf,
+        /// Where: the entry (`prefixes[12]`, `values[3] (AzureCloud)`) or,
+        /// for invalid JSON, the line and column.
+        at: String,
+        /// What is wrong, quoting the offending entry.
+        message: String,
+    },
 }
 
 impl GeoipError {
@@ -61,7 +72,8 @@ impl GeoipError {
             | GeoipError::Format { path, .. }
             | GeoipError::Mmdb { path, .. }
             | GeoipError::Database { path, .. }
-            | GeoipError::Csv { path, .. } => path,
+            | GeoipError::Csv { path, .. }
+            | GeoipError::Json { path, .. } => path,
         }
     }
 }

@@ -87,6 +87,9 @@ struct RawRecord {
     flat: Code,
     /// `country` or `registered_country` is a map.
     maxmind_keys: bool,
+    /// `traits.is_anycast` is true (GeoIP2 and GeoLite2 databases since
+    /// 2023 mark anycast networks so).
+    anycast: bool,
 }
 
 /// What a record says under the database's schema.
@@ -122,6 +125,9 @@ impl RawRecord {
             }
         };
         match schema {
+            // An anycast network is served from many countries: the
+            // class, never the one country the record also names.
+            Some(Schema::MaxMind) if self.anycast => Outcome::Located(CountryCode::ANYCAST),
             Some(Schema::MaxMind) => match field {
                 CountryField::Country => pick(&[self.country, self.registered]),
                 CountryField::RegisteredCountry => pick(&[self.registered, self.country]),
@@ -207,6 +213,8 @@ enum Key {
     RegisteredCountry,
     IsoCode,
     CountryCode,
+    Traits,
+    IsAnycast,
     Other,
 }
 
@@ -227,6 +235,8 @@ impl<'de> Deserialize<'de> for Key {
                     b"registered_country" => Key::RegisteredCountry,
                     b"iso_code" => Key::IsoCode,
                     b"country_code" => Key::CountryCode,
+                    b"traits" => Key::Traits,
+                    b"is_anycast" => Key::IsAnycast,
                     _ => Key::Other,
                 })
             }
@@ -267,6 +277,99 @@ impl<'de> Deserialize<'de> for CountryMap {
     }
 }
 
+/// `traits`: whether `is_anycast` is `true` (anything else is false).
+struct Traits(bool);
+
+impl<'de> Deserialize<'de> for Traits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A value that is true only as the boolean `true`.
+        struct Flag(bool);
+        impl<'de> Deserialize<'de> for Flag {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Flag;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a boolean")
+                    }
+                    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Flag, E> {
+                        Ok(Flag(v))
+                    }
+                    fn visit_str<E: de::Error>(self, _: &str) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Flag, A::Error> {
+                        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                        Ok(Flag(false))
+                    }
+                    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_unit<E: de::Error>(self) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_none<E: de::Error>(self) -> Result<Flag, E> {
+                        Ok(Flag(false))
+                    }
+                    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Flag, D::Error> {
+                        IgnoredAny::deserialize(d).map(|_| Flag(false))
+                    }
+                    fn visit_newtype_struct<D: Deserializer<'de>>(
+                        self,
+                        d: D,
+                    ) -> Result<Flag, D::Error> {
+                        IgnoredAny::deserialize(d).map(|_| Flag(false))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Flag, A::Error> {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        Ok(Flag(false))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Traits;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a traits map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Traits, A::Error> {
+                let mut anycast = false;
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::IsAnycast => anycast = map.next_value::<Flag>()?.0,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Traits(anycast))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Traits, E> {
+                Ok(Traits(false))
+            }
+            lenient_visits!(Traits, Traits(false));
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for RawRecord {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -290,7 +393,8 @@ impl<'de> Deserialize<'de> for RawRecord {
                             r.registered = code;
                         }
                         Key::CountryCode => r.flat = map.next_value::<LooseCode>()?.0,
-                        Key::IsoCode | Key::Other => {
+                        Key::Traits => r.anycast = map.next_value::<Traits>()?.0,
+                        Key::IsoCode | Key::IsAnycast | Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
@@ -402,7 +506,12 @@ pub(crate) fn load(
             }
         };
         let country = match outcome {
-            Outcome::Located(c) => c,
+            Outcome::Located(c) => {
+                if c.is_anycast() {
+                    stats.anycast += 1;
+                }
+                c
+            }
             Outcome::Missing => {
                 stats.unlocated += 1;
                 continue;
@@ -636,6 +745,7 @@ mod tests {
             registered: Code::Valid(cc("DE")),
             flat: Code::Valid(cc("FR")),
             maxmind_keys: true,
+            anycast: false,
         };
         assert!(
             matches!(r.outcome(Some(Schema::MaxMind), CountryField::Country), Outcome::Located(c) if c == cc("DE"))
@@ -666,6 +776,7 @@ mod tests {
             registered: Code::Valid(cc("US")),
             flat: Code::Absent,
             maxmind_keys: true,
+            anycast: false,
         };
         let mm = Some(Schema::MaxMind);
         assert!(

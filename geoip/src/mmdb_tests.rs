@@ -588,3 +588,45 @@ fn shared_subtrees_are_an_error_not_a_hang() {
     assert!(e.contains("search tree is corrupt"), "{e}");
     assert!(started.elapsed().as_secs() < 10);
 }
+
+/// GeoIP2/GeoLite2 mark anycast networks with `traits.is_anycast`: such a
+/// network is the anycast class whatever country the record also names
+/// (and whichever field is chosen); `is_anycast: false` or a non-boolean
+/// changes nothing; the flat schema has no traits.
+#[test]
+fn traits_is_anycast_marks_the_anycast_class() {
+    let country = |code: &str| Value::map([("iso_code", Value::from(code))]);
+    let record = |anycast: Value| {
+        Value::map([
+            ("country", country("US")),
+            ("registered_country", country("US")),
+            ("traits", Value::map([("is_anycast", anycast)])),
+        ])
+    };
+    let mut w = MmdbWriter::new(6, Schema::MaxMind)
+        .unwrap()
+        .database_type("GeoIP2-Country");
+    w.insert_record(net("198.51.100.0/24"), record(Value::Bool(true)));
+    w.insert_record(net("198.18.0.0/16"), record(Value::Bool(false)));
+    w.insert_record(net("198.19.0.0/16"), record(Value::from("true")));
+    w.insert_record(net("2001:db8::/32"), record(Value::Bool(true)));
+    let bytes = w.to_bytes().unwrap();
+    for field in [
+        crate::CountryField::Country,
+        crate::CountryField::RegisteredCountry,
+    ] {
+        let options = crate::Options {
+            kind: crate::Kind::Auto,
+            country_field: field,
+        };
+        let l = Source::from_bytes_with(PATH, bytes.clone(), options)
+            .unwrap()
+            .load()
+            .unwrap();
+        let at = |a: &str| l.table.lookup(ip(a)).map(|(_, c)| c);
+        assert_eq!(at("198.51.100.7"), Some(CountryCode::ANYCAST), "{field:?}");
+        assert_eq!(at("2001:db8::1"), Some(CountryCode::ANYCAST), "{field:?}");
+        assert_eq!(at("198.18.0.1"), Some(cc("US")), "is_anycast false");
+        assert_eq!(at("198.19.0.1"), Some(cc("US")), "a string is not the flag");
+    }
+}

@@ -8,7 +8,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::{Aliases, GeoTable, GeoipError, aliases, csv, mmdb};
+use crate::{Aliases, GeoTable, GeoipError, aliases, cloud::Provider, csv, mmdb};
 
 /// The marker before a MaxMind DB's metadata section.
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
@@ -72,6 +72,10 @@ pub enum Kind {
     Mmdb,
     /// `network,country` or `first,last,country` rows.
     Csv,
+    /// An RFC 8805 geofeed: `prefix,country,region,city,postal`.
+    Geofeed,
+    /// A cloud provider's published range file.
+    Cloud(Provider),
 }
 
 impl Kind {
@@ -80,6 +84,10 @@ impl Kind {
         (Kind::Auto, "auto"),
         (Kind::Mmdb, "mmdb"),
         (Kind::Csv, "csv"),
+        (Kind::Geofeed, "geofeed"),
+        (Kind::Cloud(Provider::Aws), "aws"),
+        (Kind::Cloud(Provider::Gcp), "gcp"),
+        (Kind::Cloud(Provider::Azure), "azure"),
     ];
 
     /// The config's spelling.
@@ -148,6 +156,10 @@ pub enum Format {
     },
     /// A CSV text file.
     Csv,
+    /// An RFC 8805 geofeed.
+    Geofeed,
+    /// A cloud provider's range file, located by the reviewed region table.
+    Cloud(Provider),
 }
 
 impl Format {
@@ -171,6 +183,8 @@ impl Format {
                 schema: Schema::Flat,
                 ..
             } => "mmdb-flat",
+            Format::Geofeed => "geofeed",
+            Format::Cloud(p) => p.label(),
         }
     }
 
@@ -186,6 +200,10 @@ impl Format {
         };
         match label {
             "csv" => Some(Format::Csv),
+            "geofeed" => Some(Format::Geofeed),
+            "aws" => Some(Format::Cloud(Provider::Aws)),
+            "gcp" => Some(Format::Cloud(Provider::Gcp)),
+            "azure" => Some(Format::Cloud(Provider::Azure)),
             "mmdb-maxmind" => mmdb(Schema::MaxMind, CountryField::Country),
             "mmdb-maxmind-registered" => mmdb(Schema::MaxMind, CountryField::RegisteredCountry),
             "mmdb-flat" => mmdb(Schema::Flat, CountryField::Country),
@@ -206,6 +224,11 @@ pub struct Stats {
     /// Of `unlocated`: networks whose country field is present but is not
     /// two ASCII letters.
     pub invalid_codes: usize,
+    /// Of `raw_v4` and `raw_v6`: prefixes given the anycast class
+    /// ([`CountryCode::ANYCAST`](crate::CountryCode::ANYCAST)), as served
+    /// from many countries (cloud `GLOBAL` ranges, global Azure tags, a
+    /// prefix one file lists in two countries, geofeed `XA` rows).
+    pub anycast: usize,
     /// IPv4 prefixes after aggregation.
     pub aggregated_v4: usize,
     /// IPv6 prefixes after aggregation.
@@ -236,6 +259,10 @@ pub struct Loaded {
     pub stats: Stats,
     /// What was loaded.
     pub info: SourceInfo,
+    /// What an operator should know that did not stop the load: regions
+    /// of a cloud range file not in the reviewed table (their prefixes are
+    /// left to the next source), prefixes listed in several countries.
+    pub warnings: Vec<String>,
 }
 
 enum Content {
@@ -243,6 +270,8 @@ enum Content {
     /// on the bytes before the reader took them).
     Mmdb(Box<maxminddb::Reader<Vec<u8>>>, Aliases),
     Csv(String),
+    Geofeed(String),
+    Cloud(String, Provider),
 }
 
 /// One database file, read into memory and checked for its format.
@@ -338,7 +367,17 @@ impl Source {
             Content::Mmdb(Box::new(reader), found)
         } else {
             match String::from_utf8(bytes) {
-                Ok(text) if !text.contains('\0') => Content::Csv(text),
+                Ok(text) if !text.contains('\0') => match options.kind {
+                    Kind::Geofeed => Content::Geofeed(text),
+                    Kind::Cloud(p) => Content::Cloud(text, p),
+                    Kind::Csv => Content::Csv(text),
+                    // A JSON object in a known provider's shape is that
+                    // provider's range file; any other text is CSV.
+                    Kind::Auto | Kind::Mmdb => match crate::cloud::detect(&text) {
+                        Some(p) => Content::Cloud(text, p),
+                        None => Content::Csv(text),
+                    },
+                },
                 _ => {
                     return Err(format_err(
                         "binary content without a MaxMind DB metadata marker \
@@ -366,7 +405,7 @@ impl Source {
         &self.sha256
     }
 
-    /// True for a MaxMind DB, false for CSV.
+    /// True for a MaxMind DB, false for the text formats.
     pub fn is_mmdb(&self) -> bool {
         matches!(self.content, Content::Mmdb(..))
     }
@@ -396,22 +435,45 @@ impl Source {
                         build_epoch: Some(md.build_epoch),
                         sha256: self.sha256.clone(),
                     },
+                    warnings: Vec::new(),
                 })
             }
             Content::Csv(text) => {
                 let (table, stats) = csv::parse(text, &self.path)?;
-                Ok(Loaded {
-                    table,
-                    stats,
-                    info: SourceInfo {
-                        path: self.path.clone(),
-                        format: Format::Csv,
-                        database_type: None,
-                        build_epoch: None,
-                        sha256: self.sha256.clone(),
-                    },
-                })
+                Ok(self.text_loaded(Format::Csv, table, stats, Vec::new()))
             }
+            Content::Geofeed(text) => {
+                let p = crate::geofeed::parse(text, &self.path)?;
+                Ok(self.text_loaded(Format::Geofeed, p.table, p.stats, p.warnings))
+            }
+            Content::Cloud(text, provider) => {
+                let p = crate::cloud::parse(text, *provider, &self.path)?;
+                Ok(self.text_loaded(Format::Cloud(*provider), p.table, p.stats, p.warnings))
+            }
+        }
+    }
+}
+
+impl Source {
+    /// What loading a text source yields (no database type, no build time).
+    fn text_loaded(
+        &self,
+        format: Format,
+        table: GeoTable,
+        stats: Stats,
+        warnings: Vec<String>,
+    ) -> Loaded {
+        Loaded {
+            table,
+            stats,
+            info: SourceInfo {
+                path: self.path.clone(),
+                format,
+                database_type: None,
+                build_epoch: None,
+                sha256: self.sha256.clone(),
+            },
+            warnings,
         }
     }
 }
@@ -487,6 +549,75 @@ mod tests {
         assert_eq!(l.info.format, Format::Csv);
         assert_eq!(l.stats.raw_v4, 1);
         assert_eq!(l.info.sha256.len(), 64);
+    }
+
+    #[test]
+    fn kinds_are_detected_or_checked() {
+        let aws = br#"{"syncToken":"1","createDate":"2026-12-07-00-00-00","prefixes":[
+            {"ip_prefix":"198.51.100.0/24","region":"eu-central-1","service":"EC2","network_border_group":"eu-central-1"},
+            {"ip_prefix":"198.18.0.0/16","region":"GLOBAL","service":"CLOUDFRONT","network_border_group":"GLOBAL"}],
+            "ipv6_prefixes":[]}"#;
+        let with = |bytes: &[u8], kind: Kind| {
+            Source::from_bytes_with(
+                "/x/f",
+                bytes.to_vec(),
+                Options {
+                    kind,
+                    country_field: CountryField::Country,
+                },
+            )
+            .and_then(|s| s.load())
+        };
+        // Detected by its shape, or named.
+        for kind in [Kind::Auto, Kind::Cloud(Provider::Aws)] {
+            let l = with(aws, kind).unwrap();
+            assert_eq!(l.info.format, Format::Cloud(Provider::Aws));
+            assert_eq!(l.info.format.label(), "aws");
+            let at = |a: &str| {
+                l.table
+                    .lookup(a.parse().unwrap())
+                    .map(|(_, c)| c.to_string())
+            };
+            assert_eq!(at("198.51.100.7").as_deref(), Some("DE"));
+            assert_eq!(at("198.18.0.1").as_deref(), Some("XA"));
+            assert_eq!(l.stats.anycast, 1);
+        }
+        // Named as another provider or as CSV: an error naming the file.
+        let e = with(aws, Kind::Cloud(Provider::Gcp))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/x/f"), "{e}");
+        assert!(with(aws, Kind::Csv).is_err());
+        let e = with(b"198.51.100.0/24,DE\n", Kind::Mmdb)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("configured as kind \"mmdb\""), "{e}");
+        // A geofeed is read only when named: its extra columns are not CSV.
+        let feed = b"# geofeed\n198.51.100.0/24,DE,DE-BY,Munich,\n2001:db8::/32,XA,,,\n";
+        let l = with(feed, Kind::Geofeed).unwrap();
+        assert_eq!(l.info.format.label(), "geofeed");
+        assert_eq!(l.stats.anycast, 1);
+        assert!(
+            with(feed, Kind::Auto).is_err(),
+            "five fields are not a CSV row"
+        );
+        for (kind, label) in Kind::ALL {
+            assert_eq!(Kind::from_label(label), Some(*kind));
+            assert_eq!(kind.label(), *label);
+        }
+        for label in ["csv", "geofeed", "aws", "gcp", "azure"] {
+            assert_eq!(
+                Format::from_label(label, None).map(Format::label),
+                Some(label)
+            );
+        }
+        for label in ["mmdb-maxmind", "mmdb-maxmind-registered", "mmdb-flat"] {
+            assert_eq!(
+                Format::from_label(label, Some(6)).map(Format::label),
+                Some(label)
+            );
+            assert_eq!(Format::from_label(label, None), None);
+        }
     }
 
     #[test]

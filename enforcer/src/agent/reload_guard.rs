@@ -315,6 +315,7 @@ pub(super) fn guard_start(prepared: &mut Prepared, status: &SharedStatus) -> Opt
         .map(|info| SourceReport {
             info: info.clone(),
             stats: geoip::Stats::default(),
+            warnings: Vec::new(),
             load_seconds: 0.0,
         })
         .collect();

@@ -41,11 +41,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .join(" ")
     );
     println!("unknown:  {}", config.unknown.label());
+    println!("anycast:  {}", config.anycast.label());
     for (i, s) in policy.sources.iter().enumerate() {
         println!(
             "geoip[{i}]: {} ({}; {} + {} networks with a country, {} without; {} + {} prefixes after aggregation; {:.2}s)",
             s.info.path.display(),
-            s.info.database_type.as_deref().unwrap_or("csv"),
+            match &s.info.database_type {
+                Some(t) => format!("{}, {t}", s.info.format.label()),
+                None => s.info.format.label().to_owned(),
+            },
             s.stats.raw_v4,
             s.stats.raw_v6,
             s.stats.unlocated,
@@ -53,6 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             s.stats.aggregated_v6,
             s.load_seconds
         );
+        if s.stats.anycast > 0 {
+            println!(
+                "          {} prefixes in the anycast class (XA, decided by anycast = {:?})",
+                s.stats.anycast,
+                config.anycast.label()
+            );
+        }
+        for w in &s.warnings {
+            println!("          warning: {w}");
+        }
     }
     let (v4, v6) = policy.geo_len();
     println!("layered:  {v4} IPv4 + {v6} IPv6 prefixes");

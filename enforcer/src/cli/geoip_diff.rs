@@ -200,6 +200,7 @@ fn load_baseline(path: &Path) -> anyhow::Result<geoip::Loaded> {
         )
     })?;
     Ok(geoip::Loaded {
+        warnings: Vec::new(),
         stats: geoip::Stats::default(),
         info: geoip::SourceInfo {
             path: baseline::table_path(dir),
