@@ -10,6 +10,7 @@
 //! namespaces outside a thread of its own). Test names are
 //! `<module>::<test>`; `cargo xtask test -- <module>::` runs one concern.
 
+mod allowed_sample;
 mod audit;
 mod audit_agent;
 mod audit_report;
