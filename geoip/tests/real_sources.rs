@@ -15,7 +15,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use geoip::{CountryCode, Kind, Options, Provider, SourceSpec};
@@ -40,9 +40,9 @@ fn real_file(name: &str) -> Option<PathBuf> {
     None
 }
 
-fn load(path: &PathBuf, kind: Kind) -> Result<geoip::Loaded, geoip::GeoipError> {
+fn load(path: &Path, kind: Kind) -> Result<geoip::Loaded, geoip::GeoipError> {
     SourceSpec {
-        path: path.clone(),
+        path: path.to_owned(),
         options: Options {
             kind,
             ..Options::default()
@@ -187,7 +187,7 @@ fn aws_ip_ranges_is_located_by_network_border_group() {
 
 /// Reads a geofeed independently: prefix and country of each line
 /// (an empty country: the network says it has no location).
-fn listed_geofeed(path: &PathBuf) -> HashMap<IpNetwork, Says> {
+fn listed_geofeed(path: &Path) -> HashMap<IpNetwork, Says> {
     let text = std::fs::read_to_string(path).expect("read");
     let mut listed = HashMap::new();
     for line in text.lines() {
