@@ -281,6 +281,10 @@ pub struct DatabaseRecord {
     /// MaxMind DB `database_type`; absent for CSV.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub database_type: Option<String>,
+    /// How it was read (`geoip::Format::label`: `mmdb-maxmind`, `csv`,
+    /// `geofeed`, `aws`, ...); absent in records of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 impl From<&geoip::SourceInfo> for DatabaseRecord {
@@ -290,6 +294,7 @@ impl From<&geoip::SourceInfo> for DatabaseRecord {
             sha256: info.sha256.clone(),
             build_epoch: info.build_epoch,
             database_type: info.database_type.clone(),
+            kind: Some(info.format.label().to_owned()),
         }
     }
 }
@@ -571,10 +576,15 @@ mod tests {
             sha256: "ab".into(),
             build_epoch: Some(7),
             database_type: Some("GeoLite2-Country".into()),
+            kind: Some("mmdb-maxmind".into()),
         };
         assert_eq!(
             serde_json::to_string(&d).unwrap(),
-            r#"{"path":"/x.mmdb","sha256":"ab","build_epoch":7,"type":"GeoLite2-Country"}"#
+            r#"{"path":"/x.mmdb","sha256":"ab","build_epoch":7,"type":"GeoLite2-Country","kind":"mmdb-maxmind"}"#
         );
+        // Records of older agents have no kind.
+        let old: DatabaseRecord =
+            serde_json::from_str(r#"{"path":"/x.mmdb","sha256":"ab"}"#).unwrap();
+        assert_eq!(old.kind, None);
     }
 }

@@ -69,6 +69,7 @@ pub fn databases(s: &AgentStatus) -> Vec<serde_json::Value> {
         .map(|d| {
             let mut v = serde_json::json!({
                 "path": d.path,
+                "kind": d.format.label(),
                 "type": d.database_type,
                 "build_epoch": d.build_epoch,
                 "sha256": d.sha256,

@@ -32,12 +32,14 @@ fn databases() -> Vec<DatabaseRecord> {
             sha256: "1f".repeat(32),
             build_epoch: Some(1_763_000_000),
             database_type: Some("GeoLite2-Country".into()),
+            kind: Some("mmdb-maxmind".into()),
         },
         DatabaseRecord {
             path: "/etc/enforcer/sites.csv".into(),
             sha256: "2e".repeat(32),
             build_epoch: None,
             database_type: None,
+            kind: Some("csv".into()),
         },
     ]
 }

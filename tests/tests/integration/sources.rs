@@ -275,3 +275,164 @@ fn an_overlay_moves_real_space_and_the_anycast_policy_decides_its_class() {
     );
     drop(agent);
 }
+
+/// The file `name` from `cargo xtask geoip fetch`, or skip (fail in CI).
+macro_rules! real_or_skip {
+    ($name:expr) => {{
+        let f = real_geoip($name);
+        skip_unless!(
+            f.is_some(),
+            "EE_GEOIP_DIR has no {} (run `cargo xtask geoip fetch`)",
+            $name
+        );
+        f.expect("checked")
+    }};
+}
+
+/// AWS's published `ip-ranges.json` layered over GeoLite2: an
+/// eu-central-1 address GeoLite2 locates in the US is in Germany (allowed),
+/// a CloudFront `GLOBAL` one is the anycast class (refused under the
+/// default `anycast = "deny"`, allowed with `allow`); check and events
+/// name the AWS file.
+#[test]
+fn a_cloud_range_file_moves_an_eu_region_and_a_global_range() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let real = real_or_skip!("GeoLite2-Country.mmdb");
+    let aws = real_or_skip!("aws-ip-ranges.json");
+    let table = real_table(&real, CountryField::Country);
+    let frankfurt: Ipv4Addr = "3.5.136.1".parse().expect("ip");
+    let cloudfront: Ipv4Addr = "54.192.0.1".parse().expect("ip");
+    let at = |ip: Ipv4Addr| table.lookup(IpAddr::V4(ip)).map(|(_, c)| c.to_string());
+    assert_eq!(
+        at(frankfurt).as_deref(),
+        Some("US"),
+        "GeoLite2 (2019) says US"
+    );
+    assert_eq!(
+        at(cloudfront).as_deref(),
+        Some("US"),
+        "GeoLite2 (2019) says US"
+    );
+
+    let s = Scenario::new();
+    let agent = s.start(&s.config_with(
+        "enforce",
+        "allow",
+        std::slice::from_ref(&real),
+        "",
+        &s.events_table(1000, 1000),
+    ));
+    assert_eq!(verdict(&s, frankfurt), "refused");
+    assert_eq!(verdict(&s, cloudfront), "refused");
+
+    let sources = [format!("{{ path = {}, kind = \"aws\" }}", toml_path(&aws))];
+    reload(&s, &agent, &config(&s, "enforce", "", &sources, &real));
+    assert_eq!(verdict(&s, frankfurt), "allowed", "eu-central-1 is DE");
+    assert_eq!(verdict(&s, cloudfront), "refused", "GLOBAL: anycast = deny");
+    let answers = check(&s, &[frankfurt, cloudfront]);
+    let aws_by = (aws.display().to_string(), "aws".to_owned());
+    assert_eq!(answers[0]["country"], "DE", "{:#}", answers[0]);
+    assert_eq!(located_by(&answers[0]), aws_by);
+    assert_eq!(answers[1]["country"], "XA", "{:#}", answers[1]);
+    assert_eq!(located_by(&answers[1]), aws_by);
+    eprintln!("{}", check_text(&s, frankfurt));
+    let evs: Vec<Value> = events_for(&s, cloudfront)
+        .into_iter()
+        .filter(|e| e["country"] == "XA")
+        .collect();
+    assert!(!evs.is_empty());
+    for e in &evs {
+        assert_eq!(e["located_by"]["kind"], "aws", "{e}");
+        assert_eq!(
+            e["located_by"]["path"].as_str(),
+            Some(aws_by.0.as_str()),
+            "{e}"
+        );
+    }
+    reload(
+        &s,
+        &agent,
+        &config(&s, "enforce", "anycast = \"allow\"", &sources, &real),
+    );
+    assert_eq!(
+        verdict(&s, cloudfront),
+        "allowed",
+        "GLOBAL: anycast = allow"
+    );
+    drop(agent);
+}
+
+/// Cloudflare's published geofeed layered over GeoLite2: a network the
+/// feed puts in Germany and GeoLite2 in the US is allowed, one the feed
+/// puts in the US and GeoLite2 in Germany is refused; check and events
+/// name the feed.
+#[test]
+fn a_geofeed_moves_what_it_lists() {
+    skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
+    let real = real_or_skip!("GeoLite2-Country.mmdb");
+    let feed = real_or_skip!("geofeed-cloudflare.csv");
+    let table = real_table(&real, CountryField::Country);
+    let feed_table = SourceSpec {
+        path: feed.clone(),
+        options: Options {
+            kind: Kind::Geofeed,
+            country_field: CountryField::Country,
+        },
+    }
+    .load()
+    .expect("load the geofeed")
+    .table;
+    // The first IPv4 network of each kind, from the data itself.
+    let pick = |feed_says: &str, db_says: &str| -> Ipv4Addr {
+        feed_table
+            .v4
+            .prefixes()
+            .filter(|(_, c)| c.as_str() == feed_says)
+            .map(|(net, _)| Ipv4Addr::from(u32::from(net.network()) + 1))
+            .find(|a| {
+                table
+                    .lookup(IpAddr::V4(*a))
+                    .map(|(_, c)| c.to_string())
+                    .as_deref()
+                    == Some(db_says)
+            })
+            .unwrap_or_else(|| {
+                panic!("no network the feed says {feed_says} and GeoLite2 {db_says}")
+            })
+    };
+    let to_de = pick("DE", "US");
+    let to_us = pick("US", "DE");
+    let s = Scenario::new();
+    let agent = s.start(&s.config_with(
+        "enforce",
+        "allow",
+        std::slice::from_ref(&real),
+        "",
+        &s.events_table(1000, 1000),
+    ));
+    assert_eq!(verdict(&s, to_de), "refused", "{to_de}: US in GeoLite2");
+    assert_eq!(verdict(&s, to_us), "allowed", "{to_us}: DE in GeoLite2");
+    let sources = [format!(
+        "{{ path = {}, kind = \"geofeed\" }}",
+        toml_path(&feed)
+    )];
+    reload(&s, &agent, &config(&s, "enforce", "", &sources, &real));
+    assert_eq!(verdict(&s, to_de), "allowed", "{to_de}: DE in the feed");
+    assert_eq!(verdict(&s, to_us), "refused", "{to_us}: US in the feed");
+    let answers = check(&s, &[to_de, to_us]);
+    let feed_by = (feed.display().to_string(), "geofeed".to_owned());
+    assert_eq!(answers[0]["country"], "DE");
+    assert_eq!(answers[1]["country"], "US");
+    assert_eq!(located_by(&answers[0]), feed_by);
+    assert_eq!(located_by(&answers[1]), feed_by);
+    let evs: Vec<Value> = events_for(&s, to_us)
+        .into_iter()
+        .filter(|e| e["verdict"] == "denied")
+        .collect();
+    assert!(!evs.is_empty());
+    for e in &evs {
+        assert_eq!(e["located_by"]["kind"], "geofeed", "{e}");
+    }
+    eprintln!("{}", check_text(&s, to_us));
+    drop(agent);
+}
