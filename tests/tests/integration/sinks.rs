@@ -364,6 +364,12 @@ fn rotation_by_rename_sighup_reload_and_logrotate_keeps_the_chain() {
     .expect("the shipped logrotate snippet");
     let pid = agent.pid().expect("pid");
     let conf = snippet
+        // The allowed sample's file first: its default path extends the
+        // events file's.
+        .replace(
+            "/var/log/egress-enforcer/events.jsonl.allowed.jsonl",
+            &format!("{}.allowed.jsonl", events.display()),
+        )
         .replace(
             "/var/log/egress-enforcer/audit.jsonl /var/log/egress-enforcer/events.jsonl",
             &format!("{} {}", audit.display(), events.display()),
@@ -373,6 +379,10 @@ fn rotation_by_rename_sighup_reload_and_logrotate_keeps_the_chain() {
             &format!("kill -HUP {pid}"),
         );
     assert!(conf.contains(&format!("kill -HUP {pid}")), "{conf}");
+    assert!(
+        !conf.contains("/var/log/"),
+        "every path is the test's: {conf}"
+    );
     assert!(
         !snippet.contains("\n    copytruncate"),
         "never copytruncate"
