@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{setup, workspace, workspace_root};
 
 /// The fuzz targets, as named in fuzz/Cargo.toml.
-pub const TARGETS: &[&str] = &["mmdb", "csv", "config", "control"];
+pub const TARGETS: &[&str] = &["mmdb", "csv", "geofeed", "cloud", "config", "control"];
 
 /// How long `cargo xtask test` runs each target.
 pub const SMOKE_SECONDS: u64 = 20;
@@ -33,7 +33,8 @@ pub struct Args {
     /// Minutes per target.
     #[arg(long, default_value_t = 10)]
     pub minutes: u64,
-    /// Only this target (mmdb, csv, config, control); repeat for several.
+    /// Only this target (mmdb, csv, geofeed, cloud, config, control);
+    /// repeat for several.
     /// Default: all of them.
     #[arg(long = "target", value_name = "NAME")]
     pub targets: Vec<String>,
@@ -305,6 +306,29 @@ const CSV_SEEDS: &[&str] = &[
     "10.0.0.0/8,UK\n",
 ];
 
+const GEOFEED_SEEDS: &[&str] = &[
+    "# RFC 8805\n198.51.100.0/24,DE,DE-BY,Munich,\n2001:db8::/32,US,US-CA,,\n",
+    "198.51.100.0/25,FR,,,\n198.51.100.128/25,,,,\n198.18.0.0/15,XA\n",
+    "\u{feff}198.51.100.1/24,DE\n",
+    "198.51.100.0/24,DE,FR-75,Paris,75001\n",
+    "165.254.252.023,US,US-CA,Los Angeles,\n",
+];
+
+/// The first byte picks the provider (0 AWS, 1 Google Cloud, 2 Azure).
+const CLOUD_SEEDS: &[&str] = &[
+    "\u{0}{\"syncToken\":\"1\",\"createDate\":\"2026-12-07-00-00-00\",\"prefixes\":[\
+     {\"ip_prefix\":\"198.51.100.0/24\",\"region\":\"eu-central-1\",\"service\":\"EC2\",\"network_border_group\":\"eu-central-1\"},\
+     {\"ip_prefix\":\"198.18.0.0/15\",\"region\":\"GLOBAL\",\"service\":\"CLOUDFRONT\",\"network_border_group\":\"GLOBAL\"}],\
+     \"ipv6_prefixes\":[{\"ipv6_prefix\":\"2001:db8::/32\",\"region\":\"us-east-1\",\"service\":\"S3\",\"network_border_group\":\"us-east-1-bue-1\"}]}",
+    "\u{1}{\"syncToken\":\"1\",\"creationTime\":\"2026-12-07T00:00:00\",\"prefixes\":[\
+     {\"ipv4Prefix\":\"198.51.100.0/24\",\"service\":\"Google Cloud\",\"scope\":\"europe-west3\"},\
+     {\"ipv6Prefix\":\"2001:db8::/32\",\"service\":\"Google Cloud\",\"scope\":\"global\"}]}",
+    "\u{2}{\"changeNumber\":1,\"cloud\":\"Public\",\"values\":[\
+     {\"name\":\"AzureCloud.westeurope\",\"id\":\"AzureCloud.westeurope\",\"properties\":{\"region\":\"westeurope\",\"addressPrefixes\":[\"198.51.100.0/24\"]}},\
+     {\"name\":\"AzureFrontDoor.Frontend\",\"id\":\"AzureFrontDoor.Frontend\",\"properties\":{\"region\":\"\",\"addressPrefixes\":[\"198.51.0.0/16\",\"2001:db8::/32\"]}}]}",
+    "\u{0}{\"prefixes\":[{\"ip_prefix\":\"300.1.2.3/8\"}]}",
+];
+
 /// One request line per verb, and a few near misses.
 const CONTROL_SEEDS: &[&str] = &[
     "{\"verb\":\"status\"}\n",
@@ -382,6 +406,8 @@ fn write_seeds(dirs: &Dirs, targets: &[&str]) -> Result<()> {
                 Vec::new()
             }
             "csv" => CSV_SEEDS.iter().map(|s| (*s).to_owned()).collect(),
+            "geofeed" => GEOFEED_SEEDS.iter().map(|s| (*s).to_owned()).collect(),
+            "cloud" => CLOUD_SEEDS.iter().map(|s| (*s).to_owned()).collect(),
             "control" => CONTROL_SEEDS.iter().map(|s| (*s).to_owned()).collect(),
             "config" => {
                 let mut v = documented_configs()?;

@@ -11,9 +11,11 @@ use super::ConfigArg;
 pub enum GeoipCommand {
     /// Load databases and print their type, schema, hash and prefix counts.
     Inspect {
-        /// .mmdb or CSV files.
+        /// .mmdb, CSV, geofeed or cloud range files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        read_as: super::ReadAsArg,
         /// One JSON object per file with `-o json`.
         #[command(flatten)]
         output: super::OutputArg,
@@ -54,9 +56,9 @@ fn ratio(raw: usize, aggregated: usize) -> f64 {
     }
 }
 
-fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn inspect(path: &std::path::Path, options: geoip::Options, json: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let loaded = geoip::Source::open(path)?.load()?;
+    let loaded = geoip::Source::open_with(path, options)?.load()?;
     let seconds = started.elapsed().as_secs_f64();
     let (info, stats) = (&loaded.info, &loaded.stats);
     let countries = by_country(&loaded);
@@ -68,12 +70,16 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
         geoip::Format::Mmdb {
             schema, ip_version, ..
         } => (format!("{schema:?}"), Some(ip_version)),
-        other => (format!("{other:?}"), None),
+        // Text formats have no record schema.
+        _ => ("-".to_owned(), None),
     };
     if json {
         let v = serde_json::json!({
             "path": path,
+            "kind": info.format.label(),
             "format": format!("{:?}", info.format),
+            "anycast": stats.anycast,
+            "warnings": loaded.warnings,
             "schema": schema,
             "ip_version": ip_version,
             "type": info.database_type,
@@ -93,6 +99,7 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}", path.display());
+    println!("  kind:      {}", info.format.label());
     println!(
         "  schema:    {schema}{}",
         ip_version
@@ -105,6 +112,15 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
     );
     if let (Some(b), Some(e)) = (&built, info.build_epoch) {
         println!("  built:     {b} (epoch {e})");
+    }
+    if stats.anycast > 0 {
+        println!(
+            "  anycast:   {} networks in the anycast class (XA)",
+            stats.anycast
+        );
+    }
+    for w in &loaded.warnings {
+        println!("  warning:   {w}");
     }
     println!("  sha256:    {}", info.sha256);
     println!(
@@ -137,9 +153,13 @@ fn inspect(path: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 pub fn run(cmd: GeoipCommand) -> anyhow::Result<()> {
     match cmd {
-        GeoipCommand::Inspect { files, output } => {
+        GeoipCommand::Inspect {
+            files,
+            read_as,
+            output,
+        } => {
             for path in files {
-                inspect(&path, output.json())?;
+                inspect(&path, read_as.options(), output.json())?;
             }
             Ok(())
         }

@@ -55,6 +55,9 @@ pub struct DiffArgs {
     /// How many of the largest moves the text output lists (JSON lists all).
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// How both files are read (a geofeed must be named).
+    #[command(flatten)]
+    pub read_as: super::ReadAsArg,
     #[command(flatten)]
     pub output: super::OutputArg,
 }
@@ -179,13 +182,13 @@ fn print_family(
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<geoip::Loaded> {
+fn load(path: &Path, options: geoip::Options) -> anyhow::Result<geoip::Loaded> {
     let name = path.file_name().and_then(|n| n.to_str());
     if name == Some(paths::BASELINE_MANIFEST_NAME) || name == Some(paths::BASELINE_TABLE_NAME) {
         return load_baseline(path);
     }
     // GeoipError names the file; the caller's context says which side.
-    Ok(geoip::Source::open(path)?.load()?)
+    Ok(geoip::Source::open_with(path, options)?.load()?)
 }
 
 /// The agent's baseline (by its manifest or table), as one source: the
@@ -220,8 +223,8 @@ pub fn run(args: DiffArgs) -> anyhow::Result<()> {
         Some(p) => Some(Config::load(p)?),
         None => None,
     };
-    let old = load(&args.old).context("reading OLD")?;
-    let new = load(&args.new).context("reading NEW")?;
+    let old = load(&args.old, args.read_as.options()).context("reading OLD")?;
+    let new = load(&args.new, args.read_as.options()).context("reading NEW")?;
     let change = old.table.country_change(&new.table);
     let approval = config.as_ref().map(approval_table);
     let policy = approval.as_deref().map(|a| {

@@ -60,6 +60,41 @@ impl OutputArg {
     }
 }
 
+/// How offline verbs read GeoIP files: the `kind` and `country_field` of
+/// a `geoip.sources` table.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct ReadAsArg {
+    /// What the files are: auto (detect a MaxMind DB, a cloud range file
+    /// or else CSV), mmdb, csv, geofeed, aws, gcp, azure.
+    #[arg(long, default_value = "auto", value_parser = parse_kind)]
+    pub kind: geoip::Kind,
+    /// For MaxMind-schema databases: which field locates a network,
+    /// country or registered_country.
+    #[arg(long, default_value = "country", value_parser = parse_country_field)]
+    pub country_field: geoip::CountryField,
+}
+
+impl ReadAsArg {
+    pub fn options(&self) -> geoip::Options {
+        geoip::Options {
+            kind: self.kind,
+            country_field: self.country_field,
+        }
+    }
+}
+
+fn parse_kind(text: &str) -> Result<geoip::Kind, String> {
+    geoip::Kind::from_label(text).ok_or_else(|| {
+        let known: Vec<&str> = geoip::Kind::ALL.iter().map(|(_, l)| *l).collect();
+        format!("unknown kind (expected one of {})", known.join(", "))
+    })
+}
+
+fn parse_country_field(text: &str) -> Result<geoip::CountryField, String> {
+    geoip::CountryField::from_label(text)
+        .ok_or_else(|| "expected country or registered_country".to_owned())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,

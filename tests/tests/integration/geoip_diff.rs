@@ -356,3 +356,48 @@ fn one_percent_of_prefixes_moved() {
         0
     );
 }
+
+/// AWS's published `ip-ranges.json` against a copy in which eu-central-1
+/// (Frankfurt) moved to us-east-1: a cloud range file diffs like any
+/// source (detected by its shape), every figure recomputed, and the move
+/// is Frankfurt's own address space, DE -> US, allowed -> denied.
+#[test]
+fn a_cloud_range_file_whose_region_moves() {
+    let aws = real_geoip("aws-ip-ranges.json");
+    skip_unless!(
+        aws.is_some(),
+        "EE_GEOIP_DIR lacks aws-ip-ranges.json (run `cargo xtask geoip fetch`)"
+    );
+    let aws = aws.expect("checked");
+    let dir = tempfile::tempdir().expect("scratch directory");
+    let mut json: Value =
+        serde_json::from_slice(&fs::read(&aws).expect("read the AWS file")).expect("JSON");
+    let mut frankfurt = 0usize;
+    for list in ["prefixes", "ipv6_prefixes"] {
+        for e in json[list].as_array_mut().expect("a prefix list") {
+            if e["network_border_group"] == "eu-central-1" {
+                e["network_border_group"] = Value::from("us-east-1");
+                e["region"] = Value::from("us-east-1");
+                frankfurt += 1;
+            }
+        }
+    }
+    assert!(frankfurt > 100, "{frankfurt} eu-central-1 entries");
+    let moved = dir.path().join("ip-ranges-moved.json");
+    fs::write(&moved, serde_json::to_vec(&json).expect("encode")).expect("write");
+    let config = write_config(dir.path(), &aws);
+    let (old, new) = (load(&aws), load(&moved));
+    check(&aws, &moved, &config, &old, &new);
+    let want = expect(&old.v4, &new.v4, u128::from(u32::MAX));
+    let de_us = (Some("DE".to_owned()), Some("US".to_owned()));
+    assert!(
+        want.moves.get(&de_us).copied().unwrap_or(0) > 0,
+        "{:?}",
+        want.moves
+    );
+    assert_eq!(
+        want.moves.keys().collect::<Vec<_>>(),
+        [&de_us],
+        "only Frankfurt moved"
+    );
+}
