@@ -674,7 +674,16 @@ fn set_up<'a>(scn: &'a Scenario, db: &Path, policy: &CompiledPolicy) -> Result<B
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("nf_tables"));
 
-    let config = scn.config_scoped("enforce", "deny", &[db.to_owned()], &[&scope], "", "");
+    // The allowed sample on, as with the shipped config (which has an
+    // events file): its cost is in the agent's rows. Connections to one
+    // peer are answered from the verdict cache after the first, which
+    // the sample does not see; the decision rows measure its update.
+    let sample = scn.dir.path().join("bench.allowed.jsonl");
+    let tail = format!(
+        "[events]\nallowed_file = {:?}\n",
+        sample.display().to_string()
+    );
+    let config = scn.config_scoped("enforce", "deny", &[db.to_owned()], &[&scope], "", &tail);
     let agent = scn.start(&config);
     let agent_progs = attached(&scope)?;
     if agent_progs.is_empty() {

@@ -345,6 +345,21 @@ pub fn measure(
                 format!("enforcer decision, {fam}, minus empty"),
             ),
         );
+        rows.push(
+            Row::new(
+                S,
+                format!(
+                    "enforcer decision + allowed sample update, one destination repeated (its entry exists), {fam}, minus empty"
+                ),
+                "ns",
+            )
+            .vs(
+                "decision alone",
+                format!(
+                    "enforcer decision, one destination repeated (caches warm), {fam}, minus empty"
+                ),
+            ),
+        );
         rows.push(Row::new(
             S,
             format!("skb_egress, first packet of a socket, {fam}, minus empty"),

@@ -20,11 +20,12 @@ pub const BENCH_LPM_CAPACITY: u32 = 1 << 20;
 /// The bench programs, by family: empty, the decision, the LPM trie
 /// baseline, the decision's two lookups alone (exception rules, GeoIP flat
 /// table), the decision on one destination repeated (warm caches), and
-/// the decision with the allowed sample's update. Each walks the
+/// the decision with the allowed sample's update (random destinations, and
+/// one repeated). Each walks the
 /// destinations the same way (a per-CPU cursor,
 /// one destination per run), so the empty program's time is exactly what
 /// the others share.
-pub const BENCH_PROGRAMS: [[&str; 7]; 2] = [
+pub const BENCH_PROGRAMS: [[&str; 8]; 2] = [
     [
         "bench_empty4",
         "bench_decide4",
@@ -33,6 +34,7 @@ pub const BENCH_PROGRAMS: [[&str; 7]; 2] = [
         "bench_geo4",
         "bench_hot4",
         "bench_sample4",
+        "bench_sample_hot4",
     ],
     [
         "bench_empty6",
@@ -42,5 +44,6 @@ pub const BENCH_PROGRAMS: [[&str; 7]; 2] = [
         "bench_geo6",
         "bench_hot6",
         "bench_sample6",
+        "bench_sample_hot6",
     ],
 ];

@@ -168,6 +168,27 @@ pub fn bench_sample6(_ctx: SkBuffContext) -> i32 {
     bit(d.outcome as u32)
 }
 
+/// The same on one destination over and over (as `bench_hot4`): after
+/// the first run its entry exists, so the update is a lookup and an add,
+/// what a destination already in the sample costs.
+#[cgroup_skb]
+pub fn bench_sample_hot4(_ctx: SkBuffContext) -> i32 {
+    let _ = next();
+    let a = BENCH_DST4.get(0).copied().unwrap_or([0; 4]);
+    let d = decide(Dest::V4(a), mode::global);
+    sample::update(Hook::SkbEgress, &d, Dest::V4(a).bytes(), 0);
+    bit(d.outcome as u32)
+}
+
+#[cgroup_skb]
+pub fn bench_sample_hot6(_ctx: SkBuffContext) -> i32 {
+    let _ = next();
+    let dest = Dest::from_v6(BENCH_DST6.get(0).copied().unwrap_or([0; 16]));
+    let d = decide(dest, mode::global);
+    sample::update(Hook::SkbEgress, &d, dest.bytes(), 0);
+    bit(d.outcome as u32)
+}
+
 /// The two lookups `decide` makes, alone: the exception rules of the active
 /// slot (an LPM trie) and the GeoIP flat table.
 #[cgroup_skb]
