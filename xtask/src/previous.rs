@@ -18,9 +18,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cache_root, workspace_root};
 
-/// The last commit of datapath layout v9 (landed on main). Move it when
+/// The last commit of datapath layout v10 (landed on main). Move it when
 /// the layout version is bumped again, to the last commit before the bump.
-pub const COMMIT: &str = "a18bd5de70ad2ca093d70a6ff1219bf217aa001c";
+pub const COMMIT: &str = "a4d251deb4a211fc3314668a1dff76ad2d3b7a8a";
 
 /// The previous release's `enforcer`, built when not cached.
 pub fn ensure() -> Result<PathBuf> {

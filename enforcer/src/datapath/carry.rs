@@ -55,21 +55,21 @@ pub const CARRIED_MAPS: &[&str] = &[CONN_COUNTS, PKT_COUNTS, BYTE_COUNTS, EVENT_
 /// index; a map counted under any other layout is never carried (a
 /// warning says so), even when its sizes happen to match.
 ///
-/// Layout 8 (last at commit 50fd5af), 9 (last at a18bd5d), 10 and 11
-/// differ only in the event record (9: `Event` gained `direction` and
-/// `sport`, 80 to 88 bytes, so the `EVENTS` ring), in new `CONFIG` words
-/// (the GeoIP aliases; the scope levels and next slot; the allowed
-/// sample's switch) and in new maps (10: the counts by scope,
+/// Layout 8 (last at commit 50fd5af), 9 (last at a18bd5d), 10 (last at
+/// a4d251d) and 11 differ only in the event record (9: `Event` gained
+/// `direction` and `sport`, 80 to 88 bytes, so the `EVENTS` ring), in new
+/// `CONFIG` words (the GeoIP aliases; the scope levels and next slot; the
+/// allowed sample's switch) and in new maps (10: the counts by scope,
 /// `SCOPE_COUNTS` and its companions, which are not carried: an older
-/// layout has none, and its totals are reported under the scope
-/// `carried`; 11: `ALLOWED_SAMPLE`, a sample, not a counter, which the
-/// agent has written to its file and which is not carried either);
-/// everything a counter's position depends on is the
-/// same: `counter_index` (hook * families + family), `Hook`, `Family` and
-/// `Outcome` with their numbering, the country index (`country.rs`: 26*26
-/// codes plus unknown), `CounterBlock`, the `EVENT_STATS` indices
-/// (`EVENT_SUPPRESSED_RATE`, `EVENT_SUPPRESSED_FULL`) and `Fault` with its
-/// `FaultState`. A layout that changes any of them must leave the older
+/// layout has none, and its totals are reported under the scope `carried`;
+/// 11: `ALLOWED_SAMPLE`, a sample, not a counter, which the agent has
+/// written to its file and which is not carried either); everything a
+/// counter's position depends on is the same: `counter_index` (hook *
+/// families + family), `Hook`, `Family` and `Outcome` with their numbering,
+/// the country index (`country.rs`: 26*26 codes plus unknown),
+/// `CounterBlock`, the `EVENT_STATS` indices (`EVENT_SUPPRESSED_RATE`,
+/// `EVENT_SUPPRESSED_FULL`) and `Fault` with its `FaultState`. A layout
+/// that changes any of them must leave the older
 /// layouts out of this list (or translate their counters).
 const SAME_COUNTERS: &[u32] = &[8, 9, 10, LAYOUT_VERSION];
 
