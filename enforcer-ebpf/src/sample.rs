@@ -50,7 +50,7 @@ pub fn update(hook: Hook, d: &Decision, daddr: [u8; 16], scope: u32) {
     // Twice, as counters.rs `add_scoped`: another CPU may create the entry
     // between the lookup and the insert, which then fails with EEXIST.
     for _ in 0..2 {
-        if let Some(v) = ALLOWED_SAMPLE.get_ptr_mut(&key) {
+        if let Some(v) = ALLOWED_SAMPLE.get_ptr_mut(key) {
             // SAFETY: an element from a successful lookup, valid for the
             // program's run (the LRU frees evicted elements after an RCU
             // grace period). The count is shared by every CPU: an atomic
@@ -72,7 +72,7 @@ pub fn update(hook: Hook, d: &Decision, daddr: [u8; 16], scope: u32) {
             source: d.source as u8,
             _pad: [0; 3],
         };
-        match ALLOWED_SAMPLE.insert(&key, &value, BPF_NOEXIST as u64) {
+        match ALLOWED_SAMPLE.insert(key, value, BPF_NOEXIST as u64) {
             // -EEXIST: created meanwhile; look it up again.
             Err(-17) => continue,
             // Inserted; or -ENOMEM, which an LRU map returns only when it
