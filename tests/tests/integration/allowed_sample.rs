@@ -156,6 +156,7 @@ fn the_sample_holds_allowed_destinations_and_whatif_sees_them_refused() {
         );
         let count = last["count"].as_u64().expect("a count");
         let kernel = decisions(family);
+        eprintln!("{ip}: sample count {count}, kernel decisions {kernel}, connections {sent}");
         // Each of the `sent` connections was decided at connect() or from
         // the per-CPU verdict cache; only the former are counted.
         assert!(
@@ -163,6 +164,17 @@ fn the_sample_holds_allowed_destinations_and_whatif_sees_them_refused() {
             "{ip}: count {count}, kernel decisions {kernel}, connections {sent}\n{last}"
         );
     }
+    // Its memory, the kernel's own accounting: bounded by its size.
+    let memory = enforcer::datapath::map_memory(&s.pin_dir).expect("map memory");
+    let bytes = memory
+        .get("ALLOWED_SAMPLE")
+        .copied()
+        .expect("ALLOWED_SAMPLE is pinned");
+    eprintln!("ALLOWED_SAMPLE: {bytes} bytes (4096 entries)");
+    assert!(
+        bytes > 4096 * 56 && bytes < 1024 * 1024,
+        "ALLOWED_SAMPLE takes {bytes} bytes"
+    );
     agent.stop();
     // A clean stop makes one more pass: nothing new, nothing lost.
     let after = events::read(&sample_file);
