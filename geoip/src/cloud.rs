@@ -310,11 +310,27 @@ impl Collector {
                 }
             ));
         }
+        Parsed::from_located(v4, v6, stats, warnings)
+    }
+}
+
+/// The located prefixes of one family: (start, prefix length, country;
+/// None leaves a hole for the next source).
+pub(crate) type LocatedPrefixes = Vec<(u128, u8, Option<CountryCode>)>;
+
+impl Parsed {
+    /// The tables of what a range file or a geofeed located, with the
+    /// aggregated counts filled in. Such a file says what it lists: nothing
+    /// is looked up through IPv4 (no aliases).
+    pub(crate) fn from_located(
+        v4: LocatedPrefixes,
+        v6: LocatedPrefixes,
+        mut stats: Stats,
+        warnings: Vec<String>,
+    ) -> Parsed {
         let table = GeoTable {
             v4: Table::from_wide_runs(paint_located(v4, 32)),
             v6: Table::from_wide_runs(paint_located(v6, 128)),
-            // A range file says what it lists: nothing is looked up
-            // through IPv4.
             aliases: Aliases::NONE,
         };
         stats.aggregated_v4 = table.v4.len();
@@ -330,10 +346,7 @@ impl Collector {
 /// Like [`paint`] (the most specific prefix decides an address), where a
 /// prefix without a country leaves its addresses out of the table, also
 /// inside a wider located prefix: the next source decides them.
-pub(crate) fn paint_located(
-    items: Vec<(u128, u8, Option<CountryCode>)>,
-    bits: u32,
-) -> Vec<WideRun> {
+pub(crate) fn paint_located(items: LocatedPrefixes, bits: u32) -> Vec<WideRun> {
     // A code no input can carry: inputs are assigned ISO codes or XA.
     // Two ASCII letters, so `new` never fails; the fallback is unreachable.
     let hole = CountryCode::new(*b"ZZ").unwrap_or(CountryCode::ANYCAST);

@@ -26,9 +26,8 @@ use std::{
 };
 
 use crate::{
-    Aliases, CountryCode, GeoTable, GeoipError, Stats,
-    cloud::{Parsed, paint_located, parse_prefix},
-    table::Table,
+    CountryCode, GeoipError, Stats,
+    cloud::{Parsed, parse_prefix},
 };
 
 /// Parses a whole geofeed.
@@ -93,19 +92,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Parsed, GeoipError> {
         }
         if is_v6 { &mut v6 } else { &mut v4 }.push((start, len, country));
     }
-    let table = GeoTable {
-        v4: Table::from_wide_runs(paint_located(v4, 32)),
-        v6: Table::from_wide_runs(paint_located(v6, 128)),
-        // A geofeed line is what it says: nothing is looked up through IPv4.
-        aliases: Aliases::NONE,
-    };
-    stats.aggregated_v4 = table.v4.len();
-    stats.aggregated_v6 = table.v6.len();
-    Ok(Parsed {
-        table,
-        stats,
-        warnings: Vec::new(),
-    })
+    Ok(Parsed::from_located(v4, v6, stats, Vec::new()))
 }
 
 /// The country of a line: `None` when the field is empty (no location).

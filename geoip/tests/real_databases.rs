@@ -13,28 +13,14 @@ use std::{
     time::Instant,
 };
 
+mod common;
+
 use geoip::{CountryCode, Format, GeoTable, Loaded, Schema, Source};
 use maxminddb::{Reader, geoip2, path};
 
-/// The database file `name` in `EE_GEOIP_DIR`, or None (after saying why)
-/// when it is not there and this is not CI.
+/// The database file `name` in `EE_GEOIP_DIR` (see [`common::real_file`]).
 fn database(name: &str) -> Option<PathBuf> {
-    let why = match std::env::var_os("EE_GEOIP_DIR").filter(|d| !d.is_empty()) {
-        None => "EE_GEOIP_DIR is not set".to_owned(),
-        Some(dir) => {
-            let path = PathBuf::from(dir).join(name);
-            if path.is_file() {
-                return Some(path);
-            }
-            format!("{} does not exist", path.display())
-        }
-    };
-    let how = "run `cargo xtask geoip fetch` and point EE_GEOIP_DIR at the directory it prints";
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{why}: the real-database tests must run in CI; {how}");
-    }
-    eprintln!("skipping: {why} ({how})");
-    None
+    common::real_file(name)
 }
 
 /// splitmix64: deterministic, so a mismatch can be replayed.

@@ -18,27 +18,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod common;
+
+use common::real_file;
 use geoip::{CountryCode, Kind, Options, Provider, SourceSpec};
 use ipnetwork::IpNetwork;
-
-fn real_file(name: &str) -> Option<PathBuf> {
-    let why = match std::env::var_os("EE_GEOIP_DIR").filter(|d| !d.is_empty()) {
-        None => "EE_GEOIP_DIR is not set".to_owned(),
-        Some(dir) => {
-            let path = PathBuf::from(dir).join(name);
-            if path.is_file() {
-                return Some(path);
-            }
-            format!("{} does not exist", path.display())
-        }
-    };
-    let how = "run `cargo xtask geoip fetch` and point EE_GEOIP_DIR at the directory it prints";
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-        panic!("{why}: the real-file tests must run in CI; {how}");
-    }
-    eprintln!("skipping: {why} ({how})");
-    None
-}
 
 fn load(path: &Path, kind: Kind) -> Result<geoip::Loaded, geoip::GeoipError> {
     SourceSpec {

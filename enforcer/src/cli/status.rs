@@ -165,10 +165,15 @@ fn print_agent(a: &serde_json::Value) {
                 .to_string()
             })
             .unwrap_or_else(|| "-".into());
+        // The kind (how it was read) and, for a .mmdb, its database type.
+        let what = match (d["kind"].as_str(), d["type"].as_str()) {
+            (Some(k), Some(t)) => format!("{k}, {t}"),
+            (Some(k), None) => k.to_owned(),
+            (None, t) => t.unwrap_or("-").to_owned(),
+        };
         println!(
-            "database:   {} ({}, built {built}, sha256 {})",
+            "database:   {} ({what}, built {built}, sha256 {})",
             s(&d["path"]),
-            s(&d["type"]),
             s(&d["sha256"])
         );
         if d["too_old"].as_bool() == Some(true) {

@@ -67,6 +67,7 @@ fn every_event_field_is_that_of_the_process_and_socket() {
     let all = events::wait_for(&file, "three events", |e| e.len() >= 3);
     assert_eq!(all.len(), 3, "one event per refused decision: {all:#?}");
 
+    let located_by = json!({ "path": s.db.display().to_string(), "kind": "csv" });
     let pid = |a: &enforcer_tests::probe::Attempt| json!(a.pid.expect("ee-probe reports its pid"));
     let expected = [
         json!({
@@ -77,6 +78,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "comm": "ee-probe", "cgroup_id": cgroup_id, "cgroup": cgroup_path,
             // The scope entry is the sandbox cgroup itself.
             "scope": cgroup_path,
+            // The test database located the destination.
+            "located_by": located_by,
             "direction": "outbound",
         }),
         json!({
@@ -87,6 +90,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "comm": "ee-probe", "cgroup_id": cgroup_id, "cgroup": cgroup_path,
             // The scope entry is the sandbox cgroup itself.
             "scope": cgroup_path,
+            // The test database located the destination.
+            "located_by": located_by,
             "direction": "outbound",
         }),
         // A raw socket never went through connect/sendmsg: the packet hook
@@ -99,6 +104,8 @@ fn every_event_field_is_that_of_the_process_and_socket() {
             "uid": 0, "cgroup_id": cgroup_id, "cgroup": cgroup_path,
             // The scope entry is the sandbox cgroup itself.
             "scope": cgroup_path,
+            // The test database located the destination.
+            "located_by": located_by,
             "direction": "outbound",
             // IPv4 header (20) + the probe's 16-byte echo request.
             "bytes": 36,

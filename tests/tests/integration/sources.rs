@@ -97,8 +97,9 @@ fn check_text(s: &Scenario, ip: Ipv4Addr) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The config of the scenario with `sources` (TOML array items) before the
-/// scenario's own test database and `real` last, plus `top` keys.
+/// The config of the scenario with `sources` (TOML array items; none: only
+/// the database) before the scenario's own test database and `real` last,
+/// plus `top` keys.
 fn config(s: &Scenario, mode: &str, top: &str, sources: &[String], real: &Path) -> String {
     let base = s.config_with(
         mode,
@@ -107,6 +108,9 @@ fn config(s: &Scenario, mode: &str, top: &str, sources: &[String], real: &Path) 
         top,
         &s.events_table(1000, 1000),
     );
+    if sources.is_empty() {
+        return base;
+    }
     let mut first = sources.join(", ");
     first.push_str(", ");
     base.replacen("sources = [", &format!("sources = [{first}"), 1)
@@ -176,13 +180,7 @@ fn an_overlay_moves_real_space_and_the_anycast_policy_decides_its_class() {
     )];
 
     // Without the overlay all three are US: refused.
-    let without = s.config_with(
-        "enforce",
-        "allow",
-        std::slice::from_ref(&real),
-        "",
-        &s.events_table(1000, 1000),
-    );
+    let without = config(&s, "enforce", "", &[], &real);
     let agent = s.start(&without);
     for ip in &us {
         assert_eq!(
@@ -315,13 +313,7 @@ fn a_cloud_range_file_moves_an_eu_region_and_a_global_range() {
     );
 
     let s = Scenario::new();
-    let agent = s.start(&s.config_with(
-        "enforce",
-        "allow",
-        std::slice::from_ref(&real),
-        "",
-        &s.events_table(1000, 1000),
-    ));
+    let agent = s.start(&config(&s, "enforce", "", &[], &real));
     assert_eq!(verdict(&s, frankfurt), "refused");
     assert_eq!(verdict(&s, cloudfront), "refused");
 
@@ -403,13 +395,7 @@ fn a_geofeed_moves_what_it_lists() {
     let to_de = pick("DE", "US");
     let to_us = pick("US", "DE");
     let s = Scenario::new();
-    let agent = s.start(&s.config_with(
-        "enforce",
-        "allow",
-        std::slice::from_ref(&real),
-        "",
-        &s.events_table(1000, 1000),
-    ));
+    let agent = s.start(&config(&s, "enforce", "", &[], &real));
     assert_eq!(verdict(&s, to_de), "refused", "{to_de}: US in GeoLite2");
     assert_eq!(verdict(&s, to_us), "allowed", "{to_us}: DE in GeoLite2");
     let sources = [format!(
