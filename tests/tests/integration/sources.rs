@@ -394,6 +394,7 @@ fn a_geofeed_moves_what_it_lists() {
     };
     let to_de = pick("DE", "US");
     let to_us = pick("US", "DE");
+    eprintln!("{to_de}: US in GeoLite2, DE in the feed; {to_us}: DE in GeoLite2, US in the feed");
     let s = Scenario::new();
     let agent = s.start(&config(&s, "enforce", "", &[], &real));
     assert_eq!(verdict(&s, to_de), "refused", "{to_de}: US in GeoLite2");
