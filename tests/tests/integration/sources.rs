@@ -26,6 +26,19 @@ use enforcer_tests::{
 use geoip::{CountryField, GeoTable, Kind, Options, SourceSpec};
 use serde_json::Value;
 
+/// The file `name` from `cargo xtask geoip fetch`, or skip (fail in CI).
+macro_rules! real_or_skip {
+    ($name:expr) => {{
+        let f = real_geoip($name);
+        skip_unless!(
+            f.is_some(),
+            "EE_GEOIP_DIR has no {} (run `cargo xtask geoip fetch`)",
+            $name
+        );
+        f.expect("checked")
+    }};
+}
+
 /// The real database, loaded as the agent will (with `field`).
 fn real_table(real: &Path, field: CountryField) -> GeoTable {
     SourceSpec {
@@ -158,12 +171,7 @@ fn reload(s: &Scenario, agent: &Agent, config: &str) {
 #[test]
 fn an_overlay_moves_real_space_and_the_anycast_policy_decides_its_class() {
     skip_unless!(privileged(), "needs root for namespaces, cgroups and BPF");
-    let real = real_geoip("GeoLite2-Country.mmdb");
-    skip_unless!(
-        real.is_some(),
-        "EE_GEOIP_DIR has no GeoLite2-Country.mmdb (run `cargo xtask geoip fetch`)"
-    );
-    let real = real.expect("checked");
+    let real = real_or_skip!("GeoLite2-Country.mmdb");
     let table = real_table(&real, CountryField::Country);
     let us = addresses_in(&table, "US", 3);
     let (moved, anycast, untouched) = (us[0], us[1], us[2]);
@@ -272,19 +280,6 @@ fn an_overlay_moves_real_space_and_the_anycast_policy_decides_its_class() {
         m.text
     );
     drop(agent);
-}
-
-/// The file `name` from `cargo xtask geoip fetch`, or skip (fail in CI).
-macro_rules! real_or_skip {
-    ($name:expr) => {{
-        let f = real_geoip($name);
-        skip_unless!(
-            f.is_some(),
-            "EE_GEOIP_DIR has no {} (run `cargo xtask geoip fetch`)",
-            $name
-        );
-        f.expect("checked")
-    }};
 }
 
 /// AWS's published `ip-ranges.json` layered over GeoLite2: an
