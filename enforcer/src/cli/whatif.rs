@@ -56,6 +56,9 @@ pub struct Args {
     /// repeated. `--config` may then be the config in force.
     #[arg(long, value_name = "FILE")]
     pub source: Vec<PathBuf>,
+    /// How the `--source` files are read (a geofeed must be named).
+    #[command(flatten)]
+    pub read_as: super::ReadAsArg,
     /// Decide the "before" side under this config instead of taking the
     /// verdict recorded with each event (for a recording made under an
     /// older policy).
@@ -69,13 +72,20 @@ pub struct Args {
     pub output: super::OutputArg,
 }
 
-fn decider(path: &Path, what: &str, sources: &[PathBuf]) -> anyhow::Result<Decider> {
+fn decider(
+    path: &Path,
+    what: &str,
+    sources: &[PathBuf],
+    options: geoip::Options,
+) -> anyhow::Result<Decider> {
     let mut config = Config::load(path).with_context(|| format!("{what} config"))?;
     if !sources.is_empty() {
         config.sources = sources
             .iter()
-            .cloned()
-            .map(geoip::SourceSpec::path)
+            .map(|p| geoip::SourceSpec {
+                path: p.clone(),
+                options,
+            })
             .collect();
     }
     Decider::new(config).with_context(|| format!("{what} config {}: GeoIP sources", path.display()))
@@ -90,11 +100,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::bail!("nothing to replay: give --events FILE, --audit FILE and/or --sample FILE");
     }
     // The configs first: a bad one fails before any input is read.
-    let candidate = decider(&args.config, "candidate", &args.source)?;
+    let candidate = decider(
+        &args.config,
+        "candidate",
+        &args.source,
+        args.read_as.options(),
+    )?;
     let current = args
         .current
         .as_deref()
-        .map(|p| decider(p, "current", &[]))
+        .map(|p| decider(p, "current", &[], geoip::Options::default()))
         .transpose()?;
     let mut rec = Recording::default();
     for p in &args.events {
