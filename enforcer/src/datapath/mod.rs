@@ -591,11 +591,11 @@ fn load_object(pins: &PinLayout) -> Result<(Ebpf, bool), DatapathError> {
         match kind {
             ProgramKind::SockAddr => {
                 let p: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
+                load_retrying(name, || p.load()).map_err(err)?;
             }
             ProgramKind::SkbEgress => {
                 let p: &mut CgroupSkb = program.try_into().map_err(err)?;
-                p.load().map_err(err)?;
+                load_retrying(name, || p.load()).map_err(err)?;
             }
         }
     }
@@ -610,8 +610,57 @@ fn load_object(pins: &PinLayout) -> Result<(Ebpf, bool), DatapathError> {
         .program_mut(TCX_PROGRAM)
         .ok_or(err(ProgramError::NotLoaded))?;
     let p: &mut SchedClassifier = program.try_into().map_err(err)?;
-    p.load().map_err(err)?;
+    load_retrying(TCX_PROGRAM, || p.load()).map_err(err)?;
     Ok((ebpf, fresh))
+}
+
+/// How many times a program load interrupted by a signal is tried.
+const LOAD_TRIES: u32 = 5;
+
+/// `load`, tried again when `BPF_PROG_LOAD` fails with `EAGAIN`: the
+/// verifier gives up with `-EAGAIN` when a signal is pending for the
+/// loading thread (kernel/bpf/verifier.c, `do_check`: `if
+/// (signal_pending(current)) return -EAGAIN;`), and asks for a retry. The
+/// agent handles SIGHUP and SIGTERM, and a process that loads while a
+/// child exits gets SIGCHLD, so a start must not fail on that. Any other
+/// error, and the last try's, is returned as it is.
+fn load_retrying(
+    name: &str,
+    load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
+    let interrupted = |e: &ProgramError| {
+        matches!(e, ProgramError::LoadError { io_error, .. }
+            if io_error.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    retry(LOAD_TRIES, interrupted, load, |tries| {
+        tracing::warn!(
+            program = name,
+            tries,
+            "the verifier was interrupted by a signal (EAGAIN); loading again"
+        );
+    })
+}
+
+/// Runs `f` up to `tries` times while it fails with an error `again`
+/// accepts, calling `retrying` with the number of tries so far before each
+/// new one; returns the first success, the first other error, or the last
+/// try's error.
+fn retry<E>(
+    tries: u32,
+    again: impl Fn(&E) -> bool,
+    mut f: impl FnMut() -> Result<(), E>,
+    mut retrying: impl FnMut(u32),
+) -> Result<(), E> {
+    let mut done = 1;
+    loop {
+        match f() {
+            Err(e) if again(&e) && done < tries => {
+                retrying(done);
+                done += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Removes what a failed first install created: the whole pin directory if
@@ -708,4 +757,61 @@ pub fn config_words(pin_dir: &Path) -> Result<ConfigWords, DatapathError> {
 /// `status`), read-write, without loading any program.
 pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, DatapathError> {
     open_map(pin_dir, name, Access::ReadWrite)
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::retry;
+
+    fn interrupted(e: &Error) -> bool {
+        e.kind() == ErrorKind::WouldBlock
+    }
+
+    #[test]
+    fn an_interrupted_load_is_tried_again_up_to_the_bound() {
+        // Two interruptions, then success: three tries, two retries said.
+        let mut results = vec![
+            Err(Error::from(ErrorKind::WouldBlock)),
+            Err(Error::from(ErrorKind::WouldBlock)),
+            Ok(()),
+        ]
+        .into_iter();
+        let mut said = Vec::new();
+        let r = retry(
+            5,
+            interrupted,
+            || results.next().unwrap_or(Ok(())),
+            |n| said.push(n),
+        );
+        assert!(r.is_ok());
+        assert_eq!(said, [1, 2]);
+        // Always interrupted: the last try's error after exactly 5 tries.
+        let mut calls = 0;
+        let r = retry(
+            5,
+            interrupted,
+            || {
+                calls += 1;
+                Err(Error::from(ErrorKind::WouldBlock))
+            },
+            |_| {},
+        );
+        assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::WouldBlock));
+        assert_eq!(calls, 5);
+        // Any other error at once.
+        let mut calls = 0;
+        let r = retry(
+            5,
+            interrupted,
+            || {
+                calls += 1;
+                Err(Error::from(ErrorKind::PermissionDenied))
+            },
+            |_| {},
+        );
+        assert_eq!(r.map_err(|e| e.kind()), Err(ErrorKind::PermissionDenied));
+        assert_eq!(calls, 1);
+    }
 }
