@@ -160,18 +160,27 @@ impl CompiledPolicy {
         // address (see geoip::Provenance); the last, usually the large
         // database, is not needed for that.
         layers.pop();
-        let provenance =
-            geoip::Provenance::new(sources.iter().map(|s| s.info.clone()).collect(), layers);
-        let mut policy = Self::from_parts(config, geo, sources)?;
-        policy.provenance = std::sync::Arc::new(provenance);
-        Ok(policy)
+        Self::from_layers(config, geo, sources, layers)
     }
 
-    /// Compiles a policy from an already layered GeoIP table.
+    /// Compiles a policy from an already layered GeoIP table. Without the
+    /// layers' own tables only a single source can be named by `check`
+    /// and the events.
     pub fn from_parts(
         config: &Config,
         geo: GeoTable,
         sources: Vec<SourceReport>,
+    ) -> Result<CompiledPolicy, PolicyError> {
+        Self::from_layers(config, geo, sources, Vec::new())
+    }
+
+    /// [`from_parts`](Self::from_parts) with the tables of every layer but
+    /// the last (`upper`), for [`geoip::Provenance`].
+    fn from_layers(
+        config: &Config,
+        geo: GeoTable,
+        sources: Vec<SourceReport>,
+        upper: Vec<GeoTable>,
     ) -> Result<CompiledPolicy, PolicyError> {
         let mut entries = Vec::new();
         let ids = |i: usize| i.min(u16::MAX as usize) as u16;
@@ -219,10 +228,9 @@ impl CompiledPolicy {
         }
 
         let approval = approval_table(config);
-        // Without the layers' own tables only a single source can be named.
         let provenance = std::sync::Arc::new(geoip::Provenance::new(
             sources.iter().map(|s| s.info.clone()).collect(),
-            Vec::new(),
+            upper,
         ));
 
         Ok(CompiledPolicy {

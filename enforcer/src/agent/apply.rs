@@ -143,8 +143,8 @@ pub(super) fn apply(
         )
     };
     // The overrides, the event rate and the sample switch live outside the
-    // slots: a load that
-    // fails before its flip puts them back, so nothing of it stays.
+    // slots: a load that fails before its flip puts them back, so nothing
+    // of it stays.
     let before = dp
         .unslotted()
         .context("reading the per-cgroup mode overrides and event rate")?;
